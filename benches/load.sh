@@ -1,0 +1,363 @@
+#!/usr/bin/env bash
+# End-to-end load benchmark: Tally's redirect path against a bare nginx `return 302`.
+#
+# Both servers run on 127.0.0.1 in the same run, under the same wrk load, and the script
+# prints req/s, p50 and p99 for each plus the tally/nginx throughput ratio. Afterwards it
+# stops Tally with SIGTERM and prints `tally log stats`, so the reader sees that the
+# clicks were committed.
+#
+# Usage (from anywhere; run as root on a Debian machine with the Rust toolchain):
+#   benches/load.sh
+#   DURATION=30s CONNECTIONS=100 ROUNDS=3 benches/load.sh
+#   TALLY_BIN=target/release/tally benches/load.sh     # skip the cargo build
+#
+# Knobs (environment):
+#   TALLY_BIN        existing tally binary; if unset/missing, `cargo build --release -p tally-cli`
+#   TALLY_WORKERS    Tally worker threads, passed as TALLY_WORKER_THREADS      (default 1)
+#   NGINX_WORKERS    nginx worker_processes                                    (default 1)
+#   THREADS          wrk threads                                               (default 1)
+#   CONNECTIONS      wrk connections                                           (default 50)
+#   DURATION         wrk duration per measured run (wrk syntax: 10s, 1m)       (default 10s)
+#   WARMUP           discarded warm-up per target before the rounds; 0 = none  (default 2s)
+#   ROUNDS           measured rounds, alternating nginx then tally; medians    (default 1)
+#   NGINX_PORT       port for nginx  (default: a free port, 18080 without python3)
+#   TALLY_PORT       port for Tally  (default: a free port, 18081 without python3)
+#   SERVER_CPUS      taskset CPU list for both servers, e.g. 1   (default: no pinning)
+#   WRK_CPUS         taskset CPU list for wrk, e.g. 0            (default: no pinning)
+#   NGINX_BIN        nginx binary    (default: nginx on PATH, else /usr/sbin/nginx)
+#   KEEP_TMP=1       keep the temp dir (configs, logs, raw wrk output) for inspection
+#
+# The script reports figures; it exits 0 on a completed measurement even when a target
+# is missed, and non-zero only when it could not measure.
+set -euo pipefail
+
+REPO="$(cd "$(dirname "$0")/.." && pwd)"
+
+TALLY_WORKERS="${TALLY_WORKERS:-1}"
+NGINX_WORKERS="${NGINX_WORKERS:-1}"
+THREADS="${THREADS:-1}"
+CONNECTIONS="${CONNECTIONS:-50}"
+DURATION="${DURATION:-10s}"
+WARMUP="${WARMUP:-2s}"
+ROUNDS="${ROUNDS:-1}"
+SERVER_CPUS="${SERVER_CPUS:-}"
+WRK_CPUS="${WRK_CPUS:-}"
+KEEP_TMP="${KEEP_TMP:-0}"
+
+URL_PATH='/c/demo?sub1=bench'
+READY_TIMEOUT_S=30
+STOP_TIMEOUT_S=20
+
+log() { printf '[load] %s\n' "$*" >&2; }
+die() { printf '[load] error: %s\n' "$*" >&2; exit 1; }
+
+[[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer (got '$ROUNDS')"
+[[ "$DURATION" =~ ^[1-9][0-9]*[smh]?$ ]] || die "DURATION must look like 10, 10s, 2m or 1h (got '$DURATION')"
+[[ "$WARMUP" =~ ^[0-9]+[smh]?$ ]] || die "WARMUP must look like 0, 2s or 1m (got '$WARMUP')"
+
+# --- 1. dependencies ---------------------------------------------------------------------
+SUDO=()
+if [[ "$(id -u)" -ne 0 ]]; then
+    if command -v sudo >/dev/null 2>&1; then SUDO=(sudo); fi
+fi
+
+NEED_BUILD=1
+if [[ -n "${TALLY_BIN:-}" && -x "${TALLY_BIN}" && ! -d "${TALLY_BIN}" ]]; then
+    NEED_BUILD=0
+elif [[ -n "${TALLY_BIN:-}" ]]; then
+    log "TALLY_BIN=$TALLY_BIN is not an executable file; building instead"
+fi
+
+NGINX_BIN="${NGINX_BIN:-$(command -v nginx 2>/dev/null || echo /usr/sbin/nginx)}"
+
+pkgs=()
+command -v wrk >/dev/null 2>&1 || pkgs+=(wrk)
+[[ -x "$NGINX_BIN" ]] || pkgs+=(nginx-light)
+command -v curl >/dev/null 2>&1 || pkgs+=(curl)
+if [[ "$NEED_BUILD" -eq 1 ]]; then
+    dpkg -s libclang-dev >/dev/null 2>&1 || pkgs+=(libclang-dev)
+fi
+if [[ ${#pkgs[@]} -gt 0 ]]; then
+    log "installing: ${pkgs[*]}"
+    "${SUDO[@]}" apt-get update
+    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y "${pkgs[@]}"
+    NGINX_BIN="$(command -v nginx 2>/dev/null || echo /usr/sbin/nginx)"
+fi
+[[ -x "$NGINX_BIN" ]] || die "nginx not found at $NGINX_BIN"
+command -v wrk >/dev/null 2>&1 || die "wrk not found"
+
+# --- 2. build ------------------------------------------------------------------------------
+if [[ "$NEED_BUILD" -eq 1 ]]; then
+    log "building tally (release) in $REPO"
+    (cd "$REPO" && cargo build --release -p tally-cli)
+    TALLY_BIN="${CARGO_TARGET_DIR:-$REPO/target}/release/tally"
+    [[ -x "$TALLY_BIN" ]] || die "build finished but $TALLY_BIN is missing"
+fi
+TALLY_BIN="$(cd "$(dirname "$TALLY_BIN")" && pwd)/$(basename "$TALLY_BIN")"
+TALLY_CONFIG="$REPO/config/tally.toml"
+[[ -f "$TALLY_CONFIG" ]] || log "warning: $TALLY_CONFIG does not exist; tally may refuse to start"
+
+# --- 3. temp dir, cleanup -----------------------------------------------------------------
+TMP="$(mktemp -d "${TMPDIR:-/tmp}/tally-load.XXXXXX")"
+PIDS=()       # process-group leaders we started (setsid), killed on exit
+TALLY_PID=""
+
+kill_tree() { # $1 = pid (also its process group when started via setsid), $2 = signal
+    kill "-$2" -- "-$1" 2>/dev/null || kill "-$2" "$1" 2>/dev/null || true
+}
+
+cleanup() {
+    local rc=$? pid i alive
+    trap - EXIT INT TERM
+    for pid in "${PIDS[@]}"; do kill_tree "$pid" TERM; done
+    for ((i = 0; i < 50; i++)); do # up to 5 s for a graceful exit
+        alive=0
+        for pid in "${PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+        [[ $alive -eq 0 ]] && break
+        sleep 0.1
+    done
+    for pid in "${PIDS[@]}"; do kill_tree "$pid" KILL; done
+    wait 2>/dev/null || true
+    if [[ "$KEEP_TMP" == 1 ]]; then
+        log "kept $TMP"
+    else
+        rm -rf "$TMP"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+ulimit -n 65536 2>/dev/null || true
+
+# Start "$@" in the background in its own session/process group, so the cleanup can
+# signal the whole group. setsid does not fork here (a `&` child is not a group leader),
+# so $! is the server's own pid.
+start_bg() { # $1 = log file, rest = command
+    local out="$1"; shift
+    local pin=()
+    [[ -n "$SERVER_CPUS" ]] && pin=(taskset -c "$SERVER_CPUS")
+    setsid "${pin[@]}" "$@" </dev/null >"$out" 2>&1 &
+    BG_PID=$!
+    PIDS+=("$BG_PID")
+}
+
+# --- ports -----------------------------------------------------------------------------
+if [[ -z "${NGINX_PORT:-}" || -z "${TALLY_PORT:-}" ]]; then
+    if command -v python3 >/dev/null 2>&1; then
+        read -r p1 p2 < <(python3 -c '
+import socket
+a, b = socket.socket(), socket.socket()
+a.bind(("127.0.0.1", 0)); b.bind(("127.0.0.1", 0))
+print(a.getsockname()[1], b.getsockname()[1])')
+    else
+        p1=18080 p2=18081
+    fi
+    NGINX_PORT="${NGINX_PORT:-$p1}"
+    TALLY_PORT="${TALLY_PORT:-$p2}"
+fi
+
+# --- 4. nginx baseline --------------------------------------------------------------------
+mkdir -p "$TMP/nginx-temp"
+{
+    [[ "$(id -u)" -eq 0 ]] && echo 'user root root;'
+    cat <<EOF
+daemon off;
+master_process on;
+worker_processes $NGINX_WORKERS;
+pid $TMP/nginx.pid;
+error_log $TMP/nginx-error.log warn;
+worker_rlimit_nofile 65536;
+events {
+    worker_connections 16384;
+}
+http {
+    access_log off;
+    server_tokens off;
+    keepalive_timeout 75s;
+    keepalive_requests 100000000;
+    client_body_temp_path $TMP/nginx-temp/body;
+EOF
+    # Temp paths default to /var/lib/nginx; point them into $TMP for each module built in.
+    nginx_v="$("$NGINX_BIN" -V 2>&1)"
+    for m in proxy fastcgi uwsgi scgi; do
+        [[ "$nginx_v" == *"--without-http_${m}_module"* ]] || echo "    ${m}_temp_path $TMP/nginx-temp/$m;"
+    done
+    cat <<EOF
+    server {
+        listen 127.0.0.1:$NGINX_PORT;
+        location /c/ {
+            add_header Cache-Control no-store always;
+            return 302 "https://shop.example/landing?cid=01ARZ3NDEKTSV4RRFFQ69G5FAV&aff=aff1";
+        }
+    }
+}
+EOF
+} >"$TMP/nginx.conf"
+
+log "starting nginx on 127.0.0.1:$NGINX_PORT (workers=$NGINX_WORKERS)"
+start_bg "$TMP/nginx.out" "$NGINX_BIN" -e "$TMP/nginx-error.log" -c "$TMP/nginx.conf" -p "$TMP"
+NGINX_PID=$BG_PID
+
+# --- 5. Tally -------------------------------------------------------------------------------
+log "starting tally on 127.0.0.1:$TALLY_PORT (TALLY_WORKER_THREADS=$TALLY_WORKERS)"
+start_bg "$TMP/tally.log" env TALLY_WORKER_THREADS="$TALLY_WORKERS" \
+    "$TALLY_BIN" serve --config "$TALLY_CONFIG" --listen "127.0.0.1:$TALLY_PORT" --data-dir "$TMP/data"
+TALLY_PID=$BG_PID
+
+http_code() { curl -s -o /dev/null --max-time 2 -w '%{http_code}' "$1" 2>/dev/null || true; }
+
+wait_ready() { # $1 name, $2 pid, $3 log file, $4 check command...
+    local name="$1" pid="$2" logf="$3" deadline=$((SECONDS + READY_TIMEOUT_S))
+    shift 3
+    until "$@"; do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            tail -n 30 "$logf" >&2 || true
+            die "$name exited before becoming ready (log tail above)"
+        fi
+        if ((SECONDS >= deadline)); then
+            tail -n 30 "$logf" >&2 || true
+            die "$name not ready after ${READY_TIMEOUT_S}s (log tail above)"
+        fi
+        sleep 0.2
+    done
+}
+nginx_ready() { [[ "$(http_code "http://127.0.0.1:$NGINX_PORT$URL_PATH")" == 302 ]]; }
+tally_ready() { curl -fsS --max-time 2 -o /dev/null "http://127.0.0.1:$TALLY_PORT/readyz" 2>/dev/null; }
+
+wait_ready nginx "$NGINX_PID" "$TMP/nginx-error.log" nginx_ready
+wait_ready tally "$TALLY_PID" "$TMP/tally.log" tally_ready
+# One probe through the redirect path (it records one click; counted below).
+probe="$(http_code "http://127.0.0.1:$TALLY_PORT/c/demo?sub1=bench-probe")"
+WARNINGS=()
+warn() { log "warning: $*"; WARNINGS+=("$*"); }
+[[ "$probe" == 302 ]] || warn "tally answered a /c/demo probe with HTTP $probe, not 302"
+TALLY_SENT=1
+
+# --- 6./7. load ---------------------------------------------------------------------------
+dur_secs() { # wrk duration (10, 10s, 2m, 1h) -> whole seconds
+    local d="$1"
+    case "$d" in
+        *h) echo $(( ${d%h} * 3600 )) ;;
+        *m) echo $(( ${d%m} * 60 )) ;;
+        *s) echo "${d%s}" ;;
+        *) echo "$d" ;;
+    esac
+}
+
+# Run wrk against $2 (port) for $3, raw output to $4, then check server $5 is still alive.
+# Bounded by timeout(1); --foreground keeps wrk in our process group so Ctrl-C reaches it.
+run_wrk() { # $1 name, $2 port, $3 duration, $4 out file, $5 server pid
+    local secs pin=()
+    secs="$(dur_secs "$3")" || die "bad duration '$3'"
+    [[ -n "$WRK_CPUS" ]] && pin=(taskset -c "$WRK_CPUS")
+    if ! timeout --foreground -k 5 $((secs + 30)) "${pin[@]}" \
+        wrk -t "$THREADS" -c "$CONNECTIONS" -d "$3" --latency \
+        "http://127.0.0.1:$2$URL_PATH" >"$4" 2>&1; then
+        cat "$4" >&2
+        die "wrk against $1 failed"
+    fi
+    kill -0 "$5" 2>/dev/null || { cat "$4" >&2; die "$1 died during the load run"; }
+}
+
+# Parse a wrk --latency output -> "req_s p50_ms p99_ms non_2xx_3xx socket_errors requests"
+parse_wrk() {
+    awk '
+        function ms(v,   n, u) {
+            n = v + 0; u = v; sub(/^[0-9.]+/, "", u)
+            if (u == "us") return n / 1000
+            if (u == "ms") return n
+            if (u == "s")  return n * 1000
+            if (u == "m")  return n * 60000
+            if (u == "h")  return n * 3600000
+            return -1
+        }
+        /^Requests\/sec:/              { rps = $2 }
+        /^[ \t]*50%[ \t]/              { p50 = ms($2) }
+        /^[ \t]*99%[ \t]/              { p99 = ms($2) }
+        /Non-2xx or 3xx responses:/    { bad = $NF }
+        /Socket errors:/               { sub(/.*Socket errors: */, ""); gsub(/,/, ""); sockerr = $0 }
+        / requests in /                { reqs = $1 }
+        END {
+            if (rps == "" || p50 == "" || p99 == "") exit 1
+            if (sockerr == "") sockerr = "none"
+            gsub(/ /, "_", sockerr)
+            printf "%s %.3f %.3f %d %s %d\n", rps, p50, p99, bad + 0, sockerr, reqs + 0
+        }' "$1"
+}
+
+declare -A RPS P50 P99
+measure() { # $1 name, $2 port, $3 pid, $4 round
+    local out="$TMP/wrk-$1-$4.txt" res rps p50 p99 bad sockerr reqs
+    log "round $4: $1 (wrk -t$THREADS -c$CONNECTIONS -d$DURATION)"
+    run_wrk "$1" "$2" "$DURATION" "$out" "$3"
+    res="$(parse_wrk "$out")" || { cat "$out" >&2; die "could not parse wrk output for $1"; }
+    read -r rps p50 p99 bad sockerr reqs <<<"$res"
+    [[ "$bad" -gt 0 ]] && warn "$1 round $4: $bad non-2xx/3xx responses"
+    [[ "$sockerr" != none ]] && warn "$1 round $4: socket errors: ${sockerr//_/ }"
+    [[ "$1" == tally ]] && TALLY_SENT=$((TALLY_SENT + reqs))
+    RPS[$1]+="$rps "; P50[$1]+="$p50 "; P99[$1]+="$p99 "
+}
+
+if [[ ! "$WARMUP" =~ ^0+[smh]?$ ]]; then
+    for t in nginx tally; do
+        log "warm-up: $t ($WARMUP, discarded)"
+        if [[ $t == nginx ]]; then
+            run_wrk nginx "$NGINX_PORT" "$WARMUP" "$TMP/wrk-nginx-warmup.txt" "$NGINX_PID"
+        else
+            run_wrk tally "$TALLY_PORT" "$WARMUP" "$TMP/wrk-tally-warmup.txt" "$TALLY_PID"
+            w="$(parse_wrk "$TMP/wrk-tally-warmup.txt")" && TALLY_SENT=$((TALLY_SENT + ${w##* }))
+        fi
+    done
+fi
+
+for ((r = 1; r <= ROUNDS; r++)); do
+    measure nginx "$NGINX_PORT" "$NGINX_PID" "$r"
+    measure tally "$TALLY_PORT" "$TALLY_PID" "$r"
+done
+
+# --- 8. summary -------------------------------------------------------------------------
+median() { tr ' ' '\n' | awk 'NF' | sort -g | awk '{ v[NR] = $1 } END {
+    if (NR % 2) m = v[(NR + 1) / 2]; else m = (v[NR / 2] + v[NR / 2 + 1]) / 2
+    printf "%.2f", m }'; }
+
+echo
+medians=""; [[ "$ROUNDS" -gt 1 ]] && medians=" (medians)"
+echo "wrk: -t$THREADS -c$CONNECTIONS -d$DURATION, rounds=$ROUNDS$medians," \
+    "nginx workers=$NGINX_WORKERS, tally workers=$TALLY_WORKERS, $(nproc) CPUs"
+if [[ "$ROUNDS" -gt 1 ]]; then
+    for t in nginx tally; do echo "$t req/s per round: ${RPS[$t]% }"; done
+fi
+printf '%-8s %-10s %-7s %s\n' target req/s p50_ms p99_ms
+for t in nginx tally; do
+    printf '%-8s %-10s %-7s %s\n' "$t" \
+        "$(median <<<"${RPS[$t]}")" "$(median <<<"${P50[$t]}")" "$(median <<<"${P99[$t]}")"
+done
+n_rps="$(median <<<"${RPS[nginx]}")"; t_rps="$(median <<<"${RPS[tally]}")"
+t_p99="$(median <<<"${P99[tally]}")"
+awk -v t="$t_rps" -v n="$n_rps" 'BEGIN {
+    printf "ratio tally/nginx throughput: %s  (target >= 0.85, aim 1.0)\n", (n > 0 ? sprintf("%.2f", t / n) : "n/a") }'
+echo "tally p99: $t_p99 ms (target < 2 ms)"
+for w in "${WARNINGS[@]}"; do echo "WARNING: $w"; done
+
+# --- stop Tally, then show what it stored -----------------------------------------------------
+echo
+log "stopping tally (SIGTERM, up to ${STOP_TIMEOUT_S}s)"
+kill -TERM "$TALLY_PID" 2>/dev/null || true
+deadline=$((SECONDS + STOP_TIMEOUT_S))
+while kill -0 "$TALLY_PID" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.1; done
+if kill -0 "$TALLY_PID" 2>/dev/null; then
+    log "warning: tally did not exit within ${STOP_TIMEOUT_S}s; sending SIGKILL"
+    kill_tree "$TALLY_PID" KILL
+fi
+tally_rc=0; wait "$TALLY_PID" 2>/dev/null || tally_rc=$?
+echo "tally exited with status $tally_rc"
+echo "requests completed against tally (probe + warm-up + measured): $TALLY_SENT"
+echo "  (wrk does not count requests still in flight when a run stops, up to $CONNECTIONS per run,"
+echo "   so the stored count may exceed this by that much)"
+echo "tally log stats:"
+if ! timeout --foreground -k 5 60 "$TALLY_BIN" log stats --data-dir "$TMP/data" 2>&1; then
+    echo "(tally log stats failed; see above)"
+fi
+exit 0

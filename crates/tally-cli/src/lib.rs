@@ -1,0 +1,276 @@
+//! The `tally` command line: flags, config loading, tracing, and one function per command.
+//! The work itself is done by the library crates; `main.rs` only calls [`main`].
+
+mod export;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use tally_edge::{Config, Edge};
+use tally_log::{Log, LogMetrics, LogReader};
+
+#[derive(Debug, Parser)]
+#[command(name = "tally", version, about = "Click and conversion tracking for affiliate programs")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the tracker: click redirects, pixel, postbacks, health and metrics.
+    Serve(ServeArgs),
+    /// Configuration tools.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Event log tools.
+    Log {
+        #[command(subcommand)]
+        command: LogCommand,
+    },
+    /// Export the raw log (works while a server is running on the directory).
+    Export {
+        #[command(subcommand)]
+        what: ExportWhat,
+    },
+    /// Recompute the log's hash chain; names the first bad sequence number if any.
+    Verify {
+        #[arg(long, env = "TALLY_DATA_DIR")]
+        data_dir: PathBuf,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// The deployment config (see config/tally.toml).
+    #[arg(long, env = "TALLY_CONFIG")]
+    config: PathBuf,
+    /// Listen address, overriding server.listen.
+    #[arg(long, env = "TALLY_LISTEN")]
+    listen: Option<std::net::SocketAddr>,
+    /// Data directory, overriding log.data_dir.
+    #[arg(long, env = "TALLY_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Tokio worker threads, overriding server.worker_threads (0 = one per core).
+    #[arg(long, env = "TALLY_WORKER_THREADS")]
+    worker_threads: Option<usize>,
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Validate a config and the program it points to; reports every problem at once.
+    Check {
+        #[arg(long, env = "TALLY_CONFIG")]
+        config: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum LogCommand {
+    /// Events by type, first and last sequence number, bytes on disk.
+    Stats {
+        #[arg(long, env = "TALLY_DATA_DIR")]
+        data_dir: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ExportWhat {
+    /// Every event, in sequence order.
+    Events {
+        #[arg(long, env = "TALLY_DATA_DIR")]
+        data_dir: PathBuf,
+        /// First sequence number to export.
+        #[arg(long, default_value_t = 1)]
+        from: u64,
+        #[arg(long, value_enum, default_value_t = Format::Jsonl)]
+        format: Format,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Format {
+    Jsonl,
+    Csv,
+}
+
+/// Parses the command line and runs the command; errors are printed, not panicked.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Config { command: ConfigCommand::Check { config } } => config_check(&config),
+        Command::Log { command: LogCommand::Stats { data_dir } } => log_stats(&data_dir),
+        Command::Export { what: ExportWhat::Events { data_dir, from, format } } => {
+            export::events(&data_dir, from, matches!(format, Format::Csv))
+        }
+        Command::Verify { data_dir } => verify(&data_dir),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("tally: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(config: &Config) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("TALLY_LOG").unwrap_or_else(|_| EnvFilter::new(&config.log_level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match config.log_format {
+        tally_edge::config::LogFormat::Json => builder.json().try_init(),
+        tally_edge::config::LogFormat::Pretty => builder.try_init(),
+    };
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let mut config = Config::load(&args.config)?;
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    if let Some(dir) = args.data_dir {
+        config.data_dir = dir;
+    }
+    if let Some(n) = args.worker_threads {
+        config.worker_threads = n;
+    }
+    init_tracing(&config);
+    let program = tally_edge::load_program(&config.program_path)?;
+
+    let metrics = LogMetrics::default();
+    let log = Log::open(&config.data_dir, config.log.clone(), metrics.clone())?;
+    // Every start records the program in force, so a replay judges what follows by it.
+    let record = tally_edge::program_change_record(&program)?;
+    log.append_blocking(record, Duration::from_secs(10)).context("cannot record the program in the log")?;
+
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if config.worker_threads > 0 {
+        rt.worker_threads(config.worker_threads);
+    }
+    let rt = rt.enable_all().build().context("cannot start the runtime")?;
+    let listen = config.listen;
+    let edge = Edge::new(config, program, log.clone(), metrics);
+    let served = rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+        let local = listener.local_addr()?;
+        // Tests and scripts read this line to learn the port when listening on :0.
+        println!("tally listening on {local}");
+        tracing::info!(%local, data_dir = %edge.config.data_dir.display(), sync = edge.config.log.sync.as_str(), "serving");
+        let shutdown = signals(Arc::clone(&edge))?;
+        tally_edge::serve(Arc::clone(&edge), listener, shutdown).await?;
+        anyhow::Ok(())
+    });
+    // Commit whatever is still queued before exiting, even if serving failed.
+    log.close();
+    rt.shutdown_timeout(Duration::from_secs(1));
+    served?;
+    tracing::info!("stopped cleanly");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves on SIGTERM or SIGINT; reloads the program on every SIGHUP meanwhile.
+fn signals(edge: Arc<Edge>) -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            match edge.reload().await {
+                Ok(true) => tracing::info!("program reloaded"),
+                Ok(false) => tracing::info!("program unchanged"),
+                Err(e) => tracing::error!(error = %e, "program reload failed; keeping the old program"),
+            }
+        }
+    });
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: draining"),
+            _ = int.recv() => tracing::info!("SIGINT: draining"),
+        }
+    })
+}
+
+fn config_check(path: &Path) -> anyhow::Result<ExitCode> {
+    let mut problems = Vec::new();
+    match Config::load(path) {
+        Ok(config) => match tally_edge::load_program(&config.program_path) {
+            Ok(program) => {
+                println!(
+                    "ok: {} ({} offers, {} affiliates, {} links; program {})",
+                    path.display(),
+                    program.offers.len(),
+                    program.affiliates.len(),
+                    program.links().count(),
+                    config.program_path.display()
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+            Err(tally_edge::ReloadError::Program(e)) => {
+                problems.extend(e.problems().into_iter().map(|p| format!("{}: {p}", config.program_path.display())))
+            }
+            Err(e) => problems.push(e.to_string()),
+        },
+        Err(tally_edge::config::ConfigError::Invalid(ps)) => {
+            problems.extend(ps.into_iter().map(|p| format!("{}: {p}", path.display())))
+        }
+        Err(e) => problems.push(e.to_string()),
+    }
+    for p in &problems {
+        eprintln!("{p}");
+    }
+    eprintln!("{} problem(s) found", problems.len());
+    Ok(ExitCode::FAILURE)
+}
+
+fn open_reader(data_dir: &Path) -> anyhow::Result<LogReader> {
+    Ok(LogReader::open_secondary(data_dir)?)
+}
+
+fn log_stats(data_dir: &Path) -> anyhow::Result<ExitCode> {
+    let reader = open_reader(data_dir)?;
+    let stats = reader.stats(data_dir)?;
+    let or_dash = |s: Option<u64>| s.map(|s| s.to_string()).unwrap_or_else(|| "-".into());
+    println!("first_seq       {}", or_dash(stats.first_seq));
+    println!("last_seq        {}", or_dash(stats.last_seq));
+    let total: u64 = stats.events_by_kind.values().sum();
+    println!("events          {total}");
+    for (kind, n) in &stats.events_by_kind {
+        println!("  {kind:<14}{n}");
+    }
+    if stats.unreadable > 0 {
+        println!("  unreadable    {}", stats.unreadable);
+    }
+    println!("bytes_on_disk   {}", stats.bytes_on_disk);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn verify(data_dir: &Path) -> anyhow::Result<ExitCode> {
+    let reader = open_reader(data_dir)?;
+    let report = reader.verify()?;
+    let head = tally_model_hex(&report.head);
+    match &report.first_bad {
+        None => {
+            println!("ok: {} events in {} batches verified", report.records, report.batches);
+            println!("head {}:{head}", report.head_seq);
+            Ok(ExitCode::SUCCESS)
+        }
+        Some((seq, why)) => {
+            println!("FAILED at sequence {seq}: {why}");
+            println!("verified before it: {} events; last good head {}:{head}", report.records, report.head_seq);
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn tally_model_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,494 @@
+//! Acceptance tests of the ingest path against a real `tally serve` and a real RocksDB.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::*;
+
+#[test]
+fn a_click_redirects_with_a_fresh_click_id_and_is_exported_with_its_sub_ids() {
+    let env = Env::new("");
+    let server = env.start();
+    let r = server.get("/c/demo?sub1=spring&sub2=a%20b&sub5=last&src=newsletter");
+    assert_eq!(r.status, 302, "{}", r.text());
+    let loc = r.header("location").unwrap();
+    assert!(loc.starts_with("https://shop.example/landing?cid="), "{loc}");
+    assert!(loc.ends_with("&aff=aff1&s1=spring"), "{loc}");
+    let cid = r.click_id();
+    assert_eq!(cid.len(), 26);
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    let cookie = r.header("set-cookie").unwrap();
+    assert!(cookie.starts_with(&format!("tally_cid={cid};")), "{cookie}");
+    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax") && cookie.contains("Max-Age=2592000"));
+
+    let second = server.get("/c/demo").click_id();
+    assert_ne!(second, cid);
+
+    // Exported while the server is still running (secondary instance).
+    let events = export(&env.data());
+    let clicks = of_type(&events, "click");
+    assert_eq!(clicks.len(), 2);
+    let c = clicks.iter().find(|c| c["click_id"] == cid.as_str()).unwrap();
+    assert_eq!(c["sub1"], "spring");
+    assert_eq!(c["sub2"], "a b");
+    assert_eq!(c["sub5"], "last");
+    assert_eq!(c["source"], "newsletter");
+    assert_eq!(c["link"], "demo");
+    assert_eq!(c["offer"], "shoes");
+    assert_eq!(c["affiliate"], "aff1");
+    assert_eq!(c["ip"], "127.0.0.0");
+    assert_eq!(c["flags"], 0);
+    // The program in force is the first event of the log.
+    assert_eq!(events[0]["type"], "program_change");
+}
+
+#[test]
+fn a_pixel_records_a_conversion_from_the_cid_or_the_cookie() {
+    let env = Env::new("");
+    let server = env.start();
+    let cid = server.get("/c/demo").click_id();
+    let r = server.get(&format!("/px.gif?offer=shoes&goal=sale&txid=ORD-1&amount=49.90&currency=USD&cid={cid}"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("content-type"), Some("image/gif"));
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    assert_eq!(r.body.len(), 43);
+
+    let r = server.send(&format!(
+        "GET /px.gif?offer=shoes&txid=ORD-2&amount=10 HTTP/1.1\r\nHost: t\r\nCookie: theme=dark; tally_cid={cid}\r\n\r\n"
+    ));
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    let events = export(&env.data());
+    let convs = of_type(&events, "conversion");
+    assert_eq!(convs.len(), 2);
+    assert_eq!(convs[0]["click_id"], cid.as_str());
+    assert_eq!(convs[0]["amount"], "49.90");
+    assert_eq!(convs[0]["currency"], "USD");
+    assert_eq!(convs[0]["conversion_source"], "pixel");
+    assert_eq!(convs[0]["status"], "approved");
+    assert_eq!(convs[1]["click_id"], cid.as_str());
+    assert_eq!(convs[1]["goal"], "sale", "the offer's first goal is the default");
+    assert_eq!(convs[1]["amount"], "10.00");
+}
+
+#[test]
+fn postbacks_in_every_dialect_answer_their_sequence_after_commit() {
+    let env = Env::new("");
+    let server = env.start();
+    let cid = server.get("/c/demo").click_id();
+
+    let r =
+        server.get(&format!("/postback?cid={cid}&offer=shoes&goal=sale&txid=T1&amount=100.00&token={TOKEN}&sub2=adv"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let j = r.json();
+    assert_eq!(j["status"], "accepted");
+    let seq = j["seq"].as_u64().unwrap();
+
+    // TUNE / Everflow dialect: the click ID arrives as transaction_id.
+    let r = server.get(&format!(
+        "/postback?transaction_id={cid}&offer_id=shoes&adv_sub=T2&sale_amount=5.5&aff_sub3=x&token={TOKEN}"
+    ));
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    // POST form body with a bearer token.
+    let body = format!("click_id={cid}&offer=shoes&goal=signup&order_id=T3&status=refunded");
+    let r = server.send(&format!(
+        "POST /postback HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    ));
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    // POST JSON, HMAC-signed over the raw body.
+    let body = format!(r#"{{"cid":"{cid}","offer":"shoes","txid":"T4","revenue":12.34,"status":"chargeback"}}"#);
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let sig = tally_edge::auth::sign(HMAC_SECRET, t, body.as_bytes());
+    let r = server.send(&format!(
+        "POST /postback HTTP/1.1\r\nHost: t\r\nX-Tally-Signature: {sig}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    ));
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    // Coupon-only conversions carry no click.
+    let r = server.get(&format!("/postback?coupon=SPRING10&offer=shoes&txid=T5&amount=1&token={TOKEN}"));
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    let events = export(&env.data());
+    let at_seq = events.iter().find(|e| e["seq"] == seq).unwrap();
+    assert_eq!(at_seq["type"], "conversion");
+    assert_eq!(at_seq["txid"], "T1");
+    assert_eq!(at_seq["amount"], "100.00");
+    assert_eq!(at_seq["sub2"], "adv");
+    assert_eq!(at_seq["conversion_source"], "postback");
+    let convs = of_type(&events, "conversion");
+    let by_tx = |t: &str| *convs.iter().find(|c| c["txid"] == t).unwrap();
+    assert_eq!(by_tx("T2")["click_id"], cid.as_str());
+    assert_eq!(by_tx("T2")["amount"], "5.50");
+    assert_eq!(by_tx("T2")["sub3"], "x");
+    assert_eq!(by_tx("T3")["status"], "refunded");
+    assert_eq!(by_tx("T3")["goal"], "signup");
+    assert_eq!(by_tx("T4")["status"], "chargeback");
+    assert_eq!(by_tx("T4")["amount"], "12.34");
+    assert_eq!(by_tx("T5")["click_id"], "");
+    assert_eq!(by_tx("T5")["coupon"], "SPRING10");
+}
+
+#[test]
+fn every_bad_input_gets_its_status_and_stores_nothing() {
+    let env = Env::new("");
+    let server = env.start();
+    let cid = server.get("/c/demo").click_id();
+    let before = export(&env.data()).len();
+    let old_sig = tally_edge::auth::sign(HMAC_SECRET, 1_000_000, b"cid=x&offer=shoes");
+    let q = |rest: &str| format!("GET /postback?cid={cid}&offer=shoes&{rest} HTTP/1.1\r\nHost: t\r\n\r\n");
+    let cases: Vec<(String, u16, &str)> = vec![
+        (q(""), 401, "missing credentials"),
+        (q("token=wrong-token-0123456789"), 403, "bad credentials"),
+        (q(&format!("token={}", "demo-globex-token-change-me")), 403, "bad credentials"),
+        (
+            format!("GET /postback?cid=x&offer=shoes HTTP/1.1\r\nHost: t\r\nX-Tally-Signature: {old_sig}\r\n\r\n"),
+            401,
+            "stale signature",
+        ),
+        (
+            format!("GET /postback?cid={cid}&offer=shoes HTTP/1.1\r\nHost: t\r\nX-Tally-Signature: nonsense\r\n\r\n"),
+            401,
+            "malformed",
+        ),
+        (format!("GET /postback?cid={cid}&token={TOKEN} HTTP/1.1\r\nHost: t\r\n\r\n"), 400, "missing field: offer"),
+        (format!("GET /postback?cid={cid}&offer=nope&token={TOKEN} HTTP/1.1\r\nHost: t\r\n\r\n"), 400, "unknown offer"),
+        (format!("GET /postback?offer=shoes&token={TOKEN} HTTP/1.1\r\nHost: t\r\n\r\n"), 400, "missing field: cid"),
+        (format!("GET /postback?cid=NOTACLICKID&offer=shoes&token={TOKEN} HTTP/1.1\r\nHost: t\r\n\r\n"), 400, "invalid field: cid"),
+        (q(&format!("token={TOKEN}&amount=1.234")), 400, "invalid field: amount"),
+        (q(&format!("token={TOKEN}&amount=-5")), 400, "invalid field: amount"),
+        (q(&format!("token={TOKEN}&amount=1e5")), 400, "invalid field: amount"),
+        (q(&format!("token={TOKEN}&amount=99999999999999999999")), 400, "invalid field: amount"),
+        (q(&format!("token={TOKEN}&currency=XYZ")), 400, "invalid field: currency"),
+        (q(&format!("token={TOKEN}&currency=EUR")), 400, "invalid field: currency"),
+        (q(&format!("token={TOKEN}&status=pending")), 400, "invalid field: status"),
+        (q(&format!("token={TOKEN}&goal=nope")), 400, "invalid field: goal"),
+        (q(&format!("token={TOKEN}&txid={}", "x".repeat(200))), 400, "invalid field: txid"),
+        (
+            format!("DELETE /postback?cid={cid}&offer=shoes&token={TOKEN} HTTP/1.1\r\nHost: t\r\n\r\n"),
+            405,
+            "method not allowed",
+        ),
+        (
+            format!("POST /postback?token={TOKEN} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 5\r\n\r\n[1,2]"),
+            400,
+            "bad request body",
+        ),
+        (
+            format!(
+                "POST /postback?token={TOKEN} HTTP/1.1\r\nHost: t\r\nContent-Length: 70000\r\n\r\n{}",
+                "a".repeat(70_000)
+            ),
+            413,
+            "too large",
+        ),
+        ("GET /px.gif?offer=shoes HTTP/1.1\r\nHost: t\r\n\r\n".into(), 400, "missing field: cid"),
+        (format!("GET /px.gif?offer=nope&cid={cid} HTTP/1.1\r\nHost: t\r\n\r\n"), 400, "unknown offer"),
+        (format!("GET /px.gif?cid={cid} HTTP/1.1\r\nHost: t\r\n\r\n"), 400, "missing field: offer"),
+        (format!("GET /px.gif?offer=shoes&cid={cid}&amount=abc HTTP/1.1\r\nHost: t\r\n\r\n"), 400, "invalid field: amount"),
+        (format!("POST /px.gif?offer=shoes&cid={cid} HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n"), 405, "method"),
+        ("GET /c/no-such-link HTTP/1.1\r\nHost: t\r\n\r\n".into(), 404, "unknown link"),
+        ("POST /c/demo HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n".into(), 405, "method"),
+        ("GET /nowhere HTTP/1.1\r\nHost: t\r\n\r\n".into(), 404, "not found"),
+    ];
+    for (raw, status, reason) in &cases {
+        let r = server.send(raw);
+        let first_line = raw.lines().next().unwrap_or("");
+        let shown: String = first_line.chars().take(120).collect();
+        assert_eq!(r.status, *status, "{shown}: {}", r.text());
+        assert!(r.text().contains(reason), "{shown}: expected {reason:?} in {}", r.text());
+        if first_line.contains("/postback") {
+            assert_eq!(r.header("content-type"), Some("application/json"), "{shown}");
+        }
+    }
+    // Postback errors name the field in JSON.
+    let r = server.send(&q(&format!("token={TOKEN}&amount=1.234")));
+    assert_eq!(r.json()["field"], "amount");
+
+    // Oversized and over-many headers are refused by the HTTP layer.
+    let big = format!("GET /c/demo HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n", "a".repeat(40_000));
+    let r = Conn::open(server.addr).try_send(big.as_bytes());
+    assert!(r.map(|r| r.status == 431).unwrap_or(true), "oversized headers were accepted");
+    let many: String = (0..100).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let r = Conn::open(server.addr).try_send(format!("GET /c/demo HTTP/1.1\r\nHost: t\r\n{many}\r\n").as_bytes());
+    assert!(r.map(|r| r.status == 431).unwrap_or(true), "too many headers were accepted");
+
+    assert_eq!(export(&env.data()).len(), before, "a rejected request stored something");
+}
+
+#[test]
+fn open_redirects_never_leave_the_offer_and_crlf_never_reaches_a_header() {
+    let env = Env::new("");
+    let server = env.start();
+    for payload in [
+        "//evil.example",
+        "https:evil.example",
+        "https:/evil.example",
+        "a.example@evil.example",
+        "https://shop.example@evil.example/",
+        "https://shop.example%40evil.example/",
+        "https://evil.example\\@shop.example/",
+        "https://evil.example\\shop.example",
+        "/\\evil.example",
+        "https://evil.example%2eshop.example/",
+        "https://shop.example%2e%2e/evil",
+        "https://evil.example/%2e%2e/shop.example",
+        "https://shop.example.evil.example/",
+        "https://shop.example\r\nLocation: https://evil.example/",
+        "https://shop.example/%0d%0aSet-Cookie:x=1",
+        "javascript:alert(1)",
+        " https://evil.example",
+        "https://evil.example#shop.example",
+        "https://evil.example?shop.example",
+    ] {
+        let encoded: String = form_encode(payload);
+        let r = server.get(&format!("/c/demo?url={encoded}"));
+        assert_eq!(r.status, 302, "{payload}");
+        let loc = r.header("location").unwrap();
+        let host = loc.trim_start_matches("https://").split(['/', '?', '#']).next().unwrap();
+        assert!(host == "shop.example" || host.ends_with(".shop.example"), "{payload:?} redirected to {loc}");
+        assert!(!loc.contains('\r') && !loc.contains('\n'));
+        assert!(r.header("set-cookie").unwrap().starts_with("tally_cid="));
+    }
+    let r = server.get("/c/demo?url=https%3A%2F%2Fwww.shop.example%2Fp%2F42");
+    assert_eq!(r.header("location"), Some("https://www.shop.example/p/42"));
+
+    // CR/LF and other specials in sub IDs are percent-encoded in Location.
+    let r = server.get("/c/demo?sub1=a%0D%0AX-Injected:%20yes%26b%3Dc");
+    assert_eq!(r.status, 302);
+    assert!(r.header("x-injected").is_none());
+    assert!(
+        r.header("location").unwrap().ends_with("s1=a%0D%0AX-Injected%3A%20yes%26b%3Dc"),
+        "{:?}",
+        r.header("location")
+    );
+
+    let events = export(&env.data());
+    let clicks = of_type(&events, "click");
+    let rejected = clicks.iter().filter(|c| c["flags"].as_u64().unwrap() & 8 != 0).count();
+    let used = clicks.iter().filter(|c| c["flags"].as_u64().unwrap() & 16 != 0).count();
+    let followed: Vec<&str> =
+        clicks.iter().map(|c| c["deep_link"].as_str().unwrap()).filter(|d| !d.is_empty()).collect();
+    // Two payloads are genuinely on allowed hosts (a subdomain, and an encoded path).
+    assert_eq!(rejected, 17, "deep-link rejections not flagged: {rejected} (followed: {followed:?})");
+    assert!(
+        followed.iter().all(|d| d.starts_with("https://shop.example/") || d.contains(".shop.example/")),
+        "{followed:?}"
+    );
+    assert_eq!(used, clicks.len() - rejected - 1);
+}
+
+fn form_encode(s: &str) -> String {
+    s.bytes().map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") }).collect()
+}
+
+#[test]
+fn previews_and_prefetches_redirect_but_are_flagged_non_human() {
+    let env = Env::new("");
+    let server = env.start();
+    let r = server.send("HEAD /c/demo HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(r.status, 302);
+    let r = server.send("GET /c/demo HTTP/1.1\r\nHost: t\r\nSec-Purpose: prefetch\r\n\r\n");
+    assert_eq!(r.status, 302);
+    let r = server.send("GET /c/demo HTTP/1.1\r\nHost: t\r\nUser-Agent: Slackbot-LinkExpanding 1.0\r\n\r\n");
+    assert_eq!(r.status, 302);
+    let r = server
+        .send("GET /c/demo HTTP/1.1\r\nHost: t\r\nUser-Agent: Mozilla/5.0 (X11; Linux x86_64) Firefox/130.0\r\n\r\n");
+    assert_eq!(r.status, 302);
+    let flags: Vec<u64> = of_type(&export(&env.data()), "click").iter().map(|c| c["flags"].as_u64().unwrap()).collect();
+    assert_eq!(flags, vec![1, 2, 4, 0]);
+    let metrics = server.get("/metrics").text();
+    assert!(metrics.contains("tally_clicks_recorded_total{kind=\"non_human\"} 3"), "{metrics}");
+    assert!(metrics.contains("tally_clicks_recorded_total{kind=\"human\"} 1"), "{metrics}");
+}
+
+#[test]
+fn health_readiness_and_metrics() {
+    let env = Env::new("");
+    let server = env.start();
+    assert_eq!(server.get("/healthz").status, 200);
+    assert_eq!(server.get("/readyz").status, 200);
+    server.get("/c/demo?sub1=secret-sub&url=https%3A%2F%2Fevil.example");
+    server.get("/c/nope");
+    let m = server.get("/metrics");
+    assert_eq!(m.status, 200);
+    let text = m.text();
+    for needle in [
+        "tally_http_requests_total{route=\"click\",status_class=\"3xx\"} 1",
+        "tally_http_requests_total{route=\"click\",status_class=\"4xx\"} 1",
+        "tally_clicks_recorded_total{kind=\"human\"} 1",
+        "tally_clicks_unrecorded_total{cause=\"queue_full\"} 0",
+        "tally_clicks_deep_link_rejected_total 1",
+        "tally_log_events_appended_total",
+        "tally_log_batch_size_bucket",
+        "tally_log_commit_duration_seconds_bucket",
+        "tally_log_queue_depth",
+        "tally_log_queue_capacity 65536",
+        "tally_http_request_duration_seconds_bucket",
+        "tally_build_info",
+    ] {
+        assert!(text.contains(needle), "missing {needle} in\n{text}");
+    }
+    for secret in ["demo", "secret-sub", "evil.example", "127.0.0.1", "aff1", "shoes"] {
+        assert!(!text.contains(secret), "{secret} leaked into metrics");
+    }
+}
+
+#[test]
+fn sigterm_drains_and_exits_cleanly() {
+    let env = Env::new("");
+    let mut server = env.start();
+    let ids = click_storm(server.addr, 4, 50, "drain");
+    assert!(server.stop(), "tally did not exit 0 on SIGTERM");
+    let clicks = of_type(&export(&env.data()), "click").len();
+    assert_eq!(clicks, ids.len());
+}
+
+#[test]
+fn sighup_reloads_the_program_and_keeps_the_old_one_when_invalid() {
+    let env = Env::new("");
+    let server = env.start();
+    assert_eq!(server.get("/c/fresh").status, 404);
+    let program = std::fs::read_to_string(env.program()).unwrap();
+    std::fs::write(
+        env.program(),
+        format!("{program}\n[[links]]\ncode = \"fresh\"\noffer = \"hotels\"\naffiliate = \"aff1\"\n"),
+    )
+    .unwrap();
+    server.signal("HUP");
+    wait_for_metric(&server, "tally_program_reloads_total{outcome=\"ok\"} 1");
+    let r = server.get("/c/fresh");
+    assert_eq!(r.status, 302);
+    assert!(r.header("location").unwrap().starts_with("https://travel.example/hotels?click="));
+
+    std::fs::write(env.program(), "this is [not valid").unwrap();
+    server.signal("HUP");
+    wait_for_metric(&server, "tally_program_reloads_total{outcome=\"error\"} 1");
+    assert_eq!(server.get("/c/fresh").status, 302, "the old program must stay in force");
+
+    let changes = of_type(&export(&env.data()), "program_change").len();
+    assert_eq!(changes, 2, "start and one successful reload are logged");
+}
+
+fn wait_for_metric(server: &Server, needle: &str) {
+    // The reload runs asynchronously after the signal; poll the metric with a deadline.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        if server.get("/metrics").text().contains(needle) {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{needle} never appeared");
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+}
+
+#[test]
+fn config_check_reports_every_problem() {
+    let good = tally(&["config", "check", "--config", repo_config("tally.toml").to_str().unwrap()]);
+    assert!(good.status.success(), "{}", String::from_utf8_lossy(&good.stderr));
+    assert!(String::from_utf8_lossy(&good.stdout).contains("2 offers"));
+
+    let env = Env::new("");
+    std::fs::write(env.config(), "[server]\nlisten = \"x\"\nmax_headers = 0\n[log]\nsync = \"often\"\n").unwrap();
+    let bad = tally(&["config", "check", "--config", env.config().to_str().unwrap()]);
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    for key in ["server.listen", "server.max_headers", "log.sync", "3 problem(s)"] {
+        assert!(err.contains(key), "{key} missing from:\n{err}");
+    }
+
+    let env = Env::new("");
+    std::fs::write(env.program(), "[[links]]\ncode = \"x\"\noffer = \"o\"\naffiliate = \"a\"\n").unwrap();
+    let bad = tally(&["config", "check", "--config", env.config().to_str().unwrap()]);
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("links[x].offer") && err.contains("links[x].affiliate"), "{err}");
+
+    let missing = tally(&["config", "check", "--config", "/nonexistent/tally.toml"]);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/tally.toml"));
+}
+
+#[test]
+fn serve_refuses_a_bad_config_naming_the_value() {
+    let env = Env::new("sync = \"sometimes\"");
+    let out = tally(&["serve", "--config", env.config().to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("log.sync"));
+}
+
+#[test]
+fn verify_passes_then_names_the_edited_sequence() {
+    let env = Env::new("");
+    let mut server = env.start();
+    click_storm(server.addr, 4, 25, "verify");
+    let dir = env.data();
+    let d = dir.to_str().unwrap();
+    let ok = tally(&["verify", "--data-dir", d]);
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stdout));
+    let out = String::from_utf8_lossy(&ok.stdout);
+    assert!(out.contains("101 events"), "{out}");
+    assert!(out.contains("head 101:"), "{out}");
+    assert!(server.stop());
+
+    let stats = tally(&["log", "stats", "--data-dir", d]);
+    let s = String::from_utf8_lossy(&stats.stdout);
+    assert!(s.contains("click         100") && s.contains("last_seq        101"), "{s}");
+
+    // Forge a record that decodes fine: only the chain can tell.
+    let events = export(&dir);
+    let victim = events.iter().find(|e| e["seq"] == 57).unwrap().clone();
+    let mut forged = tally_model::Click {
+        click_id: victim["click_id"].as_str().unwrap().parse().unwrap(),
+        ts_ms: victim["ts_ms"].as_u64().unwrap(),
+        link: "demo".into(),
+        offer: "shoes".into(),
+        affiliate: "aff2".into(), // credit someone else
+        subs: Default::default(),
+        source: String::new(),
+        deep_link: String::new(),
+        user_agent: String::new(),
+        referrer: String::new(),
+        ip: String::new(),
+        flags: 0,
+    };
+    forged.subs[0] = victim["sub1"].as_str().unwrap().to_owned();
+    let bytes = tally_model::encode(&tally_model::Event::Click(forged)).unwrap();
+    tally_log::testing::overwrite_event(&dir, 57, &bytes).unwrap();
+    let bad = tally(&["verify", "--data-dir", d]);
+    assert!(!bad.status.success());
+    let out = String::from_utf8_lossy(&bad.stdout);
+    assert!(out.contains("FAILED at sequence 57"), "{out}");
+}
+
+#[test]
+fn read_commands_name_a_missing_data_dir() {
+    for args in [
+        vec!["verify", "--data-dir", "/nonexistent/tally-data"],
+        vec!["log", "stats", "--data-dir", "/nonexistent/tally-data"],
+        vec!["export", "events", "--data-dir", "/nonexistent/tally-data"],
+    ] {
+        let out = tally(&args);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/tally-data"), "{args:?}");
+    }
+    let out = tally(&["export", "events", "--data-dir", "/tmp", "--format", "xml"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("xml"));
+}
+
+#[test]
+fn csv_export_has_the_documented_header() {
+    let env = Env::new("");
+    let server = env.start();
+    server.get("/c/demo?sub1=a,b");
+    let out = tally(&["export", "events", "--data-dir", env.data().to_str().unwrap(), "--format", "csv"]);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut lines = text.lines();
+    assert!(lines.next().unwrap().starts_with("seq,type,ts_ms,click_id,link,offer,affiliate,sub1"));
+    assert!(text.contains("\"a,b\""), "{text}");
+}

@@ -1,0 +1,479 @@
+//! Request handlers. One function, [`respond_error`], maps edge errors to HTTP statuses.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{CACHE_CONTROL, CONTENT_TYPE, COOKIE, LOCATION, REFERER, RETRY_AFTER, SET_COOKIE, USER_AGENT};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use tally_log::LogError;
+use tally_model::program::Macro;
+use tally_model::{click_flags, Click, ClickId, Conversion, ConversionSource, Event};
+
+use crate::metrics::{ConvOutcome, ConvSource, Route, UnrecordedCause};
+use crate::params::{self, Field, FieldError, RawParams};
+use crate::Edge;
+
+pub type Body = Full<Bytes>;
+
+/// The 43-byte transparent 1×1 GIF.
+pub const PIXEL_GIF: [u8; 43] = [
+    0x47, 0x49, 0x46, 0x38, 0x39, 0x61, 0x01, 0x00, 0x01, 0x00, 0x80, 0x00, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff,
+    0x21, 0xf9, 0x04, 0x01, 0x00, 0x00, 0x00, 0x00, 0x2c, 0x00, 0x00, 0x00, 0x00, 0x01, 0x00, 0x01, 0x00, 0x00, 0x02,
+    0x02, 0x44, 0x01, 0x00, 0x3b,
+];
+
+pub const COOKIE_NAME: &str = "tally_cid";
+const MAX_UA: usize = 512;
+const MAX_REFERRER: usize = 1024;
+const MAX_SOURCE: usize = 128;
+const NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Everything that can go wrong answering a request, and its status.
+#[derive(Debug)]
+enum EdgeError {
+    NotFound(&'static str),
+    MethodNotAllowed(&'static str),
+    Field(FieldError),
+    Auth(crate::auth::AuthError),
+    BodyTooLarge,
+    BadBody(String),
+    /// The log could not take the event; retrying later can succeed.
+    Unavailable(LogError),
+    Internal(String),
+}
+
+fn respond_error(e: EdgeError, json: bool) -> Response<Body> {
+    let (status, reason, field): (u16, String, Option<&str>) = match e {
+        EdgeError::NotFound(what) => (404, what.to_owned(), None),
+        EdgeError::MethodNotAllowed(allow) => (405, format!("method not allowed; use {allow}"), None),
+        EdgeError::Field(f) => (400, f.reason, Some(f.field)),
+        EdgeError::Auth(a) => (a.status(), a.reason().to_owned(), None),
+        EdgeError::BodyTooLarge => (413, "request body too large".to_owned(), None),
+        EdgeError::BadBody(why) => (400, format!("bad request body: {why}"), None),
+        EdgeError::Unavailable(e) => (503, format!("temporarily unavailable: {e}"), None),
+        EdgeError::Internal(why) => (500, format!("internal error: {why}"), None),
+    };
+    let mut resp = if json {
+        let mut v = serde_json::json!({ "status": "error", "error": reason });
+        if let Some(f) = field {
+            v["field"] = serde_json::Value::from(f);
+        }
+        with_body(status, "application/json", v.to_string().into())
+    } else {
+        with_body(status, "text/plain; charset=utf-8", format!("{reason}\n").into())
+    };
+    if status == 503 {
+        resp.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    resp
+}
+
+fn with_body(status: u16, content_type: &'static str, body: Bytes) -> Response<Body> {
+    let mut r = Response::new(Full::new(body));
+    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r.headers_mut().insert(CACHE_CONTROL, NO_STORE);
+    r
+}
+
+/// Entry point for every request.
+pub async fn route(edge: Arc<Edge>, peer: SocketAddr, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let started = Instant::now();
+    let path = req.uri().path();
+    let (route, resp) = if let Some(code) = path.strip_prefix("/c/") {
+        let code = code.to_owned();
+        (Route::click, click(&edge, &req, peer, &code).await)
+    } else {
+        match path {
+            "/px.gif" => (Route::pixel, pixel(&edge, &req, peer).await),
+            "/postback" => (Route::postback, postback(&edge, req, peer).await),
+            "/healthz" => (Route::healthz, with_body(200, "text/plain; charset=utf-8", Bytes::from_static(b"ok\n"))),
+            "/readyz" => (Route::readyz, readyz(&edge)),
+            "/metrics" => (Route::metrics, metrics(&edge)),
+            _ => (Route::other, respond_error(EdgeError::NotFound("not found"), false)),
+        }
+    };
+    edge.metrics.request(route, resp.status().as_u16(), started.elapsed().as_secs_f64());
+    Ok(resp)
+}
+
+fn method_not_allowed(allow: &'static str, json: bool) -> Response<Body> {
+    let mut r = respond_error(EdgeError::MethodNotAllowed(allow), json);
+    r.headers_mut().insert(http::header::ALLOW, HeaderValue::from_static(allow));
+    r
+}
+
+fn header_str<'a>(req: &'a Request<Incoming>, name: http::header::HeaderName) -> &'a str {
+    req.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
+}
+
+/// Cuts `s` to at most `max` bytes on a char boundary, flagging the click if it had to.
+fn bounded(s: &str, max: usize, flags: &mut u16) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    *flags |= click_flags::TRUNCATED;
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_owned()
+}
+
+async fn click(edge: &Edge, req: &Request<Incoming>, peer: SocketAddr, code: &str) -> Response<Body> {
+    let is_head = req.method() == Method::HEAD;
+    if !is_head && req.method() != Method::GET {
+        return method_not_allowed("GET, HEAD", false);
+    }
+    let program = edge.program.load();
+    let Some(link) = program.link(code) else {
+        return match &edge.config.fallback_url {
+            Some(url) => redirect(url, None),
+            None => respond_error(EdgeError::NotFound("unknown link"), false),
+        };
+    };
+    let offer = &link.offer;
+    let now = now_ms();
+    let click_id = ClickId::mint(now, edge.config.node_id);
+    let mut flags = 0u16;
+    let mut subs: [String; 5] = Default::default();
+    let mut source = String::new();
+    let mut deep_link: Option<String> = None;
+    for (k, v) in form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()) {
+        let sub = match k.as_ref() {
+            "sub1" | "s1" => 0,
+            "sub2" | "s2" => 1,
+            "sub3" | "s3" => 2,
+            "sub4" | "s4" => 3,
+            "sub5" | "s5" => 4,
+            "url" => {
+                deep_link.get_or_insert_with(|| v.into_owned());
+                continue;
+            }
+            "src" | "source" => {
+                source = bounded(&v, MAX_SOURCE, &mut flags);
+                continue;
+            }
+            _ => continue,
+        };
+        subs[sub] = bounded(&v, params::MAX_SUB, &mut flags);
+    }
+    let user_agent = bounded(header_str(req, USER_AGENT), MAX_UA, &mut flags);
+    if is_head {
+        flags |= click_flags::HEAD;
+    }
+    if crate::bots::is_prefetch(req.headers()) {
+        flags |= click_flags::PREFETCH;
+    }
+    if crate::bots::is_unfurler(&user_agent) {
+        flags |= click_flags::UNFURLER;
+    }
+    let cid = click_id.encode();
+    let cid = std::str::from_utf8(&cid).unwrap_or_default();
+    let mut followed = String::new();
+    let location = match deep_link.as_deref().map(|d| offer.check_deep_link(d)) {
+        Some(Ok(url)) => {
+            flags |= click_flags::DEEP_LINK_USED;
+            followed = url.to_string();
+            followed.clone()
+        }
+        other => {
+            if other.is_some() {
+                flags |= click_flags::DEEP_LINK_REJECTED;
+                edge.metrics.deep_link_rejected();
+            }
+            offer.destination.render(|m| match m {
+                Macro::ClickId => cid,
+                Macro::AffId => &link.affiliate,
+                Macro::OfferId => &offer.id,
+                Macro::Sub(n) => subs.get(usize::from(n) - 1).map(String::as_str).unwrap_or(""),
+                Macro::Source => &source,
+            })
+        }
+    };
+    let ip = edge.config.ip.client_ip(peer.ip(), req.headers());
+    let event = Event::Click(Click {
+        click_id,
+        ts_ms: now,
+        link: link.code.clone(),
+        offer: offer.id.clone(),
+        affiliate: link.affiliate.clone(),
+        subs,
+        source,
+        deep_link: followed,
+        user_agent,
+        referrer: bounded(header_str(req, REFERER), MAX_REFERRER, &mut 0),
+        ip: edge.config.ip.render(ip, now),
+        flags,
+    });
+    let human = flags & click_flags::NON_HUMAN == 0;
+    match append(edge, &event).await {
+        Ok(_) => edge.metrics.click_recorded(human),
+        Err(e) => {
+            let cause = match e {
+                LogError::QueueFull => UnrecordedCause::queue_full,
+                LogError::Closed => UnrecordedCause::closed,
+                _ => UnrecordedCause::write_error,
+            };
+            edge.metrics.click_unrecorded(cause);
+        }
+    }
+    let cookie = edge.config.cookies.then(|| {
+        format!(
+            "{COOKIE_NAME}={cid}; Max-Age={}; Path=/; HttpOnly; SameSite=Lax{}",
+            u64::from(offer.window_days) * 86_400,
+            if edge.config.cookie_secure { "; Secure" } else { "" }
+        )
+    });
+    redirect(&location, cookie.as_deref())
+}
+
+fn redirect(location: &str, cookie: Option<&str>) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::new()));
+    match HeaderValue::from_str(location) {
+        Ok(v) => {
+            *r.status_mut() = StatusCode::FOUND;
+            r.headers_mut().insert(LOCATION, v);
+        }
+        // Unreachable for validated templates and deep links; refuse rather than redirect
+        // somewhere we did not check.
+        Err(_) => return respond_error(EdgeError::Internal("destination is not a valid header".into()), false),
+    }
+    r.headers_mut().insert(CACHE_CONTROL, NO_STORE);
+    r.headers_mut().insert(http::header::REFERRER_POLICY, HeaderValue::from_static("no-referrer-when-downgrade"));
+    if let Some(c) = cookie.and_then(|c| HeaderValue::from_str(c).ok()) {
+        r.headers_mut().insert(SET_COOKIE, c);
+    }
+    r
+}
+
+/// Encodes and commits one event, resolving after its batch is durable.
+async fn append(edge: &Edge, event: &Event) -> Result<u64, LogError> {
+    let record = tally_model::encode(event).map_err(|e| LogError::Write(e.to_string()))?;
+    edge.log.submit(record)?.await
+}
+
+fn cookie_click_id(req: &Request<Incoming>) -> Option<String> {
+    req.headers().get_all(COOKIE).iter().filter_map(|v| v.to_str().ok()).find_map(|v| {
+        v.split(';').find_map(|kv| {
+            let (k, val) = kv.trim().split_once('=')?;
+            (k == COOKIE_NAME).then(|| val.to_owned())
+        })
+    })
+}
+
+/// Turns validated parameters into a conversion event, consulting the program.
+fn build_conversion(
+    edge: &Edge,
+    raw: &RawParams,
+    source: ConversionSource,
+    ip: String,
+) -> Result<(Conversion, Arc<tally_model::program::Offer>), EdgeError> {
+    let p = params::validate(raw).map_err(EdgeError::Field)?;
+    let program = edge.program.load();
+    let offer = program
+        .offer(&p.offer)
+        .cloned()
+        .ok_or_else(|| EdgeError::Field(FieldError::invalid(Field::Offer, format!("unknown offer \"{}\"", p.offer))))?;
+    let goal = match &p.goal {
+        Some(g) if offer.goal(g).is_none() => {
+            return Err(EdgeError::Field(FieldError::invalid(
+                Field::Goal,
+                format!("offer {} has no goal \"{g}\"", offer.id),
+            )))
+        }
+        Some(g) => g.clone(),
+        None => offer.default_goal().to_owned(),
+    };
+    if let Some(c) = p.currency {
+        if c != offer.currency {
+            return Err(EdgeError::Field(FieldError::invalid(
+                Field::Currency,
+                format!("offer {} is paid in {}, got {c}", offer.id, offer.currency),
+            )));
+        }
+    }
+    let amount = p
+        .amount
+        .as_deref()
+        .map(|a| tally_model::parse_minor(a, offer.currency, false).map_err(|e| FieldError::invalid(Field::Amount, e)))
+        .transpose()
+        .map_err(EdgeError::Field)?;
+    let conversion = Conversion {
+        ts_ms: now_ms(),
+        source,
+        click_id: p.click_id,
+        coupon: p.coupon,
+        offer: offer.id.clone(),
+        goal,
+        txid: p.txid,
+        amount,
+        currency: offer.currency,
+        status: p.status,
+        subs: p.subs,
+        ip,
+    };
+    Ok((conversion, offer))
+}
+
+async fn pixel(edge: &Edge, req: &Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return method_not_allowed("GET", false);
+    }
+    let mut raw = RawParams::from_query(req.uri().query().unwrap_or(""));
+    if let Some(cid) = cookie_click_id(req) {
+        raw.set_if_absent(Field::ClickId, cid);
+    }
+    let now = now_ms();
+    let ip = edge.config.ip.render(edge.config.ip.client_ip(peer.ip(), req.headers()), now);
+    let result = match build_conversion(edge, &raw, ConversionSource::Pixel, ip) {
+        Ok((conversion, _)) => append(edge, &Event::Conversion(conversion)).await.map_err(EdgeError::Unavailable),
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(_) => {
+            edge.metrics.conversion(ConvSource::pixel, ConvOutcome::accepted);
+            with_body(200, "image/gif", Bytes::from_static(&PIXEL_GIF))
+        }
+        Err(e) => {
+            edge.metrics.conversion(ConvSource::pixel, outcome_of(&e));
+            respond_error(e, false)
+        }
+    }
+}
+
+fn outcome_of(e: &EdgeError) -> ConvOutcome {
+    match e {
+        EdgeError::Auth(_) => ConvOutcome::unauthorized,
+        EdgeError::Unavailable(_) | EdgeError::Internal(_) => ConvOutcome::shed,
+        _ => ConvOutcome::invalid,
+    }
+}
+
+async fn postback(edge: &Edge, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    let result = postback_inner(edge, req, peer).await;
+    match result {
+        Ok((seq, conversion)) => {
+            edge.metrics.conversion(ConvSource::postback, ConvOutcome::accepted);
+            let body = serde_json::json!({
+                "status": "accepted",
+                "seq": seq,
+                "event": "conversion",
+                "offer": conversion.offer,
+                "goal": conversion.goal,
+                "conversion_status": conversion.status.as_str(),
+                "click_id": conversion.click_id.map(|c| c.to_string()),
+            });
+            with_body(200, "application/json", body.to_string().into())
+        }
+        Err(e) => {
+            edge.metrics.conversion(ConvSource::postback, outcome_of(&e));
+            if let EdgeError::MethodNotAllowed(allow) = e {
+                return method_not_allowed(allow, true);
+            }
+            respond_error(e, true)
+        }
+    }
+}
+
+async fn postback_inner(edge: &Edge, req: Request<Incoming>, peer: SocketAddr) -> Result<(u64, Conversion), EdgeError> {
+    let (parts, body) = req.into_parts();
+    let query = parts.uri.query().unwrap_or("").to_owned();
+    let (raw_signed, mut params) = match parts.method {
+        Method::GET => (Bytes::from(query.clone()), RawParams::from_query(&query)),
+        Method::POST => {
+            let limit = edge.config.postback_max_body_bytes;
+            let bytes = match Limited::new(body, limit).collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+                    return Err(EdgeError::BodyTooLarge)
+                }
+                Err(e) => return Err(EdgeError::BadBody(e.to_string())),
+            };
+            let is_json = parts
+                .headers
+                .get(CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("application/json"));
+            let params =
+                if is_json { json_params(&bytes)? } else { RawParams::from_pairs(form_urlencoded::parse(&bytes)) };
+            (bytes, params)
+        }
+        _ => return Err(EdgeError::MethodNotAllowed("GET, POST")),
+    };
+    // A token in the query is accepted for POST too: it is a credential, not a field.
+    if parts.method == Method::POST {
+        if let Some(t) = RawParams::from_query(&query).get(Field::Token) {
+            params.set_if_absent(Field::Token, t.to_owned());
+        }
+    }
+    // Authenticate before reporting field problems, so unauthenticated callers learn
+    // nothing beyond "which offer" and nothing is stored.
+    let offer_id = params.get(Field::Offer).ok_or(EdgeError::Field(FieldError::missing(Field::Offer)))?;
+    let program = edge.program.load();
+    let offer = program
+        .offer(offer_id)
+        .ok_or_else(|| EdgeError::Field(FieldError::invalid(Field::Offer, format!("unknown offer \"{offer_id}\""))))?;
+    let advertiser =
+        program.advertiser_of(offer).ok_or_else(|| EdgeError::Internal("offer has no advertiser".into()))?;
+    let now = now_ms();
+    crate::auth::authenticate(
+        advertiser,
+        &parts.headers,
+        params.get(Field::Token),
+        &raw_signed,
+        now / 1000,
+        edge.config.signature_max_age.as_secs(),
+    )
+    .map_err(EdgeError::Auth)?;
+    let ip = edge.config.ip.render(edge.config.ip.client_ip(peer.ip(), &parts.headers), now);
+    let (conversion, _) = build_conversion(edge, &params, ConversionSource::Postback, ip)?;
+    let event = Event::Conversion(conversion);
+    let seq = append(edge, &event).await.map_err(EdgeError::Unavailable)?;
+    let Event::Conversion(conversion) = event else { return Err(EdgeError::Internal("unreachable".into())) };
+    Ok((seq, conversion))
+}
+
+/// A flat JSON object of strings and numbers, as some networks post.
+fn json_params(body: &[u8]) -> Result<RawParams, EdgeError> {
+    let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| EdgeError::BadBody(e.to_string()))?;
+    let obj = value.as_object().ok_or_else(|| EdgeError::BadBody("expected a JSON object".into()))?;
+    let pairs = obj.iter().filter_map(|(k, v)| {
+        let s = match v {
+            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Number(n) => n.to_string(),
+            serde_json::Value::Bool(b) => b.to_string(),
+            _ => return None,
+        };
+        Some((std::borrow::Cow::Borrowed(k.as_str()), std::borrow::Cow::Owned(s)))
+    });
+    Ok(RawParams::from_pairs(pairs))
+}
+
+fn readyz(edge: &Edge) -> Response<Body> {
+    if edge.log.is_writable() {
+        with_body(200, "text/plain; charset=utf-8", Bytes::from_static(b"ready\n"))
+    } else {
+        let mut r = with_body(503, "text/plain; charset=utf-8", Bytes::from_static(b"log not writable\n"));
+        r.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        r
+    }
+}
+
+fn metrics(edge: &Edge) -> Response<Body> {
+    edge.log_metrics.queue_depth.set(edge.log.queue_len() as i64);
+    let mut text = String::with_capacity(16 * 1024);
+    match prometheus_client::encoding::text::encode(&mut text, &edge.registry) {
+        Ok(()) => with_body(200, "application/openmetrics-text; version=1.0.0; charset=utf-8", text.into()),
+        Err(e) => respond_error(EdgeError::Internal(e.to_string()), false),
+    }
+}

@@ -1,0 +1,123 @@
+//! Tally's durable event log on RocksDB.
+//!
+//! This is the only crate that talks to RocksDB. It owns:
+//! - the **writer thread**, fed by a bounded crossbeam channel, which commits group batches
+//!   (bounded by count and a short linger), assigns contiguous `u64` sequence numbers, and
+//!   acknowledges each append only after its batch is durable under the configured
+//!   [`SyncPolicy`];
+//! - **readers** ([`LogReader`]): sequence ranges, an in-process [`Tail`] woken by commits,
+//!   and a secondary instance for reading a running server's log from another process;
+//! - named consumer **checkpoints**;
+//! - the tamper-evident **hash chain** ([`chain`]) and [`LogReader::verify`].
+//!
+//! On-disk layout, three column families:
+//!
+//! | CF       | key                       | value                                  |
+//! |----------|---------------------------|----------------------------------------|
+//! | `events` | seq, u64 big-endian       | one record (see `tally_model::record`) |
+//! | `chain`  | last seq of a batch, u64 BE | chain entry (see [`chain`])          |
+//! | `meta`   | `ckpt/{name}`             | checkpoint seq, u64 big-endian         |
+//!
+//! A batch's records and its chain entry are written in one RocksDB `WriteBatch`, so a crash
+//! leaves either the whole batch or none of it. Sequence numbers start at 1.
+//!
+//! Architecture invariant: no RocksDB call runs on a tokio worker thread from this crate's
+//! async API: [`Log::submit`] only enqueues, and the returned [`Pending`] only awaits a oneshot.
+
+pub mod chain;
+mod keys;
+mod metrics;
+mod reader;
+#[cfg(feature = "test-util")]
+pub mod testing;
+mod writer;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use thiserror::Error;
+
+pub use metrics::LogMetrics;
+pub use reader::{LogReader, LogStats, Tail, VerifyReport};
+pub use writer::{Log, Pending};
+
+/// How hard a commit tries before its appends are acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SyncPolicy {
+    /// The batch is written to the RocksDB WAL (the OS page cache): it survives a killed
+    /// process but not a power loss.
+    #[default]
+    None,
+    /// The WAL is fsynced once per batch: it survives power loss.
+    Batch,
+}
+
+impl SyncPolicy {
+    pub fn parse(s: &str) -> Option<SyncPolicy> {
+        match s {
+            "none" => Some(SyncPolicy::None),
+            "batch" => Some(SyncPolicy::Batch),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SyncPolicy::None => "none",
+            SyncPolicy::Batch => "batch",
+        }
+    }
+}
+
+/// Tuning of the writer.
+#[derive(Debug, Clone)]
+pub struct LogOptions {
+    pub sync: SyncPolicy,
+    /// Appends that may wait for the writer; beyond this, [`Log::submit`] fails fast with
+    /// [`LogError::QueueFull`].
+    pub queue_capacity: usize,
+    /// Most events in one batch.
+    pub max_batch: usize,
+    /// How long the writer waits for more events after the first of a batch. Zero means
+    /// "take what is queued": the time spent committing one batch already gathers the next.
+    pub linger: Duration,
+}
+
+impl Default for LogOptions {
+    fn default() -> Self {
+        LogOptions { sync: SyncPolicy::None, queue_capacity: 65_536, max_batch: 1024, linger: Duration::ZERO }
+    }
+}
+
+#[derive(Debug, Error, Clone)]
+pub enum LogError {
+    /// The writer's queue is full; the caller should shed (503) or retry later.
+    #[error("log queue is full")]
+    QueueFull,
+    /// The log is shutting down or its writer has stopped.
+    #[error("log is closed")]
+    Closed,
+    /// RocksDB refused the write (disk full, I/O error). Nothing of the batch was stored.
+    #[error("log write failed: {0}")]
+    Write(String),
+    #[error("cannot open log at {path}: {reason}")]
+    Open { path: String, reason: String },
+    #[error("log read failed: {0}")]
+    Read(String),
+    #[error("log is corrupt: {0}")]
+    Corrupt(String),
+}
+
+impl LogError {
+    /// Whether trying again later can succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, LogError::QueueFull | LogError::Write(_))
+    }
+}
+
+pub(crate) fn open_error(path: &Path, e: impl std::fmt::Display) -> LogError {
+    LogError::Open { path: path.display().to_string(), reason: e.to_string() }
+}
+
+pub(crate) type Db = Arc<rocksdb::DB>;

@@ -1,0 +1,320 @@
+//! Reading the log: ranges, tailing, stats, verification, checkpoints.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, Options};
+use tally_model::EventKind;
+
+use crate::chain::{self, ChainEntry, GENESIS};
+use crate::keys::{self, ALL_CFS, CF_CHAIN, CF_EVENTS, CF_META};
+use crate::writer::Committed;
+use crate::{open_error, Db, LogError};
+
+pub(crate) fn db_options() -> Options {
+    let mut opts = Options::default();
+    opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+    opts.set_bottommost_compression_type(rocksdb::DBCompressionType::Zstd);
+    opts.set_keep_log_file_num(4);
+    opts
+}
+
+pub(crate) fn cf_descriptors() -> Vec<ColumnFamilyDescriptor> {
+    ALL_CFS.iter().map(|name| ColumnFamilyDescriptor::new(*name, db_options())).collect()
+}
+
+pub(crate) fn cf<'a>(db: &'a Db, name: &str) -> Result<&'a ColumnFamily, LogError> {
+    db.cf_handle(name).ok_or_else(|| LogError::Corrupt(format!("column family {name} missing")))
+}
+
+fn read_err(e: rocksdb::Error) -> LogError {
+    LogError::Read(e.to_string())
+}
+
+/// Read access to a log: either this process's open log ([`crate::Log::reader`]) or, from
+/// another process, a RocksDB secondary instance that follows the primary's files.
+pub struct LogReader {
+    db: Db,
+    committed: Option<Arc<Committed>>,
+    secondary_dir: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for LogReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogReader").field("secondary_dir", &self.secondary_dir).finish_non_exhaustive()
+    }
+}
+
+impl Drop for LogReader {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.secondary_dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// Counts and sizes for `tally log stats`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogStats {
+    pub first_seq: Option<u64>,
+    pub last_seq: Option<u64>,
+    pub events_by_kind: BTreeMap<&'static str, u64>,
+    pub unreadable: u64,
+    pub bytes_on_disk: u64,
+}
+
+/// The outcome of [`LogReader::verify`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifyReport {
+    pub records: u64,
+    pub batches: u64,
+    /// The chain head after the last good batch, and its sequence number.
+    pub head: [u8; 32],
+    pub head_seq: u64,
+    /// The first sequence number that fails, and why.
+    pub first_bad: Option<(u64, String)>,
+}
+
+impl VerifyReport {
+    pub fn is_ok(&self) -> bool {
+        self.first_bad.is_none()
+    }
+}
+
+impl LogReader {
+    pub(crate) fn from_primary(db: Db, committed: Arc<Committed>) -> LogReader {
+        LogReader { db, committed: Some(committed), secondary_dir: None }
+    }
+
+    /// Opens the log in `dir` as a RocksDB secondary instance: safe while a server has the
+    /// log open (and also when none does). Call [`LogReader::catch_up`] to see newer commits.
+    pub fn open_secondary(dir: &Path) -> Result<LogReader, LogError> {
+        if !dir.join("CURRENT").exists() {
+            return Err(open_error(dir, "no Tally log here (no RocksDB CURRENT file)"));
+        }
+        let nanos =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        let secondary = std::env::temp_dir().join(format!("tally-secondary-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&secondary).map_err(|e| open_error(&secondary, e))?;
+        let mut opts = db_options();
+        // A secondary must keep every file open: the primary may delete ones it compacts away.
+        opts.set_max_open_files(-1);
+        let db = rocksdb::DB::open_cf_descriptors_as_secondary(&opts, dir, &secondary, cf_descriptors());
+        match db {
+            Ok(db) => Ok(LogReader { db: Arc::new(db), committed: None, secondary_dir: Some(secondary) }),
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&secondary);
+                Err(open_error(dir, e))
+            }
+        }
+    }
+
+    /// For a secondary instance, pulls in what the primary has committed since; a no-op for
+    /// an in-process reader, which always sees the latest commit.
+    pub fn catch_up(&self) -> Result<(), LogError> {
+        if self.secondary_dir.is_some() {
+            self.db.try_catch_up_with_primary().map_err(read_err)?;
+        }
+        Ok(())
+    }
+
+    /// Events with `from <= seq`, in order, at most `limit` of them.
+    pub fn read_range(&self, from: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, LogError> {
+        self.iter_from(from).take(limit).collect()
+    }
+
+    /// Iterates events from `from` on; the iterator sees a consistent snapshot.
+    pub fn iter_from(&self, from: u64) -> impl Iterator<Item = Result<(u64, Vec<u8>), LogError>> + '_ {
+        let start = keys::seq_key(from);
+        let iter =
+            cf(&self.db, CF_EVENTS).map(|cf| self.db.iterator_cf(cf, IteratorMode::From(&start, Direction::Forward)));
+        let (iter, err) = match iter {
+            Ok(it) => (Some(it), None),
+            Err(e) => (None, Some(e)),
+        };
+        err.map(Err).into_iter().chain(iter.into_iter().flatten().map(|item| {
+            let (k, v) = item.map_err(read_err)?;
+            let seq = keys::parse_seq_key(&k).ok_or_else(|| LogError::Corrupt("bad event key".into()))?;
+            Ok((seq, v.into_vec()))
+        }))
+    }
+
+    pub fn first_seq(&self) -> Result<Option<u64>, LogError> {
+        self.edge_seq(IteratorMode::Start)
+    }
+
+    pub fn last_seq(&self) -> Result<Option<u64>, LogError> {
+        self.edge_seq(IteratorMode::End)
+    }
+
+    fn edge_seq(&self, mode: IteratorMode) -> Result<Option<u64>, LogError> {
+        let cf = cf(&self.db, CF_EVENTS)?;
+        match self.db.iterator_cf(cf, mode).next() {
+            None => Ok(None),
+            Some(item) => {
+                let (k, _) = item.map_err(read_err)?;
+                Ok(keys::parse_seq_key(&k))
+            }
+        }
+    }
+
+    /// A named consumer's checkpoint, if it has stored one.
+    pub fn checkpoint(&self, name: &str) -> Result<Option<u64>, LogError> {
+        let cf = cf(&self.db, CF_META)?;
+        let v = self.db.get_cf(cf, keys::checkpoint_key(name)).map_err(read_err)?;
+        Ok(v.and_then(|v| keys::parse_seq_key(&v)))
+    }
+
+    /// Counts events by kind and measures the directory. Reads the whole log.
+    pub fn stats(&self, dir: &Path) -> Result<LogStats, LogError> {
+        let mut stats = LogStats::default();
+        for kind in EventKind::ALL {
+            stats.events_by_kind.insert(kind.as_str(), 0);
+        }
+        for item in self.iter_from(0) {
+            let (seq, record) = item?;
+            stats.first_seq.get_or_insert(seq);
+            stats.last_seq = Some(seq);
+            match tally_model::record::peek_kind(&record) {
+                Ok(kind) => *stats.events_by_kind.entry(kind.as_str()).or_default() += 1,
+                Err(_) => stats.unreadable += 1,
+            }
+        }
+        stats.bytes_on_disk = dir_size(dir);
+        Ok(stats)
+    }
+
+    /// Recomputes the hash chain from the first batch and reports the first sequence number
+    /// that does not match: an edited, inserted or deleted record, or an edited chain entry.
+    pub fn verify(&self) -> Result<VerifyReport, LogError> {
+        let chain_cf = cf(&self.db, CF_CHAIN)?;
+        let mut events = self.iter_from(0).peekable();
+        let mut report = VerifyReport { records: 0, batches: 0, head: GENESIS, head_seq: 0, first_bad: None };
+        let mut expected_first = 1u64;
+        for item in self.db.iterator_cf(chain_cf, IteratorMode::Start) {
+            let (k, v) = item.map_err(read_err)?;
+            let Some(entry) = ChainEntry::decode(&v).filter(|e| keys::parse_seq_key(&k) == Some(e.last())) else {
+                let at = keys::parse_seq_key(&k).unwrap_or(expected_first);
+                report.first_bad = Some((expected_first.min(at), "chain entry is malformed".into()));
+                return Ok(report);
+            };
+            if entry.first != expected_first {
+                report.first_bad = Some((
+                    expected_first,
+                    format!("chain skips from {expected_first} to batch starting at {}", entry.first),
+                ));
+                return Ok(report);
+            }
+            let mut hasher = chain::BatchHasher::new(&report.head, entry.first);
+            let mut bad_leaf: Option<(u64, String)> = None;
+            for (i, want_leaf) in entry.leaves.iter().enumerate() {
+                let seq = entry.first + i as u64;
+                match events.next() {
+                    Some(Ok((got, record))) if got == seq => {
+                        if bad_leaf.is_none() {
+                            if let Err(e) = tally_model::record::decode(&record) {
+                                bad_leaf = Some((seq, format!("record does not decode: {e}")));
+                            } else if chain::leaf(seq, &record) != *want_leaf {
+                                bad_leaf = Some((seq, "record differs from what was committed".into()));
+                            }
+                        }
+                        hasher.add(seq, &record);
+                    }
+                    Some(Ok((got, _))) if got > seq => {
+                        report.first_bad = Some((seq, "record is missing".into()));
+                        return Ok(report);
+                    }
+                    Some(Ok((got, _))) => {
+                        report.first_bad = Some((got, "record is not covered by the chain".into()));
+                        return Ok(report);
+                    }
+                    Some(Err(e)) => return Err(e),
+                    None => {
+                        report.first_bad = Some((seq, "record is missing".into()));
+                        return Ok(report);
+                    }
+                }
+            }
+            let (head, _) = hasher.finish();
+            if head != entry.head {
+                report.first_bad = Some(bad_leaf.unwrap_or((
+                    entry.first,
+                    format!("batch {}..={} does not match its chain hash", entry.first, entry.last()),
+                )));
+                return Ok(report);
+            }
+            if let Some(bad) = bad_leaf {
+                // The head matches but a leaf does not: the chain entry itself was edited.
+                report.first_bad = Some(bad);
+                return Ok(report);
+            }
+            report.head = head;
+            report.head_seq = entry.last();
+            report.records += u64::from(entry.count);
+            report.batches += 1;
+            expected_first = entry.last() + 1;
+        }
+        if let Some(extra) = events.next() {
+            let (seq, _) = extra?;
+            report.first_bad = Some((seq, "record is not covered by the chain".into()));
+        }
+        Ok(report)
+    }
+
+    /// Follows the log from `from`, for a consumer in this process.
+    pub fn tail(self, from: u64) -> Tail {
+        Tail { reader: self, next: from.max(1) }
+    }
+}
+
+fn dir_size(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(Result::ok).filter_map(|e| e.metadata().ok()).filter(|m| m.is_file()).map(|m| m.len()).sum()
+        })
+        .unwrap_or(0)
+}
+
+/// Follows the log's tail. In-process readers sleep on the writer's commit signal (no
+/// polling); a secondary instance, which has no signal to wait on, catches up with the
+/// primary at most every `timeout`.
+#[derive(Debug)]
+pub struct Tail {
+    reader: LogReader,
+    next: u64,
+}
+
+impl Tail {
+    /// The next sequence number this tail will return.
+    pub fn position(&self) -> u64 {
+        self.next
+    }
+
+    /// Returns up to `max` events from the current position, waiting up to `timeout` for at
+    /// least one. An empty result means the timeout passed with nothing new.
+    pub fn next_batch(&mut self, max: usize, timeout: Duration) -> Result<Vec<(u64, Vec<u8>)>, LogError> {
+        match &self.reader.committed {
+            Some(committed) => {
+                let guard = committed.seq.lock().map_err(|_| LogError::Closed)?;
+                let (_guard, _) = committed
+                    .cond
+                    .wait_timeout_while(guard, timeout, |seq| *seq < self.next)
+                    .map_err(|_| LogError::Closed)?;
+            }
+            None => {
+                self.reader.catch_up()?;
+                if self.reader.last_seq()?.is_none_or(|s| s < self.next) {
+                    std::thread::sleep(timeout);
+                    self.reader.catch_up()?;
+                }
+            }
+        }
+        let batch = self.reader.read_range(self.next, max)?;
+        if let Some((last, _)) = batch.last() {
+            self.next = last + 1;
+        }
+        Ok(batch)
+    }
+}

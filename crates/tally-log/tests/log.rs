@@ -1,0 +1,254 @@
+//! The event log against a real RocksDB in a temp dir.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use proptest::prelude::*;
+use tally_log::{Log, LogMetrics, LogOptions, LogReader, SyncPolicy};
+use tally_model::{Event, ProgramChange};
+
+fn record(i: u64) -> Vec<u8> {
+    tally_model::encode(&Event::ProgramChange(ProgramChange {
+        ts_ms: i,
+        digest: String::new(),
+        source: format!("r{i}"),
+    }))
+    .unwrap()
+}
+
+fn open(dir: &std::path::Path) -> Log {
+    Log::open(dir, LogOptions::default(), LogMetrics::default()).unwrap()
+}
+
+const WAIT: Duration = Duration::from_secs(10);
+
+#[test]
+fn concurrent_appends_get_contiguous_unique_sequences() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    let seqs: Vec<u64> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|t| {
+                let log = log.clone();
+                s.spawn(move || {
+                    (0..500).map(|i| log.append_blocking(record(t * 1000 + i), WAIT).unwrap()).collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    });
+    let unique: BTreeSet<u64> = seqs.iter().copied().collect();
+    assert_eq!(unique.len(), 4000);
+    assert_eq!(unique.first(), Some(&1));
+    assert_eq!(unique.last(), Some(&4000));
+    let reader = log.reader();
+    let all = reader.read_range(1, usize::MAX).unwrap();
+    assert_eq!(all.len(), 4000);
+    assert!(all.windows(2).all(|w| w[1].0 == w[0].0 + 1));
+    assert!(reader.verify().unwrap().is_ok());
+    log.close();
+}
+
+#[test]
+fn acknowledged_sequence_points_at_the_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    for i in 0..50 {
+        let seq = log.append_blocking(record(i), WAIT).unwrap();
+        assert_eq!(log.reader().read_range(seq, 1).unwrap()[0].1, record(i));
+    }
+    log.close();
+}
+
+#[test]
+fn reopening_continues_the_sequence_and_the_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    for i in 0..10 {
+        log.append_blocking(record(i), WAIT).unwrap();
+    }
+    log.close();
+    drop(log);
+    let log =
+        Log::open(dir.path(), LogOptions { sync: SyncPolicy::Batch, ..LogOptions::default() }, LogMetrics::default())
+            .unwrap();
+    assert_eq!(log.last_committed(), 10);
+    assert_eq!(log.append_blocking(record(10), WAIT).unwrap(), 11);
+    let report = log.reader().verify().unwrap();
+    assert!(report.is_ok(), "{report:?}");
+    assert_eq!((report.records, report.head_seq), (11, 11));
+    log.close();
+}
+
+#[test]
+fn appends_after_close_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    log.close();
+    assert!(matches!(log.submit(record(1)), Err(tally_log::LogError::Closed)));
+    assert!(!log.is_writable());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_resolves_after_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    let pendings: Vec<_> = (0..100).map(|i| log.submit(record(i)).unwrap()).collect();
+    let mut seqs = Vec::new();
+    for p in pendings {
+        seqs.push(p.await.unwrap());
+    }
+    assert_eq!(seqs, (1..=100).collect::<Vec<_>>());
+    assert_eq!(log.last_committed(), 100);
+    let log2 = log.clone();
+    tokio::task::spawn_blocking(move || log2.close()).await.unwrap();
+}
+
+#[test]
+fn tail_is_woken_by_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    let mut tail = log.reader().tail(1);
+    assert!(tail.next_batch(10, Duration::from_millis(10)).unwrap().is_empty());
+    let writer = {
+        let log = log.clone();
+        std::thread::spawn(move || {
+            for i in 0..5 {
+                log.append_blocking(record(i), WAIT).unwrap();
+            }
+        })
+    };
+    let mut got = Vec::new();
+    while got.len() < 5 {
+        // A generous timeout: the test relies on the commit signal, not on sleeping.
+        got.extend(tail.next_batch(10, WAIT).unwrap().into_iter().map(|(s, _)| s));
+    }
+    writer.join().unwrap();
+    assert_eq!(got, vec![1, 2, 3, 4, 5]);
+    assert_eq!(tail.position(), 6);
+    log.close();
+}
+
+#[test]
+fn a_secondary_reads_a_running_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    for i in 0..20 {
+        log.append_blocking(record(i), WAIT).unwrap();
+    }
+    let secondary = LogReader::open_secondary(dir.path()).unwrap();
+    assert_eq!(secondary.last_seq().unwrap(), Some(20));
+    for i in 20..30 {
+        log.append_blocking(record(i), WAIT).unwrap();
+    }
+    secondary.catch_up().unwrap();
+    assert_eq!(secondary.last_seq().unwrap(), Some(30));
+    assert!(secondary.verify().unwrap().is_ok());
+    let stats = secondary.stats(dir.path()).unwrap();
+    assert_eq!(stats.events_by_kind["program_change"], 30);
+    assert!(stats.bytes_on_disk > 0);
+    log.close();
+}
+
+#[test]
+fn opening_a_secondary_where_there_is_no_log_fails_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = LogReader::open_secondary(&dir.path().join("nope")).unwrap_err().to_string();
+    assert!(err.contains("no Tally log here"), "{err}");
+}
+
+#[test]
+fn checkpoints_persist() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    assert_eq!(log.reader().checkpoint("attribution").unwrap(), None);
+    log.set_checkpoint("attribution", 42).unwrap();
+    log.close();
+    drop(log);
+    let log = open(dir.path());
+    assert_eq!(log.reader().checkpoint("attribution").unwrap(), Some(42));
+    log.close();
+}
+
+#[test]
+fn commits_are_counted_in_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = LogMetrics::default();
+    let log =
+        Log::open(dir.path(), LogOptions { queue_capacity: 7, ..LogOptions::default() }, metrics.clone()).unwrap();
+    for i in 0..3 {
+        log.append_blocking(record(i), WAIT).unwrap();
+    }
+    assert_eq!(metrics.events_appended.get(), 3);
+    assert_eq!(metrics.queue_capacity.get(), 7);
+    assert_eq!(metrics.last_sequence.get(), 3);
+    let mut registry = prometheus_client::registry::Registry::default();
+    metrics.register(&mut registry);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    assert!(text.contains("tally_log_events_appended_total 3"), "{text}");
+    assert!(text.contains("tally_log_commit_duration_seconds_bucket"), "{text}");
+    log.close();
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+
+    /// Model check: random appends (from several threads) and reopenings against a Vec.
+    #[test]
+    fn log_matches_a_vec_model(ops in proptest::collection::vec((0u8..3, 1usize..40), 1..8)) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut model: Vec<Vec<u8>> = Vec::new();
+        let mut log = Some(open(dir.path()));
+        for (op, n) in ops {
+            match op {
+                0 | 1 => {
+                    let l = log.as_ref().unwrap();
+                    let base = model.len() as u64;
+                    let records: Vec<_> = (0..n as u64).map(|i| record(base + i)).collect();
+                    // Submit all, then await: their order in the queue is their order in the log.
+                    let pendings: Vec<_> = records.iter().map(|r| l.submit(r.clone()).unwrap()).collect();
+                    for (i, p) in pendings.into_iter().enumerate() {
+                        prop_assert_eq!(p.wait().unwrap(), model.len() as u64 + 1 + i as u64);
+                    }
+                    model.extend(records);
+                }
+                _ => {
+                    let l = log.take().unwrap();
+                    l.close();
+                    drop(l);
+                    log = Some(open(dir.path()));
+                }
+            }
+        }
+        let l = log.unwrap();
+        let stored: Vec<Vec<u8>> = l.reader().read_range(1, usize::MAX).unwrap().into_iter().map(|(_, r)| r).collect();
+        prop_assert_eq!(&stored, &model);
+        prop_assert!(l.reader().verify().unwrap().is_ok());
+        l.close();
+    }
+}
+
+#[test]
+fn verify_names_the_edited_sequence() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    // Submitted together, so several land in one batch: verify must still name the exact one.
+    let pendings: Vec<_> = (0..100).map(|i| log.submit(record(i)).unwrap()).collect();
+    for p in pendings {
+        p.wait().unwrap();
+    }
+    log.close();
+    drop(log);
+    let good = LogReader::open_secondary(dir.path()).unwrap().verify().unwrap();
+    assert!(good.is_ok());
+    assert_eq!(good.records, 100);
+    drop(Arc::new(()));
+
+    // A forged record with a valid envelope checksum: only the chain can catch it.
+    tally_log::testing::overwrite_event(dir.path(), 37, &record(9999)).unwrap();
+    let bad = LogReader::open_secondary(dir.path()).unwrap().verify().unwrap();
+    assert_eq!(bad.first_bad.as_ref().map(|(s, _)| *s), Some(37), "{bad:?}");
+}

@@ -1,0 +1,203 @@
+//! The events Tally appends to its log.
+//!
+//! These structs are serialised with postcard inside the envelope of [`crate::record`], so
+//! **field order is the on-disk format**: never reorder, remove or retype a field. Add a new
+//! event kind or bump the envelope version instead; the golden-byte tests in `record.rs` fail
+//! on any accidental change.
+
+use serde::{Deserialize, Serialize};
+
+use crate::click_id::ClickId;
+use crate::money::Currency;
+
+/// Bit flags recorded on a click. Stored as a plain `u16` so new flags never change the format.
+pub mod click_flags {
+    /// The request was a `HEAD`.
+    pub const HEAD: u16 = 1 << 0;
+    /// The browser said it was prefetching (`Purpose`, `Sec-Purpose`, `X-Moz`, `X-Purpose`).
+    pub const PREFETCH: u16 = 1 << 1;
+    /// The user agent is a known link unfurler or crawler (social networks, chat apps, bots).
+    pub const UNFURLER: u16 = 1 << 2;
+    /// A deep link (`url=`) was given but its host is not allowed by the offer; the offer's
+    /// default destination was used instead.
+    pub const DEEP_LINK_REJECTED: u16 = 1 << 3;
+    /// A deep link (`url=`) was allowed and followed.
+    pub const DEEP_LINK_USED: u16 = 1 << 4;
+    /// A sub ID or other free-text field was longer than the stored limit and was truncated.
+    pub const TRUNCATED: u16 = 1 << 5;
+
+    /// Flags that mean "no person clicked": reports exclude these clicks.
+    pub const NON_HUMAN: u16 = HEAD | PREFETCH | UNFURLER;
+}
+
+/// A click on an affiliate link.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Click {
+    pub click_id: ClickId,
+    /// Milliseconds since the Unix epoch, from the edge's clock when the click arrived.
+    pub ts_ms: u64,
+    pub link: String,
+    pub offer: String,
+    pub affiliate: String,
+    /// `sub1`..`sub5`; an empty string means "not given".
+    pub subs: [String; 5],
+    /// The traffic source (`src=`), empty if not given.
+    pub source: String,
+    /// The deep link that was followed, empty if none.
+    pub deep_link: String,
+    pub user_agent: String,
+    pub referrer: String,
+    /// The client IP after the configured privacy policy (truncated, hashed or full).
+    pub ip: String,
+    /// See [`click_flags`].
+    pub flags: u16,
+}
+
+impl Click {
+    /// True when reports should count this click as a person's.
+    pub fn is_human(&self) -> bool {
+        self.flags & click_flags::NON_HUMAN == 0
+    }
+}
+
+/// Where a conversion was reported from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ConversionSource {
+    Pixel,
+    Postback,
+}
+
+impl ConversionSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConversionSource::Pixel => "pixel",
+            ConversionSource::Postback => "postback",
+        }
+    }
+}
+
+/// The merchant's view of a conversion. Refunds and chargebacks are conversions with the same
+/// transaction ID and a reversing status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ConversionStatus {
+    Approved,
+    Refunded,
+    Chargeback,
+}
+
+impl ConversionStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConversionStatus::Approved => "approved",
+            ConversionStatus::Refunded => "refunded",
+            ConversionStatus::Chargeback => "chargeback",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ConversionStatus> {
+        match s.to_ascii_lowercase().as_str() {
+            "approved" => Some(ConversionStatus::Approved),
+            "refunded" => Some(ConversionStatus::Refunded),
+            "chargeback" => Some(ConversionStatus::Chargeback),
+            _ => None,
+        }
+    }
+
+    /// True for statuses that take money back.
+    pub fn is_reversal(self) -> bool {
+        !matches!(self, ConversionStatus::Approved)
+    }
+}
+
+/// A conversion reported by a pixel or a server-to-server postback.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Conversion {
+    /// Milliseconds since the Unix epoch, from the edge's clock when the report arrived.
+    pub ts_ms: u64,
+    pub source: ConversionSource,
+    /// The click this conversion claims; `None` for coupon-only conversions.
+    pub click_id: Option<ClickId>,
+    /// Coupon code used at checkout, empty if none.
+    pub coupon: String,
+    pub offer: String,
+    pub goal: String,
+    /// The merchant's transaction / order ID, the dedup key with offer and goal. Empty if none.
+    pub txid: String,
+    /// Sale amount in minor units of `currency`; `None` when the merchant sent no amount.
+    pub amount: Option<i64>,
+    pub currency: Currency,
+    pub status: ConversionStatus,
+    /// `sub1`..`sub5` as the merchant echoed them back (advertiser-side sub IDs).
+    pub subs: [String; 5],
+    /// The reporting client's IP after the privacy policy (the browser for a pixel, the
+    /// merchant's server for a postback).
+    pub ip: String,
+}
+
+/// The program (offers, links, rules) in force from this point of the log on. Appended when
+/// the server starts with a program that differs from the last one logged, and on every
+/// reload, so replaying the log always applies the rules that were in force at the time.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProgramChange {
+    pub ts_ms: u64,
+    /// BLAKE3 of `source`, hex; lets readers skip re-parsing an unchanged program.
+    pub digest: String,
+    /// The program file's TOML text, verbatim.
+    pub source: String,
+}
+
+/// Everything the log holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    Click(Click),
+    Conversion(Conversion),
+    ProgramChange(ProgramChange),
+}
+
+impl Event {
+    pub fn ts_ms(&self) -> u64 {
+        match self {
+            Event::Click(c) => c.ts_ms,
+            Event::Conversion(c) => c.ts_ms,
+            Event::ProgramChange(p) => p.ts_ms,
+        }
+    }
+
+    pub fn kind(&self) -> EventKind {
+        match self {
+            Event::Click(_) => EventKind::Click,
+            Event::Conversion(_) => EventKind::Conversion,
+            Event::ProgramChange(_) => EventKind::ProgramChange,
+        }
+    }
+}
+
+/// The kind byte of a record. The numeric values are part of the on-disk format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum EventKind {
+    Click = 1,
+    Conversion = 2,
+    ProgramChange = 3,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 3] = [EventKind::Click, EventKind::Conversion, EventKind::ProgramChange];
+
+    pub fn from_byte(b: u8) -> Option<EventKind> {
+        match b {
+            1 => Some(EventKind::Click),
+            2 => Some(EventKind::Conversion),
+            3 => Some(EventKind::ProgramChange),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Click => "click",
+            EventKind::Conversion => "conversion",
+            EventKind::ProgramChange => "program_change",
+        }
+    }
+}

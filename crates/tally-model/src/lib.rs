@@ -1,0 +1,17 @@
+//! Tally's domain model: click IDs, events, money, the program, and the record envelope.
+//!
+//! Architecture invariant: this crate does no I/O. It is shared by the edge, the log, the
+//! attribution worker and the CLI, and everything in it is deterministic given its inputs
+//! (the one exception, [`ClickId::mint`], draws randomness on purpose).
+
+pub mod click_id;
+pub mod event;
+pub mod money;
+pub mod program;
+pub mod record;
+
+pub use click_id::{ClickId, ClickIdError};
+pub use event::{click_flags, Click, Conversion, ConversionSource, ConversionStatus, Event, EventKind, ProgramChange};
+pub use money::{format_minor, parse_minor, Currency, MoneyError};
+pub use program::{Program, ProgramError};
+pub use record::{decode, encode, encode_into, RecordError};

@@ -1,0 +1,801 @@
+//! The program: advertisers, affiliates, offers (with goals and payouts) and links, loaded
+//! from a TOML file.
+//!
+//! Loading is parse-all-then-fail: [`Program::from_toml`] reports every problem it finds in
+//! one [`ProgramError`], so an operator fixes a file in one pass. The validated [`Program`] is
+//! immutable; the edge swaps a whole new one in on reload.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::Arc;
+
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use serde::Deserialize;
+use thiserror::Error;
+use xxhash_rust::xxh3::Xxh3DefaultBuilder;
+
+use crate::money::{parse_minor, Currency};
+
+/// Default attribution window when an offer sets none.
+pub const DEFAULT_WINDOW_DAYS: u32 = 30;
+/// Longest accepted ID, link code or host pattern.
+pub const MAX_ID_LEN: usize = 64;
+
+/// Everything but RFC 3986 unreserved characters is encoded, so a macro value can never end
+/// a query parameter, start a fragment, or smuggle a CR/LF into the `Location` header.
+const MACRO_VALUE: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+
+#[derive(Debug, Error)]
+pub enum ProgramError {
+    #[error("program is not valid TOML: {0}")]
+    Syntax(String),
+    #[error("program has {} problem(s):\n  {}", .0.len(), .0.join("\n  "))]
+    Invalid(Vec<String>),
+}
+
+impl ProgramError {
+    /// Every problem, one line each.
+    pub fn problems(&self) -> Vec<String> {
+        match self {
+            ProgramError::Syntax(s) => vec![s.clone()],
+            ProgramError::Invalid(v) => v.clone(),
+        }
+    }
+}
+
+// ---- the file as written -------------------------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProgram {
+    #[serde(default)]
+    advertisers: Vec<RawAdvertiser>,
+    #[serde(default)]
+    affiliates: Vec<RawAffiliate>,
+    #[serde(default)]
+    offers: Vec<RawOffer>,
+    #[serde(default)]
+    links: Vec<RawLink>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdvertiser {
+    id: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    postback_token: Option<String>,
+    #[serde(default)]
+    hmac_secret: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAffiliate {
+    id: String,
+    #[serde(default)]
+    name: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOffer {
+    id: String,
+    advertiser: String,
+    destination: String,
+    #[serde(default)]
+    allowed_hosts: Vec<String>,
+    currency: String,
+    #[serde(default)]
+    window_days: Option<u32>,
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    goals: Vec<RawGoal>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGoal {
+    id: String,
+    payout: RawPayout,
+    #[serde(default)]
+    hold_days: u32,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPayout {
+    kind: String,
+    #[serde(default)]
+    amount: Option<String>,
+    #[serde(default)]
+    bps: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLink {
+    code: String,
+    offer: String,
+    affiliate: String,
+    #[serde(default = "yes")]
+    active: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+// ---- the validated program -----------------------------------------------------------------
+
+#[derive(Debug, Clone)]
+pub struct Program {
+    /// BLAKE3 of the source text, hex.
+    pub digest: String,
+    /// The TOML text this program was loaded from, kept so it can be logged verbatim.
+    pub source: String,
+    pub advertisers: BTreeMap<String, Advertiser>,
+    pub affiliates: BTreeMap<String, Affiliate>,
+    pub offers: BTreeMap<String, Arc<Offer>>,
+    links: HashMap<String, Link, Xxh3DefaultBuilder>,
+}
+
+#[derive(Clone)]
+pub struct Advertiser {
+    pub id: String,
+    pub name: String,
+    pub postback_token: Option<String>,
+    pub hmac_secret: Option<String>,
+}
+
+// Secrets stay out of logs and panics.
+impl fmt::Debug for Advertiser {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Advertiser")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("postback_token", &self.postback_token.as_ref().map(|_| "<redacted>"))
+            .field("hmac_secret", &self.hmac_secret.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Affiliate {
+    pub id: String,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttributionModel {
+    LastClick,
+    FirstClick,
+}
+
+#[derive(Debug, Clone)]
+pub struct Offer {
+    pub id: String,
+    pub advertiser: String,
+    pub destination: Template,
+    pub allowed_hosts: Vec<HostPattern>,
+    pub currency: Currency,
+    pub window_days: u32,
+    pub model: AttributionModel,
+    /// Never empty; the first goal is the default for reports that name none.
+    pub goals: Vec<Goal>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Goal {
+    pub id: String,
+    pub payout: Payout,
+    pub hold_days: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Payout {
+    /// A fixed amount in minor units of the offer's currency (CPA / CPL).
+    Fixed { amount: i64 },
+    /// A share of the sale amount in basis points (1/100 of a percent).
+    RevShare { bps: u32 },
+}
+
+#[derive(Debug, Clone)]
+pub struct Link {
+    pub code: String,
+    pub offer: Arc<Offer>,
+    pub affiliate: String,
+    pub active: bool,
+}
+
+impl Program {
+    /// Parses and validates a program, reporting every problem at once.
+    pub fn from_toml(source: &str) -> Result<Program, ProgramError> {
+        let raw: RawProgram =
+            toml::from_str(source).map_err(|e| ProgramError::Syntax(e.to_string().trim().to_owned()))?;
+        let mut problems = Vec::new();
+
+        let mut advertisers = BTreeMap::new();
+        for a in raw.advertisers {
+            check_id(&mut problems, "advertisers", &a.id);
+            if a.postback_token.is_none() && a.hmac_secret.is_none() {
+                problems.push(format!(
+                    "advertisers[{}]: needs postback_token or hmac_secret, or its postbacks can never be authenticated",
+                    a.id
+                ));
+            }
+            for (name, v) in [("postback_token", &a.postback_token), ("hmac_secret", &a.hmac_secret)] {
+                if let Some(v) = v {
+                    if v.len() < 16 {
+                        problems.push(format!("advertisers[{}].{name}: must be at least 16 characters", a.id));
+                    }
+                }
+            }
+            let advertiser = Advertiser {
+                id: a.id.clone(),
+                name: a.name,
+                postback_token: a.postback_token,
+                hmac_secret: a.hmac_secret,
+            };
+            if advertisers.insert(a.id.clone(), advertiser).is_some() {
+                problems.push(format!("advertisers[{}]: duplicate id", a.id));
+            }
+        }
+
+        let mut affiliates = BTreeMap::new();
+        for a in raw.affiliates {
+            check_id(&mut problems, "affiliates", &a.id);
+            if affiliates.insert(a.id.clone(), Affiliate { id: a.id.clone(), name: a.name }).is_some() {
+                problems.push(format!("affiliates[{}]: duplicate id", a.id));
+            }
+        }
+
+        let mut offers = BTreeMap::new();
+        for o in raw.offers {
+            if let Some(offer) = validate_offer(&mut problems, &advertisers, o) {
+                let id = offer.id.clone();
+                if offers.insert(id.clone(), Arc::new(offer)).is_some() {
+                    problems.push(format!("offers[{id}]: duplicate id"));
+                }
+            }
+        }
+
+        let mut links = HashMap::with_hasher(Xxh3DefaultBuilder::new());
+        for l in raw.links {
+            check_id(&mut problems, "links", &l.code);
+            if !affiliates.contains_key(&l.affiliate) {
+                problems.push(format!("links[{}].affiliate: unknown affiliate \"{}\"", l.code, l.affiliate));
+            }
+            let Some(offer) = offers.get(&l.offer) else {
+                problems.push(format!("links[{}].offer: unknown offer \"{}\"", l.code, l.offer));
+                continue;
+            };
+            let link =
+                Link { code: l.code.clone(), offer: Arc::clone(offer), affiliate: l.affiliate, active: l.active };
+            if links.insert(l.code.clone(), link).is_some() {
+                problems.push(format!("links[{}]: duplicate code", l.code));
+            }
+        }
+
+        if !problems.is_empty() {
+            return Err(ProgramError::Invalid(problems));
+        }
+        Ok(Program {
+            digest: blake3::hash(source.as_bytes()).to_hex().to_string(),
+            source: source.to_owned(),
+            advertisers,
+            affiliates,
+            offers,
+            links,
+        })
+    }
+
+    /// The active link with this code, if any.
+    pub fn link(&self, code: &str) -> Option<&Link> {
+        self.links.get(code).filter(|l| l.active)
+    }
+
+    pub fn links(&self) -> impl Iterator<Item = &Link> {
+        self.links.values()
+    }
+
+    pub fn offer(&self, id: &str) -> Option<&Arc<Offer>> {
+        self.offers.get(id)
+    }
+
+    pub fn advertiser_of(&self, offer: &Offer) -> Option<&Advertiser> {
+        self.advertisers.get(&offer.advertiser)
+    }
+}
+
+fn check_id(problems: &mut Vec<String>, section: &str, id: &str) {
+    if !is_valid_id(id) {
+        problems.push(format!("{section}[{id}]: ids must be 1-{MAX_ID_LEN} characters of A-Z a-z 0-9 _ . -"));
+    }
+}
+
+/// IDs and link codes are restricted so they are safe in URLs, file names and log lines.
+pub fn is_valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_ID_LEN
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+fn validate_offer(
+    problems: &mut Vec<String>,
+    advertisers: &BTreeMap<String, Advertiser>,
+    o: RawOffer,
+) -> Option<Offer> {
+    let before = problems.len();
+    let at = format!("offers[{}]", o.id);
+    check_id(problems, "offers", &o.id);
+    if !advertisers.contains_key(&o.advertiser) {
+        problems.push(format!("{at}.advertiser: unknown advertiser \"{}\"", o.advertiser));
+    }
+    let destination = Template::parse(&o.destination).map_err(|e| problems.push(format!("{at}.destination: {e}"))).ok();
+    let mut allowed_hosts = Vec::new();
+    for h in &o.allowed_hosts {
+        match HostPattern::parse(h) {
+            Ok(p) => allowed_hosts.push(p),
+            Err(e) => problems.push(format!("{at}.allowed_hosts: {e}")),
+        }
+    }
+    let currency = Currency::from_code(&o.currency).map_err(|e| problems.push(format!("{at}.currency: {e}"))).ok();
+    let window_days = o.window_days.unwrap_or(DEFAULT_WINDOW_DAYS);
+    if window_days == 0 || window_days > 3650 {
+        problems.push(format!("{at}.window_days: must be 1-3650, got {window_days}"));
+    }
+    let model = match o.model.as_deref() {
+        None | Some("last_click") => AttributionModel::LastClick,
+        Some("first_click") => AttributionModel::FirstClick,
+        Some(other) => {
+            problems.push(format!("{at}.model: expected last_click or first_click, got \"{other}\""));
+            AttributionModel::LastClick
+        }
+    };
+    if o.goals.is_empty() {
+        problems.push(format!("{at}.goals: an offer needs at least one goal"));
+    }
+    let mut goals: Vec<Goal> = Vec::new();
+    for g in o.goals {
+        let gat = format!("{at}.goals[{}]", g.id);
+        check_id(problems, &format!("{at}.goals"), &g.id);
+        if goals.iter().any(|x| x.id == g.id) {
+            problems.push(format!("{gat}: duplicate id"));
+        }
+        let payout = match (g.payout.kind.as_str(), g.payout.amount, g.payout.bps) {
+            ("fixed", Some(amount), None) => match currency.map(|c| parse_minor(&amount, c, false)) {
+                Some(Ok(amount)) => Some(Payout::Fixed { amount }),
+                Some(Err(e)) => {
+                    problems.push(format!("{gat}.payout.amount: {e}"));
+                    None
+                }
+                None => None, // the currency problem is already reported
+            },
+            ("revshare", None, Some(bps)) if bps <= 10_000 => Some(Payout::RevShare { bps }),
+            ("revshare", None, Some(bps)) => {
+                problems.push(format!("{gat}.payout.bps: must be 0-10000, got {bps}"));
+                None
+            }
+            ("fixed", _, _) => {
+                problems.push(format!("{gat}.payout: kind \"fixed\" takes amount (and no bps)"));
+                None
+            }
+            ("revshare", _, _) => {
+                problems.push(format!("{gat}.payout: kind \"revshare\" takes bps (and no amount)"));
+                None
+            }
+            (other, _, _) => {
+                problems.push(format!("{gat}.payout.kind: expected fixed or revshare, got \"{other}\""));
+                None
+            }
+        };
+        if let Some(payout) = payout {
+            goals.push(Goal { id: g.id, payout, hold_days: g.hold_days });
+        }
+    }
+    if problems.len() != before {
+        return None;
+    }
+    Some(Offer {
+        id: o.id,
+        advertiser: o.advertiser,
+        destination: destination?,
+        allowed_hosts,
+        currency: currency?,
+        window_days,
+        model,
+        goals,
+    })
+}
+
+impl Offer {
+    pub fn goal(&self, id: &str) -> Option<&Goal> {
+        self.goals.iter().find(|g| g.id == id)
+    }
+
+    /// The goal a conversion that names none is booked to.
+    pub fn default_goal(&self) -> &str {
+        self.goals.first().map(|g| g.id.as_str()).unwrap_or("")
+    }
+
+    /// Checks a deep link (`url=` on a click) against the offer's allowed hosts. Returns the
+    /// normalised URL to redirect to, or why it was refused.
+    ///
+    /// Refused: anything that is not an absolute http(s) URL, anything with userinfo,
+    /// backslashes, control characters or whitespace (browsers "fix" these in ways that
+    /// differ from any parser, the classic open-redirect bypasses), and any host not allowed.
+    pub fn check_deep_link(&self, raw: &str) -> Result<url::Url, DeepLinkError> {
+        if raw.len() > 2048 {
+            return Err(DeepLinkError::TooLong);
+        }
+        if raw.bytes().any(|b| b == b'\\' || b.is_ascii_control() || b == b' ') {
+            return Err(DeepLinkError::BadCharacter);
+        }
+        let lower = raw.to_ascii_lowercase();
+        if !(lower.starts_with("https://") || lower.starts_with("http://")) {
+            return Err(DeepLinkError::NotAbsolute);
+        }
+        let url = url::Url::parse(raw).map_err(|_| DeepLinkError::Unparseable)?;
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(DeepLinkError::UserInfo);
+        }
+        let Some(url::Host::Domain(host)) = url.host() else {
+            return Err(DeepLinkError::HostNotAllowed);
+        };
+        if self.allowed_hosts.iter().any(|p| p.matches(host)) {
+            Ok(url)
+        } else {
+            Err(DeepLinkError::HostNotAllowed)
+        }
+    }
+}
+
+#[derive(Debug, Error, Clone, Copy, PartialEq, Eq)]
+pub enum DeepLinkError {
+    #[error("deep link is too long")]
+    TooLong,
+    #[error("deep link contains a backslash, space or control character")]
+    BadCharacter,
+    #[error("deep link is not an absolute http(s) URL")]
+    NotAbsolute,
+    #[error("deep link does not parse as a URL")]
+    Unparseable,
+    #[error("deep link carries userinfo")]
+    UserInfo,
+    #[error("deep link host is not allowed by the offer")]
+    HostNotAllowed,
+}
+
+/// An allowed deep-link host: `shop.example` (exactly) or `*.shop.example` (any subdomain,
+/// not the apex).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostPattern {
+    Exact(String),
+    Subdomains(String),
+}
+
+impl HostPattern {
+    pub fn parse(s: &str) -> Result<HostPattern, String> {
+        let lower = s.to_ascii_lowercase();
+        let (wild, host) = match lower.strip_prefix("*.") {
+            Some(rest) => (true, rest),
+            None => (false, lower.as_str()),
+        };
+        let ok_label =
+            |l: &str| !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        if host.is_empty() || host.len() > 253 || !host.split('.').all(ok_label) {
+            return Err(format!("\"{s}\" is not a host name or *.host pattern"));
+        }
+        Ok(if wild { HostPattern::Subdomains(host.to_owned()) } else { HostPattern::Exact(host.to_owned()) })
+    }
+
+    /// `host` must already be lowercase (the `url` crate normalises it).
+    pub fn matches(&self, host: &str) -> bool {
+        match self {
+            HostPattern::Exact(h) => host == h,
+            HostPattern::Subdomains(h) => {
+                host.len() > h.len() + 1
+                    && host.ends_with(h.as_str())
+                    && host.as_bytes()[host.len() - h.len() - 1] == b'.'
+            }
+        }
+    }
+}
+
+/// A macro in a destination template.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Macro {
+    ClickId,
+    AffId,
+    OfferId,
+    Sub(u8),
+    Source,
+}
+
+impl Macro {
+    fn parse(name: &str) -> Option<Macro> {
+        Some(match name {
+            "click_id" => Macro::ClickId,
+            "aff_id" => Macro::AffId,
+            "offer_id" => Macro::OfferId,
+            "source" => Macro::Source,
+            "sub1" => Macro::Sub(1),
+            "sub2" => Macro::Sub(2),
+            "sub3" => Macro::Sub(3),
+            "sub4" => Macro::Sub(4),
+            "sub5" => Macro::Sub(5),
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    Literal(String),
+    Macro(Macro),
+}
+
+/// A destination URL with `{macro}` placeholders, parsed once at load.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Template {
+    segments: Vec<Segment>,
+}
+
+impl Template {
+    /// Parses a template. It must be an absolute http(s) URL, and macros may only appear after
+    /// the host (in the path, query or fragment): a macro in the authority would let a sub ID
+    /// choose where the browser goes.
+    pub fn parse(s: &str) -> Result<Template, String> {
+        let mut segments = Vec::new();
+        let mut rest = s;
+        while let Some(open) = rest.find('{') {
+            if open > 0 {
+                segments.push(Segment::Literal(rest[..open].to_owned()));
+            }
+            let after = &rest[open + 1..];
+            let close = after.find('}').ok_or_else(|| format!("unclosed '{{' in \"{s}\""))?;
+            let name = &after[..close];
+            let m = Macro::parse(name).ok_or_else(|| format!("unknown macro {{{name}}}"))?;
+            segments.push(Segment::Macro(m));
+            rest = &after[close + 1..];
+        }
+        if rest.contains('}') {
+            return Err(format!("stray '}}' in \"{s}\""));
+        }
+        if !rest.is_empty() {
+            segments.push(Segment::Literal(rest.to_owned()));
+        }
+        // Validate the shape with every macro filled by a harmless value.
+        let probe = Template { segments: segments.clone() }.render(|_| "x");
+        let url = url::Url::parse(&probe).map_err(|e| format!("not a URL ({e})"))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+            return Err("must be an absolute http(s) URL".to_owned());
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err("must not carry userinfo".to_owned());
+        }
+        if s.bytes().any(|b| b.is_ascii_control() || b == b' ' || b == b'\\') {
+            return Err("must not contain spaces, backslashes or control characters".to_owned());
+        }
+        if let Some(Segment::Literal(first)) = segments.first() {
+            let authority_start = first.find("://").map(|i| i + 3).unwrap_or(0);
+            let authority_closed = first[authority_start..].contains(['/', '?', '#']);
+            if segments.len() > 1 && !authority_closed {
+                return Err("macros may only appear after the host".to_owned());
+            }
+        } else {
+            return Err("must start with http:// or https://".to_owned());
+        }
+        Ok(Template { segments })
+    }
+
+    /// Fills the macros; every value is percent-encoded.
+    pub fn render<'a>(&self, value: impl Fn(Macro) -> &'a str) -> String {
+        let mut out = String::with_capacity(128);
+        for s in &self.segments {
+            match s {
+                Segment::Literal(l) => out.push_str(l),
+                Segment::Macro(m) => out.extend(utf8_percent_encode(value(*m), MACRO_VALUE)),
+            }
+        }
+        out
+    }
+}
+
+/// Percent-encodes one macro value exactly as templates do; for deep links filled by callers.
+pub fn encode_macro_value(v: &str) -> String {
+    utf8_percent_encode(v, MACRO_VALUE).to_string()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[[advertisers]]
+id = "acme"
+postback_token = "0123456789abcdef"
+
+[[affiliates]]
+id = "aff1"
+
+[[offers]]
+id = "shoes"
+advertiser = "acme"
+destination = "https://shop.example/l?cid={click_id}&a={aff_id}&s={sub1}"
+allowed_hosts = ["shop.example", "*.shop.example"]
+currency = "usd"
+
+  [[offers.goals]]
+  id = "sale"
+  payout = { kind = "revshare", bps = 800 }
+  hold_days = 14
+
+  [[offers.goals]]
+  id = "lead"
+  payout = { kind = "fixed", amount = "2.50" }
+
+[[links]]
+code = "demo"
+offer = "shoes"
+affiliate = "aff1"
+"#;
+
+    #[test]
+    fn loads_a_good_program() {
+        let p = Program::from_toml(GOOD).unwrap();
+        let link = p.link("demo").unwrap();
+        assert_eq!(link.offer.id, "shoes");
+        assert_eq!(link.offer.window_days, 30);
+        assert_eq!(link.offer.goals[1].payout, Payout::Fixed { amount: 250 });
+        assert_eq!(link.offer.default_goal(), "sale");
+        assert_eq!(p.digest.len(), 64);
+        assert!(p.link("nope").is_none());
+    }
+
+    #[test]
+    fn reports_every_problem_at_once() {
+        let bad = r#"
+[[advertisers]]
+id = "acme"
+
+[[affiliates]]
+id = "bad id!"
+
+[[offers]]
+id = "o1"
+advertiser = "nobody"
+destination = "https://{sub1}.example/"
+currency = "XXY"
+window_days = 0
+model = "linear"
+goals = [{ id = "g", payout = { kind = "fixed", amount = "1.234" } }]
+
+[[links]]
+code = "l1"
+offer = "missing"
+affiliate = "ghost"
+"#;
+        let problems = Program::from_toml(bad).unwrap_err().problems();
+        let all = problems.join("\n");
+        for needle in [
+            "advertisers[acme]: needs postback_token",
+            "affiliates[bad id!]",
+            "offers[o1].advertiser: unknown advertiser",
+            "offers[o1].destination: macros may only appear after the host",
+            "offers[o1].currency: unknown currency",
+            "offers[o1].window_days",
+            "offers[o1].model",
+            "links[l1].affiliate: unknown affiliate",
+            "links[l1].offer: unknown offer",
+        ] {
+            assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let err = Program::from_toml("[[affiliates]]\nid = \"a\"\ncolour = \"red\"\n").unwrap_err();
+        assert!(matches!(err, ProgramError::Syntax(ref s) if s.contains("colour")), "{err}");
+    }
+
+    #[test]
+    fn payout_errors() {
+        let base = |payout: &str| GOOD.replace(r#"payout = { kind = "fixed", amount = "2.50" }"#, payout);
+        for (payout, needle) in [
+            (r#"payout = { kind = "fixed", amount = "2.505" }"#, "payout.amount"),
+            (r#"payout = { kind = "fixed", amount = "-1" }"#, "payout.amount"),
+            (r#"payout = { kind = "revshare", bps = 10001 }"#, "payout.bps"),
+            (r#"payout = { kind = "revshare", amount = "1" }"#, "takes bps"),
+            (r#"payout = { kind = "cpm" }"#, "payout.kind"),
+        ] {
+            let e = Program::from_toml(&base(payout)).unwrap_err().to_string();
+            assert!(e.contains(needle), "{payout}: {e}");
+        }
+    }
+
+    #[test]
+    fn templates_encode_every_macro_value() {
+        let t = Template::parse("https://shop.example/l?cid={click_id}&s={sub1}#{sub2}").unwrap();
+        let out = t.render(|m| match m {
+            Macro::ClickId => "01ABC",
+            Macro::Sub(1) => "a&b=c\r\nSet-Cookie: x",
+            _ => "#/?",
+        });
+        assert_eq!(out, "https://shop.example/l?cid=01ABC&s=a%26b%3Dc%0D%0ASet-Cookie%3A%20x#%23%2F%3F");
+    }
+
+    #[test]
+    fn template_errors() {
+        for bad in [
+            "https://shop.example/{nope}",
+            "https://shop.example/{click_id",
+            "https://shop.example/}",
+            "ftp://shop.example/",
+            "/relative/{click_id}",
+            "https://{sub1}/",
+            "https://shop.{sub1}.example/",
+            "https://user@shop.example/",
+            "https://shop.example/a b",
+        ] {
+            assert!(Template::parse(bad).is_err(), "{bad} accepted");
+        }
+        assert!(Template::parse("https://shop.example?x={sub1}").is_ok());
+    }
+
+    #[test]
+    fn deep_links_never_leave_allowed_hosts() {
+        let p = Program::from_toml(GOOD).unwrap();
+        let offer = p.offer("shoes").unwrap();
+        for good in ["https://shop.example/p/1", "http://www.shop.example/x?y=1", "HTTPS://SHOP.EXAMPLE/"] {
+            assert!(offer.check_deep_link(good).is_ok(), "{good} refused");
+        }
+        for bad in [
+            "//evil.example",
+            "https:evil.example",
+            "https:/evil.example",
+            "a.example@evil.example",
+            "https://shop.example@evil.example/",
+            "https://shop.example:pw@evil.example/",
+            "https://evil.example\\@shop.example/",
+            "https://evil.example\\.shop.example/",
+            "https://shop.example%2eevil.example/",
+            "https://evil.example%2fshop.example/",
+            "https://evil.example/.shop.example",
+            "https://shop.example.evil.example/",
+            "https://evilshop.example/",
+            "https://shop.example\r\nLocation: https://evil.example/",
+            " https://evil.example/",
+            "javascript:alert(1)//shop.example",
+            "data:text/html,shop.example",
+            "https://127.0.0.1/",
+            "https://[::1]/",
+        ] {
+            match offer.check_deep_link(bad) {
+                Err(_) => {}
+                Ok(u) => assert!(
+                    u.host_str() == Some("shop.example") || u.host_str().is_some_and(|h| h.ends_with(".shop.example")),
+                    "{bad} led to {u}"
+                ),
+            }
+        }
+    }
+
+    #[test]
+    fn host_patterns() {
+        let exact = HostPattern::parse("Shop.Example").unwrap();
+        assert!(exact.matches("shop.example"));
+        assert!(!exact.matches("www.shop.example"));
+        let sub = HostPattern::parse("*.shop.example").unwrap();
+        assert!(sub.matches("www.shop.example"));
+        assert!(!sub.matches("shop.example"));
+        assert!(!sub.matches("evilshop.example"));
+        for bad in ["", "*.", "a..b", "a b", "evil.example/", "*.*.x"] {
+            assert!(HostPattern::parse(bad).is_err(), "{bad}");
+        }
+    }
+}
