@@ -190,6 +190,7 @@ fn every_bad_input_gets_its_status_and_stores_nothing() {
         (format!("GET /px.gif?cid={cid} HTTP/1.1\r\nHost: t\r\n\r\n"), 400, "missing field: offer"),
         (format!("GET /px.gif?offer=shoes&cid={cid}&amount=abc HTTP/1.1\r\nHost: t\r\n\r\n"), 400, "invalid field: amount"),
         (format!("POST /px.gif?offer=shoes&cid={cid} HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n"), 405, "method"),
+        (format!("HEAD /px.gif?offer=shoes&cid={cid} HTTP/1.1\r\nHost: t\r\n\r\n"), 405, ""),
         ("GET /c/no-such-link HTTP/1.1\r\nHost: t\r\n\r\n".into(), 404, "unknown link"),
         ("POST /c/demo HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n".into(), 405, "method"),
         ("GET /nowhere HTTP/1.1\r\nHost: t\r\n\r\n".into(), 404, "not found"),
@@ -491,4 +492,52 @@ fn csv_export_has_the_documented_header() {
     let mut lines = text.lines();
     assert!(lines.next().unwrap().starts_with("seq,type,ts_ms,click_id,link,offer,affiliate,sub1"));
     assert!(text.contains("\"a,b\""), "{text}");
+}
+
+#[test]
+fn a_repeated_conversion_is_answered_as_a_duplicate_and_logged_once_more() {
+    let env = Env::new("");
+    let server = env.start();
+    let cid = server.get("/c/demo").click_id();
+    let url =
+        |status: &str| format!("/postback?cid={cid}&offer=shoes&txid=DUP-1&amount=10&status={status}&token={TOKEN}");
+    let first = server.get(&url("approved")).json();
+    assert_eq!(first["status"], "accepted");
+    assert!(first["duplicate_of"].is_null());
+    let again = server.get(&url("approved")).json();
+    assert_eq!(again["status"], "duplicate");
+    assert_eq!(again["duplicate_of"], first["seq"]);
+    // A refund of the same order is a new report, not a repeat; its repeat is.
+    assert_eq!(server.get(&url("refunded")).json()["status"], "accepted");
+    assert_eq!(server.get(&url("refunded")).json()["status"], "duplicate");
+    // A pixel for the same order and goal repeats the postback: still a GIF for the browser.
+    let px = server.get(&format!("/px.gif?cid={cid}&offer=shoes&txid=DUP-1&amount=10"));
+    assert_eq!((px.status, px.body.len()), (200, 43));
+
+    // Posted concurrently, one report is first and every other one is its duplicate.
+    let addr = server.addr;
+    let answers: Vec<serde_json::Value> = (0..16)
+        .map(|_| {
+            let cid = cid.clone();
+            std::thread::spawn(move || {
+                Conn::open(addr)
+                    .send(&format!(
+                        "GET /postback?cid={cid}&offer=shoes&txid=RACE&amount=5&token={TOKEN} HTTP/1.1\r\nHost: t\r\n\r\n"
+                    ))
+                    .json()
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|h| h.join().unwrap())
+        .collect();
+    let firsts: Vec<&serde_json::Value> = answers.iter().filter(|a| a["status"] == "accepted").collect();
+    assert_eq!(firsts.len(), 1, "{answers:?}");
+    assert!(answers.iter().filter(|a| a["status"] == "duplicate").all(|a| a["duplicate_of"] == firsts[0]["seq"]));
+
+    let metrics = server.get("/metrics").text();
+    assert!(metrics.contains("tally_conversions_total{source=\"postback\",outcome=\"duplicate\"} 17"), "{metrics}");
+    assert!(metrics.contains("tally_conversions_total{source=\"pixel\",outcome=\"duplicate\"} 1"), "{metrics}");
+    // Every report is in the log: attribution, not ingestion, decides what is paid.
+    assert_eq!(of_type(&export(&env.data()), "conversion").len(), 4 + 1 + 16);
 }

@@ -13,7 +13,7 @@ use tally_log::{LogOptions, SyncPolicy};
 
 use crate::ip::{IpMode, IpPolicy};
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct RawConfig {
     server: RawServer,
@@ -22,19 +22,6 @@ struct RawConfig {
     privacy: RawPrivacy,
     postback: RawPostback,
     logging: RawLogging,
-}
-
-impl Default for RawConfig {
-    fn default() -> Self {
-        RawConfig {
-            server: RawServer::default(),
-            log: RawLog::default(),
-            program: RawProgram::default(),
-            privacy: RawPrivacy::default(),
-            postback: RawPostback::default(),
-            logging: RawLogging::default(),
-        }
-    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

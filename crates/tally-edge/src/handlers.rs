@@ -112,7 +112,7 @@ fn method_not_allowed(allow: &'static str, json: bool) -> Response<Body> {
     r
 }
 
-fn header_str<'a>(req: &'a Request<Incoming>, name: http::header::HeaderName) -> &'a str {
+fn header_str(req: &Request<Incoming>, name: http::header::HeaderName) -> &str {
     req.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
 }
 
@@ -216,6 +216,16 @@ async fn click(edge: &Edge, req: &Request<Incoming>, peer: SocketAddr, code: &st
         flags,
     });
     let human = flags & click_flags::NON_HUMAN == 0;
+    let cookie = edge.config.cookies.then(|| {
+        format!(
+            "{COOKIE_NAME}={cid}; Max-Age={}; Path=/; HttpOnly; SameSite=Lax{}",
+            u64::from(offer.window_days) * 86_400,
+            if edge.config.cookie_secure { "; Secure" } else { "" }
+        )
+    });
+    let response = redirect(&location, cookie.as_deref());
+    // Release the program snapshot before waiting on the log: a reload must not wait for us.
+    drop(program);
     match append(edge, &event).await {
         Ok(_) => edge.metrics.click_recorded(human),
         Err(e) => {
@@ -227,14 +237,7 @@ async fn click(edge: &Edge, req: &Request<Incoming>, peer: SocketAddr, code: &st
             edge.metrics.click_unrecorded(cause);
         }
     }
-    let cookie = edge.config.cookies.then(|| {
-        format!(
-            "{COOKIE_NAME}={cid}; Max-Age={}; Path=/; HttpOnly; SameSite=Lax{}",
-            u64::from(offer.window_days) * 86_400,
-            if edge.config.cookie_secure { "; Secure" } else { "" }
-        )
-    });
-    redirect(&location, cookie.as_deref())
+    response
 }
 
 fn redirect(location: &str, cookie: Option<&str>) -> Response<Body> {
@@ -326,7 +329,8 @@ fn build_conversion(
 }
 
 async fn pixel(edge: &Edge, req: &Request<Incoming>, peer: SocketAddr) -> Response<Body> {
-    if req.method() != Method::GET && req.method() != Method::HEAD {
+    // GET only: a HEAD is a probe, not a page view, and must not record a conversion.
+    if req.method() != Method::GET {
         return method_not_allowed("GET", false);
     }
     let mut raw = RawParams::from_query(req.uri().query().unwrap_or(""));
@@ -336,12 +340,13 @@ async fn pixel(edge: &Edge, req: &Request<Incoming>, peer: SocketAddr) -> Respon
     let now = now_ms();
     let ip = edge.config.ip.render(edge.config.ip.client_ip(peer.ip(), req.headers()), now);
     let result = match build_conversion(edge, &raw, ConversionSource::Pixel, ip) {
-        Ok((conversion, _)) => append(edge, &Event::Conversion(conversion)).await.map_err(EdgeError::Unavailable),
+        Ok((conversion, _)) => append_conversion(edge, conversion).await.map_err(EdgeError::Unavailable),
         Err(e) => Err(e),
     };
     match result {
-        Ok(_) => {
-            edge.metrics.conversion(ConvSource::pixel, ConvOutcome::accepted);
+        Ok((appended, _)) => {
+            let outcome = if appended.duplicate_of.is_some() { ConvOutcome::duplicate } else { ConvOutcome::accepted };
+            edge.metrics.conversion(ConvSource::pixel, outcome);
             with_body(200, "image/gif", Bytes::from_static(&PIXEL_GIF))
         }
         Err(e) => {
@@ -362,11 +367,16 @@ fn outcome_of(e: &EdgeError) -> ConvOutcome {
 async fn postback(edge: &Edge, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
     let result = postback_inner(edge, req, peer).await;
     match result {
-        Ok((seq, conversion)) => {
-            edge.metrics.conversion(ConvSource::postback, ConvOutcome::accepted);
+        Ok((appended, conversion)) => {
+            let (outcome, status) = match appended.duplicate_of {
+                Some(_) => (ConvOutcome::duplicate, "duplicate"),
+                None => (ConvOutcome::accepted, "accepted"),
+            };
+            edge.metrics.conversion(ConvSource::postback, outcome);
             let body = serde_json::json!({
-                "status": "accepted",
-                "seq": seq,
+                "status": status,
+                "seq": appended.seq,
+                "duplicate_of": appended.duplicate_of,
                 "event": "conversion",
                 "offer": conversion.offer,
                 "goal": conversion.goal,
@@ -385,7 +395,11 @@ async fn postback(edge: &Edge, req: Request<Incoming>, peer: SocketAddr) -> Resp
     }
 }
 
-async fn postback_inner(edge: &Edge, req: Request<Incoming>, peer: SocketAddr) -> Result<(u64, Conversion), EdgeError> {
+async fn postback_inner(
+    edge: &Edge,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Result<(tally_log::Appended, Conversion), EdgeError> {
     let (parts, body) = req.into_parts();
     let query = parts.uri.query().unwrap_or("").to_owned();
     let (raw_signed, mut params) = match parts.method {
@@ -418,29 +432,43 @@ async fn postback_inner(edge: &Edge, req: Request<Incoming>, peer: SocketAddr) -
     }
     // Authenticate before reporting field problems, so unauthenticated callers learn
     // nothing beyond "which offer" and nothing is stored.
-    let offer_id = params.get(Field::Offer).ok_or(EdgeError::Field(FieldError::missing(Field::Offer)))?;
-    let program = edge.program.load();
-    let offer = program
-        .offer(offer_id)
-        .ok_or_else(|| EdgeError::Field(FieldError::invalid(Field::Offer, format!("unknown offer \"{offer_id}\""))))?;
-    let advertiser =
-        program.advertiser_of(offer).ok_or_else(|| EdgeError::Internal("offer has no advertiser".into()))?;
     let now = now_ms();
-    crate::auth::authenticate(
-        advertiser,
-        &parts.headers,
-        params.get(Field::Token),
-        &raw_signed,
-        now / 1000,
-        edge.config.signature_max_age.as_secs(),
-    )
-    .map_err(EdgeError::Auth)?;
+    {
+        // Scoped so the program snapshot is released before waiting on the log.
+        let offer_id = params.get(Field::Offer).ok_or(EdgeError::Field(FieldError::missing(Field::Offer)))?;
+        let program = edge.program.load();
+        let offer = program.offer(offer_id).ok_or_else(|| {
+            EdgeError::Field(FieldError::invalid(Field::Offer, format!("unknown offer \"{offer_id}\"")))
+        })?;
+        let advertiser =
+            program.advertiser_of(offer).ok_or_else(|| EdgeError::Internal("offer has no advertiser".into()))?;
+        crate::auth::authenticate(
+            advertiser,
+            &parts.headers,
+            params.get(Field::Token),
+            &raw_signed,
+            now / 1000,
+            edge.config.signature_max_age.as_secs(),
+        )
+        .map_err(EdgeError::Auth)?;
+    }
     let ip = edge.config.ip.render(edge.config.ip.client_ip(peer.ip(), &parts.headers), now);
     let (conversion, _) = build_conversion(edge, &params, ConversionSource::Postback, ip)?;
-    let event = Event::Conversion(conversion);
-    let seq = append(edge, &event).await.map_err(EdgeError::Unavailable)?;
-    let Event::Conversion(conversion) = event else { return Err(EdgeError::Internal("unreachable".into())) };
-    Ok((seq, conversion))
+    append_conversion(edge, conversion).await.map_err(EdgeError::Unavailable)
+}
+
+/// Commits a conversion, learning whether it repeats an earlier report (same offer, goal,
+/// txid and status). Repeats are logged too, so the log holds every report; attribution
+/// never pays one twice.
+async fn append_conversion(edge: &Edge, conversion: Conversion) -> Result<(tally_log::Appended, Conversion), LogError> {
+    // Conversions are rare next to clicks; a clone keeps this simple.
+    let record =
+        tally_model::encode(&Event::Conversion(conversion.clone())).map_err(|e| LogError::Write(e.to_string()))?;
+    let appended = match conversion.dedup_key() {
+        Some(key) => edge.log.submit_unique(record, &key)?.await?,
+        None => tally_log::Appended { seq: edge.log.submit(record)?.await?, duplicate_of: None },
+    };
+    Ok((appended, conversion))
 }
 
 /// A flat JSON object of strings and numbers, as some networks post.

@@ -98,6 +98,9 @@ pub enum ConvSource {
 pub enum ConvOutcome {
     /// Committed to the log.
     accepted,
+    /// Committed to the log, and a repeat of an earlier report (same offer, goal, txid and
+    /// status): answered as such, never paid twice.
+    duplicate,
     /// Bad input: answered 4xx, nothing stored.
     invalid,
     /// Bad or missing credentials: answered 401/403, nothing stored.
@@ -105,6 +108,9 @@ pub enum ConvOutcome {
     /// The log could not take it (queue full, write error, shutting down): answered 503.
     shed,
 }
+
+const CONV_OUTCOMES: [ConvOutcome; 5] =
+    [ConvOutcome::accepted, ConvOutcome::duplicate, ConvOutcome::invalid, ConvOutcome::unauthorized, ConvOutcome::shed];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ConvLabels {
@@ -190,7 +196,7 @@ impl EdgeMetrics {
         let durations = ROUTES.iter().map(|&route| durations.get_or_create(&RouteLabel { route }).clone()).collect();
         let mut conv = Vec::new();
         for source in [ConvSource::pixel, ConvSource::postback] {
-            for outcome in [ConvOutcome::accepted, ConvOutcome::invalid, ConvOutcome::unauthorized, ConvOutcome::shed] {
+            for outcome in CONV_OUTCOMES {
                 conv.push(conversions.get_or_create(&ConvLabels { source, outcome }).clone());
             }
         }
@@ -240,7 +246,7 @@ impl EdgeMetrics {
     }
 
     pub fn conversion(&self, source: ConvSource, outcome: ConvOutcome) {
-        self.conversions[source as usize * 4 + outcome as usize].inc();
+        self.conversions[source as usize * CONV_OUTCOMES.len() + outcome as usize].inc();
     }
 
     pub fn reload(&self, outcome: ReloadOutcome) {

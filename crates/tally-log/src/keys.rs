@@ -7,7 +7,9 @@ pub const CF_EVENTS: &str = "events";
 pub const CF_CHAIN: &str = "chain";
 /// Column family holding small metadata: consumer checkpoints.
 pub const CF_META: &str = "meta";
-pub const ALL_CFS: [&str; 3] = [CF_EVENTS, CF_CHAIN, CF_META];
+/// Column family holding `BLAKE3(uniqueness key) -> seq of the first event with that key`.
+pub const CF_UNIQUE: &str = "unique";
+pub const ALL_CFS: [&str; 4] = [CF_EVENTS, CF_CHAIN, CF_META, CF_UNIQUE];
 
 pub fn seq_key(seq: u64) -> [u8; 8] {
     seq.to_be_bytes()

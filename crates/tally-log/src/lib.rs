@@ -17,9 +17,11 @@
 //! | `events` | seq, u64 big-endian       | one record (see `tally_model::record`) |
 //! | `chain`  | last seq of a batch, u64 BE | chain entry (see [`chain`])          |
 //! | `meta`   | `ckpt/{name}`             | checkpoint seq, u64 big-endian         |
+//! | `unique` | BLAKE3 of a caller's key  | seq of the first event with that key   |
 //!
-//! A batch's records and its chain entry are written in one RocksDB `WriteBatch`, so a crash
-//! leaves either the whole batch or none of it. Sequence numbers start at 1.
+//! A batch's records, its chain entry and its `unique` entries are written in one RocksDB
+//! `WriteBatch`, so a crash leaves either the whole batch or none of it. Sequence numbers
+//! start at 1. The `unique` index is derived data: it can be rebuilt from the events.
 //!
 //! Architecture invariant: no RocksDB call runs on a tokio worker thread from this crate's
 //! async API: [`Log::submit`] only enqueues, and the returned [`Pending`] only awaits a oneshot.
@@ -40,7 +42,7 @@ use thiserror::Error;
 
 pub use metrics::LogMetrics;
 pub use reader::{LogReader, LogStats, Tail, VerifyReport};
-pub use writer::{Log, Pending};
+pub use writer::{Appended, Log, Pending, PendingUnique};
 
 /// How hard a commit tries before its appends are acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -14,15 +14,32 @@ use rocksdb::{WriteBatch, WriteOptions};
 use tokio::sync::oneshot;
 
 use crate::chain::{BatchHasher, ChainEntry, GENESIS};
-use crate::keys::{self, CF_CHAIN, CF_EVENTS, CF_META};
+use crate::keys::{self, CF_CHAIN, CF_EVENTS, CF_META, CF_UNIQUE};
 use crate::reader::{self, LogReader};
 use crate::{open_error, Db, LogError, LogMetrics, LogOptions, SyncPolicy};
 
-type Ack = oneshot::Sender<Result<u64, LogError>>;
+type Ack = oneshot::Sender<Result<Appended, LogError>>;
 
 enum Msg {
-    Append { record: Vec<u8>, ack: Ack },
+    Append(Item),
     Shutdown,
+}
+
+struct Item {
+    record: Vec<u8>,
+    /// BLAKE3 of the caller's uniqueness key, for [`Log::submit_unique`].
+    key: Option<[u8; 32]>,
+    ack: Ack,
+}
+
+/// Where an append landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    pub seq: u64,
+    /// For [`Log::submit_unique`]: the sequence number of the first event appended with the
+    /// same key, if this is a repeat. The repeat is appended all the same (the log records
+    /// every report); the caller decides what a repeat means.
+    pub duplicate_of: Option<u64>,
 }
 
 /// What readers in this process can wait on: the newest committed sequence number.
@@ -54,19 +71,37 @@ impl std::fmt::Debug for Log {
 
 /// An append waiting for its batch to commit. Resolves to the event's sequence number.
 #[derive(Debug)]
-pub struct Pending(oneshot::Receiver<Result<u64, LogError>>);
+pub struct Pending(PendingUnique);
 
 impl Future for Pending {
     type Output = Result<u64, LogError>;
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        // A dropped sender means the writer stopped before committing this record.
-        Pin::new(&mut self.0).poll(cx).map(|r| r.unwrap_or(Err(LogError::Closed)))
+        Pin::new(&mut self.0).poll(cx).map(|r| r.map(|a| a.seq))
     }
 }
 
 impl Pending {
     /// Blocks the calling thread until the batch commits. Not for use on an async runtime.
     pub fn wait(self) -> Result<u64, LogError> {
+        self.0.wait().map(|a| a.seq)
+    }
+}
+
+/// A keyed append waiting for its batch to commit; see [`Log::submit_unique`].
+#[derive(Debug)]
+pub struct PendingUnique(oneshot::Receiver<Result<Appended, LogError>>);
+
+impl Future for PendingUnique {
+    type Output = Result<Appended, LogError>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // A dropped sender means the writer stopped before committing this record.
+        Pin::new(&mut self.0).poll(cx).map(|r| r.unwrap_or(Err(LogError::Closed)))
+    }
+}
+
+impl PendingUnique {
+    /// Blocks the calling thread until the batch commits. Not for use on an async runtime.
+    pub fn wait(self) -> Result<Appended, LogError> {
         self.0.blocking_recv().unwrap_or(Err(LogError::Closed))
     }
 }
@@ -102,9 +137,21 @@ impl Log {
     /// Enqueues one encoded record without blocking. Fails fast with [`LogError::QueueFull`]
     /// when the writer is behind, or [`LogError::Closed`] after shutdown.
     pub fn submit(&self, record: Vec<u8>) -> Result<Pending, LogError> {
+        self.enqueue(record, None).map(Pending)
+    }
+
+    /// Like [`Log::submit`], and also tells whether an earlier event was appended with the
+    /// same `key` (e.g. a conversion's offer, goal, transaction ID and status). The check and
+    /// the index update happen in the writer, atomically with the append, so two concurrent
+    /// reports with one key get one "first" and one "duplicate", even across a crash.
+    pub fn submit_unique(&self, record: Vec<u8>, key: &[u8]) -> Result<PendingUnique, LogError> {
+        self.enqueue(record, Some(*blake3::hash(key).as_bytes()))
+    }
+
+    fn enqueue(&self, record: Vec<u8>, key: Option<[u8; 32]>) -> Result<PendingUnique, LogError> {
         let (ack, rx) = oneshot::channel();
-        match self.tx.try_send(Msg::Append { record, ack }) {
-            Ok(()) => Ok(Pending(rx)),
+        match self.tx.try_send(Msg::Append(Item { record, key, ack })) {
+            Ok(()) => Ok(PendingUnique(rx)),
             Err(TrySendError::Full(_)) => Err(LogError::QueueFull),
             Err(TrySendError::Disconnected(_)) => Err(LogError::Closed),
         }
@@ -114,11 +161,11 @@ impl Log {
     /// for the commit. For the CLI and tests; the edge uses [`Log::submit`].
     pub fn append_blocking(&self, record: Vec<u8>, deadline: Duration) -> Result<u64, LogError> {
         let (ack, rx) = oneshot::channel();
-        self.tx.send_timeout(Msg::Append { record, ack }, deadline).map_err(|e| match e {
+        self.tx.send_timeout(Msg::Append(Item { record, key: None, ack }), deadline).map_err(|e| match e {
             crossbeam_channel::SendTimeoutError::Timeout(_) => LogError::QueueFull,
             crossbeam_channel::SendTimeoutError::Disconnected(_) => LogError::Closed,
         })?;
-        Pending(rx).wait()
+        Pending(PendingUnique(rx)).wait()
     }
 
     /// True while the writer runs and its last commit succeeded.
@@ -229,11 +276,11 @@ struct Writer {
 impl Writer {
     fn run(mut self) {
         let max = self.options.max_batch.max(1);
-        let mut batch: Vec<(Vec<u8>, Ack)> = Vec::with_capacity(max);
+        let mut batch: Vec<Item> = Vec::with_capacity(max);
         let mut shutting_down = false;
         while !shutting_down {
             match self.rx.recv() {
-                Ok(Msg::Append { record, ack }) => batch.push((record, ack)),
+                Ok(Msg::Append(item)) => batch.push(item),
                 Ok(Msg::Shutdown) | Err(_) => break,
             }
             let linger_until = Instant::now() + self.options.linger;
@@ -251,7 +298,7 @@ impl Writer {
                     },
                 };
                 match msg {
-                    Msg::Append { record, ack } => batch.push((record, ack)),
+                    Msg::Append(item) => batch.push(item),
                     Msg::Shutdown => {
                         shutting_down = true;
                         break;
@@ -264,64 +311,93 @@ impl Writer {
         tracing::debug!(next_seq = self.next_seq, "log writer stopped");
     }
 
-    fn commit(&mut self, batch: &mut Vec<(Vec<u8>, Ack)>) {
+    fn commit(&mut self, batch: &mut Vec<Item>) {
         if batch.is_empty() {
             return;
         }
         let started = Instant::now();
+        #[cfg(feature = "test-util")]
+        crate::testing::throttle();
         let first = self.next_seq;
         let result = self.write(first, batch);
         let n = batch.len() as u64;
-        let writable = result.is_ok();
+        // Metrics, the commit signal and the writable flag are updated before any ack is
+        // sent, so whoever sees an ack also sees them.
+        if let Some(shared) = self.shared.upgrade() {
+            shared.writable.store(result.is_ok(), Ordering::Relaxed);
+        }
+        self.metrics.batch_size.observe(n as f64);
+        self.metrics.commit_duration.observe(started.elapsed().as_secs_f64());
+        self.metrics.queue_depth.set(self.rx.len() as i64);
         match result {
-            Ok(head) => {
+            Ok((head, duplicates)) => {
                 self.head = head;
                 self.next_seq += n;
-                for (i, (_, ack)) in batch.drain(..).enumerate() {
-                    let _ = ack.send(Ok(first + i as u64));
-                }
-                if let Ok(mut s) = self.committed.seq.lock() {
-                    *s = self.next_seq - 1;
-                }
-                self.committed.cond.notify_all();
                 self.metrics.events_appended.inc_by(n);
                 self.metrics.batches_committed.inc();
                 if self.options.sync == SyncPolicy::Batch {
                     self.metrics.fsyncs.inc();
                 }
                 self.metrics.last_sequence.set(i64::try_from(self.next_seq - 1).unwrap_or(i64::MAX));
+                if let Ok(mut s) = self.committed.seq.lock() {
+                    *s = self.next_seq - 1;
+                }
+                self.committed.cond.notify_all();
+                for (i, item) in batch.drain(..).enumerate() {
+                    let duplicate_of = duplicates.get(i).copied().flatten();
+                    let _ = item.ack.send(Ok(Appended { seq: first + i as u64, duplicate_of }));
+                }
             }
             Err(e) => {
                 tracing::error!(error = %e, events = n, "log commit failed; appends refused");
                 self.metrics.commit_errors.inc();
-                for (_, ack) in batch.drain(..) {
-                    let _ = ack.send(Err(e.clone()));
+                for item in batch.drain(..) {
+                    let _ = item.ack.send(Err(e.clone()));
                 }
             }
         }
-        if let Some(shared) = self.shared.upgrade() {
-            shared.writable.store(writable, Ordering::Relaxed);
-        }
-        self.metrics.batch_size.observe(n as f64);
-        self.metrics.commit_duration.observe(started.elapsed().as_secs_f64());
-        self.metrics.queue_depth.set(self.rx.len() as i64);
     }
 
-    fn write(&self, first: u64, batch: &[(Vec<u8>, Ack)]) -> Result<[u8; 32], LogError> {
+    /// Writes one batch; returns the new chain head and, per item, the earlier sequence number
+    /// of its key if it repeats one (empty when no item carries a key).
+    fn write(&self, first: u64, batch: &[Item]) -> Result<([u8; 32], Vec<Option<u64>>), LogError> {
         let events = reader::cf(&self.db, CF_EVENTS)?;
         let chain = reader::cf(&self.db, CF_CHAIN)?;
         let mut wb = WriteBatch::default();
         let mut hasher = BatchHasher::new(&self.head, first);
-        for (i, (record, _)) in batch.iter().enumerate() {
+        let mut duplicates = Vec::new();
+        let mut batch_keys: Vec<([u8; 32], u64)> = Vec::new();
+        for (i, item) in batch.iter().enumerate() {
             let seq = first + i as u64;
-            hasher.add(seq, record);
-            wb.put_cf(events, keys::seq_key(seq), record);
+            hasher.add(seq, &item.record);
+            wb.put_cf(events, keys::seq_key(seq), &item.record);
+            if let Some(key) = &item.key {
+                if duplicates.is_empty() {
+                    duplicates.resize(batch.len(), None);
+                }
+                let unique = reader::cf(&self.db, CF_UNIQUE)?;
+                let earlier = match batch_keys.iter().find(|(k, _)| k == key) {
+                    Some((_, s)) => Some(*s),
+                    None => self
+                        .db
+                        .get_cf(unique, key)
+                        .map_err(|e| LogError::Write(e.to_string()))?
+                        .and_then(|v| keys::parse_seq_key(&v)),
+                };
+                match earlier {
+                    Some(s) => duplicates[i] = Some(s),
+                    None => {
+                        wb.put_cf(unique, key, keys::seq_key(seq));
+                        batch_keys.push((*key, seq));
+                    }
+                }
+            }
         }
         let (head, entry) = hasher.finish();
         wb.put_cf(chain, keys::seq_key(first + batch.len() as u64 - 1), entry);
         let mut opts = WriteOptions::default();
         opts.set_sync(self.options.sync == SyncPolicy::Batch);
         self.db.write_opt(wb, &opts).map_err(|e| LogError::Write(e.to_string()))?;
-        Ok(head)
+        Ok((head, duplicates))
     }
 }

@@ -252,3 +252,29 @@ fn verify_names_the_edited_sequence() {
     let bad = LogReader::open_secondary(dir.path()).unwrap().verify().unwrap();
     assert_eq!(bad.first_bad.as_ref().map(|(s, _)| *s), Some(37), "{bad:?}");
 }
+
+#[test]
+fn keyed_appends_report_the_first_occurrence_within_a_batch_across_batches_and_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    // Submitted together so they share a batch: the writer must see the in-batch repeat.
+    let a = log.submit_unique(record(1), b"order-1").unwrap();
+    let b = log.submit_unique(record(2), b"order-1").unwrap();
+    let c = log.submit_unique(record(3), b"order-2").unwrap();
+    let d = log.submit(record(4)).unwrap();
+    let (a, b, c) = (a.wait().unwrap(), b.wait().unwrap(), c.wait().unwrap());
+    assert_eq!(d.wait().unwrap(), 4);
+    assert_eq!((a.seq, a.duplicate_of), (1, None));
+    assert_eq!((b.seq, b.duplicate_of), (2, Some(1)), "a repeat is still appended");
+    assert_eq!((c.seq, c.duplicate_of), (3, None));
+    let e = log.submit_unique(record(5), b"order-2").unwrap().wait().unwrap();
+    assert_eq!(e.duplicate_of, Some(3));
+    log.close();
+    drop(log);
+
+    let log = open(dir.path());
+    let f = log.submit_unique(record(6), b"order-1").unwrap().wait().unwrap();
+    assert_eq!((f.seq, f.duplicate_of), (6, Some(1)));
+    assert!(log.reader().verify().unwrap().is_ok());
+    log.close();
+}

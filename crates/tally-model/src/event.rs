@@ -134,6 +134,25 @@ pub struct Conversion {
     pub ip: String,
 }
 
+impl Conversion {
+    /// The key under which repeats of one report are recognised: offer, goal, transaction ID
+    /// and status (a refund of an order is not a repeat of its sale). `None` without a
+    /// transaction ID: such reports cannot be told apart from new ones. NUL separates the
+    /// parts; none of them can contain NUL (IDs are restricted, txids reject control characters).
+    pub fn dedup_key(&self) -> Option<Vec<u8>> {
+        if self.txid.is_empty() {
+            return None;
+        }
+        let mut k = Vec::with_capacity(16 + self.offer.len() + self.goal.len() + self.txid.len());
+        for part in [b"conversion".as_slice(), self.offer.as_bytes(), self.goal.as_bytes(), self.txid.as_bytes()] {
+            k.extend_from_slice(part);
+            k.push(0);
+        }
+        k.extend_from_slice(self.status.as_str().as_bytes());
+        Some(k)
+    }
+}
+
 /// The program (offers, links, rules) in force from this point of the log on. Appended when
 /// the server starts with a program that differs from the last one logged, and on every
 /// reload, so replaying the log always applies the rules that were in force at the time.

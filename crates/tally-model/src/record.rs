@@ -38,6 +38,8 @@ pub enum RecordError {
     Checksum,
     #[error("record payload does not decode: {0}")]
     Payload(String),
+    #[error("record payload is not in canonical form")]
+    NonCanonical,
     #[error("record payload too large to encode: {0} bytes")]
     TooLarge(usize),
 }
@@ -77,12 +79,44 @@ pub fn peek_kind(bytes: &[u8]) -> Result<EventKind, RecordError> {
 /// Decodes one record, checking version, kind, length and checksum.
 pub fn decode(bytes: &[u8]) -> Result<Event, RecordError> {
     let (kind, payload) = check(bytes)?;
-    let map = |e: postcard::Error| RecordError::Payload(e.to_string());
     Ok(match kind {
-        EventKind::Click => Event::Click(strict(payload).map_err(map)?),
-        EventKind::Conversion => Event::Conversion(strict(payload).map_err(map)?),
-        EventKind::ProgramChange => Event::ProgramChange(strict(payload).map_err(map)?),
+        EventKind::Click => Event::Click(canonical(payload)?),
+        EventKind::Conversion => Event::Conversion(canonical(payload)?),
+        EventKind::ProgramChange => Event::ProgramChange(canonical(payload)?),
     })
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Decodes a payload and insists it is the one encoding of its value. Postcard accepts
+/// overlong varints (`85 00` for 5); accepting them would let two byte strings mean the same
+/// event, so "same bytes" and "same event" would part ways for audits and dedup.
+fn canonical<'a, T: serde::Deserialize<'a> + serde::Serialize>(payload: &'a [u8]) -> Result<T, RecordError> {
+    let value: T = strict(payload).map_err(|e| RecordError::Payload(e.to_string()))?;
+    let same = SCRATCH.with(|cell| {
+        let mut buf = cell.take();
+        buf.clear();
+        let same = match postcard::to_extend(&value, buf) {
+            Ok(b) => {
+                let same = b == payload;
+                buf = b;
+                same
+            }
+            Err(_) => {
+                buf = Vec::new();
+                false
+            }
+        };
+        cell.replace(buf);
+        same
+    });
+    if same {
+        Ok(value)
+    } else {
+        Err(RecordError::NonCanonical)
+    }
 }
 
 /// Postcard ignores trailing bytes; we do not, so every byte of a record is accounted for.
@@ -227,6 +261,15 @@ mod tests {
         let sum = checksum(&v);
         v.extend_from_slice(&sum.to_be_bytes());
         assert!(matches!(decode(&v), Err(RecordError::Payload(_))));
+    }
+
+    /// Found by the `record_decode` fuzz target's author: postcard accepts overlong varints.
+    #[test]
+    fn overlong_varints_are_rejected() {
+        for forged in ["0103000000078500026162017821619e73", "01030000000705820061620178e7ca1d4b"] {
+            assert_eq!(decode(&from_hex(forged)), Err(RecordError::NonCanonical), "{forged}");
+        }
+        assert!(decode(&from_hex(GOLDEN_PROGRAM)).is_ok());
     }
 
     fn hex(b: &[u8]) -> String {

@@ -33,10 +33,20 @@ impl Env {
     /// A temp dir holding `tally.toml` (with `extra` appended to its [log] section) and a
     /// copy of the example program.
     pub fn new(log_extra: &str) -> Env {
+        Env::build("", log_extra, "")
+    }
+
+    /// Like [`Env::new`], with extra lines for the `[server]`, `[log]` and `[privacy]` tables.
+    pub fn build(server_extra: &str, log_extra: &str, privacy_extra: &str) -> Env {
         let tmp = tempfile::tempdir().unwrap();
         std::fs::copy(repo_config("program.toml"), tmp.path().join("program.toml")).unwrap();
+        let server = if server_extra.contains("header_read_timeout_ms") {
+            format!("drain_timeout_ms = 5000\n{server_extra}")
+        } else {
+            format!("header_read_timeout_ms = 2000\ndrain_timeout_ms = 5000\n{server_extra}")
+        };
         let config = format!(
-            "[server]\nheader_read_timeout_ms = 2000\ndrain_timeout_ms = 5000\n[log]\ndata_dir = \"data\"\n{log_extra}\n[program]\npath = \"program.toml\"\n[logging]\nlevel = \"warn\"\n"
+            "[server]\n{server}\n[log]\ndata_dir = \"data\"\n{log_extra}\n[program]\npath = \"program.toml\"\n[privacy]\n{privacy_extra}\n[logging]\nlevel = \"warn\"\n"
         );
         std::fs::write(tmp.path().join("tally.toml"), config).unwrap();
         Env { tmp }
@@ -57,11 +67,20 @@ impl Env {
     pub fn start(&self) -> Server {
         Server::start(&self.config(), &self.data())
     }
+
+    pub fn start_with_env(&self, vars: &[(&str, &str)]) -> Server {
+        Server::start_with_env(&self.config(), &self.data(), vars)
+    }
 }
 
 impl Server {
     pub fn start(config: &Path, data: &Path) -> Server {
+        Server::start_with_env(config, data, &[])
+    }
+
+    pub fn start_with_env(config: &Path, data: &Path, vars: &[(&str, &str)]) -> Server {
         let mut child = Command::new(BIN)
+            .envs(vars.iter().copied())
             .args(["serve", "--config"])
             .arg(config)
             .args(["--listen", "127.0.0.1:0", "--worker-threads", "2"])
