@@ -17,5 +17,6 @@ pub fn sample_click(i: u64) -> Event {
         referrer: "https://blog.example/best-running-shoes".into(),
         ip: "203.0.113.0".into(),
         flags: 0,
+        prior_click: None,
     })
 }

@@ -39,6 +39,8 @@ pub const COLUMNS: &[&str] = &[
     "currency",
     "status",
     "program_digest",
+    // Last, so adding it (record format 2) moved no existing CSV column.
+    "prior_click",
 ];
 
 /// One event as `(column, value)` pairs, in [`COLUMNS`] order, for the columns it has.
@@ -63,6 +65,7 @@ pub fn row(seq: u64, event: &Event) -> Vec<(&'static str, Value)> {
             r.push(("referrer", c.referrer.as_str().into()));
             r.push(("ip", c.ip.as_str().into()));
             r.push(("flags", c.flags.into()));
+            r.push(("prior_click", c.prior_click.map(|p| p.to_string()).unwrap_or_default().into()));
         }
         Event::Conversion(c) => {
             r.push(("click_id", c.click_id.map(|c| c.to_string()).unwrap_or_default().into()));

@@ -43,6 +43,32 @@ fn a_click_redirects_with_a_fresh_click_id_and_is_exported_with_its_sub_ids() {
 }
 
 #[test]
+fn a_click_records_the_click_id_the_browser_already_carried() {
+    let env = Env::new("");
+    let server = env.start();
+    let first = server.get("/c/demo").click_id();
+    let click = |cookie: &str| {
+        let r = server.send(&format!("GET /c/demo HTTP/1.1\r\nHost: t\r\nCookie: {cookie}\r\n\r\n"));
+        assert_eq!(r.status, 302, "{}", r.text());
+        r.click_id()
+    };
+    let second = click(&format!("theme=dark; tally_cid={first}"));
+    // Lowercase still parses (click IDs ignore case); junk is no prior click, not an error.
+    let third = click(&format!("tally_cid={}", first.to_ascii_lowercase()));
+    let junk = click("tally_cid=not-a-click-id");
+    let empty = click("tally_cid=");
+
+    let events = export(&env.data());
+    let clicks = of_type(&events, "click");
+    let prior = |cid: &str| clicks.iter().find(|c| c["click_id"] == cid).unwrap()["prior_click"].clone();
+    assert_eq!(prior(&first), "");
+    assert_eq!(prior(&second), first.as_str());
+    assert_eq!(prior(&third), first.as_str());
+    assert_eq!(prior(&junk), "");
+    assert_eq!(prior(&empty), "");
+}
+
+#[test]
 fn a_pixel_records_a_conversion_from_the_cid_or_the_cookie() {
     let env = Env::new("");
     let server = env.start();
@@ -455,6 +481,7 @@ fn verify_passes_then_names_the_edited_sequence() {
         referrer: String::new(),
         ip: String::new(),
         flags: 0,
+        prior_click: None,
     };
     forged.subs[0] = victim["sub1"].as_str().unwrap().to_owned();
     let bytes = tally_model::encode(&tally_model::Event::Click(forged)).unwrap();

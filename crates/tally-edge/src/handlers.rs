@@ -214,6 +214,10 @@ async fn click(edge: &Edge, req: &Request<Incoming>, peer: SocketAddr, code: &st
         referrer: bounded(header_str(req, REFERER), MAX_REFERRER, &mut 0),
         ip: edge.config.ip.render(ip, now),
         flags,
+        // Whatever the browser sends is untrusted: a cookie that is not a click ID is no prior
+        // click, never an error. With cookies off the operator asked us not to track by
+        // cookie, so none is read either.
+        prior_click: cookie_click_id(req).filter(|_| edge.config.cookies).and_then(|c| ClickId::parse(&c).ok()),
     });
     let human = flags & click_flags::NON_HUMAN == 0;
     let cookie = edge.config.cookies.then(|| {

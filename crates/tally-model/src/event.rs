@@ -51,6 +51,10 @@ pub struct Click {
     pub ip: String,
     /// See [`click_flags`].
     pub flags: u16,
+    /// The `tally_cid` cookie the browser already carried when it clicked (the click before
+    /// this one on this redirect host), if it parsed as a click ID. Lets attribution apply
+    /// first-click rules without a user identity.
+    pub prior_click: Option<ClickId>,
 }
 
 impl Click {

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! offset  size  field
-//! 0       1     format version (currently 1)
+//! 0       1     format version (currently 2; version 1 still decodes, see below)
 //! 1       1     event kind (1 click, 2 conversion, 3 program change; see EventKind)
 //! 2       4     payload length n, u32 big-endian
 //! 6       n     payload: the event struct, postcard 1.x
@@ -13,14 +13,27 @@
 //! the log's BLAKE3 chain). Postcard's wire format is specified and frozen for 1.x, and the
 //! golden-byte tests below freeze ours: a change that alters them is a format change and
 //! needs a new version byte with a decoder for the old one.
+//!
+//! Versions:
+//!
+//! - **2** (written by this build): `Click` gained its last field, `prior_click`.
+//! - **1**: the first format. Still decoded: a version-1 click payload has no `prior_click`
+//!   (it decodes as `None`); conversion and program-change payloads are the same in both.
+//!
+//! Decoding a version-1 record and encoding the event again gives a version-2 record, not the
+//! original bytes; stored records are never rewritten, so the log keeps both versions.
 
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use xxhash_rust::xxh3::xxh3_64;
 
-use crate::event::{Event, EventKind};
+use crate::click_id::ClickId;
+use crate::event::{Click, Event, EventKind};
 
 /// The version byte written by this build.
-pub const FORMAT_VERSION: u8 = 1;
+pub const FORMAT_VERSION: u8 = 2;
+/// The first format, before `Click::prior_click`; still decoded, never written.
+const VERSION_1: u8 = 1;
 const HEADER_LEN: usize = 6;
 const CHECKSUM_LEN: usize = 4;
 
@@ -73,17 +86,58 @@ pub fn encode_into(event: &Event, buf: &mut Vec<u8>) -> Result<(), RecordError> 
 
 /// Checks the envelope and returns the event kind without decoding the payload.
 pub fn peek_kind(bytes: &[u8]) -> Result<EventKind, RecordError> {
-    check(bytes).map(|(kind, _)| kind)
+    check(bytes).map(|(_, kind, _)| kind)
 }
 
-/// Decodes one record, checking version, kind, length and checksum.
+/// Decodes one record, checking version, kind, length and checksum. Accepts every version
+/// listed in the module docs.
 pub fn decode(bytes: &[u8]) -> Result<Event, RecordError> {
-    let (kind, payload) = check(bytes)?;
+    let (version, kind, payload) = check(bytes)?;
     Ok(match kind {
+        EventKind::Click if version == VERSION_1 => Event::Click(canonical::<ClickV1>(payload)?.into()),
         EventKind::Click => Event::Click(canonical(payload)?),
         EventKind::Conversion => Event::Conversion(canonical(payload)?),
         EventKind::ProgramChange => Event::ProgramChange(canonical(payload)?),
     })
+}
+
+/// A click as version 1 laid it out: [`Click`] without `prior_click`. Frozen: this is the
+/// version-1 format, so it never changes, whatever happens to `Click`.
+#[derive(Serialize, Deserialize)]
+struct ClickV1 {
+    click_id: ClickId,
+    ts_ms: u64,
+    link: String,
+    offer: String,
+    affiliate: String,
+    subs: [String; 5],
+    source: String,
+    deep_link: String,
+    user_agent: String,
+    referrer: String,
+    ip: String,
+    flags: u16,
+}
+
+impl From<ClickV1> for Click {
+    fn from(c: ClickV1) -> Click {
+        Click {
+            click_id: c.click_id,
+            ts_ms: c.ts_ms,
+            link: c.link,
+            offer: c.offer,
+            affiliate: c.affiliate,
+            subs: c.subs,
+            source: c.source,
+            deep_link: c.deep_link,
+            user_agent: c.user_agent,
+            referrer: c.referrer,
+            ip: c.ip,
+            flags: c.flags,
+            // Version 1 did not record the browser's cookie.
+            prior_click: None,
+        }
+    }
 }
 
 thread_local! {
@@ -129,12 +183,14 @@ fn strict<'a, T: serde::Deserialize<'a>>(payload: &'a [u8]) -> Result<T, postcar
     }
 }
 
-fn check(bytes: &[u8]) -> Result<(EventKind, &[u8]), RecordError> {
+/// Checks the envelope; returns the version byte, the event kind and the payload.
+fn check(bytes: &[u8]) -> Result<(u8, EventKind, &[u8]), RecordError> {
     if bytes.len() < HEADER_LEN + CHECKSUM_LEN {
         return Err(RecordError::Truncated(bytes.len()));
     }
-    if bytes[0] != FORMAT_VERSION {
-        return Err(RecordError::UnknownVersion(bytes[0]));
+    let version = bytes[0];
+    if version != FORMAT_VERSION && version != VERSION_1 {
+        return Err(RecordError::UnknownVersion(version));
     }
     let kind = EventKind::from_byte(bytes[1]).ok_or(RecordError::UnknownKind(bytes[1]))?;
     let declared = u32::from_be_bytes([bytes[2], bytes[3], bytes[4], bytes[5]]) as usize;
@@ -147,7 +203,7 @@ fn check(bytes: &[u8]) -> Result<(EventKind, &[u8]), RecordError> {
     if stored != checksum(&bytes[..body_end]) {
         return Err(RecordError::Checksum);
     }
-    Ok((kind, &bytes[HEADER_LEN..body_end]))
+    Ok((version, kind, &bytes[HEADER_LEN..body_end]))
 }
 
 fn checksum(bytes: &[u8]) -> u32 {
@@ -164,7 +220,7 @@ mod tests {
     use crate::money::Currency;
     use proptest::prelude::*;
 
-    fn golden_click() -> Event {
+    fn golden_click(prior_click: Option<ClickId>) -> Event {
         Event::Click(Click {
             click_id: ClickId::new(1_700_000_000_000, 7, 0x0123_4567_89ab_cdef),
             ts_ms: 1_700_000_000_000,
@@ -178,7 +234,12 @@ mod tests {
             referrer: String::new(),
             ip: "203.0.113.0".into(),
             flags: click_flags::HEAD,
+            prior_click,
         })
+    }
+
+    fn golden_prior_click() -> ClickId {
+        ClickId::new(1_699_999_000_000, 3, 0xfedc_ba98_7654_3210)
     }
 
     fn golden_conversion() -> Event {
@@ -202,16 +263,23 @@ mod tests {
         Event::ProgramChange(ProgramChange { ts_ms: 5, digest: "ab".into(), source: "x".into() })
     }
 
-    // These bytes ARE the on-disk format. If this test fails, you changed the format: restore
-    // it, or bump FORMAT_VERSION and keep a decoder for version 1.
-    const GOLDEN_CLICK: &str = "01010000004310018bcfe5680000070123456789abcdef80d095ffbc310464656d6f0573686f657304616666310161000000016502666200025541000b3230332e302e3131332e3001c418db97";
-    const GOLDEN_CONVERSION: &str = "010200000044a0dd9bffbc31010110018bcfe5680000070000000000000001000573686f65730473616c6503542d3101f2c001035553440100000000000c3139382e35312e3130302e30b84ac4c4";
-    const GOLDEN_PROGRAM: &str = "010300000006050261620178f9fe9b04";
+    // These bytes ARE the on-disk format (version 2). If this test fails, you changed the
+    // format: restore it, or bump FORMAT_VERSION, keep decoders for versions 1 and 2, and keep
+    // these strings as decode-only tests like the version-1 ones below.
+    const GOLDEN_CLICK: &str = "02010000005510018bcfe5680000070123456789abcdef80d095ffbc310464656d6f0573686f657304616666310161000000016502666200025541000b3230332e302e3131332e30010110018bcfd625c00003fedcba98765432106ba45d5a";
+    const GOLDEN_CONVERSION: &str = "020200000044a0dd9bffbc31010110018bcfe5680000070000000000000001000573686f65730473616c6503542d3101f2c001035553440100000000000c3139382e35312e3130302e30b00b4865";
+    const GOLDEN_PROGRAM: &str = "0203000000060502616201780158204b";
+
+    // Version 1, as written before `Click::prior_click` existed. Decode-only: this build never
+    // writes version 1, but the logs it reads are full of it. Never change these strings.
+    const GOLDEN_CLICK_V1: &str = "01010000004310018bcfe5680000070123456789abcdef80d095ffbc310464656d6f0573686f657304616666310161000000016502666200025541000b3230332e302e3131332e3001c418db97";
+    const GOLDEN_CONVERSION_V1: &str = "010200000044a0dd9bffbc31010110018bcfe5680000070000000000000001000573686f65730473616c6503542d3101f2c001035553440100000000000c3139382e35312e3130302e30b84ac4c4";
+    const GOLDEN_PROGRAM_V1: &str = "010300000006050261620178f9fe9b04";
 
     #[test]
     fn golden_bytes_are_frozen() {
         for (event, golden) in [
-            (golden_click(), GOLDEN_CLICK),
+            (golden_click(Some(golden_prior_click())), GOLDEN_CLICK),
             (golden_conversion(), GOLDEN_CONVERSION),
             (golden_program(), GOLDEN_PROGRAM),
         ] {
@@ -222,13 +290,66 @@ mod tests {
     }
 
     #[test]
+    fn version_1_golden_bytes_still_decode() {
+        for (golden, event) in [
+            (GOLDEN_CLICK_V1, golden_click(None)),
+            (GOLDEN_CONVERSION_V1, golden_conversion()),
+            (GOLDEN_PROGRAM_V1, golden_program()),
+        ] {
+            assert_eq!(decode(&from_hex(golden)).unwrap(), event, "{golden}");
+            assert_eq!(peek_kind(&from_hex(golden)).unwrap(), event.kind());
+        }
+    }
+
+    /// Version 2 only appended `prior_click` to clicks, so re-encoding a version-1 record
+    /// changes the version byte, appends `00` (`None`) to a click's payload, and nothing else.
+    #[test]
+    fn version_1_records_re_encode_as_version_2() {
+        for golden in [GOLDEN_CLICK_V1, GOLDEN_CONVERSION_V1, GOLDEN_PROGRAM_V1] {
+            let v1 = from_hex(golden);
+            let event = decode(&v1).unwrap();
+            let v2 = encode(&event).unwrap();
+            assert_eq!(v2[0], FORMAT_VERSION);
+            let mut expected = payload(&v1).to_vec();
+            if event.kind() == EventKind::Click {
+                expected.push(0);
+            }
+            assert_eq!(payload(&v2), expected.as_slice(), "{golden}");
+        }
+    }
+
+    /// A payload under the other version's header is not silently accepted: the version byte
+    /// decides the layout, and every byte must be accounted for.
+    #[test]
+    fn a_click_payload_under_the_wrong_version_is_rejected() {
+        let v2 = encode(&golden_click(None)).unwrap();
+        let as_v1 = envelope(VERSION_1, EventKind::Click, payload(&v2));
+        assert!(matches!(decode(&as_v1), Err(RecordError::Payload(_))));
+
+        let v1 = from_hex(GOLDEN_CLICK_V1);
+        let as_v2 = envelope(FORMAT_VERSION, EventKind::Click, payload(&v1));
+        assert!(matches!(decode(&as_v2), Err(RecordError::Payload(_))));
+
+        // A prior click's 16 bytes under a version-1 header are trailing bytes too.
+        let v2 = encode(&golden_click(Some(golden_prior_click()))).unwrap();
+        let as_v1 = envelope(VERSION_1, EventKind::Click, payload(&v2));
+        assert!(matches!(decode(&as_v1), Err(RecordError::Payload(_))));
+    }
+
+    #[test]
     fn every_envelope_error_is_reported() {
         let good = encode(&golden_program()).unwrap();
         assert_eq!(decode(&good[..5]), Err(RecordError::Truncated(5)));
 
-        let mut v = good.clone();
-        v[0] = 9;
-        assert_eq!(decode(&v), Err(RecordError::UnknownVersion(9)));
+        for version in [0, 9, FORMAT_VERSION + 1, 0xff] {
+            let mut v = good.clone();
+            v[0] = version;
+            assert_eq!(decode(&v), Err(RecordError::UnknownVersion(version)));
+            // Even with a checksum that matches: the version is checked first.
+            let v = envelope_byte(version, EventKind::ProgramChange as u8, payload(&good));
+            assert_eq!(decode(&v), Err(RecordError::UnknownVersion(version)));
+            assert_eq!(peek_kind(&v), Err(RecordError::UnknownVersion(version)));
+        }
 
         let mut v = good.clone();
         v[1] = 42;
@@ -267,9 +388,32 @@ mod tests {
     #[test]
     fn overlong_varints_are_rejected() {
         for forged in ["0103000000078500026162017821619e73", "01030000000705820061620178e7ca1d4b"] {
-            assert_eq!(decode(&from_hex(forged)), Err(RecordError::NonCanonical), "{forged}");
+            let v1 = from_hex(forged);
+            assert_eq!(decode(&v1), Err(RecordError::NonCanonical), "{forged}");
+            let v2 = envelope(FORMAT_VERSION, EventKind::ProgramChange, payload(&v1));
+            assert_eq!(decode(&v2), Err(RecordError::NonCanonical), "{forged} as version 2");
         }
         assert!(decode(&from_hex(GOLDEN_PROGRAM)).is_ok());
+        assert!(decode(&from_hex(GOLDEN_PROGRAM_V1)).is_ok());
+    }
+
+    /// The payload of a well-formed record.
+    fn payload(record: &[u8]) -> &[u8] {
+        &record[HEADER_LEN..record.len() - CHECKSUM_LEN]
+    }
+
+    /// A well-formed envelope (length and checksum right) around any payload.
+    fn envelope(version: u8, kind: EventKind, payload: &[u8]) -> Vec<u8> {
+        envelope_byte(version, kind as u8, payload)
+    }
+
+    fn envelope_byte(version: u8, kind: u8, payload: &[u8]) -> Vec<u8> {
+        let mut v = vec![version, kind];
+        v.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        v.extend_from_slice(payload);
+        let sum = checksum(&v);
+        v.extend_from_slice(&sum.to_be_bytes());
+        v
     }
 
     fn hex(b: &[u8]) -> String {
@@ -300,6 +444,7 @@ mod tests {
             subs(),
             proptest::array::uniform4(".{0,40}"),
             any::<u16>(),
+            proptest::option::of(any_click_id()),
         )
             .prop_map(
                 |(
@@ -309,6 +454,7 @@ mod tests {
                     subs,
                     [deep_link, user_agent, referrer, ip],
                     flags,
+                    prior_click,
                 )| {
                     Event::Click(Click {
                         click_id,
@@ -323,6 +469,7 @@ mod tests {
                         referrer,
                         ip,
                         flags,
+                        prior_click,
                     })
                 },
             )
@@ -374,6 +521,18 @@ mod tests {
             let bytes = encode(&event).unwrap();
             prop_assert_eq!(peek_kind(&bytes).unwrap(), event.kind());
             prop_assert_eq!(decode(&bytes).unwrap(), event);
+        }
+
+        /// Any click as version 1 wrote it (no `prior_click`) decodes to that click.
+        #[test]
+        fn version_1_clicks_decode_with_no_prior_click(event in any_click()) {
+            let Event::Click(mut click) = event else { unreachable!() };
+            click.prior_click = None;
+            let v2 = encode(&Event::Click(click.clone())).unwrap();
+            let p = payload(&v2);
+            prop_assert_eq!(p.last(), Some(&0u8));
+            let v1 = envelope(VERSION_1, EventKind::Click, &p[..p.len() - 1]);
+            prop_assert_eq!(decode(&v1).unwrap(), Event::Click(click));
         }
 
         #[test]
