@@ -56,6 +56,8 @@ struct RawProgram {
     offers: Vec<RawOffer>,
     #[serde(default)]
     links: Vec<RawLink>,
+    #[serde(default)]
+    coupons: Vec<RawCoupon>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -102,6 +104,14 @@ struct RawGoal {
     payout: RawPayout,
     #[serde(default)]
     hold_days: u32,
+    #[serde(default)]
+    daily_cap: Option<u32>,
+    #[serde(default)]
+    affiliate_daily_cap: Option<u32>,
+    #[serde(default)]
+    overrides: Vec<RawOverride>,
+    #[serde(default)]
+    milestones: Vec<RawMilestone>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -112,6 +122,43 @@ struct RawPayout {
     amount: Option<String>,
     #[serde(default)]
     bps: Option<u32>,
+    #[serde(default)]
+    tiers: Option<Vec<RawTier>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTier {
+    from: u32,
+    #[serde(default)]
+    amount: Option<String>,
+    #[serde(default)]
+    bps: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOverride {
+    affiliate: String,
+    #[serde(default)]
+    payout: Option<RawPayout>,
+    #[serde(default)]
+    daily_cap: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMilestone {
+    count: u32,
+    bonus: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCoupon {
+    code: String,
+    offer: String,
+    affiliate: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -140,6 +187,8 @@ pub struct Program {
     pub affiliates: BTreeMap<String, Affiliate>,
     pub offers: BTreeMap<String, Arc<Offer>>,
     links: HashMap<String, Link, Xxh3DefaultBuilder>,
+    /// Keyed by the code in ASCII upper case: shoppers type coupons in any case.
+    coupons: BTreeMap<String, Coupon>,
 }
 
 #[derive(Clone)]
@@ -192,14 +241,80 @@ pub struct Goal {
     pub id: String,
     pub payout: Payout,
     pub hold_days: u32,
+    /// Most conversions credited per UTC day for this goal, all affiliates together.
+    pub daily_cap: Option<u32>,
+    /// Most conversions credited per UTC day for this goal to any one affiliate.
+    pub affiliate_daily_cap: Option<u32>,
+    /// Per-affiliate payout and cap, keyed by affiliate ID.
+    pub overrides: BTreeMap<String, GoalOverride>,
+    /// Bonuses for reaching a count of credited conversions in a calendar month, ascending.
+    pub milestones: Vec<Milestone>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Payout {
     /// A fixed amount in minor units of the offer's currency (CPA / CPL).
     Fixed { amount: i64 },
     /// A share of the sale amount in basis points (1/100 of a percent).
     RevShare { bps: u32 },
+    /// A rate chosen by the conversion's rank among the affiliate's credited conversions for
+    /// the goal in its calendar month: the tier with the largest `from` not above the rank.
+    /// Sorted by `from`; the first tier starts at 1.
+    Tiered { tiers: Vec<Tier> },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tier {
+    /// The first monthly rank (1-based) this tier applies to.
+    pub from: u32,
+    pub rate: Rate,
+}
+
+/// One payout rate: what a tier pays, or what a flat payout is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rate {
+    Fixed { amount: i64 },
+    RevShare { bps: u32 },
+}
+
+impl Payout {
+    /// The rate for the `rank`-th credited conversion of the month (1-based), and the tier
+    /// number (1-based) when tiered.
+    pub fn rate_for(&self, rank: u32) -> (Rate, Option<usize>) {
+        match self {
+            Payout::Fixed { amount } => (Rate::Fixed { amount: *amount }, None),
+            Payout::RevShare { bps } => (Rate::RevShare { bps: *bps }, None),
+            Payout::Tiered { tiers } => {
+                let i = tiers.iter().rposition(|t| t.from <= rank).unwrap_or(0);
+                match tiers.get(i) {
+                    Some(t) => (t.rate, Some(i + 1)),
+                    None => (Rate::Fixed { amount: 0 }, None),
+                }
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct GoalOverride {
+    pub payout: Option<Payout>,
+    pub daily_cap: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Milestone {
+    /// Credited conversions in the calendar month that earn the bonus.
+    pub count: u32,
+    /// Minor units of the offer's currency.
+    pub bonus: i64,
+}
+
+/// A coupon code that credits an affiliate with no click.
+#[derive(Debug, Clone)]
+pub struct Coupon {
+    pub code: String,
+    pub offer: String,
+    pub affiliate: String,
 }
 
 #[derive(Debug, Clone)]
@@ -254,7 +369,7 @@ impl Program {
 
         let mut offers = BTreeMap::new();
         for o in raw.offers {
-            if let Some(offer) = validate_offer(&mut problems, &advertisers, o) {
+            if let Some(offer) = validate_offer(&mut problems, &advertisers, &affiliates, o) {
                 let id = offer.id.clone();
                 if offers.insert(id.clone(), Arc::new(offer)).is_some() {
                     problems.push(format!("offers[{id}]: duplicate id"));
@@ -279,6 +394,24 @@ impl Program {
             }
         }
 
+        let mut coupons = BTreeMap::new();
+        for c in raw.coupons {
+            let at = format!("coupons[{}]", c.code);
+            if c.code.is_empty() || c.code.len() > MAX_ID_LEN || !c.code.bytes().all(|b| b.is_ascii_graphic()) {
+                problems.push(format!("{at}: codes must be 1-{MAX_ID_LEN} printable ASCII characters, no spaces"));
+            }
+            if !affiliates.contains_key(&c.affiliate) {
+                problems.push(format!("{at}.affiliate: unknown affiliate \"{}\"", c.affiliate));
+            }
+            if !offers.contains_key(&c.offer) {
+                problems.push(format!("{at}.offer: unknown offer \"{}\"", c.offer));
+            }
+            let key = c.code.to_ascii_uppercase();
+            if coupons.insert(key, Coupon { code: c.code.clone(), offer: c.offer, affiliate: c.affiliate }).is_some() {
+                problems.push(format!("{at}: duplicate code (codes are compared ignoring case)"));
+            }
+        }
+
         if !problems.is_empty() {
             return Err(ProgramError::Invalid(problems));
         }
@@ -289,7 +422,22 @@ impl Program {
             affiliates,
             offers,
             links,
+            coupons,
         })
+    }
+
+    /// The coupon with this code, compared ignoring ASCII case.
+    pub fn coupon(&self, code: &str) -> Option<&Coupon> {
+        if code.is_empty() || code.len() > MAX_ID_LEN {
+            return None;
+        }
+        self.coupons.get(&code.to_ascii_uppercase())
+    }
+
+    /// The longest attribution window of any offer, in days: clicks older than this can never
+    /// be credited under this program.
+    pub fn max_window_days(&self) -> u32 {
+        self.offers.values().map(|o| o.window_days).max().unwrap_or(DEFAULT_WINDOW_DAYS)
     }
 
     /// The active link with this code, if any.
@@ -326,6 +474,7 @@ pub fn is_valid_id(id: &str) -> bool {
 fn validate_offer(
     problems: &mut Vec<String>,
     advertisers: &BTreeMap<String, Advertiser>,
+    affiliates: &BTreeMap<String, Affiliate>,
     o: RawOffer,
 ) -> Option<Offer> {
     let before = problems.len();
@@ -365,35 +514,48 @@ fn validate_offer(
         if goals.iter().any(|x| x.id == g.id) {
             problems.push(format!("{gat}: duplicate id"));
         }
-        let payout = match (g.payout.kind.as_str(), g.payout.amount, g.payout.bps) {
-            ("fixed", Some(amount), None) => match currency.map(|c| parse_minor(&amount, c, false)) {
-                Some(Ok(amount)) => Some(Payout::Fixed { amount }),
-                Some(Err(e)) => {
-                    problems.push(format!("{gat}.payout.amount: {e}"));
-                    None
-                }
-                None => None, // the currency problem is already reported
-            },
-            ("revshare", None, Some(bps)) if bps <= 10_000 => Some(Payout::RevShare { bps }),
-            ("revshare", None, Some(bps)) => {
-                problems.push(format!("{gat}.payout.bps: must be 0-10000, got {bps}"));
-                None
+        let payout = validate_payout(problems, &format!("{gat}.payout"), currency, g.payout);
+        let mut overrides = BTreeMap::new();
+        for ov in g.overrides {
+            let oat = format!("{gat}.overrides[{}]", ov.affiliate);
+            if !affiliates.contains_key(&ov.affiliate) {
+                problems.push(format!("{oat}.affiliate: unknown affiliate \"{}\"", ov.affiliate));
             }
-            ("fixed", _, _) => {
-                problems.push(format!("{gat}.payout: kind \"fixed\" takes amount (and no bps)"));
-                None
+            let payout = ov.payout.and_then(|p| validate_payout(problems, &format!("{oat}.payout"), currency, p));
+            let o = GoalOverride { payout, daily_cap: ov.daily_cap };
+            if overrides.insert(ov.affiliate.clone(), o).is_some() {
+                problems.push(format!("{oat}: duplicate affiliate"));
             }
-            ("revshare", _, _) => {
-                problems.push(format!("{gat}.payout: kind \"revshare\" takes bps (and no amount)"));
-                None
+        }
+        let mut milestones: Vec<Milestone> = Vec::new();
+        for m in g.milestones {
+            let mat = format!("{gat}.milestones[{}]", m.count);
+            if m.count == 0 {
+                problems.push(format!("{mat}.count: must be at least 1"));
             }
-            (other, _, _) => {
-                problems.push(format!("{gat}.payout.kind: expected fixed or revshare, got \"{other}\""));
-                None
+            if milestones.iter().any(|x| x.count == m.count) {
+                problems.push(format!("{mat}: duplicate count"));
             }
-        };
+            match currency.map(|c| parse_minor(&m.bonus, c, false)) {
+                Some(Ok(bonus)) => milestones.push(Milestone { count: m.count, bonus }),
+                Some(Err(e)) => problems.push(format!("{mat}.bonus: {e}")),
+                None => {}
+            }
+        }
+        milestones.sort_by_key(|m| m.count);
         if let Some(payout) = payout {
-            goals.push(Goal { id: g.id, payout, hold_days: g.hold_days });
+            goals.push(Goal {
+                id: g.id,
+                payout,
+                hold_days: g.hold_days,
+                daily_cap: g.daily_cap,
+                affiliate_daily_cap: g.affiliate_daily_cap,
+                overrides,
+                milestones,
+            });
+        }
+        if g.hold_days > 3650 {
+            problems.push(format!("{gat}.hold_days: must be 0-3650, got {}", g.hold_days));
         }
     }
     if problems.len() != before {
@@ -409,6 +571,78 @@ fn validate_offer(
         model,
         goals,
     })
+}
+
+/// Checks one payout (of a goal or of an override).
+fn validate_payout(problems: &mut Vec<String>, at: &str, currency: Option<Currency>, p: RawPayout) -> Option<Payout> {
+    let rate = |problems: &mut Vec<String>, at: &str, amount: Option<String>, bps: Option<u32>| -> Option<Rate> {
+        match (amount, bps) {
+            (Some(amount), None) => match currency.map(|c| parse_minor(&amount, c, false)) {
+                Some(Ok(amount)) => Some(Rate::Fixed { amount }),
+                Some(Err(e)) => {
+                    problems.push(format!("{at}.amount: {e}"));
+                    None
+                }
+                None => None, // the currency problem is already reported
+            },
+            (None, Some(bps)) if bps <= 10_000 => Some(Rate::RevShare { bps }),
+            (None, Some(bps)) => {
+                problems.push(format!("{at}.bps: must be 0-10000, got {bps}"));
+                None
+            }
+            _ => {
+                problems.push(format!("{at}: takes exactly one of amount or bps"));
+                None
+            }
+        }
+    };
+    match (p.kind.as_str(), p.tiers) {
+        ("fixed", None) if p.bps.is_none() => match rate(problems, at, p.amount, None)? {
+            Rate::Fixed { amount } => Some(Payout::Fixed { amount }),
+            Rate::RevShare { .. } => None,
+        },
+        ("revshare", None) if p.amount.is_none() => match rate(problems, at, None, p.bps)? {
+            Rate::RevShare { bps } => Some(Payout::RevShare { bps }),
+            Rate::Fixed { .. } => None,
+        },
+        ("fixed", _) => {
+            problems.push(format!("{at}: kind \"fixed\" takes amount (and no bps or tiers)"));
+            None
+        }
+        ("revshare", _) => {
+            problems.push(format!("{at}: kind \"revshare\" takes bps (and no amount or tiers)"));
+            None
+        }
+        ("tiered", Some(raw_tiers)) if p.amount.is_none() && p.bps.is_none() => {
+            let before = problems.len();
+            let mut tiers: Vec<Tier> = Vec::new();
+            for t in raw_tiers {
+                let tat = format!("{at}.tiers[from={}]", t.from);
+                if let Some(last) = tiers.last() {
+                    if t.from <= last.from {
+                        problems.push(format!("{tat}: tiers must be in ascending order of from"));
+                    }
+                } else if t.from != 1 {
+                    problems.push(format!("{tat}: the first tier must start at from = 1"));
+                }
+                if let Some(rate) = rate(problems, &tat, t.amount, t.bps) {
+                    tiers.push(Tier { from: t.from, rate });
+                }
+            }
+            if tiers.is_empty() && problems.len() == before {
+                problems.push(format!("{at}.tiers: needs at least one tier"));
+            }
+            (problems.len() == before).then_some(Payout::Tiered { tiers })
+        }
+        ("tiered", _) => {
+            problems.push(format!("{at}: kind \"tiered\" takes tiers (and no amount or bps)"));
+            None
+        }
+        (other, _) => {
+            problems.push(format!("{at}.kind: expected fixed, revshare or tiered, got \"{other}\""));
+            None
+        }
+    }
 }
 
 impl Offer {
@@ -712,10 +946,114 @@ affiliate = "ghost"
             (r#"payout = { kind = "revshare", bps = 10001 }"#, "payout.bps"),
             (r#"payout = { kind = "revshare", amount = "1" }"#, "takes bps"),
             (r#"payout = { kind = "cpm" }"#, "payout.kind"),
+            (r#"payout = { kind = "tiered", amount = "1" }"#, "takes tiers"),
         ] {
             let e = Program::from_toml(&base(payout)).unwrap_err().to_string();
             assert!(e.contains(needle), "{payout}: {e}");
         }
+    }
+
+    const RULES: &str = r#"
+[[coupons]]
+code = "Spring10"
+offer = "shoes"
+affiliate = "aff1"
+
+[[offers.goals]]
+id = "tiered"
+daily_cap = 100
+affiliate_daily_cap = 10
+payout = { kind = "tiered", tiers = [{ from = 1, amount = "1.00" }, { from = 11, bps = 500 }] }
+
+  [[offers.goals.overrides]]
+  affiliate = "aff1"
+  payout = { kind = "fixed", amount = "3.00" }
+  daily_cap = 20
+
+  [[offers.goals.milestones]]
+  count = 50
+  bonus = "25.00"
+
+  [[offers.goals.milestones]]
+  count = 10
+  bonus = "5.00"
+"#;
+
+    /// `RULES` appended to `GOOD`, with its goal moved inside the shoes offer.
+    fn with_rules(extra: &str) -> String {
+        let (head, links) = GOOD.split_once("[[links]]").unwrap();
+        let (coupons, goal) = RULES.split_once("[[offers.goals]]").unwrap();
+        format!("{head}[[offers.goals]]{goal}{extra}\n[[links]]{links}{coupons}")
+    }
+
+    #[test]
+    fn loads_tiers_overrides_caps_milestones_and_coupons() {
+        let p = Program::from_toml(&with_rules("")).unwrap();
+        let g = p.offer("shoes").unwrap().goal("tiered").unwrap();
+        assert_eq!((g.daily_cap, g.affiliate_daily_cap), (Some(100), Some(10)));
+        assert_eq!(g.payout.rate_for(1), (Rate::Fixed { amount: 100 }, Some(1)));
+        assert_eq!(g.payout.rate_for(10), (Rate::Fixed { amount: 100 }, Some(1)));
+        assert_eq!(g.payout.rate_for(11), (Rate::RevShare { bps: 500 }, Some(2)));
+        assert_eq!(g.payout.rate_for(u32::MAX), (Rate::RevShare { bps: 500 }, Some(2)));
+        let o = &g.overrides["aff1"];
+        assert_eq!((o.payout.clone(), o.daily_cap), (Some(Payout::Fixed { amount: 300 }), Some(20)));
+        assert_eq!(g.milestones, vec![Milestone { count: 10, bonus: 500 }, Milestone { count: 50, bonus: 2500 }]);
+        let c = p.coupon("SPRING10").unwrap();
+        assert_eq!((c.offer.as_str(), c.affiliate.as_str()), ("shoes", "aff1"));
+        assert!(p.coupon("spring10").is_some());
+        assert!(p.coupon("other").is_none());
+        assert!(p.coupon("").is_none());
+        assert_eq!(p.max_window_days(), 30);
+    }
+
+    #[test]
+    fn rule_errors_name_the_field() {
+        for (from, to, needle) in [
+            (
+                r#"{ from = 1, amount = "1.00" }, { from = 11"#,
+                r#"{ from = 2, amount = "1.00" }, { from = 11"#,
+                "first tier must start at from = 1",
+            ),
+            (r#"{ from = 11, bps = 500 }"#, r#"{ from = 1, bps = 500 }"#, "ascending order"),
+            (
+                r#"{ from = 11, bps = 500 }"#,
+                r#"{ from = 11, bps = 500, amount = "1" }"#,
+                "exactly one of amount or bps",
+            ),
+            (r#"{ from = 11, bps = 500 }"#, r#"{ from = 11, bps = 50000 }"#, "bps: must be 0-10000"),
+            (r#"kind = "tiered", tiers"#, r#"kind = "fixed", tiers"#, "kind \"fixed\" takes amount"),
+            (
+                r#"tiers = [{ from = 1, amount = "1.00" }, { from = 11, bps = 500 }]"#,
+                "tiers = []",
+                "needs at least one tier",
+            ),
+            (
+                r#"affiliate = "aff1"
+  payout"#,
+                r#"affiliate = "nobody"
+  payout"#,
+                "overrides[nobody].affiliate: unknown affiliate",
+            ),
+            (r#"count = 50"#, r#"count = 10"#, "duplicate count"),
+            (r#"count = 50"#, r#"count = 0"#, "count: must be at least 1"),
+            (r#"bonus = "25.00""#, r#"bonus = "25.001""#, "milestones[50].bonus"),
+            (
+                r#"offer = "shoes"
+affiliate = "aff1""#,
+                r#"offer = "boots"
+affiliate = "aff9""#,
+                "coupons[Spring10].affiliate: unknown affiliate",
+            ),
+            (r#"code = "Spring10""#, r#"code = "Spring 10""#, "printable ASCII"),
+        ] {
+            let src = with_rules("").replace(from, to);
+            assert_ne!(src, with_rules(""), "replacement {from:?} did not apply");
+            let e = Program::from_toml(&src).unwrap_err().to_string();
+            assert!(e.contains(needle), "{to}: {e}");
+        }
+        let dup =
+            format!("{}\n[[coupons]]\ncode = \"SPRING10\"\noffer = \"shoes\"\naffiliate = \"aff1\"\n", with_rules(""));
+        assert!(Program::from_toml(&dup).unwrap_err().to_string().contains("duplicate code"));
     }
 
     #[test]
