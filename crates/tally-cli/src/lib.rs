@@ -2,6 +2,7 @@
 //! The work itself is done by the library crates; `main.rs` only calls [`main`].
 
 mod export;
+mod ledger;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -43,6 +44,54 @@ enum Command {
     Verify {
         #[arg(long, env = "TALLY_DATA_DIR")]
         data_dir: PathBuf,
+    },
+    /// Run the attribution worker as its own process (set attribution.in_process = false for
+    /// `tally serve`); follows the server's log until SIGTERM/SIGINT.
+    Attribute {
+        #[arg(long, env = "TALLY_CONFIG")]
+        config: PathBuf,
+        /// Data directory, overriding log.data_dir.
+        #[arg(long, env = "TALLY_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        /// Attribute what the log holds now, then exit.
+        #[arg(long)]
+        once: bool,
+        /// Serve the worker's Prometheus metrics on this address (GET /metrics).
+        #[arg(long, env = "TALLY_ATTRIBUTION_METRICS")]
+        metrics_listen: Option<std::net::SocketAddr>,
+    },
+    /// List the commission ledger (works while a server is running on the directory).
+    Commissions {
+        #[arg(long, env = "TALLY_DATA_DIR")]
+        data_dir: PathBuf,
+        /// Only this affiliate's entries.
+        #[arg(long)]
+        affiliate: Option<String>,
+        /// Only entries with this status: pending, approved, rejected, rejected_cap,
+        /// duplicate, unattributed.
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long, value_enum, default_value_t = ledger::TableFormat::Table)]
+        format: ledger::TableFormat,
+        /// Print the ledger's BLAKE3 digest instead of its entries.
+        #[arg(long)]
+        digest: bool,
+    },
+    /// Clicks, unique clicks, conversions, conversion rate, revenue, payout and EPC.
+    Report {
+        #[arg(long, env = "TALLY_DATA_DIR")]
+        data_dir: PathBuf,
+        /// affiliate, offer, day or sub1.
+        #[arg(long)]
+        by: String,
+        /// First day (UTC, YYYY-MM-DD), inclusive.
+        #[arg(long)]
+        from: Option<String>,
+        /// Last day (UTC, YYYY-MM-DD), inclusive.
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(long, value_enum, default_value_t = ledger::TableFormat::Table)]
+        format: ledger::TableFormat,
     },
 }
 
@@ -111,6 +160,15 @@ pub fn main() -> ExitCode {
             export::events(&data_dir, from, matches!(format, Format::Csv))
         }
         Command::Verify { data_dir } => verify(&data_dir),
+        Command::Attribute { config, data_dir, once, metrics_listen } => {
+            ledger::attribute(ledger::AttributeArgs { config, data_dir, once, metrics_listen })
+        }
+        Command::Commissions { data_dir, affiliate, status, format, digest } => {
+            ledger::commissions(ledger::CommissionsArgs { data_dir, affiliate, status, format, digest })
+        }
+        Command::Report { data_dir, by, from, to, format } => {
+            ledger::report(&data_dir, &by, from.as_deref(), to.as_deref(), format)
+        }
     };
     match result {
         Ok(code) => code,
@@ -121,7 +179,7 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_tracing(config: &Config) {
+pub(crate) fn init_tracing(config: &Config) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("TALLY_LOG").unwrap_or_else(|_| EnvFilter::new(&config.log_level));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
@@ -165,7 +223,17 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     };
     let rt = rt.enable_all().build().context("cannot start the runtime")?;
     let listen = config.listen;
-    let edge = Edge::new(config, program, log.clone(), metrics);
+    let attribution_metrics = tally_attribution::AttributionMetrics::default();
+    let worker = match config.attribution.in_process {
+        true => {
+            let options = ledger::worker_options(&config.attribution);
+            let worker = ledger::open_worker(&config.data_dir, options, attribution_metrics.clone())?;
+            Some(ledger::InProcess::start(worker, log.reader())?)
+        }
+        false => None,
+    };
+    let edge =
+        Edge::with_metrics(config, program, log.clone(), metrics, |registry| attribution_metrics.register(registry));
     let served = rt.block_on(async {
         let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
         let local = listener.local_addr()?;
@@ -176,6 +244,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         tally_edge::serve(Arc::clone(&edge), listener, shutdown).await?;
         anyhow::Ok(())
     });
+    // The worker stops after its current commit; whatever it has not reached it attributes
+    // at the next start, from its checkpoint.
+    if let Some(worker) = worker {
+        worker.stop();
+    }
     // Commit whatever is still queued before exiting, even if serving failed.
     log.close();
     rt.shutdown_timeout(Duration::from_secs(1));

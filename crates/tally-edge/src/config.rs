@@ -22,6 +22,7 @@ struct RawConfig {
     privacy: RawPrivacy,
     postback: RawPostback,
     logging: RawLogging,
+    attribution: RawAttribution,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -138,6 +139,30 @@ impl Default for RawLogging {
     }
 }
 
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawAttribution {
+    in_process: bool,
+    commit_every: usize,
+    sync: bool,
+}
+
+impl Default for RawAttribution {
+    fn default() -> Self {
+        RawAttribution { in_process: true, commit_every: 16_384, sync: false }
+    }
+}
+
+/// How `tally serve` runs the attribution worker (the worker itself lives in
+/// `tally-attribution`; the edge only carries its settings).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttributionConfig {
+    /// Run the worker inside `tally serve`; false when `tally attribute` runs it instead.
+    pub in_process: bool,
+    pub commit_every: usize,
+    pub sync: bool,
+}
+
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -163,6 +188,7 @@ pub struct Config {
     pub signature_max_age: Duration,
     pub log_format: LogFormat,
     pub log_level: String,
+    pub attribution: AttributionConfig,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -279,6 +305,10 @@ impl Config {
                 LogFormat::Pretty
             }
         };
+        let a = &raw.attribution;
+        if a.commit_every == 0 || a.commit_every > 1_000_000 {
+            p.push(format!("attribution.commit_every: must be 1-1000000, got {}", a.commit_every));
+        }
         if !p.is_empty() {
             return Err(ConfigError::Invalid(p));
         }
@@ -308,6 +338,7 @@ impl Config {
             signature_max_age: Duration::from_secs(raw.postback.signature_max_age_secs),
             log_format,
             log_level: raw.logging.level.clone(),
+            attribution: AttributionConfig { in_process: a.in_process, commit_every: a.commit_every, sync: a.sync },
         })
     }
 }

@@ -65,8 +65,21 @@ pub enum ReloadError {
 impl Edge {
     /// `log_metrics` must be the handles the log was opened with; they are exported here.
     pub fn new(config: Config, program: Program, log: Log, log_metrics: LogMetrics) -> Arc<Edge> {
+        Edge::with_metrics(config, program, log, log_metrics, |_| {})
+    }
+
+    /// Like [`Edge::new`], also exporting metrics registered by `register` (e.g. those of an
+    /// attribution worker running in the same process) on `/metrics`.
+    pub fn with_metrics(
+        config: Config,
+        program: Program,
+        log: Log,
+        log_metrics: LogMetrics,
+        register: impl FnOnce(&mut Registry),
+    ) -> Arc<Edge> {
         let mut registry = Registry::default();
         log_metrics.register(&mut registry);
+        register(&mut registry);
         let metrics = EdgeMetrics::new(&mut registry);
         metrics.program_links.set(program.links().count() as i64);
         Arc::new(Edge { config, program: ArcSwap::from_pointee(program), log, registry, log_metrics, metrics })

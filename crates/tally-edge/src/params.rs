@@ -201,9 +201,6 @@ pub fn validate(p: &RawParams) -> Result<ConversionParams, FieldError> {
         .map(|s| ClickId::parse(s).map_err(|e| FieldError::invalid(Field::ClickId, e)))
         .transpose()?;
     let coupon = bounded(p, Field::Coupon, MAX_COUPON)?;
-    if click_id.is_none() && coupon.is_empty() {
-        return Err(FieldError::missing(Field::ClickId));
-    }
     let txid = bounded(p, Field::TxId, MAX_TXID)?;
     let currency = p
         .get(Field::Currency)
@@ -214,6 +211,15 @@ pub fn validate(p: &RawParams) -> Result<ConversionParams, FieldError> {
         Some(s) => ConversionStatus::parse(s)
             .ok_or_else(|| FieldError::invalid(Field::Status, "expected approved, refunded or chargeback"))?,
     };
+    if status.is_reversal() {
+        // Merchants refund an order by its ID; they rarely still hold the click. What is
+        // reversed is found by (offer, goal, txid), so the txid is what must be there.
+        if txid.is_empty() {
+            return Err(FieldError::missing(Field::TxId));
+        }
+    } else if click_id.is_none() && coupon.is_empty() {
+        return Err(FieldError::missing(Field::ClickId));
+    }
     let mut subs: [String; 5] = Default::default();
     for (i, sub) in subs.iter_mut().enumerate() {
         *sub = bounded(p, Field::Sub(i as u8 + 1), MAX_SUB)?;
@@ -289,6 +295,14 @@ mod tests {
             assert_eq!(e.field, field, "{q}: {e:?}");
             assert!(e.reason.contains(field), "{e:?}");
         }
+    }
+
+    #[test]
+    fn a_reversal_needs_its_txid_not_its_click() {
+        let v = validate(&RawParams::from_query("offer=o&txid=T1&status=refunded")).unwrap();
+        assert_eq!((v.click_id, v.status), (None, ConversionStatus::Refunded));
+        let e = validate(&RawParams::from_query("offer=o&status=chargeback")).unwrap_err();
+        assert_eq!(e.field, "txid");
     }
 
     #[test]

@@ -287,6 +287,11 @@ pub struct Tail {
 }
 
 impl Tail {
+    /// The reader this tail follows with, e.g. to look at the head.
+    pub fn reader(&self) -> &LogReader {
+        &self.reader
+    }
+
     /// The next sequence number this tail will return.
     pub fn position(&self) -> u64 {
         self.next

@@ -1,0 +1,584 @@
+//! The pure core: [`apply`] one event to the state, returning the ledger entries it created
+//! or changed. Time comes only from event timestamps: the watermark is the largest event
+//! time seen so far, so live attribution, replay and tests give the same results for the
+//! same log. All reads and writes go through [`State`], whose overlay makes a group of
+//! applied events commit atomically with the checkpoint.
+//!
+//! The rules, in the order they are applied to an approved conversion report:
+//! 1. the program in force (the last `ProgramChange` before the event) must know the offer
+//!    and goal, else `unattributed`;
+//! 2. dedup on (offer, goal, txid): the first report of a transaction claims it whatever its
+//!    outcome; any later one is a `duplicate` paying zero;
+//! 3. join: the click ID if it is known, not expired, on the same offer and inside the
+//!    offer's window (first-click offers credit the earliest click of the visitor's cookie
+//!    chain still inside the window); otherwise the coupon, mapped to its affiliate;
+//!    otherwise `unattributed` with the reason the click failed;
+//! 4. daily caps (UTC day of the conversion), goal-wide then per affiliate: over-cap reports
+//!    are `rejected_cap`, paying zero;
+//! 5. payout: the affiliate's override if any, else the goal's; tiers by the conversion's
+//!    rank among the affiliate's credited conversions for the goal in its calendar month;
+//!    revenue shares round half to even to the minor unit;
+//! 6. hold: `pending` until the watermark reaches conversion time + hold days, then
+//!    `approved` (holds due at an event's time are approved before that event applies);
+//! 7. milestones: the conversion that brings the month's credited count to a milestone's
+//!    count earns its bonus, once per affiliate, goal and month.
+//!
+//! A refund or chargeback of a pending commission rejects it; of an approved one, adds a
+//! negative clawback entry. Reversals lower the monthly count (later conversions may fall
+//! in a lower tier) but never free cap room or take back a bonus already earned.
+
+use std::sync::Arc;
+
+use tally_model::program::{AttributionModel, Goal, Offer, Payout, Rate};
+use tally_model::{format_minor, Click, ClickId, Conversion, ConversionStatus, Currency, Event, Program};
+use xxhash_rust::xxh3::Xxh3;
+
+use crate::ledger::{day_of, month_of_day, Counters, Entry, EntryId, Kind, Reason, StatsKey, Status, DAY_MS};
+use crate::state::{ClickFacts, FirstClick, State};
+use crate::AttributionError;
+
+/// What one event did to the ledger: entries created or changed, in the order it happened.
+#[derive(Debug, Default)]
+pub struct Outputs {
+    pub entries: Vec<Entry>,
+    /// True when a program change in the log failed to parse and was ignored.
+    pub bad_program: bool,
+}
+
+/// Applies the event at `seq`. Events must come in log order, each exactly once per state.
+pub fn apply(state: &mut State, seq: u64, event: &Event) -> Result<Outputs, AttributionError> {
+    let expected = state.checkpoint.position + 1;
+    if seq != expected {
+        return Err(AttributionError::OutOfOrder { expected, got: seq });
+    }
+    let mut out = Outputs::default();
+    advance(state, seq, event.ts_ms(), &mut out)?;
+    match event {
+        Event::Click(c) => click(state, c)?,
+        Event::Conversion(c) if c.status.is_reversal() => reversal(state, seq, c, &mut out)?,
+        Event::Conversion(c) => conversion(state, seq, c, &mut out)?,
+        Event::ProgramChange(p) => match Program::from_toml(&p.source) {
+            Ok(program) => {
+                state.set_program(Arc::new(program));
+            }
+            Err(e) => {
+                // The edge validates programs before logging them, so this means the log was
+                // written by a newer build. Keep the rules in force; say so loudly.
+                tracing::error!(seq, error = %e, "program change in the log does not parse; keeping the previous rules");
+                out.bad_program = true;
+            }
+        },
+    }
+    state.checkpoint.position = seq;
+    Ok(out)
+}
+
+/// Moves the watermark to `ts` (never back) and approves every hold now due.
+fn advance(state: &mut State, seq: u64, ts: u64, out: &mut Outputs) -> Result<(), AttributionError> {
+    let cp = &mut state.checkpoint;
+    cp.watermark_ms = cp.watermark_ms.max(ts);
+    if let Some(p) = &state.program {
+        // A day's grace past the longest window, so a click just outside its window is
+        // reported as that rather than as expired.
+        let reach = (u64::from(p.max_window_days()) + 1) * DAY_MS;
+        cp.horizon_ms = cp.horizon_ms.max(cp.watermark_ms.saturating_sub(reach));
+    }
+    let watermark = cp.watermark_ms;
+    while let Some(&(at, id)) = state.holds.first() {
+        if at > watermark {
+            break;
+        }
+        state.remove_hold(at, id);
+        let Some(mut e) = state.entry(id)? else { continue };
+        if e.status == Status::Pending {
+            e.status = Status::Approved;
+            e.approved_seq = Some(seq);
+            state.put_entry(e.clone());
+            out.entries.push(e);
+        }
+    }
+    Ok(())
+}
+
+fn window_ms(offer: &Offer) -> u64 {
+    u64::from(offer.window_days) * DAY_MS
+}
+
+fn click(state: &mut State, c: &Click) -> Result<(), AttributionError> {
+    let human = c.is_human();
+    let sub1 = c.subs[0].clone();
+    let offer = state.program.as_ref().and_then(|p| p.offer(&c.offer).cloned());
+    let first = match c.prior_click {
+        Some(prior_id) if offer.as_ref().is_some_and(|o| o.model == AttributionModel::FirstClick) => {
+            match live_click(state, &prior_id)? {
+                Some(prior) if prior.offer == c.offer => {
+                    let root = prior.first.clone().unwrap_or(FirstClick {
+                        click_id: prior_id,
+                        ts_ms: prior.ts_ms,
+                        affiliate: prior.affiliate.clone(),
+                        sub1: prior.sub1.clone(),
+                    });
+                    let window = offer.as_deref().map(window_ms).unwrap_or(0);
+                    (c.ts_ms.saturating_sub(root.ts_ms) <= window).then_some(root)
+                }
+                _ => None,
+            }
+        }
+        _ => None,
+    };
+    state.put_click(
+        c.click_id,
+        ClickFacts {
+            ts_ms: c.ts_ms,
+            offer: c.offer.clone(),
+            affiliate: c.affiliate.clone(),
+            sub1: sub1.clone(),
+            human,
+            first,
+        },
+    );
+    let day = day_of(c.ts_ms);
+    let unique = human && state.first_visit(day, visitor_key(c))?;
+    let currency = offer.as_ref().map(|o| o.currency);
+    let row = state.stats_mut(StatsKey { day, offer: c.offer.clone(), affiliate: c.affiliate.clone(), sub1 })?;
+    if human {
+        row.clicks += 1;
+        row.unique_clicks += u64::from(unique);
+    } else {
+        row.non_human_clicks += 1;
+    }
+    if row.currency.is_none() {
+        row.currency = currency;
+    }
+    Ok(())
+}
+
+/// One visitor of one offer through one affiliate: the IP (as stored under the privacy
+/// policy) and user agent.
+fn visitor_key(c: &Click) -> u128 {
+    let mut h = Xxh3::new();
+    for part in [&c.offer, &c.affiliate, &c.ip, &c.user_agent] {
+        h.update(&(part.len() as u64).to_le_bytes());
+        h.update(part.as_bytes());
+    }
+    h.digest128()
+}
+
+/// A click from the index, unless it is older than the expiry horizon. The horizon, not
+/// the physical deletion, decides, so results do not depend on when deletion ran.
+fn live_click(state: &State, id: &ClickId) -> Result<Option<ClickFacts>, AttributionError> {
+    let horizon = state.checkpoint.horizon_ms;
+    Ok(state.click(id)?.filter(|c| c.ts_ms >= horizon))
+}
+
+/// The start of an entry for conversion `c` at `seq`; callers fill in the outcome.
+fn base_entry(seq: u64, c: &Conversion, program: &str) -> Entry {
+    Entry {
+        id: EntryId::of_event(seq),
+        kind: Kind::Commission,
+        status: Status::Unattributed,
+        reason: Reason::None,
+        ts_ms: c.ts_ms,
+        offer: c.offer.clone(),
+        goal: c.goal.clone(),
+        affiliate: String::new(),
+        click_id: c.click_id,
+        coupon: String::new(),
+        sub1: String::new(),
+        txid: c.txid.clone(),
+        sale_amount: c.amount,
+        amount: 0,
+        currency: c.currency,
+        rule: String::new(),
+        program: program.to_owned(),
+        approve_at_ms: None,
+        approved_seq: None,
+        refers_to: None,
+        reversed_by: None,
+    }
+}
+
+/// The dedup key of a transaction: offer, goal, txid (length-prefixed, so no separator can
+/// be forged).
+fn txn_key(c: &Conversion) -> Vec<u8> {
+    let mut k = Vec::with_capacity(12 + c.offer.len() + c.goal.len() + c.txid.len());
+    for part in [&c.offer, &c.goal, &c.txid] {
+        k.extend_from_slice(&(part.len() as u32).to_be_bytes());
+        k.extend_from_slice(part.as_bytes());
+    }
+    k
+}
+
+fn finish(state: &mut State, entry: Entry, out: &mut Outputs) {
+    state.put_entry(entry.clone());
+    out.entries.push(entry);
+}
+
+/// Resolves the program, offer and goal in force, or records why not.
+fn rules<'a>(
+    program: &'a Option<Arc<Program>>,
+    c: &Conversion,
+    entry: &mut Entry,
+) -> Option<(&'a Arc<Offer>, &'a Goal)> {
+    let Some(p) = program else {
+        entry.reason = Reason::NoProgram;
+        return None;
+    };
+    let Some(offer) = p.offer(&c.offer) else {
+        entry.reason = Reason::UnknownOffer;
+        return None;
+    };
+    let Some(goal) = offer.goal(&c.goal) else {
+        entry.reason = Reason::UnknownGoal;
+        return None;
+    };
+    entry.currency = offer.currency;
+    Some((offer, goal))
+}
+
+/// Who gets the credit: `(affiliate, click, sub1, coupon)`, or why nobody does.
+type Credit = (String, Option<ClickId>, String, String);
+
+fn join(
+    state: &State,
+    program: &Program,
+    offer: &Offer,
+    c: &Conversion,
+) -> Result<Result<Credit, Reason>, AttributionError> {
+    let mut failure = Reason::NoClick;
+    if let Some(id) = c.click_id {
+        match live_click(state, &id)? {
+            None if id.timestamp_ms() < state.checkpoint.horizon_ms => failure = Reason::ExpiredClick,
+            None => failure = Reason::UnknownClick,
+            Some(click) if click.offer != offer.id => failure = Reason::ClickOfferMismatch,
+            Some(click) => {
+                let window = window_ms(offer);
+                let in_window = |ts: u64| c.ts_ms.saturating_sub(ts) <= window;
+                let first = click.first.as_ref().filter(|_| offer.model == AttributionModel::FirstClick);
+                match first {
+                    Some(f) if in_window(f.ts_ms) => {
+                        return Ok(Ok((f.affiliate.clone(), Some(f.click_id), f.sub1.clone(), String::new())));
+                    }
+                    _ if in_window(click.ts_ms) => {
+                        return Ok(Ok((click.affiliate, Some(id), click.sub1, String::new())));
+                    }
+                    _ => failure = Reason::OutsideWindow,
+                }
+            }
+        }
+    }
+    if !c.coupon.is_empty() {
+        return Ok(match program.coupon(&c.coupon) {
+            Some(coupon) if coupon.offer == offer.id => {
+                Ok((coupon.affiliate.clone(), None, String::new(), coupon.code.clone()))
+            }
+            Some(_) if c.click_id.is_none() => Err(Reason::CouponOfferMismatch),
+            None if c.click_id.is_none() => Err(Reason::UnknownCoupon),
+            _ => Err(failure),
+        });
+    }
+    Ok(Err(failure))
+}
+
+fn cap_key(kind: &str, day: u32, c: &Conversion, affiliate: &str) -> Vec<u8> {
+    format!("{kind}\0{day}\0{}\0{}\0{affiliate}", c.offer, c.goal).into_bytes()
+}
+
+fn month_key(month: u32, c: &Conversion, affiliate: &str) -> Vec<u8> {
+    format!("month\0{month}\0{}\0{}\0{affiliate}", c.offer, c.goal).into_bytes()
+}
+
+/// `amount * bps / 10_000`, rounded half to even (banker's rounding), exactly.
+pub fn revshare(amount: i64, bps: u32) -> i64 {
+    let n = i128::from(amount) * i128::from(bps);
+    let (q, r) = (n.div_euclid(10_000), n.rem_euclid(10_000));
+    let q = match r.cmp(&5_000) {
+        std::cmp::Ordering::Greater => q + 1,
+        std::cmp::Ordering::Equal => q + (q & 1),
+        std::cmp::Ordering::Less => q,
+    };
+    // |amount * bps / 10_000| <= |amount| since bps <= 10_000.
+    i64::try_from(q).unwrap_or(if q < 0 { i64::MIN } else { i64::MAX })
+}
+
+fn conversion(state: &mut State, seq: u64, c: &Conversion, out: &mut Outputs) -> Result<(), AttributionError> {
+    let program = state.program.clone();
+    let digest = program.as_ref().map(|p| p.digest.clone()).unwrap_or_default();
+    let mut e = base_entry(seq, c, &digest);
+    let Some((offer, goal)) = rules(&program, c, &mut e) else {
+        finish(state, e, out);
+        return Ok(());
+    };
+    let Some(program) = program.as_deref() else { return Ok(()) };
+
+    if !c.txid.is_empty() {
+        let key = txn_key(c);
+        if let Some(original) = state.dedup(&key)? {
+            e.status = Status::Duplicate;
+            e.reason = Reason::RepeatedTransaction;
+            e.refers_to = Some(original);
+            if let Some(o) = state.entry(original)? {
+                e.affiliate = o.affiliate;
+                e.click_id = o.click_id;
+            }
+            finish(state, e, out);
+            return Ok(());
+        }
+        state.put_dedup(key, e.id);
+    }
+
+    let (affiliate, click_id, sub1, coupon) = match join(state, program, offer, c)? {
+        Ok(credit) => credit,
+        Err(reason) => {
+            e.reason = reason;
+            finish(state, e, out);
+            return Ok(());
+        }
+    };
+    e.affiliate = affiliate;
+    e.click_id = click_id;
+    e.sub1 = sub1;
+    e.coupon = coupon;
+
+    let over = goal.overrides.get(&e.affiliate);
+    let day = day_of(c.ts_ms);
+    let goal_cap_key = cap_key("cap", day, c, "");
+    let aff_cap_key = cap_key("cap", day, c, &e.affiliate);
+    let caps = [
+        (goal.daily_cap, &goal_cap_key, Reason::DailyCap, "daily cap"),
+        (
+            over.and_then(|o| o.daily_cap).or(goal.affiliate_daily_cap),
+            &aff_cap_key,
+            Reason::AffiliateDailyCap,
+            "affiliate daily cap",
+        ),
+    ];
+    for (cap, key, reason, what) in caps {
+        let Some(cap) = cap else { continue };
+        if state.counter(key)? >= i64::from(cap) {
+            e.status = Status::RejectedCap;
+            e.reason = reason;
+            e.rule = format!("goal {}: {what} {cap}", goal.id);
+            finish(state, e, out);
+            return Ok(());
+        }
+    }
+
+    let (payout, source) = match over.and_then(|o| o.payout.as_ref()) {
+        Some(p) => (p, format!("override {}", e.affiliate)),
+        None => (&goal.payout, format!("goal {}", goal.id)),
+    };
+    let month = month_of_day(day);
+    let mkey = month_key(month, c, &e.affiliate);
+    let rank = state.counter(&mkey)?.saturating_add(1);
+    let (rate, tier) = payout.rate_for(u32::try_from(rank.max(1)).unwrap_or(u32::MAX));
+    let tier_text = match (tier, payout) {
+        (Some(t), Payout::Tiered { tiers }) => {
+            format!(" tier {t} (from {}, rank {rank})", tiers.get(t - 1).map(|x| x.from).unwrap_or(0))
+        }
+        _ => String::new(),
+    };
+    let currency = offer.currency;
+    match rate {
+        Rate::Fixed { amount } => {
+            e.amount = amount;
+            e.rule = format!("{source}{tier_text}: fixed {}", format_minor(amount, currency));
+        }
+        Rate::RevShare { bps } => match c.amount {
+            None => {
+                e.status = Status::Rejected;
+                e.reason = Reason::MissingAmount;
+                e.rule = format!("{source}{tier_text}: revshare {bps} bps of no sale amount");
+                finish(state, e, out);
+                return Ok(());
+            }
+            Some(_) if c.currency != currency => {
+                e.status = Status::Rejected;
+                e.reason = Reason::CurrencyMismatch;
+                e.currency = currency;
+                e.rule = format!("{source}{tier_text}: revshare {bps} bps of a {} amount", c.currency);
+                finish(state, e, out);
+                return Ok(());
+            }
+            Some(sale) => {
+                e.amount = revshare(sale, bps);
+                e.rule = format!("{source}{tier_text}: revshare {bps} bps of {}", format_minor(sale, currency));
+            }
+        },
+    }
+    e.currency = currency;
+
+    state.add_counter(&goal_cap_key, 1)?;
+    state.add_counter(&aff_cap_key, 1)?;
+    let count = state.add_counter(&mkey, 1)?;
+    let hold_ms = u64::from(goal.hold_days) * DAY_MS;
+    let approve_at = c.ts_ms.saturating_add(hold_ms);
+    if hold_ms == 0 {
+        e.status = Status::Approved;
+        e.approved_seq = Some(seq);
+    } else {
+        e.status = Status::Pending;
+        e.approve_at_ms = Some(approve_at);
+        state.add_hold(approve_at, e.id);
+    }
+    let revenue = c.amount.filter(|_| c.currency == currency).unwrap_or(0);
+    let row = state.stats_mut(StatsKey {
+        day,
+        offer: c.offer.clone(),
+        affiliate: e.affiliate.clone(),
+        sub1: e.sub1.clone(),
+    })?;
+    add_conversion(row, 1, revenue, e.amount, currency);
+
+    let mut bonuses = Vec::new();
+    for (i, m) in goal.milestones.iter().enumerate() {
+        if i64::from(m.count) != count {
+            continue;
+        }
+        let fired = format!("milestone\0{month}\0{}\0{}\0{}\0{}", c.offer, c.goal, e.affiliate, m.count).into_bytes();
+        if state.counter(&fired)? != 0 {
+            continue;
+        }
+        state.add_counter(&fired, 1)?;
+        let mut b = e.clone();
+        b.id = EntryId { seq, sub: u8::try_from(i + 1).unwrap_or(u8::MAX) };
+        b.kind = Kind::Bonus;
+        b.amount = m.bonus;
+        b.sale_amount = None;
+        b.refers_to = Some(e.id);
+        b.rule =
+            format!("goal {}: milestone {} in {month}: bonus {}", goal.id, m.count, format_minor(m.bonus, currency));
+        if b.status == Status::Pending {
+            state.add_hold(approve_at, b.id);
+        }
+        let row = state.stats_mut(StatsKey {
+            day,
+            offer: c.offer.clone(),
+            affiliate: e.affiliate.clone(),
+            sub1: e.sub1.clone(),
+        })?;
+        add_conversion(row, 0, 0, b.amount, currency);
+        bonuses.push(b);
+    }
+    finish(state, e, out);
+    for b in bonuses {
+        finish(state, b, out);
+    }
+    Ok(())
+}
+
+fn add_conversion(row: &mut Counters, conversions: i64, revenue: i64, payout: i64, currency: Currency) {
+    row.conversions = row.conversions.saturating_add(conversions);
+    row.revenue = row.revenue.saturating_add(revenue);
+    row.payout = row.payout.saturating_add(payout);
+    row.currency = Some(currency);
+}
+
+fn reversal(state: &mut State, seq: u64, c: &Conversion, out: &mut Outputs) -> Result<(), AttributionError> {
+    let program = state.program.clone();
+    let digest = program.as_ref().map(|p| p.digest.clone()).unwrap_or_default();
+    let mut e = base_entry(seq, c, &digest);
+    e.kind = Kind::Reversal;
+    if rules(&program, c, &mut e).is_none() {
+        finish(state, e, out);
+        return Ok(());
+    }
+    if c.txid.is_empty() {
+        e.reason = Reason::NoTransactionId;
+        finish(state, e, out);
+        return Ok(());
+    }
+    let Some(original_id) = state.dedup(&txn_key(c))? else {
+        e.reason = Reason::NoOriginal;
+        finish(state, e, out);
+        return Ok(());
+    };
+    let Some(mut original) = state.entry(original_id)? else {
+        e.reason = Reason::NoOriginal;
+        finish(state, e, out);
+        return Ok(());
+    };
+    e.refers_to = Some(original_id);
+    e.affiliate = original.affiliate.clone();
+    e.click_id = original.click_id;
+    e.sub1 = original.sub1.clone();
+    e.coupon = original.coupon.clone();
+    e.currency = original.currency;
+    let why = if c.status == ConversionStatus::Chargeback { Reason::Chargeback } else { Reason::Refunded };
+    if original.reversed_by.is_some() {
+        e.status = Status::Duplicate;
+        e.reason = Reason::AlreadyReversed;
+        finish(state, e, out);
+        return Ok(());
+    }
+    match original.status {
+        Status::Pending => {
+            if let Some(at) = original.approve_at_ms {
+                state.remove_hold(at, original.id);
+            }
+            original.status = Status::Rejected;
+            original.reason = why;
+            e.status = Status::Approved;
+            e.reason = why;
+            e.rule = format!("{} of pending commission {original_id}: rejected", why.as_str());
+        }
+        Status::Approved => {
+            e.kind = Kind::Clawback;
+            e.status = Status::Approved;
+            e.reason = why;
+            e.amount = original.amount.saturating_neg();
+            e.approved_seq = Some(seq);
+            e.rule = format!(
+                "{} of approved commission {original_id}: clawback {}",
+                why.as_str(),
+                format_minor(e.amount, original.currency)
+            );
+        }
+        _ => {
+            e.status = Status::Rejected;
+            e.reason = Reason::NothingToReverse;
+            finish(state, e, out);
+            return Ok(());
+        }
+    }
+    original.reversed_by = Some(seq);
+    let day = day_of(original.ts_ms);
+    let mkey = month_key(month_of_day(day), c, &original.affiliate);
+    state.add_counter(&mkey, -1)?;
+    let revenue = original.sale_amount.filter(|_| c.currency == original.currency).unwrap_or(0);
+    let row = state.stats_mut(StatsKey {
+        day,
+        offer: original.offer.clone(),
+        affiliate: original.affiliate.clone(),
+        sub1: original.sub1.clone(),
+    })?;
+    add_conversion(row, -1, revenue.saturating_neg(), original.amount.saturating_neg(), original.currency);
+    finish(state, original, out);
+    finish(state, e, out);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::revshare;
+
+    #[test]
+    fn revshare_rounds_half_to_even() {
+        // 8% of 100.00 = 8.00
+        assert_eq!(revshare(10_000, 800), 800);
+        // 1% of 0.50 = 0.005 -> 0.00 (0 is even); of 1.50 = 0.015 -> 0.02 (2 is even)
+        assert_eq!(revshare(50, 100), 0);
+        assert_eq!(revshare(150, 100), 2);
+        // 0.025 -> 0.02, 0.035 -> 0.04
+        assert_eq!(revshare(250, 100), 2);
+        assert_eq!(revshare(350, 100), 4);
+        // below and above the half
+        assert_eq!(revshare(149, 100), 1);
+        assert_eq!(revshare(151, 100), 2);
+        // negative amounts mirror positive ones
+        assert_eq!(revshare(-150, 100), -2);
+        assert_eq!(revshare(-250, 100), -2);
+        assert_eq!(revshare(i64::MAX, 10_000), i64::MAX);
+        assert_eq!(revshare(i64::MAX, 0), 0);
+    }
+}

@@ -1,0 +1,380 @@
+//! What attribution produces: ledger entries (commissions, bonuses, clawbacks, reversals) and
+//! the per-day stats rows.
+//!
+//! Every conversion event in the log yields exactly one entry keyed by its sequence number, so
+//! re-processing an event overwrites its entry instead of adding a second one; milestone
+//! bonuses hang off the conversion that reached the milestone (`seq.1`, `seq.2`, ...). These
+//! structs are stored with postcard in the attribution state; the ledger digest is computed
+//! over those bytes, so field order matters here too.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use tally_model::{ClickId, Currency};
+
+/// Identifies a ledger entry: the sequence number of the event that created it, and 0 for the
+/// event's own entry or n ≥ 1 for the n-th bonus it triggered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct EntryId {
+    pub seq: u64,
+    pub sub: u8,
+}
+
+impl EntryId {
+    pub fn of_event(seq: u64) -> EntryId {
+        EntryId { seq, sub: 0 }
+    }
+
+    /// Big-endian, so the state store iterates the ledger in log order.
+    pub fn key(&self) -> [u8; 9] {
+        let mut k = [0u8; 9];
+        k[..8].copy_from_slice(&self.seq.to_be_bytes());
+        k[8] = self.sub;
+        k
+    }
+
+    pub fn from_key(k: &[u8]) -> Option<EntryId> {
+        let seq = u64::from_be_bytes(k.get(..8)?.try_into().ok()?);
+        Some(EntryId { seq, sub: *k.get(8)? })
+    }
+
+    /// `"1234"` or `"1234.1"`.
+    pub fn parse(s: &str) -> Option<EntryId> {
+        let (seq, sub) = match s.split_once('.') {
+            Some((a, b)) => (a, b.parse().ok()?),
+            None => (s, 0),
+        };
+        Some(EntryId { seq: seq.parse().ok()?, sub })
+    }
+}
+
+impl fmt::Display for EntryId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.sub == 0 {
+            write!(f, "{}", self.seq)
+        } else {
+            write!(f, "{}.{}", self.seq, self.sub)
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Kind {
+    /// The outcome of an approved conversion report.
+    Commission,
+    /// A milestone bonus.
+    Bonus,
+    /// Money taken back: a reversal of an already approved commission.
+    Clawback,
+    /// The outcome of a refund or chargeback report that took no money back itself (it
+    /// rejected a pending commission, or had nothing to reverse).
+    Reversal,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Commission => "commission",
+            Kind::Bonus => "bonus",
+            Kind::Clawback => "clawback",
+            Kind::Reversal => "reversal",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Status {
+    /// Credited, waiting for its hold period to pass.
+    Pending,
+    /// Payable (or, for a clawback, deductible).
+    Approved,
+    /// Reversed before approval, or unpayable (see the reason).
+    Rejected,
+    /// Over a daily cap: recorded, paid zero.
+    RejectedCap,
+    /// A repeat of an earlier report: recorded, paid zero.
+    Duplicate,
+    /// No affiliate could be credited (see the reason).
+    Unattributed,
+}
+
+impl Status {
+    pub const ALL: [Status; 6] = [
+        Status::Pending,
+        Status::Approved,
+        Status::Rejected,
+        Status::RejectedCap,
+        Status::Duplicate,
+        Status::Unattributed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pending => "pending",
+            Status::Approved => "approved",
+            Status::Rejected => "rejected",
+            Status::RejectedCap => "rejected_cap",
+            Status::Duplicate => "duplicate",
+            Status::Unattributed => "unattributed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Status> {
+        Status::ALL.into_iter().find(|x| x.as_str() == s)
+    }
+
+    /// True when the entry's amount counts towards what is owed.
+    pub fn counts(self) -> bool {
+        matches!(self, Status::Pending | Status::Approved)
+    }
+}
+
+/// Why an entry has the status it has, when that is not obvious.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Reason {
+    None,
+    NoProgram,
+    UnknownOffer,
+    UnknownGoal,
+    NoClick,
+    UnknownClick,
+    ExpiredClick,
+    OutsideWindow,
+    ClickOfferMismatch,
+    UnknownCoupon,
+    CouponOfferMismatch,
+    MissingAmount,
+    CurrencyMismatch,
+    DailyCap,
+    AffiliateDailyCap,
+    RepeatedTransaction,
+    Refunded,
+    Chargeback,
+    NoTransactionId,
+    NoOriginal,
+    NothingToReverse,
+    AlreadyReversed,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::None => "",
+            Reason::NoProgram => "no_program",
+            Reason::UnknownOffer => "unknown_offer",
+            Reason::UnknownGoal => "unknown_goal",
+            Reason::NoClick => "no_click",
+            Reason::UnknownClick => "unknown_click",
+            Reason::ExpiredClick => "expired_click",
+            Reason::OutsideWindow => "outside_window",
+            Reason::ClickOfferMismatch => "click_offer_mismatch",
+            Reason::UnknownCoupon => "unknown_coupon",
+            Reason::CouponOfferMismatch => "coupon_offer_mismatch",
+            Reason::MissingAmount => "missing_amount",
+            Reason::CurrencyMismatch => "currency_mismatch",
+            Reason::DailyCap => "daily_cap",
+            Reason::AffiliateDailyCap => "affiliate_daily_cap",
+            Reason::RepeatedTransaction => "repeated_transaction",
+            Reason::Refunded => "refunded",
+            Reason::Chargeback => "chargeback",
+            Reason::NoTransactionId => "no_transaction_id",
+            Reason::NoOriginal => "no_original",
+            Reason::NothingToReverse => "nothing_to_reverse",
+            Reason::AlreadyReversed => "already_reversed",
+        }
+    }
+}
+
+/// One ledger record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub id: EntryId,
+    pub kind: Kind,
+    pub status: Status,
+    pub reason: Reason,
+    /// The time of the event that created the entry.
+    pub ts_ms: u64,
+    pub offer: String,
+    pub goal: String,
+    /// Empty when unattributed.
+    pub affiliate: String,
+    /// The click credited (after the first-click rule), if any.
+    pub click_id: Option<ClickId>,
+    /// The coupon that credited the affiliate, when no click did.
+    pub coupon: String,
+    /// The credited click's `sub1`, for reports by sub ID.
+    pub sub1: String,
+    pub txid: String,
+    /// The sale amount the merchant reported, in minor units of `currency`.
+    pub sale_amount: Option<i64>,
+    /// What this entry pays, in minor units of `currency` (negative for a clawback).
+    pub amount: i64,
+    pub currency: Currency,
+    /// How the amount was computed, for people: e.g. `goal sale: revshare 800 bps of 100.00`.
+    pub rule: String,
+    /// BLAKE3 digest (hex) of the program whose rules applied; empty without one.
+    pub program: String,
+    /// When a pending entry becomes approved (event time, ms).
+    pub approve_at_ms: Option<u64>,
+    /// The sequence number whose event time approved the entry.
+    pub approved_seq: Option<u64>,
+    /// For duplicates, reversals, clawbacks and bonuses: the entry they refer to.
+    pub refers_to: Option<EntryId>,
+    /// For a commission: the refund or chargeback event that reversed it.
+    pub reversed_by: Option<u64>,
+}
+
+/// Counters of one stats row: one UTC day × offer × affiliate × sub1.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    /// Clicks by people (HEAD requests, prefetches and unfurlers excluded).
+    pub clicks: u64,
+    /// Clicks by people, counted once per visitor (IP and user agent) per day.
+    pub unique_clicks: u64,
+    /// Clicks flagged as not made by a person.
+    pub non_human_clicks: u64,
+    /// Credited conversions (pending or approved), net of reversals.
+    pub conversions: i64,
+    /// Sale amounts of credited conversions, net of reversals, in minor units.
+    pub revenue: i64,
+    /// Commissions and bonuses owed, net of reversals and clawbacks, in minor units.
+    pub payout: i64,
+    /// The offer's currency; `None` until a conversion or a program names it.
+    pub currency: Option<Currency>,
+}
+
+/// The key of a stats row.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct StatsKey {
+    /// Days since the Unix epoch (UTC).
+    pub day: u32,
+    pub offer: String,
+    pub affiliate: String,
+    pub sub1: String,
+}
+
+impl StatsKey {
+    /// Day first (big-endian) so a date range is one contiguous scan.
+    pub fn encode(&self) -> Vec<u8> {
+        let k = self.day.to_be_bytes().to_vec();
+        // Length-prefixed strings: a sub ID may contain any byte, so no separator is safe.
+        match postcard::to_extend(&(&self.offer, &self.affiliate, &self.sub1), k) {
+            Ok(v) => v,
+            Err(_) => {
+                // Serialising three strings into a Vec cannot fail; keep the day-only key.
+                self.day.to_be_bytes().to_vec()
+            }
+        }
+    }
+
+    pub fn decode(k: &[u8]) -> Option<StatsKey> {
+        let day = u32::from_be_bytes(k.get(..4)?.try_into().ok()?);
+        let (offer, affiliate, sub1): (String, String, String) = postcard::from_bytes(k.get(4..)?).ok()?;
+        Some(StatsKey { day, offer, affiliate, sub1 })
+    }
+}
+
+pub const DAY_MS: u64 = 86_400_000;
+
+/// Days since the epoch of a millisecond timestamp.
+pub fn day_of(ts_ms: u64) -> u32 {
+    u32::try_from(ts_ms / DAY_MS).unwrap_or(u32::MAX)
+}
+
+/// The calendar month (UTC) of a day number, as `yyyymm`.
+pub fn month_of_day(day: u32) -> u32 {
+    let (y, m, _) = civil_from_days(i64::from(day));
+    u32::try_from(y).unwrap_or(0) * 100 + m
+}
+
+/// `YYYY-MM-DD` of a day number.
+pub fn format_day(day: u32) -> String {
+    let (y, m, d) = civil_from_days(i64::from(day));
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// Parses `YYYY-MM-DD` into a day number.
+pub fn parse_day(s: &str) -> Option<u32> {
+    let mut it = s.split('-');
+    let (y, m, d) = (it.next()?, it.next()?, it.next()?);
+    if it.next().is_some() || y.len() != 4 || m.len() != 2 || d.len() != 2 {
+        return None;
+    }
+    let (y, m, d): (i64, u32, u32) = (y.parse().ok()?, m.parse().ok()?, d.parse().ok()?);
+    if !(1970..=9999).contains(&y) || !(1..=12).contains(&m) || d == 0 || d > days_in_month(y, m) {
+        return None;
+    }
+    u32::try_from(days_from_civil(y, m, d)).ok()
+}
+
+fn days_in_month(y: i64, m: u32) -> u32 {
+    match m {
+        2 if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+// Howard Hinnant's civil calendar algorithms (public domain), for the proleptic Gregorian
+// calendar; a whole date library is not needed to name a day or a month.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let m = i64::from(m);
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn calendar() {
+        assert_eq!(format_day(0), "1970-01-01");
+        assert_eq!(format_day(day_of(1_700_000_000_000)), "2023-11-14");
+        assert_eq!(month_of_day(day_of(1_700_000_000_000)), 202311);
+        assert_eq!(format_day(parse_day("2024-02-29").unwrap()), "2024-02-29");
+        for bad in ["2023-02-29", "2024-13-01", "2024-1-01", "24-01-01", "2024-01-01x", "", "1969-12-31"] {
+            assert_eq!(parse_day(bad), None, "{bad}");
+        }
+        for day in (0..40_000).step_by(7) {
+            assert_eq!(parse_day(&format_day(day)), Some(day));
+        }
+    }
+
+    #[test]
+    fn entry_ids_round_trip() {
+        for id in [EntryId::of_event(7), EntryId { seq: u64::MAX, sub: 3 }] {
+            assert_eq!(EntryId::from_key(&id.key()), Some(id));
+            assert_eq!(EntryId::parse(&id.to_string()), Some(id));
+        }
+        assert_eq!(EntryId::parse("x"), None);
+        assert!(EntryId::of_event(2).key() > EntryId { seq: 1, sub: 9 }.key());
+    }
+
+    #[test]
+    fn stats_keys_round_trip_and_sort_by_day() {
+        let k = StatsKey { day: 3, offer: "o".into(), affiliate: "a\0b".into(), sub1: "x".into() };
+        assert_eq!(StatsKey::decode(&k.encode()), Some(k.clone()));
+        let later = StatsKey { day: 4, offer: String::new(), affiliate: String::new(), sub1: String::new() };
+        assert!(later.encode() > k.encode());
+    }
+}

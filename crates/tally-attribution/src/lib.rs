@@ -1,0 +1,46 @@
+//! Tally's attribution worker: joins conversions to clicks, applies the program's rules and
+//! keeps the commission ledger and per-day stats.
+//!
+//! - [`engine::apply`] is the pure core: one event in, ledger changes out, time taken only
+//!   from event timestamps. Live attribution, replay and tests all run it.
+//! - [`State`] holds the click index, dedup keys, ledger, counters, holds and stats, in a
+//!   RocksDB of its own, committed atomically with the worker's checkpoint.
+//! - [`Worker`] feeds the log to the engine, in-process (woken by commits) or from another
+//!   process (a secondary instance of the log), and commits in groups.
+//! - [`report`] aggregates stats rows for `tally report`.
+
+pub mod engine;
+pub mod ledger;
+pub mod metrics;
+pub mod report;
+pub mod state;
+pub mod worker;
+
+use std::path::PathBuf;
+
+pub use engine::{apply, Outputs};
+pub use ledger::{Counters, Entry, EntryId, Kind, Reason, StatsKey, Status};
+pub use metrics::AttributionMetrics;
+pub use state::{Checkpoint, State};
+pub use worker::{Worker, WorkerOptions};
+
+/// The directory of the attribution state inside a data directory.
+pub fn state_dir(data_dir: &std::path::Path) -> PathBuf {
+    data_dir.join("attribution")
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AttributionError {
+    #[error("cannot open attribution state {}: {reason}", .dir.display())]
+    Open { dir: PathBuf, reason: String },
+    #[error("attribution state: {0}")]
+    Store(String),
+    #[error("attribution state is corrupt: {0}")]
+    Corrupt(String),
+    #[error("event {got} applied out of order: expected sequence {expected}")]
+    OutOfOrder { expected: u64, got: u64 },
+    #[error("log record {seq} does not decode: {error}")]
+    Record { seq: u64, error: tally_model::RecordError },
+    #[error(transparent)]
+    Log(#[from] tally_log::LogError),
+}

@@ -1,0 +1,133 @@
+//! `tally report`: stats rows summed by affiliate, offer, day or sub1 over a date range.
+//!
+//! Money is summed per currency: an affiliate promoting a USD and a EUR offer gets two rows.
+//! Conversion rate is a ratio for display; EPC (payout per click) is money, computed exactly
+//! in minor units and rounded half to even.
+
+use std::collections::BTreeMap;
+
+use tally_model::Currency;
+
+use crate::ledger::{format_day, Counters, StatsKey};
+use crate::state::State;
+use crate::AttributionError;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GroupBy {
+    Affiliate,
+    Offer,
+    Day,
+    Sub1,
+}
+
+impl GroupBy {
+    pub fn parse(s: &str) -> Option<GroupBy> {
+        Some(match s {
+            "affiliate" => GroupBy::Affiliate,
+            "offer" => GroupBy::Offer,
+            "day" => GroupBy::Day,
+            "sub1" => GroupBy::Sub1,
+            _ => return None,
+        })
+    }
+
+    fn key(self, k: &StatsKey) -> String {
+        match self {
+            GroupBy::Affiliate => k.affiliate.clone(),
+            GroupBy::Offer => k.offer.clone(),
+            GroupBy::Day => format_day(k.day),
+            GroupBy::Sub1 => k.sub1.clone(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReportRow {
+    pub key: String,
+    pub currency: Option<Currency>,
+    pub clicks: u64,
+    pub unique_clicks: u64,
+    pub non_human_clicks: u64,
+    pub conversions: i64,
+    pub revenue: i64,
+    pub payout: i64,
+}
+
+impl ReportRow {
+    fn add(&mut self, c: &Counters) {
+        self.clicks += c.clicks;
+        self.unique_clicks += c.unique_clicks;
+        self.non_human_clicks += c.non_human_clicks;
+        self.conversions = self.conversions.saturating_add(c.conversions);
+        self.revenue = self.revenue.saturating_add(c.revenue);
+        self.payout = self.payout.saturating_add(c.payout);
+    }
+
+    /// Conversions per click, as a percentage; `None` without clicks.
+    pub fn conversion_rate_percent(&self) -> Option<f64> {
+        (self.clicks > 0).then(|| self.conversions as f64 * 100.0 / self.clicks as f64)
+    }
+
+    /// Payout per click in minor units, rounded half to even; `None` without clicks.
+    pub fn epc(&self) -> Option<i64> {
+        if self.clicks == 0 {
+            return None;
+        }
+        let (n, d) = (i128::from(self.payout), i128::from(self.clicks));
+        let (q, r) = (n.div_euclid(d), n.rem_euclid(d));
+        let q = match (2 * r).cmp(&d) {
+            std::cmp::Ordering::Greater => q + 1,
+            std::cmp::Ordering::Equal => q + (q & 1),
+            std::cmp::Ordering::Less => q,
+        };
+        i64::try_from(q).ok()
+    }
+}
+
+/// Sums the stats rows of days `from..=to` by `by`.
+pub fn report(state: &State, by: GroupBy, from: u32, to: u32) -> Result<Vec<ReportRow>, AttributionError> {
+    let mut groups: BTreeMap<(String, Option<Currency>), ReportRow> = BTreeMap::new();
+    for row in state.stats(from, to) {
+        let (k, c) = row?;
+        let key = by.key(&k);
+        groups
+            .entry((key.clone(), c.currency))
+            .or_insert_with(|| ReportRow { key, currency: c.currency, ..ReportRow::default() })
+            .add(&c);
+    }
+    // Rows that never learned a currency (clicks before any program named the offer's) join
+    // their group's only currency when it has exactly one.
+    let mut out: Vec<ReportRow> = Vec::new();
+    for ((key, currency), row) in groups {
+        match out.last_mut() {
+            Some(last) if last.key == key && last.currency.is_none() && currency.is_some() => {
+                let mut merged = row;
+                merged.clicks += last.clicks;
+                merged.unique_clicks += last.unique_clicks;
+                merged.non_human_clicks += last.non_human_clicks;
+                *last = merged;
+            }
+            _ => out.push(row),
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn epc_rounds_half_to_even() {
+        let row = |payout, clicks| ReportRow { payout, clicks, ..ReportRow::default() };
+        assert_eq!(row(100, 0).epc(), None);
+        assert_eq!(row(100, 3).epc(), Some(33));
+        assert_eq!(row(5, 2).epc(), Some(2));
+        assert_eq!(row(7, 2).epc(), Some(4));
+        assert_eq!(row(-5, 2).epc(), Some(-2));
+        assert_eq!(row(1, 4).conversion_rate_percent(), Some(0.0));
+        let r = ReportRow { conversions: 1, clicks: 4, ..ReportRow::default() };
+        assert_eq!(r.conversion_rate_percent(), Some(25.0));
+    }
+}

@@ -1,0 +1,171 @@
+//! Feeds the log to the engine and commits outputs with the checkpoint.
+//!
+//! The worker reads events after its checkpoint, applies up to `commit_every` of them to the
+//! state's overlay, then commits overlay and checkpoint in one RocksDB write. Killed anywhere,
+//! it restarts from the last commit and re-applies the same events to the same state, so its
+//! ledger is the one an uninterrupted run would have produced (exactly-once effects).
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use tally_log::LogReader;
+
+use crate::engine;
+use crate::metrics::AttributionMetrics;
+use crate::state::State;
+use crate::AttributionError;
+
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    /// Events applied between commits (fewer when the log runs dry).
+    pub commit_every: usize,
+    /// How long a tail waits for new events before checking for shutdown (and, reading
+    /// another process's log, how often it catches up).
+    pub poll: Duration,
+    /// fsync each commit. The log is the source of truth and attribution re-derives from it,
+    /// so the default is off: a power loss costs only re-applying the last events.
+    pub sync: bool,
+}
+
+impl Default for WorkerOptions {
+    fn default() -> Self {
+        WorkerOptions { commit_every: 16_384, poll: Duration::from_millis(200), sync: false }
+    }
+}
+
+#[derive(Debug)]
+pub struct Worker {
+    state: State,
+    metrics: AttributionMetrics,
+    options: WorkerOptions,
+    uncommitted: usize,
+}
+
+impl Worker {
+    /// Opens the state in `dir` (creating it).
+    pub fn open(dir: &Path, options: WorkerOptions, metrics: AttributionMetrics) -> Result<Worker, AttributionError> {
+        let state = State::open(dir, options.sync)?;
+        Ok(Worker::with_state(state, options, metrics))
+    }
+
+    pub fn with_state(state: State, options: WorkerOptions, metrics: AttributionMetrics) -> Worker {
+        metrics.position.set(i64::try_from(state.checkpoint().position).unwrap_or(i64::MAX));
+        metrics.pending_holds.set(i64::try_from(state.pending_holds()).unwrap_or(i64::MAX));
+        Worker { state, metrics, options, uncommitted: 0 }
+    }
+
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    pub fn into_state(self) -> State {
+        self.state
+    }
+
+    /// The last sequence number applied (committed or not).
+    pub fn position(&self) -> u64 {
+        self.state.checkpoint().position
+    }
+
+    /// Decodes and applies one log record, without committing.
+    pub fn apply_record(&mut self, seq: u64, bytes: &[u8]) -> Result<(), AttributionError> {
+        let event = tally_model::decode(bytes).map_err(|error| AttributionError::Record { seq, error })?;
+        let out = engine::apply(&mut self.state, seq, &event)?;
+        for e in &out.entries {
+            self.metrics.entry(e.status);
+        }
+        self.metrics.events.inc();
+        self.uncommitted += 1;
+        Ok(())
+    }
+
+    /// Commits everything applied so far, with the checkpoint.
+    pub fn commit(&mut self) -> Result<(), AttributionError> {
+        if self.uncommitted == 0 {
+            return Ok(());
+        }
+        let started = Instant::now();
+        self.state.commit()?;
+        self.metrics.commit_duration.observe(started.elapsed().as_secs_f64());
+        self.metrics.position.set(i64::try_from(self.position()).unwrap_or(i64::MAX));
+        self.metrics.pending_holds.set(i64::try_from(self.state.pending_holds()).unwrap_or(i64::MAX));
+        self.uncommitted = 0;
+        Ok(())
+    }
+
+    /// Applies a batch of records and commits when `commit_every` is reached.
+    fn process(&mut self, batch: &[(u64, Vec<u8>)]) -> Result<(), AttributionError> {
+        for (seq, bytes) in batch {
+            self.apply_record(*seq, bytes)?;
+            if self.uncommitted >= self.options.commit_every {
+                self.commit()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Attributes everything in the log up to `upto` (default: the head as of now), then
+    /// commits. Returns the number of events applied.
+    pub fn catch_up(&mut self, reader: &LogReader, upto: Option<u64>) -> Result<u64, AttributionError> {
+        reader.catch_up()?;
+        let head = reader.last_seq()?.unwrap_or(0);
+        let end = upto.unwrap_or(head).min(head);
+        let mut applied = 0u64;
+        while self.position() < end {
+            let want = usize::try_from(end - self.position()).unwrap_or(usize::MAX).min(self.options.commit_every);
+            let batch = reader.read_range(self.position() + 1, want)?;
+            if batch.is_empty() {
+                break;
+            }
+            applied += batch.len() as u64;
+            self.process(&batch)?;
+        }
+        self.commit()?;
+        self.observe_lag(reader)?;
+        Ok(applied)
+    }
+
+    /// Follows the log until `stop` is set, committing at least every `poll` while events
+    /// flow. Returns after a final commit.
+    pub fn run(&mut self, reader: LogReader, stop: &AtomicBool) -> Result<(), AttributionError> {
+        self.metrics.up.set(1);
+        let result = self.follow(reader, stop);
+        self.metrics.up.set(0);
+        if result.is_err() {
+            self.metrics.errors.inc();
+        }
+        result
+    }
+
+    fn follow(&mut self, reader: LogReader, stop: &AtomicBool) -> Result<(), AttributionError> {
+        let mut tail = reader.tail(self.position() + 1);
+        let mut last_commit = Instant::now();
+        while !stop.load(Ordering::Relaxed) {
+            let batch = tail.next_batch(self.options.commit_every, self.options.poll)?;
+            self.process(&batch)?;
+            if batch.len() < self.options.commit_every || last_commit.elapsed() >= self.options.poll {
+                self.commit()?;
+                last_commit = Instant::now();
+                self.observe_lag(tail.reader())?;
+            }
+        }
+        self.commit()
+    }
+
+    fn observe_lag(&self, reader: &LogReader) -> Result<(), AttributionError> {
+        let head = reader.last_seq()?.unwrap_or(0);
+        let position = self.position();
+        self.metrics.lag_events.set(i64::try_from(head.saturating_sub(position)).unwrap_or(i64::MAX));
+        let mut lag = 0.0;
+        if head > position {
+            if let Some((_, bytes)) = reader.read_range(head, 1)?.first() {
+                if let Ok(event) = tally_model::decode(bytes) {
+                    lag = event.ts_ms().saturating_sub(self.state.checkpoint().watermark_ms) as f64 / 1000.0;
+                }
+            }
+        }
+        self.metrics.lag_seconds.set(lag);
+        Ok(())
+    }
+}

@@ -1,0 +1,213 @@
+//! A small driver for the attribution engine: builds events, applies them in log order and
+//! reads back the entries they produced.
+#![allow(dead_code, clippy::unwrap_used)]
+
+pub mod gen;
+
+use tally_attribution::{apply, Entry, EntryId, State};
+use tally_model::{Click, ClickId, Conversion, ConversionSource, ConversionStatus, Currency, Event, ProgramChange};
+
+pub const DAY: u64 = 86_400_000;
+/// 2025-11-01T00:00:00Z: a month start, so month-boundary tests are easy to read.
+pub const T0: u64 = 1_761_955_200_000;
+
+pub const PROGRAM: &str = r#"
+[[advertisers]]
+id = "acme"
+postback_token = "0123456789abcdef"
+
+[[affiliates]]
+id = "aff1"
+[[affiliates]]
+id = "aff2"
+[[affiliates]]
+id = "aff3"
+
+[[offers]]
+id = "shoes"
+advertiser = "acme"
+destination = "https://shop.example/?c={click_id}"
+currency = "USD"
+window_days = 30
+
+  [[offers.goals]]
+  id = "sale"
+  payout = { kind = "revshare", bps = 1000 }
+  hold_days = 10
+
+  [[offers.goals]]
+  id = "lead"
+  payout = { kind = "fixed", amount = "2.50" }
+  daily_cap = 3
+  affiliate_daily_cap = 2
+
+    [[offers.goals.overrides]]
+    affiliate = "aff2"
+    payout = { kind = "fixed", amount = "4.00" }
+    daily_cap = 1
+
+  [[offers.goals]]
+  id = "tiered"
+  payout = { kind = "tiered", tiers = [{ from = 1, amount = "1.00" }, { from = 3, amount = "2.00" }] }
+
+    [[offers.goals.milestones]]
+    count = 2
+    bonus = "10.00"
+
+[[offers]]
+id = "hotels"
+advertiser = "acme"
+destination = "https://travel.example/?c={click_id}"
+currency = "EUR"
+window_days = 7
+model = "first_click"
+
+  [[offers.goals]]
+  id = "booking"
+  payout = { kind = "fixed", amount = "12.00" }
+
+[[coupons]]
+code = "SPRING"
+offer = "shoes"
+affiliate = "aff3"
+
+[[links]]
+code = "l1"
+offer = "shoes"
+affiliate = "aff1"
+"#;
+
+/// `PROGRAM` with other payouts, holds and windows: what a mid-log program change switches to.
+pub fn program_variant() -> String {
+    PROGRAM
+        .replace(r#"bps = 1000 }"#, r#"bps = 750 }"#)
+        .replace("hold_days = 10", "hold_days = 3")
+        .replace(r#"amount = "2.50""#, r#"amount = "3.25""#)
+        .replace("window_days = 7", "window_days = 2")
+}
+
+pub struct Driver {
+    pub state: State,
+    pub seq: u64,
+    pub now: u64,
+    nonce: u64,
+    /// Every event applied, in order.
+    pub events: Vec<Event>,
+}
+
+impl Driver {
+    /// An in-memory state with `PROGRAM` in force from sequence 1.
+    pub fn new() -> Driver {
+        let mut d = Driver::bare(State::in_memory());
+        d.program(PROGRAM);
+        d
+    }
+
+    pub fn bare(state: State) -> Driver {
+        let seq = state.checkpoint().position;
+        Driver { state, seq, now: T0, nonce: 0, events: Vec::new() }
+    }
+
+    pub fn apply(&mut self, event: Event) -> Vec<Entry> {
+        self.seq += 1;
+        self.events.push(event.clone());
+        apply(&mut self.state, self.seq, &event).unwrap().entries
+    }
+
+    pub fn program(&mut self, source: &str) {
+        let digest = blake3::hash(source.as_bytes()).to_hex().to_string();
+        self.apply(Event::ProgramChange(ProgramChange { ts_ms: self.now, digest, source: source.into() }));
+    }
+
+    /// Moves event time forward by `ms`.
+    pub fn wait(&mut self, ms: u64) {
+        self.now += ms;
+    }
+
+    pub fn click_event(&mut self, offer: &str, affiliate: &str, prior: Option<ClickId>) -> Click {
+        self.nonce += 1;
+        Click {
+            click_id: ClickId::new(self.now, 1, self.nonce),
+            ts_ms: self.now,
+            link: "l1".into(),
+            offer: offer.into(),
+            affiliate: affiliate.into(),
+            subs: [format!("s-{affiliate}"), String::new(), String::new(), String::new(), String::new()],
+            source: String::new(),
+            deep_link: String::new(),
+            user_agent: "Mozilla/5.0".into(),
+            referrer: String::new(),
+            ip: format!("203.0.113.{}", self.nonce % 250),
+            flags: 0,
+            prior_click: prior,
+        }
+    }
+
+    pub fn click(&mut self, offer: &str, affiliate: &str) -> ClickId {
+        let c = self.click_event(offer, affiliate, None);
+        let id = c.click_id;
+        self.apply(Event::Click(c));
+        id
+    }
+
+    pub fn click_after(&mut self, offer: &str, affiliate: &str, prior: ClickId) -> ClickId {
+        let c = self.click_event(offer, affiliate, Some(prior));
+        let id = c.click_id;
+        self.apply(Event::Click(c));
+        id
+    }
+
+    pub fn conversion_event(
+        &self,
+        offer: &str,
+        goal: &str,
+        cid: Option<ClickId>,
+        txid: &str,
+        amount: Option<i64>,
+        status: ConversionStatus,
+    ) -> Conversion {
+        let currency = if offer == "hotels" { "EUR" } else { "USD" };
+        Conversion {
+            ts_ms: self.now,
+            source: ConversionSource::Postback,
+            click_id: cid,
+            coupon: String::new(),
+            offer: offer.into(),
+            goal: goal.into(),
+            txid: txid.into(),
+            amount,
+            currency: Currency::from_code(currency).unwrap(),
+            status,
+            subs: Default::default(),
+            ip: String::new(),
+        }
+    }
+
+    /// An approved conversion; returns its own entry (and any bonuses after it).
+    pub fn convert(&mut self, offer: &str, goal: &str, cid: Option<ClickId>, txid: &str, amount: Option<i64>) -> Entry {
+        let c = self.conversion_event(offer, goal, cid, txid, amount, ConversionStatus::Approved);
+        self.apply(Event::Conversion(c));
+        self.own_entry()
+    }
+
+    pub fn reverse(&mut self, offer: &str, goal: &str, txid: &str, status: ConversionStatus) -> Vec<Entry> {
+        let c = self.conversion_event(offer, goal, None, txid, None, status);
+        self.apply(Event::Conversion(c))
+    }
+
+    /// The entry of the last applied event.
+    pub fn own_entry(&self) -> Entry {
+        self.entry(EntryId::of_event(self.seq))
+    }
+
+    pub fn entry(&self, id: EntryId) -> Entry {
+        self.state.entry(id).unwrap().unwrap_or_else(|| panic!("no entry {id}"))
+    }
+
+    /// A no-op event (a non-human click) that only moves the watermark to `now`.
+    pub fn tick(&mut self) -> Vec<Entry> {
+        let mut c = self.click_event("shoes", "aff1", None);
+        c.flags = tally_model::click_flags::HEAD;
+        self.apply(Event::Click(c))
+    }
+}
