@@ -620,7 +620,13 @@ fn run(dir: &Path) -> Res<()> {
     }
     let rss_start = proc_status_kb("VmRSS");
     let reader = LogReader::open_secondary(dir)?;
-    let mut worker = Worker::open(&state, WorkerOptions::default(), AttributionMetrics::default())?;
+    // COMMIT_EVERY overrides the worker's default batch between commits, to measure its effect.
+    let mut options = WorkerOptions::default();
+    if let Some(n) = std::env::var("COMMIT_EVERY").ok().and_then(|v| v.parse().ok()) {
+        options.commit_every = n;
+    }
+    println!("run: commit_every {}", options.commit_every);
+    let mut worker = Worker::open(&state, options, AttributionMetrics::default())?;
 
     let started = Instant::now();
     let events = worker.catch_up(&reader, None)?;

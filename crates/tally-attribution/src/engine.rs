@@ -13,7 +13,8 @@
 //!    offer's window (first-click offers credit the earliest click of the visitor's cookie
 //!    chain still inside the window); otherwise the coupon, mapped to its affiliate;
 //!    otherwise `unattributed` with the reason the click failed;
-//! 4. daily caps (UTC day of the conversion), goal-wide then per affiliate: over-cap reports
+//! 4. a sale amount in another currency than the offer's is `rejected` (no exchange rates);
+//!    then daily caps (UTC day of the conversion), goal-wide then per affiliate: over-cap reports
 //!    are `rejected_cap`, paying zero;
 //! 5. payout: the affiliate's override if any, else the goal's; tiers by the conversion's
 //!    rank among the affiliate's credited conversions for the goal in its calendar month;
@@ -340,6 +341,18 @@ fn conversion(state: &mut State, seq: u64, c: &Conversion, out: &mut Outputs) ->
     e.sub1 = sub1;
     e.coupon = coupon;
 
+    let currency = offer.currency;
+    if c.amount.is_some() && c.currency != currency {
+        // No exchange rates in the rules: a sale in another currency is neither paid nor
+        // counted as revenue. (The edge refuses these; a program change of the offer's
+        // currency can still produce them.)
+        e.status = Status::Rejected;
+        e.reason = Reason::CurrencyMismatch;
+        e.rule = format!("goal {}: sale reported in {}, offer pays in {currency}", goal.id, c.currency);
+        finish(state, e, out);
+        return Ok(());
+    }
+
     let over = goal.overrides.get(&e.affiliate);
     let day = day_of(c.ts_ms);
     let goal_cap_key = cap_key("cap", day, c, "");
@@ -378,7 +391,6 @@ fn conversion(state: &mut State, seq: u64, c: &Conversion, out: &mut Outputs) ->
         }
         _ => String::new(),
     };
-    let currency = offer.currency;
     match rate {
         Rate::Fixed { amount } => {
             e.amount = amount;
@@ -389,14 +401,6 @@ fn conversion(state: &mut State, seq: u64, c: &Conversion, out: &mut Outputs) ->
                 e.status = Status::Rejected;
                 e.reason = Reason::MissingAmount;
                 e.rule = format!("{source}{tier_text}: revshare {bps} bps of no sale amount");
-                finish(state, e, out);
-                return Ok(());
-            }
-            Some(_) if c.currency != currency => {
-                e.status = Status::Rejected;
-                e.reason = Reason::CurrencyMismatch;
-                e.currency = currency;
-                e.rule = format!("{source}{tier_text}: revshare {bps} bps of a {} amount", c.currency);
                 finish(state, e, out);
                 return Ok(());
             }
@@ -421,7 +425,7 @@ fn conversion(state: &mut State, seq: u64, c: &Conversion, out: &mut Outputs) ->
         e.approve_at_ms = Some(approve_at);
         state.add_hold(approve_at, e.id);
     }
-    let revenue = c.amount.filter(|_| c.currency == currency).unwrap_or(0);
+    let revenue = c.amount.unwrap_or(0);
     let row = state.stats_mut(StatsKey {
         day,
         offer: c.offer.clone(),
@@ -545,7 +549,8 @@ fn reversal(state: &mut State, seq: u64, c: &Conversion, out: &mut Outputs) -> R
     let day = day_of(original.ts_ms);
     let mkey = month_key(month_of_day(day), c, &original.affiliate);
     state.add_counter(&mkey, -1)?;
-    let revenue = original.sale_amount.filter(|_| c.currency == original.currency).unwrap_or(0);
+    // Credited conversions are in the offer's currency, so their sale amount was revenue.
+    let revenue = original.sale_amount.unwrap_or(0);
     let row = state.stats_mut(StatsKey {
         day,
         offer: original.offer.clone(),

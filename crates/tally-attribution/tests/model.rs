@@ -206,6 +206,11 @@ fn model(events: &[Event]) -> BTreeMap<EntryId, Outcome> {
         let mut o = outcome(kind, Status::Approved, Reason::None);
         o.affiliate = affiliate;
         o.click_id = click_id;
+        if c.amount.is_some() && c.currency != offer.currency {
+            (o.status, o.reason) = (Status::Rejected, Reason::CurrencyMismatch);
+            ledger.insert(id, o);
+            continue;
+        }
         match goal.payout {
             Payout::Fixed { amount } => o.amount = amount,
             Payout::RevShare { bps } => match c.amount {

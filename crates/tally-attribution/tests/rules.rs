@@ -47,6 +47,17 @@ fn revenue_share_needs_an_amount_in_the_offer_currency() {
     d.apply(Event::Conversion(c));
     let e = d.own_entry();
     assert_eq!((e.status, e.reason, e.amount), (Status::Rejected, Reason::CurrencyMismatch, 0));
+
+    // A fixed payout does not need the amount, but a sale in another currency is still not
+    // paid, and not counted as revenue.
+    let mut c = d.conversion_event("shoes", "lead", Some(cid), "T3", Some(1000), ConversionStatus::Approved);
+    c.currency = Currency::from_code("EUR").unwrap();
+    d.apply(Event::Conversion(c));
+    let e = d.own_entry();
+    assert_eq!((e.status, e.reason, e.currency.code()), (Status::Rejected, Reason::CurrencyMismatch, "USD"));
+    assert_eq!(e.rule, "goal lead: sale reported in EUR, offer pays in USD");
+    let rows = report(&d.state, GroupBy::Offer, 0, u32::MAX).unwrap();
+    assert_eq!((rows[0].conversions, rows[0].revenue), (0, 0));
 }
 
 #[test]
