@@ -26,3 +26,4 @@ fi
 df -h "$(dirname "$dir")" | tail -1 | awk '{print "free space under " $6 ": " $4}'
 "$bin" gen "$dir"
 "$bin" run "$dir"
+"$bin" replay "$dir"

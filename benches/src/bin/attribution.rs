@@ -7,7 +7,9 @@
 //! ```text
 //! attribution gen DIR    write the log into DIR (a Tally data directory)
 //! attribution run DIR    attribute DIR's log into a fresh DIR/attribution, measure
-//! attribution [all]      gen into a temp dir, then `run` in a child process, then clean up
+//! attribution replay DIR replay DIR's log (as `tally replay` does) and compare with the
+//!                        ledger `run` left; `FROM=SEQ` replays a window from a snapshot
+//! attribution [all]      gen into a temp dir, then `run` and `replay` in child processes
 //! ```
 //!
 //! `run` is meant to be its own process so its peak RSS (VmHWM) is attribution's alone, not
@@ -15,7 +17,8 @@
 //! `CONVERSIONS` (200_000), `DAYS` (40), `SEED`; `DIR` names the data directory for `all`
 //! (kept afterwards when given).
 //!
-//! Targets: at least 500,000 events/s and a peak RSS under 512 MiB for the `run` phase.
+//! Targets: at least 500,000 events/s and a peak RSS under 512 MiB for the `run` phase;
+//! replay at least as fast as live attribution and at least 500,000 events/s.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::error::Error;
@@ -625,6 +628,16 @@ fn run(dir: &Path) -> Res<()> {
     if let Some(n) = std::env::var("COMMIT_EVERY").ok().and_then(|v| v.parse().ok()) {
         options.commit_every = n;
     }
+    // Snapshots as `tally serve` takes them by default, so `replay` can start mid-log.
+    options.snapshots = Some(tally_attribution::SnapshotPolicy {
+        dir: tally_attribution::snapshots::dir(dir),
+        every: 1_000_000,
+        keep: 16,
+    });
+    let snaps = tally_attribution::snapshots::dir(dir);
+    if snaps.exists() {
+        std::fs::remove_dir_all(&snaps)?;
+    }
     println!("run: commit_every {}", options.commit_every);
     let mut worker = Worker::open(&state, options, AttributionMetrics::default())?;
 
@@ -694,6 +707,46 @@ fn run(dir: &Path) -> Res<()> {
     Ok(())
 }
 
+/// Replays the log of `dir` against the ledger `run` left there, as `tally replay` does.
+fn replay(dir: &Path) -> Res<()> {
+    let rss_start = proc_status_kb("VmRSS");
+    let mut options = tally_audit::ReplayOptions::default();
+    if let Some(from) = std::env::var("FROM").ok().and_then(|v| v.parse().ok()) {
+        options.from = Some(tally_audit::Bound::Seq(from));
+    }
+    let r = tally_audit::replay(dir, &options, &mut |_, _, _| {})?;
+    let peak = mib_of_kb(proc_status_kb("VmHWM"));
+    let rate = r.events_per_second();
+    let start = match &r.snapshot {
+        Some(_) => format!("from the snapshot at {}", r.started_after),
+        None => "from the first event".to_owned(),
+    };
+    println!("replay: window {}..={}, {} events applied {start} in {:.2}s", r.from, r.to, r.events, r.seconds);
+    println!(
+        "replay: {rate:.0} events/s ({:.2}x the {TARGET_EVENTS_PER_SEC:.0}/s target: {})",
+        rate / TARGET_EVENTS_PER_SEC,
+        if rate >= TARGET_EVENTS_PER_SEC { "met" } else { "MISSED" }
+    );
+    println!(
+        "replay: peak RSS (VmHWM) {peak:.0} MiB; RSS at start {:.0} MiB, at end {:.0} MiB",
+        mib_of_kb(rss_start),
+        mib_of_kb(proc_status_kb("VmRSS"))
+    );
+    println!(
+        "replay: compared {} entries: matched {}, missing {}, extra {}, differing {}",
+        r.compared,
+        r.matched,
+        r.missing(),
+        r.extra(),
+        r.differing()
+    );
+    println!("replay: digest replay {} / live {}", r.digest_replayed, r.digest_live);
+    if !r.is_ok() {
+        return Err("the replay does not reproduce the live ledger".into());
+    }
+    Ok(())
+}
+
 /// `gen` into `dir`, then `run` in a child process (for a clean peak RSS).
 fn all(dir: Option<PathBuf>) -> Res<()> {
     let (dir, _temp) = match dir {
@@ -704,9 +757,11 @@ fn all(dir: Option<PathBuf>) -> Res<()> {
         }
     };
     generate(&dir)?;
-    let status = Command::new(std::env::current_exe()?).arg("run").arg(&dir).status()?;
-    if !status.success() {
-        return Err(format!("run phase failed: {status}").into());
+    for phase in ["run", "replay"] {
+        let status = Command::new(std::env::current_exe()?).arg(phase).arg(&dir).status()?;
+        if !status.success() {
+            return Err(format!("{phase} phase failed: {status}").into());
+        }
     }
     Ok(())
 }
@@ -717,9 +772,11 @@ fn main() -> Res<()> {
     match args.first().map(String::as_str) {
         Some("gen") => generate(&dir_arg(1).ok_or("usage: attribution gen DIR")?),
         Some("run") => run(&dir_arg(1).ok_or("usage: attribution run DIR")?),
+        Some("replay") => replay(&dir_arg(1).ok_or("usage: attribution replay DIR")?),
         None | Some("all") => all(dir_arg(1)),
         Some(other) => {
-            Err(format!("unknown mode {other:?}; usage: attribution [gen DIR | run DIR | all [DIR]]").into())
+            Err(format!("unknown mode {other:?}; usage: attribution [gen DIR | run DIR | replay DIR | all [DIR]]")
+                .into())
         }
     }
 }

@@ -34,7 +34,7 @@ use tally_model::program::{AttributionModel, Goal, Offer, Payout, Rate};
 use tally_model::{format_minor, Click, ClickId, Conversion, ConversionStatus, Currency, Event, Program};
 use xxhash_rust::xxh3::Xxh3;
 
-use crate::ledger::{day_of, month_of_day, Counters, Entry, EntryId, Kind, Reason, StatsKey, Status, DAY_MS};
+use crate::ledger::{day_of, month_of_day, Counters, Entry, EntryId, Kind, Reason, StatsKeyRef, Status, DAY_MS};
 use crate::state::{ClickFacts, FirstClick, State};
 use crate::AttributionError;
 
@@ -129,7 +129,7 @@ fn click(state: &mut State, c: &Click) -> Result<(), AttributionError> {
     };
     state.put_click(
         c.click_id,
-        ClickFacts {
+        &ClickFacts {
             ts_ms: c.ts_ms,
             offer: c.offer.clone(),
             affiliate: c.affiliate.clone(),
@@ -139,9 +139,12 @@ fn click(state: &mut State, c: &Click) -> Result<(), AttributionError> {
         },
     );
     let day = day_of(c.ts_ms);
-    let unique = human && state.first_visit(day, visitor_key(c))?;
+    // Visitor sets of days before the horizon are deleted (when, depends on commit timing), so
+    // a click that late is never counted unique: the answer must not depend on deletion.
+    let live_day = day >= day_of(state.checkpoint.horizon_ms);
+    let unique = human && live_day && state.first_visit(day, visitor_key(c))?;
     let currency = offer.as_ref().map(|o| o.currency);
-    let row = state.stats_mut(StatsKey { day, offer: c.offer.clone(), affiliate: c.affiliate.clone(), sub1 })?;
+    let row = state.stats_mut(StatsKeyRef { day, offer: &c.offer, affiliate: &c.affiliate, sub1: &sub1 })?;
     if human {
         row.clicks += 1;
         row.unique_clicks += u64::from(unique);
@@ -426,12 +429,7 @@ fn conversion(state: &mut State, seq: u64, c: &Conversion, out: &mut Outputs) ->
         state.add_hold(approve_at, e.id);
     }
     let revenue = c.amount.unwrap_or(0);
-    let row = state.stats_mut(StatsKey {
-        day,
-        offer: c.offer.clone(),
-        affiliate: e.affiliate.clone(),
-        sub1: e.sub1.clone(),
-    })?;
+    let row = state.stats_mut(StatsKeyRef { day, offer: &c.offer, affiliate: &e.affiliate, sub1: &e.sub1 })?;
     add_conversion(row, 1, revenue, e.amount, currency);
 
     let mut bonuses = Vec::new();
@@ -455,12 +453,7 @@ fn conversion(state: &mut State, seq: u64, c: &Conversion, out: &mut Outputs) ->
         if b.status == Status::Pending {
             state.add_hold(approve_at, b.id);
         }
-        let row = state.stats_mut(StatsKey {
-            day,
-            offer: c.offer.clone(),
-            affiliate: e.affiliate.clone(),
-            sub1: e.sub1.clone(),
-        })?;
+        let row = state.stats_mut(StatsKeyRef { day, offer: &c.offer, affiliate: &e.affiliate, sub1: &e.sub1 })?;
         add_conversion(row, 0, 0, b.amount, currency);
         bonuses.push(b);
     }
@@ -551,11 +544,11 @@ fn reversal(state: &mut State, seq: u64, c: &Conversion, out: &mut Outputs) -> R
     state.add_counter(&mkey, -1)?;
     // Credited conversions are in the offer's currency, so their sale amount was revenue.
     let revenue = original.sale_amount.unwrap_or(0);
-    let row = state.stats_mut(StatsKey {
+    let row = state.stats_mut(StatsKeyRef {
         day,
-        offer: original.offer.clone(),
-        affiliate: original.affiliate.clone(),
-        sub1: original.sub1.clone(),
+        offer: &original.offer,
+        affiliate: &original.affiliate,
+        sub1: &original.sub1,
     })?;
     add_conversion(row, -1, revenue.saturating_neg(), original.amount.saturating_neg(), original.currency);
     finish(state, original, out);

@@ -224,6 +224,33 @@ pub struct Entry {
     pub reversed_by: Option<u64>,
 }
 
+impl Entry {
+    /// This entry as it stood once event `seq` had been applied, or `None` if it did not
+    /// exist yet. After its creation an entry changes in three ways only, each recording
+    /// the event that did it: a hold's approval (`approved_seq`), and a reversal that rejects
+    /// a pending commission or marks an approved one clawed back (`reversed_by`). Undoing
+    /// those that came after `seq` gives the earlier entry exactly, which is how a replay
+    /// that stops at `seq` is compared with a live ledger that went on.
+    pub fn as_of(&self, seq: u64) -> Option<Entry> {
+        if self.id.seq > seq {
+            return None;
+        }
+        let mut e = self.clone();
+        if e.reversed_by.is_some_and(|r| r > seq) {
+            e.reversed_by = None;
+            if e.status == Status::Rejected && matches!(e.reason, Reason::Refunded | Reason::Chargeback) {
+                e.status = Status::Pending;
+                e.reason = Reason::None;
+            }
+        }
+        if e.approved_seq.is_some_and(|a| a > seq) {
+            e.approved_seq = None;
+            e.status = Status::Pending;
+        }
+        Some(e)
+    }
+}
+
 /// Counters of one stats row: one UTC day × offer × affiliate × sub1.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counters {
@@ -251,6 +278,34 @@ pub struct StatsKey {
     pub offer: String,
     pub affiliate: String,
     pub sub1: String,
+}
+
+/// A [`StatsKey`] borrowed from the event being applied: the stats map is looked up with it,
+/// so the common case (the row exists) allocates nothing. It hashes exactly as the owned key
+/// (the same fields, in the same order, as `str`).
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub struct StatsKeyRef<'a> {
+    pub day: u32,
+    pub offer: &'a str,
+    pub affiliate: &'a str,
+    pub sub1: &'a str,
+}
+
+impl StatsKeyRef<'_> {
+    pub fn to_owned_key(&self) -> StatsKey {
+        StatsKey {
+            day: self.day,
+            offer: self.offer.to_owned(),
+            affiliate: self.affiliate.to_owned(),
+            sub1: self.sub1.to_owned(),
+        }
+    }
+}
+
+impl hashbrown::Equivalent<StatsKey> for StatsKeyRef<'_> {
+    fn equivalent(&self, key: &StatsKey) -> bool {
+        self.day == key.day && self.offer == key.offer && self.affiliate == key.affiliate && self.sub1 == key.sub1
+    }
 }
 
 impl StatsKey {
@@ -307,6 +362,43 @@ pub fn parse_day(s: &str) -> Option<u32> {
     u32::try_from(days_from_civil(y, m, d)).ok()
 }
 
+/// `YYYY-MM-DDTHH:MM:SS.mmmZ` of a millisecond timestamp (UTC).
+pub fn format_ts(ts_ms: u64) -> String {
+    let ms_of_day = ts_ms % DAY_MS;
+    let (h, m, s, ms) = (ms_of_day / 3_600_000, ms_of_day / 60_000 % 60, ms_of_day / 1000 % 60, ms_of_day % 1000);
+    format!("{}T{h:02}:{m:02}:{s:02}.{ms:03}Z", format_day(day_of(ts_ms)))
+}
+
+/// Parses a UTC time, `YYYY-MM-DD` (midnight) or `YYYY-MM-DDTHH:MM:SS[.mmm]Z`, into ms.
+pub fn parse_time(s: &str) -> Option<u64> {
+    let (date, time) = match s.split_once('T') {
+        Some((d, t)) => (d, Some(t.strip_suffix('Z')?)),
+        None => (s, None),
+    };
+    let day = u64::from(parse_day(date)?);
+    let mut ms = 0u64;
+    if let Some(t) = time {
+        let (hms, frac) = match t.split_once('.') {
+            Some((a, f)) if (1..=3).contains(&f.len()) && f.bytes().all(|b| b.is_ascii_digit()) => {
+                (a, f.parse::<u64>().ok()? * 10u64.pow(3 - f.len() as u32))
+            }
+            Some(_) => return None,
+            None => (t, 0),
+        };
+        let parts: Vec<&str> = hms.split(':').collect();
+        let [h, m, sec] = parts.as_slice() else { return None };
+        if [h, m, sec].iter().any(|p| p.len() != 2 || !p.bytes().all(|b| b.is_ascii_digit())) {
+            return None;
+        }
+        let (h, m, sec): (u64, u64, u64) = (h.parse().ok()?, m.parse().ok()?, sec.parse().ok()?);
+        if h > 23 || m > 59 || sec > 59 {
+            return None;
+        }
+        ms = ((h * 60 + m) * 60 + sec) * 1000 + frac;
+    }
+    Some(day * DAY_MS + ms)
+}
+
 fn days_in_month(y: i64, m: u32) -> u32 {
     match m {
         2 if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 => 29,
@@ -357,6 +449,20 @@ mod tests {
         }
         for day in (0..40_000).step_by(7) {
             assert_eq!(parse_day(&format_day(day)), Some(day));
+        }
+    }
+
+    #[test]
+    fn times_round_trip() {
+        assert_eq!(format_ts(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
+        assert_eq!(parse_time("2023-11-14T22:13:20.123Z"), Some(1_700_000_000_123));
+        assert_eq!(parse_time("2023-11-14T22:13:20Z"), Some(1_700_000_000_000));
+        assert_eq!(parse_time("2023-11-14T22:13:20.1Z"), Some(1_700_000_000_100));
+        assert_eq!(parse_time("2023-11-14"), Some(u64::from(parse_day("2023-11-14").unwrap()) * DAY_MS));
+        for bad in
+            ["2023-11-14T22:13:20", "2023-11-14T24:00:00Z", "2023-11-14T1:00:00Z", "2023-11-14T22:13:20.1234Z", "x", ""]
+        {
+            assert_eq!(parse_time(bad), None, "{bad}");
         }
     }
 

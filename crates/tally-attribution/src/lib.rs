@@ -13,7 +13,10 @@ pub mod engine;
 pub mod ledger;
 pub mod metrics;
 pub mod report;
+pub mod snapshots;
 pub mod state;
+#[cfg(feature = "test-util")]
+pub mod testing;
 pub mod worker;
 
 use std::path::PathBuf;
@@ -21,6 +24,7 @@ use std::path::PathBuf;
 pub use engine::{apply, Outputs};
 pub use ledger::{Counters, Entry, EntryId, Kind, Reason, StatsKey, Status};
 pub use metrics::AttributionMetrics;
+pub use snapshots::SnapshotPolicy;
 pub use state::{Checkpoint, State};
 pub use worker::{Worker, WorkerOptions};
 

@@ -21,7 +21,11 @@ use xxhash_rust::xxh3::Xxh3DefaultBuilder;
 /// flood resistance buys nothing and costs a third of a lookup.
 type FastMap<K, V> = HashMap<K, V, Xxh3DefaultBuilder>;
 
-use crate::ledger::{Counters, Entry, EntryId, StatsKey};
+/// hashbrown's map for the stats rows: its raw entry API looks a row up by a borrowed key
+/// ([`StatsKeyRef`]) and inserts the owned one only when the row is new.
+type StatsMap = hashbrown::HashMap<StatsKey, (Counters, bool), Xxh3DefaultBuilder>;
+
+use crate::ledger::{Counters, Entry, EntryId, StatsKey, StatsKeyRef};
 use crate::AttributionError;
 
 const CF_CLICKS: &str = "clicks";
@@ -71,9 +75,29 @@ pub struct Checkpoint {
     pub program: String,
 }
 
+/// The clicks of one UTC day (by the time in their ID), encoded back to back in one arena.
+/// Most clicks are never looked up, and a replay holds every click inside the horizon in
+/// memory, so the compact form matters: no allocation per click, a small index entry, and
+/// expiry drops whole days instead of sweeping one big map (whose growth would also copy
+/// every click at once).
+#[derive(Default)]
+struct DayClicks {
+    /// Click ID → (offset, length) of its encoded [`ClickFacts`] in `arena`.
+    index: FastMap<ClickId, (u32, u32)>,
+    arena: Vec<u8>,
+}
+
+impl DayClicks {
+    fn get(&self, id: &ClickId) -> Option<&[u8]> {
+        let &(at, len) = self.index.get(id)?;
+        self.arena.get(at as usize..(at as usize).checked_add(len as usize)?)
+    }
+}
+
 #[derive(Default)]
 struct Overlay {
-    clicks: FastMap<ClickId, ClickFacts>,
+    /// Clicks by the UTC day of their ID's timestamp.
+    clicks: BTreeMap<u32, DayClicks>,
     dedup: FastMap<Vec<u8>, EntryId>,
     entries: BTreeMap<EntryId, Entry>,
     counters: FastMap<Vec<u8>, i64>,
@@ -84,6 +108,8 @@ struct Overlay {
 /// The state the engine reads and writes; see the module docs.
 pub struct State {
     db: Option<Arc<DB>>,
+    /// Opened from a snapshot or as a secondary: reads only, never commits.
+    read_only: bool,
     sync: bool,
     overlay: Overlay,
     pub(crate) checkpoint: Checkpoint,
@@ -96,7 +122,7 @@ pub struct State {
     /// Stats rows of recent days, kept across commits (each click updates one, and reading
     /// it back from RocksDB after every commit was a quarter of attribution time). The flag
     /// marks rows changed since the last commit. Without a database this is the storage.
-    stats: FastMap<StatsKey, (Counters, bool)>,
+    stats: StatsMap,
     /// Horizon up to which expired clicks were physically deleted.
     purged_to_ms: u64,
     secondary_dir: Option<PathBuf>,
@@ -139,6 +165,7 @@ impl State {
 
     fn with_db(db: Option<Arc<DB>>, sync: bool, secondary_dir: Option<PathBuf>) -> State {
         State {
+            read_only: secondary_dir.is_some(),
             db,
             sync,
             overlay: Overlay::default(),
@@ -147,7 +174,7 @@ impl State {
             program_dirty: false,
             holds: BTreeSet::new(),
             unique_days: BTreeMap::new(),
-            stats: FastMap::default(),
+            stats: StatsMap::default(),
             purged_to_ms: 0,
             secondary_dir,
         }
@@ -195,6 +222,29 @@ impl State {
         Ok(state)
     }
 
+    /// Opens a snapshot written by [`State::snapshot_to`] as the starting point of a
+    /// replay: the snapshot is only read; everything applied stays in memory (the overlay)
+    /// and [`State::commit`] is refused.
+    pub fn open_snapshot(dir: &Path) -> Result<State, AttributionError> {
+        let opts = Options::default();
+        let db = DB::open_cf_descriptors_read_only(&opts, dir, cf_descriptors(), false)
+            .map_err(|e| AttributionError::Open { dir: dir.to_path_buf(), reason: e.to_string() })?;
+        let mut state = State::with_db(Some(Arc::new(db)), false, None);
+        state.read_only = true;
+        state.load()?;
+        Ok(state)
+    }
+
+    /// Writes a consistent copy of the committed state to `dir` (which must not exist): a
+    /// RocksDB checkpoint, hard-linking the table files, so it costs little disk and time.
+    pub fn snapshot_to(&self, dir: &Path) -> Result<(), AttributionError> {
+        let Some(db) = &self.db else {
+            return Err(AttributionError::Store("an in-memory state has nothing to snapshot".into()));
+        };
+        let cp = rocksdb::checkpoint::Checkpoint::new(db).map_err(db_err)?;
+        cp.create_checkpoint(dir).map_err(db_err)
+    }
+
     fn load(&mut self) -> Result<(), AttributionError> {
         let Some(db) = self.db.clone() else { return Ok(()) };
         let meta = cf(&db, CF_META)?;
@@ -238,8 +288,9 @@ impl State {
     // ---- reads and writes used by the engine ------------------------------------------------
 
     pub(crate) fn click(&self, id: &ClickId) -> Result<Option<ClickFacts>, AttributionError> {
-        if let Some(c) = self.overlay.clicks.get(id) {
-            return Ok(Some(c.clone()));
+        let day = crate::ledger::day_of(id.timestamp_ms());
+        if let Some(c) = self.overlay.clicks.get(&day).and_then(|d| d.get(id)) {
+            return Ok(Some(decode("click", c)?));
         }
         let Some(db) = &self.db else { return Ok(None) };
         match db.get_pinned_cf(cf(db, CF_CLICKS)?, id.as_bytes()).map_err(db_err)? {
@@ -248,8 +299,16 @@ impl State {
         }
     }
 
-    pub(crate) fn put_click(&mut self, id: ClickId, facts: ClickFacts) {
-        self.overlay.clicks.insert(id, facts);
+    pub(crate) fn put_click(&mut self, id: ClickId, facts: &ClickFacts) {
+        let day = self.overlay.clicks.entry(crate::ledger::day_of(id.timestamp_ms())).or_default();
+        let at = day.arena.len();
+        // Serialising our own struct into a Vec cannot fail; a day's arena stays far below
+        // 4 GiB (that would be some 100 million clicks in one day).
+        if postcard::to_io(facts, &mut day.arena).is_ok() {
+            if let (Ok(at32), Ok(len)) = (u32::try_from(at), u32::try_from(day.arena.len() - at)) {
+                day.index.insert(id, (at32, len));
+            }
+        }
     }
 
     pub(crate) fn dedup(&self, key: &[u8]) -> Result<Option<EntryId>, AttributionError> {
@@ -306,19 +365,20 @@ impl State {
     }
 
     /// The stats row for `key`, for update in place.
-    pub(crate) fn stats_mut(&mut self, key: StatsKey) -> Result<&mut Counters, AttributionError> {
-        use std::collections::hash_map::Entry as Slot;
-        let row = match self.stats.entry(key) {
-            Slot::Occupied(o) => o.into_mut(),
-            Slot::Vacant(v) => {
+    pub(crate) fn stats_mut(&mut self, key: StatsKeyRef<'_>) -> Result<&mut Counters, AttributionError> {
+        use hashbrown::hash_map::RawEntryMut;
+        let row = match self.stats.raw_entry_mut().from_key(&key) {
+            RawEntryMut::Occupied(o) => o.into_mut(),
+            RawEntryMut::Vacant(v) => {
+                let owned = key.to_owned_key();
                 let row = match &self.db {
-                    Some(db) => match db.get_pinned_cf(cf(db, CF_STATS)?, v.key().encode()).map_err(db_err)? {
+                    Some(db) => match db.get_pinned_cf(cf(db, CF_STATS)?, owned.encode()).map_err(db_err)? {
                         Some(bytes) => decode("stats row", &bytes)?,
                         None => Counters::default(),
                     },
                     None => Counters::default(),
                 };
-                v.insert((row, false))
+                v.insert(owned, (row, false)).1
             }
         };
         row.1 = true;
@@ -356,7 +416,9 @@ impl State {
         }
         let set = self.unique_days.get_mut(&day).ok_or_else(|| AttributionError::Corrupt("unique day".into()))?;
         let new = set.insert(key);
-        if new {
+        // Only a state that commits needs the new keys apart: without a database (or
+        // read-only) the day's set in memory is all there is, and it is never trimmed.
+        if new && self.db.is_some() && !self.read_only {
             self.overlay.unique.push((day, key));
         }
         Ok(new)
@@ -377,15 +439,22 @@ impl State {
     /// Makes everything applied so far durable, with the checkpoint, in one write. A no-op
     /// for an in-memory state (the overlay is its storage).
     pub fn commit(&mut self) -> Result<(), AttributionError> {
-        let Some(db) = self.db.clone() else { return Ok(()) };
-        if self.secondary_dir.is_some() {
+        if self.read_only {
             return Err(AttributionError::Store("state opened read-only".into()));
         }
+        let Some(db) = self.db.clone() else {
+            self.purge_in_memory();
+            return Ok(());
+        };
         let o = std::mem::take(&mut self.overlay);
         let mut batch = WriteBatch::default();
         let clicks = cf(&db, CF_CLICKS)?;
-        for (id, facts) in &o.clicks {
-            batch.put_cf(clicks, id.as_bytes(), encode(facts));
+        for day in o.clicks.values() {
+            for id in day.index.keys() {
+                if let Some(facts) = day.get(id) {
+                    batch.put_cf(clicks, id.as_bytes(), facts);
+                }
+            }
         }
         let dedup = cf(&db, CF_DEDUP)?;
         for (k, id) in &o.dedup {
@@ -463,6 +532,22 @@ impl State {
         Ok(())
     }
 
+    /// Without a database the overlay is the storage: drop clicks past the expiry horizon
+    /// (lookups already ignore them) once the horizon has moved a day, so a replay's memory
+    /// follows the clicks inside the longest window, not the whole log.
+    fn purge_in_memory(&mut self) {
+        let horizon = self.checkpoint.horizon_ms;
+        if horizon < self.purged_to_ms + crate::ledger::DAY_MS {
+            return;
+        }
+        let old_day = crate::ledger::day_of(horizon);
+        // Whole days before the horizon's; lookups ignore the rest of the expired clicks.
+        self.overlay.clicks.retain(|day, _| *day >= old_day);
+        self.unique_days.retain(|d, _| *d >= old_day);
+        self.overlay.unique.retain(|(d, _)| *d >= old_day);
+        self.purged_to_ms = horizon;
+    }
+
     /// Pulls in what the worker has committed since (secondary instances only).
     pub fn refresh(&mut self) -> Result<(), AttributionError> {
         if let (Some(db), Some(_)) = (&self.db, &self.secondary_dir) {
@@ -488,6 +573,31 @@ impl State {
                 })),
             },
         }
+    }
+
+    /// Ledger entries created by events `from..=to`, in id order, including what is applied
+    /// but not committed (a replay never commits).
+    pub fn entries_range(&self, from: u64, to: u64) -> Result<Vec<Entry>, AttributionError> {
+        let lo = EntryId::of_event(from);
+        let mut out: BTreeMap<EntryId, Entry> = BTreeMap::new();
+        if let Some(db) = &self.db {
+            let cf = cf(db, CF_LEDGER)?;
+            for item in db.iterator_cf(cf, IteratorMode::From(&lo.key(), Direction::Forward)) {
+                let (k, v) = item.map_err(db_err)?;
+                let id = EntryId::from_key(&k).ok_or_else(|| AttributionError::Corrupt("ledger key".into()))?;
+                if id.seq > to {
+                    break;
+                }
+                out.insert(id, decode("ledger entry", &v)?);
+            }
+        }
+        for (id, e) in self.overlay.entries.range(lo..) {
+            if id.seq > to {
+                break;
+            }
+            out.insert(*id, e.clone());
+        }
+        Ok(out.into_values().collect())
     }
 
     /// Stats rows with `from <= day <= to`, in key order.
@@ -538,6 +648,17 @@ impl State {
             h.update(&bytes);
         }
         Ok(h.finalize().to_hex().to_string())
+    }
+
+    #[cfg(feature = "test-util")]
+    pub(crate) fn overwrite_entry_raw(&self, id: EntryId, entry: Option<&Entry>) -> Result<(), AttributionError> {
+        let db = self.db.as_ref().ok_or_else(|| AttributionError::Store("in-memory state".into()))?;
+        let cf = cf(db, CF_LEDGER)?;
+        match entry {
+            Some(e) => db.put_cf(cf, id.key(), encode(e)),
+            None => db.delete_cf(cf, id.key()),
+        }
+        .map_err(db_err)
     }
 
     /// Number of pending holds (for metrics and tests).

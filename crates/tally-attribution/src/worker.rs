@@ -13,6 +13,7 @@ use tally_log::LogReader;
 
 use crate::engine;
 use crate::metrics::AttributionMetrics;
+use crate::snapshots::{self, SnapshotPolicy};
 use crate::state::State;
 use crate::AttributionError;
 
@@ -26,11 +27,13 @@ pub struct WorkerOptions {
     /// fsync each commit. The log is the source of truth and attribution re-derives from it,
     /// so the default is off: a power loss costs only re-applying the last events.
     pub sync: bool,
+    /// Periodic snapshots for replays of windows that start mid-log; `None` takes none.
+    pub snapshots: Option<SnapshotPolicy>,
 }
 
 impl Default for WorkerOptions {
     fn default() -> Self {
-        WorkerOptions { commit_every: 16_384, poll: Duration::from_millis(200), sync: false }
+        WorkerOptions { commit_every: 16_384, poll: Duration::from_millis(200), sync: false, snapshots: None }
     }
 }
 
@@ -40,6 +43,8 @@ pub struct Worker {
     metrics: AttributionMetrics,
     options: WorkerOptions,
     uncommitted: usize,
+    /// Position of the newest snapshot (0 when none).
+    snapshot_at: u64,
 }
 
 impl Worker {
@@ -52,7 +57,13 @@ impl Worker {
     pub fn with_state(state: State, options: WorkerOptions, metrics: AttributionMetrics) -> Worker {
         metrics.position.set(i64::try_from(state.checkpoint().position).unwrap_or(i64::MAX));
         metrics.pending_holds.set(i64::try_from(state.pending_holds()).unwrap_or(i64::MAX));
-        Worker { state, metrics, options, uncommitted: 0 }
+        let snapshot_at = options
+            .snapshots
+            .as_ref()
+            .and_then(|p| snapshots::list(&p.dir).ok())
+            .and_then(|l| l.last().map(|(pos, _)| *pos))
+            .unwrap_or(0);
+        Worker { state, metrics, options, uncommitted: 0, snapshot_at }
     }
 
     pub fn state(&self) -> &State {
@@ -91,7 +102,27 @@ impl Worker {
         self.metrics.position.set(i64::try_from(self.position()).unwrap_or(i64::MAX));
         self.metrics.pending_holds.set(i64::try_from(self.state.pending_holds()).unwrap_or(i64::MAX));
         self.uncommitted = 0;
+        self.maybe_snapshot();
         Ok(())
+    }
+
+    /// Snapshots the state when the position has crossed a multiple of the policy's
+    /// interval since the last one. A failed snapshot costs replay speed, not correctness,
+    /// so it is logged and attribution goes on.
+    fn maybe_snapshot(&mut self) {
+        let Some(policy) = &self.options.snapshots else { return };
+        let every = policy.every.max(1);
+        let position = self.position();
+        if position / every <= self.snapshot_at / every {
+            return;
+        }
+        match snapshots::take(&self.state, policy, position) {
+            Ok(_) => self.snapshot_at = position,
+            Err(e) => {
+                self.metrics.errors.inc();
+                tracing::warn!(position, error = %e, "attribution snapshot failed");
+            }
+        }
     }
 
     /// Applies a batch of records and commits when `commit_every` is reached.

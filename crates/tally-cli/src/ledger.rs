@@ -11,7 +11,8 @@ use std::sync::Arc;
 use anyhow::Context;
 use serde_json::{Map, Value};
 use tally_attribution::report::{report as build_report, GroupBy};
-use tally_attribution::{ledger, AttributionMetrics, Entry, State, Status, Worker, WorkerOptions};
+use tally_attribution::{ledger, AttributionMetrics, State, Status, Worker, WorkerOptions};
+use tally_audit::Filter;
 use tally_log::LogReader;
 use tally_model::format_minor;
 
@@ -23,63 +24,13 @@ pub enum TableFormat {
     Jsonl,
 }
 
-pub const COMMISSION_COLUMNS: &[&str] = &[
-    "id",
-    "date",
-    "ts_ms",
-    "kind",
-    "status",
-    "reason",
-    "affiliate",
-    "offer",
-    "goal",
-    "click_id",
-    "coupon",
-    "sub1",
-    "txid",
-    "sale_amount",
-    "amount",
-    "currency",
-    "rule",
-    "approve_at_ms",
-    "approved_seq",
-    "refers_to",
-    "reversed_by",
-    "program",
-];
+/// The ledger's columns and rows are the audit crate's canonical form, so what `commissions
+/// --format csv` prints is exactly what the digest covers.
+pub use tally_audit::digest::{row as commission_row, COLUMNS as COMMISSION_COLUMNS};
 
 /// Columns shown by `--format table`; the others are in csv and jsonl.
 const COMMISSION_TABLE: &[&str] =
     &["id", "date", "kind", "status", "reason", "affiliate", "offer", "goal", "amount", "currency", "rule"];
-
-fn commission_row(e: &Entry) -> Vec<(&'static str, Value)> {
-    let opt = |v: Option<String>| Value::from(v.unwrap_or_default());
-    vec![
-        ("id", e.id.to_string().into()),
-        ("date", ledger::format_day(ledger::day_of(e.ts_ms)).into()),
-        ("ts_ms", e.ts_ms.into()),
-        ("kind", e.kind.as_str().into()),
-        ("status", e.status.as_str().into()),
-        ("reason", e.reason.as_str().into()),
-        ("affiliate", e.affiliate.as_str().into()),
-        ("offer", e.offer.as_str().into()),
-        ("goal", e.goal.as_str().into()),
-        ("click_id", opt(e.click_id.map(|c| c.to_string()))),
-        ("coupon", e.coupon.as_str().into()),
-        ("sub1", e.sub1.as_str().into()),
-        ("txid", e.txid.as_str().into()),
-        // Exact decimal strings: money never passes through a float.
-        ("sale_amount", opt(e.sale_amount.map(|a| format_minor(a, e.currency)))),
-        ("amount", format_minor(e.amount, e.currency).into()),
-        ("currency", e.currency.code().into()),
-        ("rule", e.rule.as_str().into()),
-        ("approve_at_ms", opt(e.approve_at_ms.map(|v| v.to_string()))),
-        ("approved_seq", opt(e.approved_seq.map(|v| v.to_string()))),
-        ("refers_to", opt(e.refers_to.map(|v| v.to_string()))),
-        ("reversed_by", opt(e.reversed_by.map(|v| v.to_string()))),
-        ("program", e.program.as_str().into()),
-    ]
-}
 
 /// Writes rows as an aligned table, CSV or JSON lines.
 fn write_rows(
@@ -91,13 +42,7 @@ fn write_rows(
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout.lock());
     let cell = |r: &[(&str, Value)], c: &str| {
-        r.iter()
-            .find(|(k, _)| *k == c)
-            .map(|(_, v)| match v {
-                Value::String(s) => s.clone(),
-                other => other.to_string(),
-            })
-            .unwrap_or_default()
+        r.iter().find(|(k, _)| *k == c).map(|(_, v)| tally_audit::digest::cell(v)).unwrap_or_default()
     };
     match format {
         TableFormat::Jsonl => {
@@ -144,9 +89,27 @@ fn open_state(data_dir: &Path) -> anyhow::Result<State> {
 pub struct CommissionsArgs {
     pub data_dir: PathBuf,
     pub affiliate: Option<String>,
+    pub offer: Option<String>,
     pub status: Option<String>,
+    pub from: Option<String>,
+    pub to: Option<String>,
     pub format: TableFormat,
     pub digest: bool,
+}
+
+/// Parses `--from`/`--to` dates (inclusive days) into an entry-time filter.
+fn date_filter(from: Option<&str>, to: Option<&str>) -> anyhow::Result<(Option<u64>, Option<u64>)> {
+    let day = |flag: &str, v: &str| -> anyhow::Result<u64> {
+        ledger::parse_day(v).map(u64::from).with_context(|| format!("{flag}: \"{v}\" is not a date like 2026-11-23"))
+    };
+    let from_ms = from.map(|v| day("--from", v)).transpose()?.map(|d| d * ledger::DAY_MS);
+    let until_ms = to.map(|v| day("--to", v)).transpose()?.map(|d| (d + 1) * ledger::DAY_MS);
+    if let (Some(a), Some(b)) = (from_ms, until_ms) {
+        if a >= b {
+            anyhow::bail!("--from is after --to");
+        }
+    }
+    Ok((from_ms, until_ms))
 }
 
 pub fn commissions(args: CommissionsArgs) -> anyhow::Result<ExitCode> {
@@ -157,20 +120,24 @@ pub fn commissions(args: CommissionsArgs) -> anyhow::Result<ExitCode> {
             format!("--status: unknown status \"{s}\" (expected one of {})", all.join(", "))
         })?),
     };
+    let (from_ms, until_ms) = date_filter(args.from.as_deref(), args.to.as_deref())?;
+    let filter = Filter { affiliate: args.affiliate, offer: args.offer, from_ms, until_ms };
     let state = open_state(&args.data_dir)?;
     if args.digest {
-        // The digest covers the whole ledger; filters would make two parties' lines differ.
-        if args.affiliate.is_some() || status.is_some() {
-            anyhow::bail!("--digest covers the whole ledger; drop --affiliate and --status");
+        // Statuses change as holds pass and reversals arrive; a digest per status would not
+        // be a stable thing for two parties to compare.
+        if status.is_some() {
+            anyhow::bail!("--digest covers entries of every status; drop --status");
         }
-        println!("{} entries up to sequence {}", state.entries().count(), state.checkpoint().position);
-        println!("ledger {}", state.ledger_digest()?);
+        let (n, digest) = tally_audit::ledger_digest(&state, &filter)?;
+        println!("{n} entries up to sequence {}", state.checkpoint().position);
+        println!("ledger {} {digest}", tally_audit::DIGEST_FORM);
         return Ok(ExitCode::SUCCESS);
     }
     let rows = state
         .entries()
         .filter(|e| match e {
-            Ok(e) => args.affiliate.as_deref().is_none_or(|a| e.affiliate == a) && status.is_none_or(|s| e.status == s),
+            Ok(e) => filter.matches(e) && status.is_none_or(|s| e.status == s),
             Err(_) => true,
         })
         .map(|e| Ok(commission_row(&e?)));
@@ -250,8 +217,13 @@ pub fn report(
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn worker_options(config: &tally_edge::config::AttributionConfig) -> WorkerOptions {
-    WorkerOptions { commit_every: config.commit_every, sync: config.sync, ..WorkerOptions::default() }
+pub fn worker_options(config: &tally_edge::config::AttributionConfig, data_dir: &Path) -> WorkerOptions {
+    let snapshots = (config.snapshot_every > 0).then(|| tally_attribution::SnapshotPolicy {
+        dir: tally_attribution::snapshots::dir(data_dir),
+        every: config.snapshot_every,
+        keep: config.snapshots_keep,
+    });
+    WorkerOptions { commit_every: config.commit_every, sync: config.sync, snapshots, ..WorkerOptions::default() }
 }
 
 /// Opens the worker's state, explaining the usual reason it fails.
@@ -309,7 +281,8 @@ pub fn attribute(args: AttributeArgs) -> anyhow::Result<ExitCode> {
     }
     crate::init_tracing(&config);
     let metrics = AttributionMetrics::default();
-    let mut worker = open_worker(&config.data_dir, worker_options(&config.attribution), metrics.clone())?;
+    let mut worker =
+        open_worker(&config.data_dir, worker_options(&config.attribution, &config.data_dir), metrics.clone())?;
     let reader = LogReader::open_secondary(&config.data_dir)?;
     if args.once {
         let n = worker.catch_up(&reader, None)?;

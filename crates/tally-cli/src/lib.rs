@@ -1,6 +1,7 @@
 //! The `tally` command line: flags, config loading, tracing, and one function per command.
 //! The work itself is done by the library crates; `main.rs` only calls [`main`].
 
+mod audit;
 mod export;
 mod ledger;
 
@@ -67,15 +68,53 @@ enum Command {
         /// Only this affiliate's entries.
         #[arg(long)]
         affiliate: Option<String>,
+        /// Only this offer's entries.
+        #[arg(long)]
+        offer: Option<String>,
         /// Only entries with this status: pending, approved, rejected, rejected_cap,
         /// duplicate, unattributed.
         #[arg(long)]
         status: Option<String>,
+        /// Only entries from this day on (UTC, YYYY-MM-DD, by the time of the event that
+        /// created them).
+        #[arg(long)]
+        from: Option<String>,
+        /// Only entries up to this day, inclusive.
+        #[arg(long)]
+        to: Option<String>,
         #[arg(long, value_enum, default_value_t = ledger::TableFormat::Table)]
         format: ledger::TableFormat,
-        /// Print the ledger's BLAKE3 digest instead of its entries.
+        /// Print the canonical digest of the selected entries instead of the entries: BLAKE3
+        /// of their `--format csv` rows without the header line.
         #[arg(long)]
         digest: bool,
+    },
+    /// Re-run attribution over the raw log into a scratch state and compare it with the live
+    /// ledger; exits non-zero on any difference. Works while a server is running.
+    Replay {
+        #[arg(long, env = "TALLY_DATA_DIR")]
+        data_dir: PathBuf,
+        /// First event of the window: a sequence number, or a UTC time (YYYY-MM-DD or
+        /// YYYY-MM-DDTHH:MM:SSZ) meaning the first event at or after it.
+        #[arg(long)]
+        from: Option<String>,
+        /// Last event of the window: a sequence number (inclusive), or a UTC time meaning the
+        /// last event before it.
+        #[arg(long)]
+        to: Option<String>,
+        /// Compare only this affiliate's entries.
+        #[arg(long)]
+        affiliate: Option<String>,
+        /// Compare only this offer's entries.
+        #[arg(long)]
+        offer: Option<String>,
+        /// Explain one conversion instead (its sequence number or transaction ID): the click
+        /// it joined, the rule and amounts, duplicates, caps, holds and reversals.
+        #[arg(long, value_name = "CONVERSION")]
+        explain: Option<String>,
+        /// Start from the log's first event even when a snapshot before the window exists.
+        #[arg(long)]
+        no_snapshots: bool,
     },
     /// Clicks, unique clicks, conversions, conversion rate, revenue, payout and EPC.
     Report {
@@ -163,8 +202,20 @@ pub fn main() -> ExitCode {
         Command::Attribute { config, data_dir, once, metrics_listen } => {
             ledger::attribute(ledger::AttributeArgs { config, data_dir, once, metrics_listen })
         }
-        Command::Commissions { data_dir, affiliate, status, format, digest } => {
-            ledger::commissions(ledger::CommissionsArgs { data_dir, affiliate, status, format, digest })
+        Command::Commissions { data_dir, affiliate, offer, status, from, to, format, digest } => {
+            ledger::commissions(ledger::CommissionsArgs {
+                data_dir,
+                affiliate,
+                offer,
+                status,
+                from,
+                to,
+                format,
+                digest,
+            })
+        }
+        Command::Replay { data_dir, from, to, affiliate, offer, explain, no_snapshots } => {
+            audit::replay(audit::ReplayArgs { data_dir, from, to, affiliate, offer, explain, no_snapshots })
         }
         Command::Report { data_dir, by, from, to, format } => {
             ledger::report(&data_dir, &by, from.as_deref(), to.as_deref(), format)
@@ -226,7 +277,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let attribution_metrics = tally_attribution::AttributionMetrics::default();
     let worker = match config.attribution.in_process {
         true => {
-            let options = ledger::worker_options(&config.attribution);
+            let options = ledger::worker_options(&config.attribution, &config.data_dir);
             let worker = ledger::open_worker(&config.data_dir, options, attribution_metrics.clone())?;
             Some(ledger::InProcess::start(worker, log.reader())?)
         }

@@ -205,8 +205,9 @@ fn bad_arguments_are_named() {
     server.get("/c/demo");
     ledger_of(&env.data(), 0);
     assert!(err(&["commissions", "--data-dir", data, "--status", "paid"]).contains("unknown status \"paid\""));
-    assert!(err(&["commissions", "--data-dir", data, "--digest", "--affiliate", "aff1"])
-        .contains("--digest covers the whole ledger"));
+    assert!(err(&["commissions", "--data-dir", data, "--digest", "--status", "pending"])
+        .contains("--digest covers entries of every status"));
+    assert!(err(&["commissions", "--data-dir", data, "--from", "2026-1-01"]).contains("--from: \"2026-1-01\""));
     assert!(err(&["report", "--data-dir", data, "--by", "colour"]).contains("unknown grouping \"colour\""));
     assert!(
         err(&["report", "--data-dir", data, "--by", "day", "--from", "2026-13-01"]).contains("--from: \"2026-13-01\"")

@@ -145,11 +145,19 @@ struct RawAttribution {
     in_process: bool,
     commit_every: usize,
     sync: bool,
+    snapshot_every: u64,
+    snapshots_keep: usize,
 }
 
 impl Default for RawAttribution {
     fn default() -> Self {
-        RawAttribution { in_process: true, commit_every: 16_384, sync: false }
+        RawAttribution {
+            in_process: true,
+            commit_every: 16_384,
+            sync: false,
+            snapshot_every: 1_000_000,
+            snapshots_keep: 16,
+        }
     }
 }
 
@@ -161,6 +169,10 @@ pub struct AttributionConfig {
     pub in_process: bool,
     pub commit_every: usize,
     pub sync: bool,
+    /// Snapshot the attribution state every this many events (0 = never), for replays of
+    /// windows that start mid-log.
+    pub snapshot_every: u64,
+    pub snapshots_keep: usize,
 }
 
 /// The validated configuration.
@@ -309,6 +321,9 @@ impl Config {
         if a.commit_every == 0 || a.commit_every > 1_000_000 {
             p.push(format!("attribution.commit_every: must be 1-1000000, got {}", a.commit_every));
         }
+        if a.snapshot_every > 0 && a.snapshots_keep == 0 {
+            p.push("attribution.snapshots_keep: must be at least 1 when snapshot_every is set, got 0".into());
+        }
         if !p.is_empty() {
             return Err(ConfigError::Invalid(p));
         }
@@ -338,7 +353,13 @@ impl Config {
             signature_max_age: Duration::from_secs(raw.postback.signature_max_age_secs),
             log_format,
             log_level: raw.logging.level.clone(),
-            attribution: AttributionConfig { in_process: a.in_process, commit_every: a.commit_every, sync: a.sync },
+            attribution: AttributionConfig {
+                in_process: a.in_process,
+                commit_every: a.commit_every,
+                sync: a.sync,
+                snapshot_every: a.snapshot_every,
+                snapshots_keep: a.snapshots_keep,
+            },
         })
     }
 }
