@@ -44,6 +44,10 @@ enum Command {
     Verify {
         #[arg(long, env = "TALLY_DATA_DIR")]
         data_dir: PathBuf,
+        /// A head printed by an earlier `tally verify` (`SEQ:HEX`): also prove the log up to
+        /// SEQ is unchanged since then.
+        #[arg(long, value_name = "SEQ:HEAD")]
+        anchor: Option<tally_log::Anchor>,
     },
     /// Run the attribution worker as its own process (set attribution.in_process = false for
     /// `tally serve`); follows the server's log until SIGTERM/SIGINT.
@@ -159,7 +163,7 @@ pub fn main() -> ExitCode {
         Command::Export { what: ExportWhat::Events { data_dir, from, format } } => {
             export::events(&data_dir, from, matches!(format, Format::Csv))
         }
-        Command::Verify { data_dir } => verify(&data_dir),
+        Command::Verify { data_dir, anchor } => verify(&data_dir, anchor.as_ref()),
         Command::Attribute { config, data_dir, once, metrics_listen } => {
             ledger::attribute(ledger::AttributeArgs { config, data_dir, once, metrics_listen })
         }
@@ -334,22 +338,60 @@ fn log_stats(data_dir: &Path) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn verify(data_dir: &Path) -> anyhow::Result<ExitCode> {
+fn verify(data_dir: &Path, anchor: Option<&tally_log::Anchor>) -> anyhow::Result<ExitCode> {
     let reader = open_reader(data_dir)?;
-    let report = reader.verify()?;
+    let (report, check) = match anchor {
+        None => (reader.verify()?, None),
+        Some(a) => {
+            let (report, check) = reader.verify_anchor(a)?;
+            (report, Some(check))
+        }
+    };
     let head = tally_model_hex(&report.head);
-    match &report.first_bad {
+    let mut ok = match &report.first_bad {
         None => {
             println!("ok: {} events in {} batches verified", report.records, report.batches);
             println!("head {}:{head}", report.head_seq);
-            Ok(ExitCode::SUCCESS)
+            true
         }
         Some((seq, why)) => {
             println!("FAILED at sequence {seq}: {why}");
             println!("verified before it: {} events; last good head {}:{head}", report.records, report.head_seq);
-            Ok(ExitCode::FAILURE)
+            false
+        }
+    };
+    if let (Some(anchor), Some(check)) = (anchor, check) {
+        let seq = anchor.seq;
+        match check {
+            tally_log::AnchorCheck::Matches => {
+                println!("anchor ok: the log up to sequence {seq} is unchanged since {anchor}")
+            }
+            tally_log::AnchorCheck::Differs { recomputed } => {
+                ok = false;
+                println!(
+                    "anchor FAILED: the records up to sequence {seq} hash to {}, not to the anchor's head: the log before it was changed",
+                    tally_model_hex(&recomputed)
+                );
+            }
+            tally_log::AnchorCheck::NotABatchBoundary { before, after } => {
+                ok = false;
+                let near: Vec<String> = [before, after].into_iter().flatten().map(|s| s.to_string()).collect();
+                println!(
+                    "anchor FAILED: no batch ends at sequence {seq} (nearest batch ends: {}); anchors are the `head SEQ:HEX` lines `tally verify` prints",
+                    near.join(", ")
+                );
+            }
+            tally_log::AnchorCheck::BeyondHead { head_seq } => {
+                ok = false;
+                println!("anchor FAILED: sequence {seq} is beyond the log's head {head_seq}");
+            }
+            tally_log::AnchorCheck::Unreached { failed_at } => {
+                ok = false;
+                println!("anchor FAILED: the chain cannot be recomputed past sequence {failed_at}, before the anchor's {seq}");
+            }
         }
     }
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 fn tally_model_hex(bytes: &[u8]) -> String {

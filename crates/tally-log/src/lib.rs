@@ -41,7 +41,7 @@ use std::time::Duration;
 use thiserror::Error;
 
 pub use metrics::LogMetrics;
-pub use reader::{LogReader, LogStats, Tail, VerifyReport};
+pub use reader::{Anchor, AnchorCheck, LogReader, LogStats, Tail, VerifyReport};
 pub use writer::{Appended, Log, Pending, PendingUnique};
 
 /// How hard a commit tries before its appends are acknowledged.
