@@ -52,7 +52,7 @@ pub const COMMISSION_COLUMNS: &[&str] = &[
 const COMMISSION_TABLE: &[&str] =
     &["id", "date", "kind", "status", "reason", "affiliate", "offer", "goal", "amount", "currency", "rule"];
 
-fn commission_row(e: &Entry) -> Vec<(&'static str, Value)> {
+pub fn commission_row(e: &Entry) -> Vec<(&'static str, Value)> {
     let opt = |v: Option<String>| Value::from(v.unwrap_or_default());
     vec![
         ("id", e.id.to_string().into()),

@@ -35,7 +35,7 @@ enum Command {
         #[command(subcommand)]
         command: LogCommand,
     },
-    /// Export the raw log (works while a server is running on the directory).
+    /// Export the raw log or the commission ledger (works while a server is running on the directory).
     Export {
         #[command(subcommand)]
         what: ExportWhat,
@@ -136,15 +136,27 @@ enum LogCommand {
 #[derive(Debug, Subcommand)]
 enum ExportWhat {
     /// Every event, in sequence order.
-    Events {
-        #[arg(long, env = "TALLY_DATA_DIR")]
-        data_dir: PathBuf,
-        /// First sequence number to export.
-        #[arg(long, default_value_t = 1)]
-        from: u64,
-        #[arg(long, value_enum, default_value_t = Format::Jsonl)]
-        format: Format,
-    },
+    Events(ExportArgs),
+    /// Clicks only, with the columns a click has.
+    Clicks(ExportArgs),
+    /// Conversion reports only (refunds and chargebacks included), with their columns.
+    Conversions(ExportArgs),
+    /// The commission ledger (from the attribution state), in sequence order.
+    Commissions(ExportArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ExportArgs {
+    #[arg(long, env = "TALLY_DATA_DIR")]
+    data_dir: PathBuf,
+    /// Start, inclusive: a sequence number, a UTC date (2026-11-23) or time (2026-11-23T14:05:00Z).
+    #[arg(long)]
+    from: Option<String>,
+    /// End, exclusive: a sequence number, a UTC date or time, as for --from.
+    #[arg(long)]
+    to: Option<String>,
+    #[arg(long, value_enum, default_value_t = Format::Jsonl)]
+    format: Format,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -160,8 +172,15 @@ pub fn main() -> ExitCode {
         Command::Serve(args) => serve(args),
         Command::Config { command: ConfigCommand::Check { config } } => config_check(&config),
         Command::Log { command: LogCommand::Stats { data_dir } } => log_stats(&data_dir),
-        Command::Export { what: ExportWhat::Events { data_dir, from, format } } => {
-            export::events(&data_dir, from, matches!(format, Format::Csv))
+        Command::Export { what } => {
+            let (what, args) = match what {
+                ExportWhat::Events(a) => (export::What::Events, a),
+                ExportWhat::Clicks(a) => (export::What::Clicks, a),
+                ExportWhat::Conversions(a) => (export::What::Conversions, a),
+                ExportWhat::Commissions(a) => (export::What::Commissions, a),
+            };
+            export::Range::parse(args.from.as_deref(), args.to.as_deref())
+                .and_then(|range| export::export(what, &args.data_dir, &range, matches!(args.format, Format::Csv)))
         }
         Command::Verify { data_dir, anchor } => verify(&data_dir, anchor.as_ref()),
         Command::Attribute { config, data_dir, once, metrics_listen } => {

@@ -93,3 +93,104 @@ fn verify_anchor_off_a_batch_boundary_names_the_nearest_ones() {
     assert!(!ok);
     assert!(out.contains("FAILED at sequence 4") && out.contains("anchor FAILED"), "{out}");
 }
+
+fn lines_of(args: &[&str]) -> Vec<String> {
+    let (ok, out, err) = run(args);
+    assert!(ok, "{args:?}: {err}");
+    out.lines().map(str::to_owned).collect()
+}
+
+fn seqs_of(jsonl: &[String]) -> Vec<u64> {
+    jsonl.iter().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"].as_u64().unwrap()).collect()
+}
+
+/// Polls until the worker in `serve` has attributed `n` ledger entries.
+fn wait_for_ledger(dir: &Path, n: usize) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if dir.join("attribution").join("CURRENT").exists() {
+            let (ok, out, _) = run(&["commissions", "--data-dir", dir.to_str().unwrap(), "--format", "jsonl"]);
+            if ok && out.lines().count() >= n {
+                return;
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "attribution did not reach {n} entries in 30 s");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// Clicks and conversions (one refunded) over HTTP; returns the number of conversions.
+fn traffic(server: &Server, tag: &str) -> usize {
+    let cids = click_storm(server.addr, 2, 10, tag);
+    for (i, cid) in cids.iter().take(5).enumerate() {
+        let r =
+            server.get(&format!("/postback?cid={cid}&offer=shoes&goal=sale&txid={tag}-{i}&amount=10.00&token={TOKEN}"));
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let r = server.get(&format!("/postback?offer=shoes&goal=sale&txid={tag}-0&status=refunded&token={TOKEN}"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    6
+}
+
+#[test]
+fn typed_exports_have_their_own_columns_and_honour_ranges() {
+    let env = Env::new("");
+    let dir = env.data();
+    let d = dir.to_str().unwrap();
+    let server = env.start();
+    let conversions = traffic(&server, "typed");
+    wait_for_ledger(&dir, conversions);
+
+    let clicks = lines_of(&["export", "clicks", "--data-dir", d, "--format", "csv"]);
+    assert_eq!(
+        clicks[0],
+        "seq,ts_ms,click_id,link,offer,affiliate,sub1,sub2,sub3,sub4,sub5,source,deep_link,user_agent,referrer,ip,flags,prior_click"
+    );
+    assert_eq!(clicks.len(), 1 + 20);
+    let convs = lines_of(&["export", "conversions", "--data-dir", d]);
+    assert_eq!(convs.len(), conversions);
+    let first: serde_json::Value = serde_json::from_str(&convs[0]).unwrap();
+    let keys: Vec<&str> = first.as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(keys.len(), 17, "{keys:?}");
+    assert!(!keys.contains(&"type") && !keys.contains(&"user_agent") && keys.contains(&"txid"), "{keys:?}");
+    assert_eq!(first["amount"], "10.00");
+
+    // Commissions: the ledger's columns, the same rows as `tally commissions`.
+    let ledger = lines_of(&["commissions", "--data-dir", d, "--format", "csv"]);
+    let exported = lines_of(&["export", "commissions", "--data-dir", d, "--format", "csv"]);
+    assert_eq!(exported, ledger);
+    assert!(exported[0].starts_with("id,date,ts_ms,kind,status,reason,affiliate"), "{}", exported[0]);
+
+    // Sequence bounds: from inclusive, to exclusive, for events and the ledger alike.
+    let all = seqs_of(&lines_of(&["export", "events", "--data-dir", d]));
+    assert_eq!(seqs_of(&lines_of(&["export", "events", "--data-dir", d, "--from", "3", "--to", "6"])), [3, 4, 5]);
+    let conv_seqs = seqs_of(&convs);
+    let (a, b) = (conv_seqs[1].to_string(), conv_seqs[3].to_string());
+    let some = lines_of(&["export", "commissions", "--data-dir", d, "--from", &a, "--to", &b, "--format", "jsonl"]);
+    let ids: Vec<String> = some
+        .iter()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids, [a.clone(), conv_seqs[2].to_string()]);
+
+    // Time bounds: all traffic is from today (UTC), so a window ending at today's midnight
+    // is empty.
+    let days = lines_of(&["report", "--data-dir", d, "--by", "day", "--format", "csv"]);
+    let today = days[1].split(',').next().unwrap().to_owned();
+    assert_eq!(seqs_of(&lines_of(&["export", "events", "--data-dir", d, "--from", &today])), all);
+    assert!(lines_of(&["export", "clicks", "--data-dir", d, "--to", &today]).is_empty());
+    let midnight = format!("{today}T00:00:00Z");
+    assert_eq!(lines_of(&["export", "commissions", "--data-dir", d, "--from", &midnight]).len(), ledger.len() - 1);
+
+    // Bad values are named.
+    for (flag, bad) in [("--from", "yesterday"), ("--to", "2026-11-23T10:00:00+01:00"), ("--from", "12abc")] {
+        let (ok, _, err) = run(&["export", "clicks", "--data-dir", d, flag, bad]);
+        assert!(!ok && err.contains(flag) && err.contains(&format!("\"{bad}\"")), "{err}");
+    }
+    let (ok, _, err) = run(&["export", "events", "--data-dir", d, "--from", "9", "--to", "4"]);
+    assert!(!ok && err.contains("--from 9 is not before --to 4"), "{err}");
+    let (ok, _, err) = run(&["export", "conversions", "--data-dir", d, "--format", "parquet"]);
+    assert!(!ok && err.contains("parquet"), "{err}");
+    let (ok, _, err) = run(&["export", "commissions", "--data-dir", "/nonexistent/tally-x"]);
+    assert!(!ok && err.contains("/nonexistent/tally-x"), "{err}");
+}
