@@ -258,7 +258,8 @@ fn parse_bound(s: &str) -> Option<Bound> {
 
 /// Streams rows as CSV (header first) or JSON lines, with only `columns`.
 enum Sink<W: Write> {
-    Csv(csv::Writer<W>),
+    // Boxed: the csv writer is large, and there is one sink per export.
+    Csv(Box<csv::Writer<W>>),
     Jsonl(W),
 }
 
@@ -267,7 +268,7 @@ impl<W: Write> Sink<W> {
         Ok(if csv {
             let mut w = csv::Writer::from_writer(out);
             w.write_record(columns)?;
-            Sink::Csv(w)
+            Sink::Csv(Box::new(w))
         } else {
             Sink::Jsonl(out)
         })

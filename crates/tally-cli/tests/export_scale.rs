@@ -118,6 +118,8 @@ fn wait_with_peak_rss(pid: u32) -> (i32, u64) {
 
 /// Runs `tally export KIND --format csv`, checking each row against [`expected_row`] as it
 /// streams in; returns (rows, peak RSS of the export in kB).
+// The child is reaped by `wait4` (for its rusage), which clippy cannot see.
+#[allow(clippy::zombie_processes)]
 fn export_and_check(dir: &std::path::Path, kind: &str, extra: &[&str], want: impl Iterator<Item = u64>) -> (u64, u64) {
     let started = Instant::now();
     let mut child = Command::new(common::BIN)
