@@ -3,6 +3,7 @@
 
 mod export;
 mod ledger;
+mod snapshot;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -48,6 +49,15 @@ enum Command {
         /// SEQ is unchanged since then.
         #[arg(long, value_name = "SEQ:HEAD")]
         anchor: Option<tally_log::Anchor>,
+    },
+    /// Copy a data directory as of now (log, attribution state and its snapshots) into a new
+    /// directory that every read command accepts; works while a server is running.
+    Snapshot {
+        #[arg(long, env = "TALLY_DATA_DIR")]
+        data_dir: PathBuf,
+        /// The new data directory: must not exist, or be empty.
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Run the attribution worker as its own process (set attribution.in_process = false for
     /// `tally serve`); follows the server's log until SIGTERM/SIGINT.
@@ -183,6 +193,7 @@ pub fn main() -> ExitCode {
                 .and_then(|range| export::export(what, &args.data_dir, &range, matches!(args.format, Format::Csv)))
         }
         Command::Verify { data_dir, anchor } => verify(&data_dir, anchor.as_ref()),
+        Command::Snapshot { data_dir, out } => snapshot::snapshot(&data_dir, &out),
         Command::Attribute { config, data_dir, once, metrics_listen } => {
             ledger::attribute(ledger::AttributeArgs { config, data_dir, once, metrics_listen })
         }

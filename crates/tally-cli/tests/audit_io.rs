@@ -194,3 +194,103 @@ fn typed_exports_have_their_own_columns_and_honour_ranges() {
     let (ok, _, err) = run(&["export", "commissions", "--data-dir", "/nonexistent/tally-x"]);
     assert!(!ok && err.contains("/nonexistent/tally-x"), "{err}");
 }
+
+/// What the read commands say about a data directory: verify, every event, the ledger.
+fn audit_view(dir: &Path) -> (String, Vec<String>, Vec<String>, String) {
+    let d = dir.to_str().unwrap();
+    let (ok, verify, err) = run(&["verify", "--data-dir", d]);
+    assert!(ok, "verify {d}: {verify}{err}");
+    let digest = lines_of(&["commissions", "--data-dir", d, "--digest"]).join("\n");
+    (
+        verify,
+        lines_of(&["export", "events", "--data-dir", d]),
+        lines_of(&["commissions", "--data-dir", d, "--format", "jsonl"]),
+        digest,
+    )
+}
+
+fn snapshot(from: &Path, out: &Path) -> String {
+    let (ok, stdout, err) = run(&["snapshot", "--data-dir", from.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert!(ok, "snapshot: {stdout}{err}");
+    stdout
+}
+
+#[test]
+fn snapshot_of_a_stopped_server_is_a_checkpoint_that_reads_the_same() {
+    let env = Env::new("");
+    let dir = env.data();
+    let mut server = env.start();
+    let conversions = traffic(&server, "stopped");
+    wait_for_ledger(&dir, conversions);
+    assert!(server.stop());
+    // A periodic attribution snapshot, and one still being written (not copied).
+    let periodic = dir.join("attribution-snapshots").join("00000000000000000007");
+    std::fs::create_dir_all(&periodic).unwrap();
+    std::fs::write(periodic.join("MANIFEST-000001"), b"immutable").unwrap();
+    std::fs::create_dir_all(dir.join("attribution-snapshots").join("00000000000000000009.tmp")).unwrap();
+
+    // An existing but empty --out is fine.
+    let out = env.tmp.path().join("audit-copy");
+    std::fs::create_dir(&out).unwrap();
+    let said = snapshot(&dir, &out);
+    assert!(said.contains("log            checkpoint"), "{said}");
+    assert!(said.contains("attribution    checkpoint"), "{said}");
+    assert!(said.contains("attribution snapshots 1 copied"), "{said}");
+    assert_eq!(audit_view(&out), audit_view(&dir));
+    let copied = out.join("attribution-snapshots").join("00000000000000000007").join("MANIFEST-000001");
+    assert_eq!(std::fs::read(copied).unwrap(), b"immutable");
+    assert!(!out.join("attribution-snapshots").join("00000000000000000009.tmp").exists());
+
+    // The copy is independent: a server can run on it and the source does not change.
+    let before = audit_view(&dir);
+    let mut copy_server = Server::start_with_env(&env.config(), &out, &[("TALLY_DATA_DIR", out.to_str().unwrap())]);
+    assert_eq!(click_storm(copy_server.addr, 1, 5, "copy").len(), 5);
+    assert!(copy_server.stop());
+    assert_eq!(audit_view(&dir), before);
+    assert_eq!(audit_view(&out).1.len(), before.1.len() + 6, "a program change and 5 clicks");
+}
+
+#[test]
+fn snapshot_of_a_running_server_is_a_consistent_logical_copy() {
+    let env = Env::new("");
+    let dir = env.data();
+    let server = env.start();
+    let conversions = traffic(&server, "running");
+    wait_for_ledger(&dir, conversions);
+    let out = env.tmp.path().join("live-copy");
+    let said = snapshot(&dir, &out);
+    assert!(said.contains("log            logical copy"), "{said}");
+    assert!(said.contains("attribution    logical copy"), "{said}");
+    let at_snapshot = audit_view(&dir);
+    assert_eq!(audit_view(&out), at_snapshot);
+
+    // Taken while clicks keep arriving: the copy verifies, and is a point in time (later
+    // traffic does not reach it).
+    let addr = server.addr;
+    let storm = std::thread::spawn(move || click_storm(addr, 2, 200, "during"));
+    let during = env.tmp.path().join("during-copy");
+    snapshot(&dir, &during);
+    let during_events = audit_view(&during).1.len();
+    storm.join().unwrap();
+    assert_eq!(audit_view(&during).1.len(), during_events);
+    assert!(audit_view(&dir).1.len() >= during_events);
+}
+
+#[test]
+fn snapshot_refuses_a_non_empty_out_and_a_missing_data_dir() {
+    let env = Env::new("");
+    let mut server = env.start();
+    click_storm(server.addr, 1, 3, "refuse");
+    assert!(server.stop());
+    let d = env.data();
+    let taken = env.tmp.path().join("taken");
+    std::fs::create_dir(&taken).unwrap();
+    std::fs::write(taken.join("keep.txt"), b"mine").unwrap();
+    let (ok, _, err) = run(&["snapshot", "--data-dir", d.to_str().unwrap(), "--out", taken.to_str().unwrap()]);
+    assert!(!ok && err.contains("--out") && err.contains(taken.to_str().unwrap()), "{err}");
+    assert_eq!(std::fs::read(taken.join("keep.txt")).unwrap(), b"mine", "a refused --out is left alone");
+    let out = env.tmp.path().join("never");
+    let (ok, _, err) = run(&["snapshot", "--data-dir", "/nonexistent/tally-data", "--out", out.to_str().unwrap()]);
+    assert!(!ok && err.contains("/nonexistent/tally-data"), "{err}");
+    assert!(!out.exists());
+}
