@@ -33,6 +33,16 @@ pub fn state_dir(data_dir: &std::path::Path) -> PathBuf {
     data_dir.join("attribution")
 }
 
+/// Copies the attribution state in `dir` into `out` (which must not exist) as of one point
+/// in time, for `tally snapshot`: a checkpoint when no worker holds it, else a copy through
+/// a secondary instance. The copy opens like the original.
+pub fn snapshot_state_to(
+    dir: &std::path::Path,
+    out: &std::path::Path,
+) -> Result<tally_log::SnapshotMethod, AttributionError> {
+    Ok(tally_log::snapshot::copy_db(dir, out, &rocksdb::Options::default, &state::cf_descriptors)?)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum AttributionError {
     #[error("cannot open attribution state {}: {reason}", .dir.display())]

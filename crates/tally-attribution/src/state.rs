@@ -128,7 +128,7 @@ pub struct State {
     secondary_dir: Option<PathBuf>,
 }
 
-fn cf_descriptors() -> Vec<ColumnFamilyDescriptor> {
+pub(crate) fn cf_descriptors() -> Vec<ColumnFamilyDescriptor> {
     CFS.iter().map(|name| ColumnFamilyDescriptor::new(*name, cf_options(name))).collect()
 }
 

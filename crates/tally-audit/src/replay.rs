@@ -50,8 +50,8 @@ impl Bound {
 pub struct ReplayOptions {
     /// First event of the window: a sequence number, or the first event at or after a time.
     pub from: Option<Bound>,
-    /// Last event of the window: a sequence number (inclusive), or the last event before a
-    /// time (exclusive).
+    /// End of the window, exclusive: the window holds the events before this sequence number
+    /// or time (half-open like `tally export`, so consecutive windows tile).
     pub to: Option<Bound>,
     /// Compare only entries of this affiliate and offer (the replay still applies every
     /// event: caps, tiers and milestones depend on all of them).
@@ -170,7 +170,7 @@ pub fn replay(
     };
     let to = match options.to {
         None => limit,
-        Some(Bound::Seq(s)) => s.min(limit),
+        Some(Bound::Seq(s)) => s.saturating_sub(1).min(limit),
         Some(Bound::Time(t)) => seq_at_time(&reader, t, 1, log_head)?.saturating_sub(1).min(limit),
     };
     if from > to {

@@ -67,7 +67,7 @@ fn replays_of_the_whole_log_and_of_windows_reproduce_the_live_ledger() {
     assert!(full.totals.values().all(|(r, l)| r == l) && !full.totals.is_empty());
 
     // A window from the middle starts from the snapshot before it and matches.
-    let window = ReplayOptions { from: Some(Bound::Seq(1_700)), to: Some(Bound::Seq(2_600)), ..Default::default() };
+    let window = ReplayOptions { from: Some(Bound::Seq(1_700)), to: Some(Bound::Seq(2_601)), ..Default::default() };
     let w = run(dir, window.clone());
     assert!(w.is_ok(), "{:?}", w.differences.first());
     assert_eq!((w.started_after, w.events), (1_500, 2_600 - 1_500));

@@ -1,16 +1,27 @@
-//! `tally export events`: the raw log as JSON lines or CSV, streamed in constant memory from
-//! a secondary instance, so it works on a running server's directory.
+//! `tally export events|clicks|conversions|commissions`: the raw log, or the commission
+//! ledger, as JSON lines or CSV, streamed in constant memory from secondary instances, so it
+//! works on a running server's directory.
 //!
-//! Columns (CSV header, and the keys of each JSON object) are listed in [`COLUMNS`]; a field
-//! that does not apply to an event's type is empty in CSV and absent in JSON.
+//! Event columns (CSV header, and the keys of each JSON object) are listed in [`COLUMNS`]; a
+//! field that does not apply to an event's type is empty in CSV and absent in JSON. The typed
+//! exports have only their type's columns ([`CLICK_COLUMNS`], [`CONVERSION_COLUMNS`],
+//! `ledger::COMMISSION_COLUMNS`), so no column is always empty.
+//!
+//! `--from` / `--to` take a sequence number or a UTC time and select the half-open range
+//! `from <= x < to`, so consecutive exports (`--to X`, then `--from X`) tile without
+//! overlap or gap. A sequence bound compares with the event's sequence (for commissions, the
+//! sequence of the conversion that made the entry); a time bound with its event time
+//! (`ts_ms`). A time bound scans the whole log: event times follow the edges' clocks and are
+//! not ordered by sequence.
 
 use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 
-use serde_json::{Map, Value};
+use anyhow::Context;
+use serde_json::Value;
 use tally_log::LogReader;
-use tally_model::{format_minor, Event};
+use tally_model::{format_minor, Event, EventKind};
 
 pub const COLUMNS: &[&str] = &[
     "seq",
@@ -88,59 +99,383 @@ pub fn row(seq: u64, event: &Event) -> Vec<(&'static str, Value)> {
     r
 }
 
-pub fn events(data_dir: &Path, from: u64, csv: bool) -> anyhow::Result<ExitCode> {
-    let reader = LogReader::open_secondary(data_dir)?;
+/// Clicks only: every column a click can fill (`type` would always be `click`).
+pub const CLICK_COLUMNS: &[&str] = &[
+    "seq",
+    "ts_ms",
+    "click_id",
+    "link",
+    "offer",
+    "affiliate",
+    "sub1",
+    "sub2",
+    "sub3",
+    "sub4",
+    "sub5",
+    "source",
+    "deep_link",
+    "user_agent",
+    "referrer",
+    "ip",
+    "flags",
+    "prior_click",
+];
+
+/// Conversion reports only (refunds and chargebacks included, by `status`).
+pub const CONVERSION_COLUMNS: &[&str] = &[
+    "seq",
+    "ts_ms",
+    "click_id",
+    "offer",
+    "sub1",
+    "sub2",
+    "sub3",
+    "sub4",
+    "sub5",
+    "ip",
+    "conversion_source",
+    "coupon",
+    "goal",
+    "txid",
+    "amount",
+    "currency",
+    "status",
+];
+
+/// What to export.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum What {
+    Events,
+    Clicks,
+    Conversions,
+    Commissions,
+}
+
+/// One end of an export range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bound {
+    Seq(u64),
+    /// Milliseconds since the Unix epoch.
+    TimeMs(u64),
+}
+
+/// The half-open range `from <= x < to` selected by `--from` / `--to`; see the module docs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Range {
+    pub from: Option<Bound>,
+    pub to: Option<Bound>,
+}
+
+impl Range {
+    pub fn parse(from: Option<&str>, to: Option<&str>) -> anyhow::Result<Range> {
+        let bound = |flag: &str, v: Option<&str>| -> anyhow::Result<Option<Bound>> {
+            v.map(|s| {
+                parse_bound(s).with_context(|| {
+                    format!(
+                        "{flag}: \"{s}\" is not a sequence number, a UTC date (2026-11-23) or a UTC time (2026-11-23T14:05:00Z)"
+                    )
+                })
+            })
+            .transpose()
+        };
+        let range = Range { from: bound("--from", from)?, to: bound("--to", to)? };
+        match (range.from, range.to) {
+            (Some(Bound::Seq(a)), Some(Bound::Seq(b))) | (Some(Bound::TimeMs(a)), Some(Bound::TimeMs(b))) if a >= b => {
+                anyhow::bail!(
+                    "--from {} is not before --to {}: the range is empty (--to is exclusive)",
+                    from.unwrap_or_default(),
+                    to.unwrap_or_default()
+                )
+            }
+            _ => Ok(range),
+        }
+    }
+
+    /// The first sequence number that can be in the range.
+    fn first_seq(&self) -> u64 {
+        match self.from {
+            Some(Bound::Seq(s)) => s,
+            _ => 1,
+        }
+    }
+
+    /// Whether nothing at or after `seq` can be in the range.
+    fn ended(&self, seq: u64) -> bool {
+        matches!(self.to, Some(Bound::Seq(to)) if seq >= to)
+    }
+
+    fn contains(&self, seq: u64, ts_ms: u64) -> bool {
+        let after_from = match self.from {
+            None => true,
+            Some(Bound::Seq(s)) => seq >= s,
+            Some(Bound::TimeMs(t)) => ts_ms >= t,
+        };
+        let before_to = match self.to {
+            None => true,
+            Some(Bound::Seq(s)) => seq < s,
+            Some(Bound::TimeMs(t)) => ts_ms < t,
+        };
+        after_from && before_to
+    }
+}
+
+/// Digits are a sequence number; `YYYY-MM-DD` is midnight UTC; `YYYY-MM-DDTHH:MM:SS[.fff]Z`
+/// an RFC 3339 UTC time. Other offsets are refused rather than guessed at.
+fn parse_bound(s: &str) -> Option<Bound> {
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        return s.parse().ok().map(Bound::Seq);
+    }
+    let (date, time) = match s.split_once(['T', 't']) {
+        Some((d, t)) => (d, Some(t)),
+        None => (s, None),
+    };
+    let day = u64::from(tally_attribution::ledger::parse_day(date)?);
+    let mut ms = day * 86_400_000;
+    if let Some(t) = time {
+        let t = t.strip_suffix(['Z', 'z'])?;
+        let (hms, frac) = match t.split_once('.') {
+            Some((hms, f)) if (1..=3).contains(&f.len()) && f.bytes().all(|b| b.is_ascii_digit()) => {
+                (hms, format!("{f:0<3}").parse::<u64>().ok()?)
+            }
+            Some(_) => return None,
+            None => (t, 0),
+        };
+        let mut parts = hms.split(':');
+        let mut field = |max: u64| -> Option<u64> {
+            let p = parts.next()?;
+            let v: u64 =
+                if p.len() == 2 && p.bytes().all(|b| b.is_ascii_digit()) { p.parse().ok()? } else { return None };
+            (v <= max).then_some(v)
+        };
+        let (h, m, sec) = (field(23)?, field(59)?, field(59)?);
+        if parts.next().is_some() {
+            return None;
+        }
+        ms += ((h * 60 + m) * 60 + sec) * 1000 + frac;
+    }
+    Some(Bound::TimeMs(ms))
+}
+
+/// Streams rows as CSV (header first) or JSON lines, with only `columns`.
+enum Sink<W: Write> {
+    // Boxed: the csv writer is large, and there is one sink per export.
+    Csv(Box<csv::Writer<W>>),
+    Jsonl(W),
+}
+
+impl<W: Write> Sink<W> {
+    fn new(out: W, csv: bool, columns: &[&str]) -> anyhow::Result<Sink<W>> {
+        Ok(if csv {
+            let mut w = csv::Writer::from_writer(out);
+            w.write_record(columns)?;
+            Sink::Csv(Box::new(w))
+        } else {
+            Sink::Jsonl(out)
+        })
+    }
+
+    /// `row` lists its cells in [`COLUMNS`] order, some missing and some (`type`) perhaps not
+    /// wanted, so one forward walk finds every wanted cell.
+    fn write(&mut self, columns: &[&str], row: &[(&'static str, Value)]) -> anyhow::Result<()> {
+        match self {
+            Sink::Csv(w) => {
+                let mut pos = 0;
+                for c in columns {
+                    match row[pos..].iter().position(|(k, _)| k == c) {
+                        Some(j) => {
+                            match &row[pos + j].1 {
+                                Value::String(s) => w.write_field(s)?,
+                                other => w.write_field(other.to_string())?,
+                            }
+                            pos += j + 1;
+                        }
+                        None => w.write_field("")?,
+                    }
+                }
+                w.write_record(None::<&[u8]>)?;
+            }
+            Sink::Jsonl(out) => {
+                out.write_all(b"{")?;
+                let mut first = true;
+                for (k, v) in row.iter().filter(|(k, _)| columns.contains(k)) {
+                    if !first {
+                        out.write_all(b",")?;
+                    }
+                    first = false;
+                    serde_json::to_writer(&mut *out, k)?;
+                    out.write_all(b":")?;
+                    serde_json::to_writer(&mut *out, v)?;
+                }
+                out.write_all(b"}\n")?;
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> anyhow::Result<()> {
+        match self {
+            Sink::Csv(mut w) => w.flush()?,
+            Sink::Jsonl(mut out) => out.flush()?,
+        }
+        Ok(())
+    }
+}
+
+pub fn export(what: What, data_dir: &Path, range: &Range, csv: bool) -> anyhow::Result<ExitCode> {
     let stdout = std::io::stdout();
     let out = std::io::BufWriter::with_capacity(1 << 16, stdout.lock());
-    let mut bad = 0u64;
-    if csv {
-        let mut w = csv::Writer::from_writer(out);
-        w.write_record(COLUMNS)?;
-        for item in reader.iter_from(from) {
-            let (seq, record) = item?;
-            match tally_model::decode(&record) {
-                Ok(event) => {
-                    let r = row(seq, &event);
-                    let cells = COLUMNS.iter().map(|c| {
-                        r.iter()
-                            .find(|(k, _)| k == c)
-                            .map(|(_, v)| match v {
-                                Value::String(s) => s.clone(),
-                                other => other.to_string(),
-                            })
-                            .unwrap_or_default()
-                    });
-                    w.write_record(cells)?;
-                }
-                Err(e) => {
-                    bad += 1;
-                    eprintln!("tally: sequence {seq} does not decode: {e}");
-                }
-            }
-        }
-        w.flush()?;
-    } else {
-        let mut out = out;
-        for item in reader.iter_from(from) {
-            let (seq, record) = item?;
-            match tally_model::decode(&record) {
-                Ok(event) => {
-                    let obj: Map<String, Value> =
-                        row(seq, &event).into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
-                    serde_json::to_writer(&mut out, &obj)?;
-                    out.write_all(b"\n")?;
-                }
-                Err(e) => {
-                    bad += 1;
-                    eprintln!("tally: sequence {seq} does not decode: {e}");
-                }
-            }
-        }
-        out.flush()?;
+    if what == What::Commissions {
+        return commissions(data_dir, range, csv, out);
     }
+    let (columns, only) = match what {
+        What::Clicks => (CLICK_COLUMNS, Some(EventKind::Click)),
+        What::Conversions => (CONVERSION_COLUMNS, Some(EventKind::Conversion)),
+        _ => (COLUMNS, None),
+    };
+    let reader = LogReader::open_secondary(data_dir)?;
+    let mut sink = Sink::new(out, csv, columns)?;
+    let mut bad = 0u64;
+    for item in reader.iter_from(range.first_seq()) {
+        let (seq, record) = item?;
+        if range.ended(seq) {
+            break;
+        }
+        // The kind byte is enough to skip other types without decoding them.
+        if let (Some(kind), Ok(got)) = (only, tally_model::record::peek_kind(&record)) {
+            if got != kind {
+                continue;
+            }
+        }
+        match tally_model::decode(&record) {
+            Ok(event) if range.contains(seq, event.ts_ms()) => sink.write(columns, &row(seq, &event))?,
+            Ok(_) => {}
+            Err(e) => {
+                bad += 1;
+                eprintln!("tally: sequence {seq} does not decode: {e}");
+            }
+        }
+    }
+    sink.finish()?;
     if bad > 0 {
         eprintln!("tally: {bad} record(s) could not be decoded; run `tally verify`");
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn commissions(data_dir: &Path, range: &Range, csv: bool, out: impl Write) -> anyhow::Result<ExitCode> {
+    let state = tally_attribution::State::open_reader(&tally_attribution::state_dir(data_dir))?;
+    let columns = crate::ledger::COMMISSION_COLUMNS;
+    let mut sink = Sink::new(out, csv, columns)?;
+    for entry in state.entries() {
+        let entry = entry?;
+        // Entries iterate in sequence order, so a sequence bound can stop early.
+        if range.ended(entry.id.seq) {
+            break;
+        }
+        if range.contains(entry.id.seq, entry.ts_ms) {
+            sink.write(columns, &crate::ledger::commission_row(&entry))?;
+        }
+    }
+    sink.finish()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounds_parse_sequences_dates_and_utc_times() {
+        assert_eq!(parse_bound("42"), Some(Bound::Seq(42)));
+        assert_eq!(parse_bound("1970-01-02"), Some(Bound::TimeMs(86_400_000)));
+        assert_eq!(parse_bound("2026-11-23T14:05:09Z"), Some(Bound::TimeMs(1_795_442_709_000)));
+        assert_eq!(parse_bound("2026-11-23T14:05:09.5Z"), Some(Bound::TimeMs(1_795_442_709_500)));
+        for bad in [
+            "",
+            "-1",
+            "x",
+            "2026-13-01",
+            "2026-11-23T14:05:09",
+            "2026-11-23T14:05:09+01:00",
+            "2026-11-23T24:00:00Z",
+            "2026-11-23T1:05:09Z",
+            "2026-11-23T14:05:09.1234Z",
+            "99999999999999999999999",
+        ] {
+            assert_eq!(parse_bound(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn ranges_are_half_open_and_name_bad_values() {
+        let r = Range::parse(Some("10"), Some("20")).unwrap();
+        assert!(r.contains(10, 0) && r.contains(19, 0) && !r.contains(20, 0) && !r.contains(9, 0));
+        assert!(r.ended(20) && !r.ended(19));
+        let r = Range::parse(Some("1970-01-02"), Some("1970-01-03")).unwrap();
+        assert!(r.contains(1, 86_400_000) && !r.contains(1, 2 * 86_400_000) && !r.contains(1, 86_399_999));
+        let e = format!("{:#}", Range::parse(Some("yesterday"), None).unwrap_err());
+        assert!(e.contains("--from") && e.contains("\"yesterday\""), "{e}");
+        let e = format!("{:#}", Range::parse(None, Some("2026-11-23T14:05")).unwrap_err());
+        assert!(e.contains("--to") && e.contains("2026-11-23T14:05"), "{e}");
+        let e = format!("{:#}", Range::parse(Some("5"), Some("5")).unwrap_err());
+        assert!(e.contains("empty"), "{e}");
+    }
+
+    #[test]
+    fn csv_rows_skip_unwanted_cells_and_leave_missing_ones_empty() {
+        let mut out = Vec::new();
+        let mut sink = Sink::new(&mut out, true, &["seq", "ts_ms", "link", "flags"]).unwrap();
+        let row = [("seq", Value::from(1)), ("type", "click".into()), ("ts_ms", 5.into()), ("flags", 2.into())];
+        sink.write(&["seq", "ts_ms", "link", "flags"], &row).unwrap();
+        sink.finish().unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), "seq,ts_ms,link,flags\n1,5,,2\n");
+        let mut out = Vec::new();
+        let mut sink = Sink::new(&mut out, false, &["seq", "flags"]).unwrap();
+        sink.write(&["seq", "flags"], &row).unwrap();
+        sink.finish().unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), "{\"seq\":1,\"flags\":2}\n");
+    }
+
+    #[test]
+    fn typed_columns_are_exactly_what_rows_of_that_type_fill() {
+        use tally_model::{Click, ClickId, Conversion, ConversionSource, ConversionStatus, Currency};
+        let click = Event::Click(Click {
+            click_id: ClickId::new(1, 1, 1),
+            ts_ms: 1,
+            link: "l".into(),
+            offer: "o".into(),
+            affiliate: "a".into(),
+            subs: Default::default(),
+            source: String::new(),
+            deep_link: String::new(),
+            user_agent: String::new(),
+            referrer: String::new(),
+            ip: String::new(),
+            flags: 0,
+            prior_click: None,
+        });
+        let conversion = Event::Conversion(Conversion {
+            ts_ms: 1,
+            source: ConversionSource::Postback,
+            click_id: None,
+            coupon: String::new(),
+            offer: "o".into(),
+            goal: "g".into(),
+            txid: String::new(),
+            amount: None,
+            currency: Currency::from_code("USD").unwrap(),
+            status: ConversionStatus::Approved,
+            subs: Default::default(),
+            ip: String::new(),
+        });
+        for (event, columns) in [(click, CLICK_COLUMNS), (conversion, CONVERSION_COLUMNS)] {
+            let keys: Vec<&str> = row(7, &event).into_iter().map(|(k, _)| k).filter(|k| *k != "type").collect();
+            assert_eq!(keys, columns);
+            // In COLUMNS order, so the CSV writer's single forward walk finds every cell.
+            let in_order: Vec<&str> = COLUMNS.iter().copied().filter(|c| columns.contains(c)).collect();
+            assert_eq!(in_order, columns);
+        }
+    }
 }

@@ -4,6 +4,7 @@
 mod audit;
 mod export;
 mod ledger;
+mod snapshot;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -36,7 +37,7 @@ enum Command {
         #[command(subcommand)]
         command: LogCommand,
     },
-    /// Export the raw log (works while a server is running on the directory).
+    /// Export the raw log or the commission ledger (works while a server is running on the directory).
     Export {
         #[command(subcommand)]
         what: ExportWhat,
@@ -45,6 +46,19 @@ enum Command {
     Verify {
         #[arg(long, env = "TALLY_DATA_DIR")]
         data_dir: PathBuf,
+        /// A head printed by an earlier `tally verify` (`SEQ:HEX`): also prove the log up to
+        /// SEQ is unchanged since then.
+        #[arg(long, value_name = "SEQ:HEAD")]
+        anchor: Option<tally_log::Anchor>,
+    },
+    /// Copy a data directory as of now (log, attribution state and its snapshots) into a new
+    /// directory that every read command accepts; works while a server is running.
+    Snapshot {
+        #[arg(long, env = "TALLY_DATA_DIR")]
+        data_dir: PathBuf,
+        /// The new data directory: must not exist, or be empty.
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Run the attribution worker as its own process (set attribution.in_process = false for
     /// `tally serve`); follows the server's log until SIGTERM/SIGINT.
@@ -98,8 +112,8 @@ enum Command {
         /// YYYY-MM-DDTHH:MM:SSZ) meaning the first event at or after it.
         #[arg(long)]
         from: Option<String>,
-        /// Last event of the window: a sequence number (inclusive), or a UTC time meaning the
-        /// last event before it.
+        /// End of the window, exclusive: a sequence number or a UTC time; the window holds the
+        /// events before it (half-open, like `tally export`).
         #[arg(long)]
         to: Option<String>,
         /// Compare only this affiliate's entries.
@@ -171,15 +185,27 @@ enum LogCommand {
 #[derive(Debug, Subcommand)]
 enum ExportWhat {
     /// Every event, in sequence order.
-    Events {
-        #[arg(long, env = "TALLY_DATA_DIR")]
-        data_dir: PathBuf,
-        /// First sequence number to export.
-        #[arg(long, default_value_t = 1)]
-        from: u64,
-        #[arg(long, value_enum, default_value_t = Format::Jsonl)]
-        format: Format,
-    },
+    Events(ExportArgs),
+    /// Clicks only, with the columns a click has.
+    Clicks(ExportArgs),
+    /// Conversion reports only (refunds and chargebacks included), with their columns.
+    Conversions(ExportArgs),
+    /// The commission ledger (from the attribution state), in sequence order.
+    Commissions(ExportArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ExportArgs {
+    #[arg(long, env = "TALLY_DATA_DIR")]
+    data_dir: PathBuf,
+    /// Start, inclusive: a sequence number, a UTC date (2026-11-23) or time (2026-11-23T14:05:00Z).
+    #[arg(long)]
+    from: Option<String>,
+    /// End, exclusive: a sequence number, a UTC date or time, as for --from.
+    #[arg(long)]
+    to: Option<String>,
+    #[arg(long, value_enum, default_value_t = Format::Jsonl)]
+    format: Format,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -195,10 +221,18 @@ pub fn main() -> ExitCode {
         Command::Serve(args) => serve(args),
         Command::Config { command: ConfigCommand::Check { config } } => config_check(&config),
         Command::Log { command: LogCommand::Stats { data_dir } } => log_stats(&data_dir),
-        Command::Export { what: ExportWhat::Events { data_dir, from, format } } => {
-            export::events(&data_dir, from, matches!(format, Format::Csv))
+        Command::Export { what } => {
+            let (what, args) = match what {
+                ExportWhat::Events(a) => (export::What::Events, a),
+                ExportWhat::Clicks(a) => (export::What::Clicks, a),
+                ExportWhat::Conversions(a) => (export::What::Conversions, a),
+                ExportWhat::Commissions(a) => (export::What::Commissions, a),
+            };
+            export::Range::parse(args.from.as_deref(), args.to.as_deref())
+                .and_then(|range| export::export(what, &args.data_dir, &range, matches!(args.format, Format::Csv)))
         }
-        Command::Verify { data_dir } => verify(&data_dir),
+        Command::Verify { data_dir, anchor } => verify(&data_dir, anchor.as_ref()),
+        Command::Snapshot { data_dir, out } => snapshot::snapshot(&data_dir, &out),
         Command::Attribute { config, data_dir, once, metrics_listen } => {
             ledger::attribute(ledger::AttributeArgs { config, data_dir, once, metrics_listen })
         }
@@ -385,22 +419,60 @@ fn log_stats(data_dir: &Path) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn verify(data_dir: &Path) -> anyhow::Result<ExitCode> {
+fn verify(data_dir: &Path, anchor: Option<&tally_log::Anchor>) -> anyhow::Result<ExitCode> {
     let reader = open_reader(data_dir)?;
-    let report = reader.verify()?;
+    let (report, check) = match anchor {
+        None => (reader.verify()?, None),
+        Some(a) => {
+            let (report, check) = reader.verify_anchor(a)?;
+            (report, Some(check))
+        }
+    };
     let head = tally_model_hex(&report.head);
-    match &report.first_bad {
+    let mut ok = match &report.first_bad {
         None => {
             println!("ok: {} events in {} batches verified", report.records, report.batches);
             println!("head {}:{head}", report.head_seq);
-            Ok(ExitCode::SUCCESS)
+            true
         }
         Some((seq, why)) => {
             println!("FAILED at sequence {seq}: {why}");
             println!("verified before it: {} events; last good head {}:{head}", report.records, report.head_seq);
-            Ok(ExitCode::FAILURE)
+            false
+        }
+    };
+    if let (Some(anchor), Some(check)) = (anchor, check) {
+        let seq = anchor.seq;
+        match check {
+            tally_log::AnchorCheck::Matches => {
+                println!("anchor ok: the log up to sequence {seq} is unchanged since {anchor}")
+            }
+            tally_log::AnchorCheck::Differs { recomputed } => {
+                ok = false;
+                println!(
+                    "anchor FAILED: the records up to sequence {seq} hash to {}, not to the anchor's head: the log before it was changed",
+                    tally_model_hex(&recomputed)
+                );
+            }
+            tally_log::AnchorCheck::NotABatchBoundary { before, after } => {
+                ok = false;
+                let near: Vec<String> = [before, after].into_iter().flatten().map(|s| s.to_string()).collect();
+                println!(
+                    "anchor FAILED: no batch ends at sequence {seq} (nearest batch ends: {}); anchors are the `head SEQ:HEX` lines `tally verify` prints",
+                    near.join(", ")
+                );
+            }
+            tally_log::AnchorCheck::BeyondHead { head_seq } => {
+                ok = false;
+                println!("anchor FAILED: sequence {seq} is beyond the log's head {head_seq}");
+            }
+            tally_log::AnchorCheck::Unreached { failed_at } => {
+                ok = false;
+                println!("anchor FAILED: the chain cannot be recomputed past sequence {failed_at}, before the anchor's {seq}");
+            }
         }
     }
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 fn tally_model_hex(bytes: &[u8]) -> String {

@@ -137,6 +137,15 @@ fn replay_reproduces_a_ledger_made_over_http_and_catches_edits() {
     let (ok, by_txid, _) = run(&["replay", "--data-dir", d, "--explain", "S1"]);
     assert!(ok && by_txid == out);
 
+    // A snapshot handed to an auditor replays the same, whole and from mid-log.
+    let copy = env.tmp.path().join("for-the-auditor");
+    let (ok, out, err) = run(&["snapshot", "--data-dir", d, "--out", copy.to_str().unwrap()]);
+    assert!(ok, "{out}{err}");
+    let (ok, out, err) = run(&["replay", "--data-dir", copy.to_str().unwrap()]);
+    assert!(ok && out.contains(&format!("digest live     {ledger_line}")), "{out}{err}");
+    let (ok, out, err) = run(&["replay", "--data-dir", copy.to_str().unwrap(), "--from", &s2_seq]);
+    assert!(ok && out.contains("from the snapshot at sequence"), "{out}{err}");
+
     // Bad input names itself.
     let (ok, _, err) = run(&["replay", "--data-dir", d, "--from", "yesterday"]);
     assert!(!ok && err.contains("--from: \"yesterday\""), "{err}");

@@ -8,7 +8,8 @@
 //! - **readers** ([`LogReader`]): sequence ranges, an in-process [`Tail`] woken by commits,
 //!   and a secondary instance for reading a running server's log from another process;
 //! - named consumer **checkpoints**;
-//! - the tamper-evident **hash chain** ([`chain`]) and [`LogReader::verify`].
+//! - the tamper-evident **hash chain** ([`chain`]) and [`LogReader::verify`];
+//! - point-in-time copies ([`snapshot`]) for `tally snapshot`.
 //!
 //! On-disk layout, three column families:
 //!
@@ -30,6 +31,7 @@ pub mod chain;
 mod keys;
 mod metrics;
 mod reader;
+pub mod snapshot;
 #[cfg(feature = "test-util")]
 pub mod testing;
 mod writer;
@@ -41,7 +43,8 @@ use std::time::Duration;
 use thiserror::Error;
 
 pub use metrics::LogMetrics;
-pub use reader::{LogReader, LogStats, Tail, VerifyReport};
+pub use reader::{Anchor, AnchorCheck, LogReader, LogStats, Tail, VerifyReport};
+pub use snapshot::{snapshot_to, SnapshotMethod};
 pub use writer::{Appended, Log, Pending, PendingUnique};
 
 /// How hard a commit tries before its appends are acknowledged.

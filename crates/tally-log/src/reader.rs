@@ -83,6 +83,60 @@ impl VerifyReport {
     }
 }
 
+/// A published chain head: `SEQ:HEX` as `tally verify` prints it, where `SEQ` is the last
+/// sequence number of a batch and `HEX` the 64-digit chain head after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Anchor {
+    pub seq: u64,
+    pub head: [u8; 32],
+}
+
+impl std::str::FromStr for Anchor {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Anchor, String> {
+        let (seq, hex) = s.split_once(':').ok_or_else(|| format!("\"{s}\" is not SEQ:HEAD (no colon)"))?;
+        let seq: u64 = match seq.parse() {
+            Ok(n) if n > 0 && seq.bytes().all(|b| b.is_ascii_digit()) => n,
+            _ => return Err(format!("\"{s}\": sequence \"{seq}\" is not a positive integer")),
+        };
+        if hex.len() != 64 {
+            return Err(format!("\"{s}\": head must be 64 hex digits, got {}", hex.len()));
+        }
+        let mut head = [0u8; 32];
+        for (i, pair) in hex.as_bytes().chunks_exact(2).enumerate() {
+            let digit = |b: u8| (b as char).to_digit(16);
+            match (digit(pair[0]), digit(pair[1])) {
+                (Some(hi), Some(lo)) => head[i] = (hi * 16 + lo) as u8,
+                _ => return Err(format!("\"{s}\": head is not hexadecimal")),
+            }
+        }
+        Ok(Anchor { seq, head })
+    }
+}
+
+impl std::fmt::Display for Anchor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:", self.seq)?;
+        self.head.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
+/// What [`LogReader::verify_anchor`] found at the anchor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AnchorCheck {
+    /// The head recomputed from the records equals the anchor: nothing up to it changed.
+    Matches,
+    /// The records up to the anchor do not hash to it: something there changed.
+    Differs { recomputed: [u8; 32] },
+    /// No batch ends at the anchor's sequence; the nearest boundaries on either side.
+    NotABatchBoundary { before: Option<u64>, after: Option<u64> },
+    /// The log ends before the anchor's sequence.
+    BeyondHead { head_seq: u64 },
+    /// Verification failed at `failed_at`, before any batch ending at the anchor.
+    Unreached { failed_at: u64 },
+}
+
 impl LogReader {
     pub(crate) fn from_primary(db: Db, committed: Arc<Committed>) -> LogReader {
         LogReader { db, committed: Some(committed), secondary_dir: None }
@@ -189,25 +243,66 @@ impl LogReader {
     /// Recomputes the hash chain from the first batch and reports the first sequence number
     /// that does not match: an edited, inserted or deleted record, or an edited chain entry.
     pub fn verify(&self) -> Result<VerifyReport, LogError> {
+        self.verify_with(0, |_, _| {})
+    }
+
+    /// [`LogReader::verify`], and checks `anchor` against the head *recomputed* from the raw
+    /// records after the batch ending at `anchor.seq`. Stored heads are never trusted for the
+    /// anchor: someone who edited a record and rewrote every later chain entry passes plain
+    /// `verify`, but cannot make the recomputed head equal a head published before the edit.
+    pub fn verify_anchor(&self, anchor: &Anchor) -> Result<(VerifyReport, AnchorCheck), LogError> {
+        let mut at_anchor: Option<[u8; 32]> = None;
+        let mut before: Option<u64> = None;
+        let mut after: Option<u64> = None;
+        let report = self.verify_with(anchor.seq, |last, head| {
+            if last == anchor.seq {
+                at_anchor = Some(*head);
+            } else if last < anchor.seq {
+                before = Some(last);
+            } else if after.is_none() {
+                after = Some(last);
+            }
+        })?;
+        let check = match at_anchor {
+            Some(head) if head == anchor.head => AnchorCheck::Matches,
+            Some(head) => AnchorCheck::Differs { recomputed: head },
+            // The chain went past the anchor without a batch ending there.
+            None if after.is_some() => AnchorCheck::NotABatchBoundary { before, after },
+            None => match &report.first_bad {
+                Some((seq, _)) if *seq <= anchor.seq => AnchorCheck::Unreached { failed_at: *seq },
+                _ => AnchorCheck::BeyondHead { head_seq: report.head_seq },
+            },
+        };
+        Ok((report, check))
+    }
+
+    /// The chain walk behind [`LogReader::verify`]. `on_batch(last_seq, recomputed_head)` is
+    /// called for every batch whose records could all be read. After the first failure the
+    /// walk goes on, chaining from recomputed heads, while batches end before `walk_to`: an
+    /// anchor past an edited record must be judged by what the records hash to, not skipped.
+    fn verify_with(&self, walk_to: u64, mut on_batch: impl FnMut(u64, &[u8; 32])) -> Result<VerifyReport, LogError> {
         let chain_cf = cf(&self.db, CF_CHAIN)?;
         let mut events = self.iter_from(0).peekable();
         let mut report = VerifyReport { records: 0, batches: 0, head: GENESIS, head_seq: 0, first_bad: None };
+        // Differs from `report.head` only after a failure: the head the records hash to.
+        let mut recomputed = GENESIS;
         let mut expected_first = 1u64;
+        let fail = |report: &mut VerifyReport, seq: u64, why: String| {
+            report.first_bad.get_or_insert((seq, why));
+        };
         for item in self.db.iterator_cf(chain_cf, IteratorMode::Start) {
             let (k, v) = item.map_err(read_err)?;
             let Some(entry) = ChainEntry::decode(&v).filter(|e| keys::parse_seq_key(&k) == Some(e.last())) else {
                 let at = keys::parse_seq_key(&k).unwrap_or(expected_first);
-                report.first_bad = Some((expected_first.min(at), "chain entry is malformed".into()));
+                fail(&mut report, expected_first.min(at), "chain entry is malformed".into());
                 return Ok(report);
             };
             if entry.first != expected_first {
-                report.first_bad = Some((
-                    expected_first,
-                    format!("chain skips from {expected_first} to batch starting at {}", entry.first),
-                ));
+                let why = format!("chain skips from {expected_first} to batch starting at {}", entry.first);
+                fail(&mut report, expected_first, why);
                 return Ok(report);
             }
-            let mut hasher = chain::BatchHasher::new(&report.head, entry.first);
+            let mut hasher = chain::BatchHasher::new(&recomputed, entry.first);
             let mut bad_leaf: Option<(u64, String)> = None;
             for (i, want_leaf) in entry.leaves.iter().enumerate() {
                 let seq = entry.first + i as u64;
@@ -223,42 +318,47 @@ impl LogReader {
                         hasher.add(seq, &record);
                     }
                     Some(Ok((got, _))) if got > seq => {
-                        report.first_bad = Some((seq, "record is missing".into()));
+                        fail(&mut report, seq, "record is missing".into());
                         return Ok(report);
                     }
                     Some(Ok((got, _))) => {
-                        report.first_bad = Some((got, "record is not covered by the chain".into()));
+                        fail(&mut report, got, "record is not covered by the chain".into());
                         return Ok(report);
                     }
                     Some(Err(e)) => return Err(e),
                     None => {
-                        report.first_bad = Some((seq, "record is missing".into()));
+                        fail(&mut report, seq, "record is missing".into());
                         return Ok(report);
                     }
                 }
             }
             let (head, _) = hasher.finish();
-            if head != entry.head {
-                report.first_bad = Some(bad_leaf.unwrap_or((
-                    entry.first,
-                    format!("batch {}..={} does not match its chain hash", entry.first, entry.last()),
-                )));
+            on_batch(entry.last(), &head);
+            recomputed = head;
+            if report.first_bad.is_none() {
+                if head != entry.head {
+                    report.first_bad = Some(bad_leaf.unwrap_or((
+                        entry.first,
+                        format!("batch {}..={} does not match its chain hash", entry.first, entry.last()),
+                    )));
+                } else if let Some(bad) = bad_leaf {
+                    // The head matches but a leaf does not: the chain entry itself was edited.
+                    report.first_bad = Some(bad);
+                } else {
+                    report.head = head;
+                    report.head_seq = entry.last();
+                    report.records += u64::from(entry.count);
+                    report.batches += 1;
+                }
+            }
+            if report.first_bad.is_some() && entry.last() >= walk_to {
                 return Ok(report);
             }
-            if let Some(bad) = bad_leaf {
-                // The head matches but a leaf does not: the chain entry itself was edited.
-                report.first_bad = Some(bad);
-                return Ok(report);
-            }
-            report.head = head;
-            report.head_seq = entry.last();
-            report.records += u64::from(entry.count);
-            report.batches += 1;
             expected_first = entry.last() + 1;
         }
         if let Some(extra) = events.next() {
             let (seq, _) = extra?;
-            report.first_bad = Some((seq, "record is not covered by the chain".into()));
+            fail(&mut report, seq, "record is not covered by the chain".into());
         }
         Ok(report)
     }

@@ -3,7 +3,8 @@
 
 use std::path::Path;
 
-use crate::keys::{self, CF_EVENTS};
+use crate::chain::{self, ChainEntry};
+use crate::keys::{self, CF_CHAIN, CF_EVENTS};
 use crate::{open_error, reader, LogError};
 
 /// Overwrites the stored bytes of event `seq` in a log no server has open.
@@ -12,6 +13,46 @@ pub fn overwrite_event(dir: &Path, seq: u64, bytes: &[u8]) -> Result<(), LogErro
     let db = rocksdb::DB::open_cf_descriptors(&opts, dir, reader::cf_descriptors()).map_err(|e| open_error(dir, e))?;
     let cf = db.cf_handle(CF_EVENTS).ok_or_else(|| LogError::Corrupt("no events cf".into()))?;
     db.put_cf(cf, keys::seq_key(seq), bytes).map_err(|e| LogError::Write(e.to_string()))
+}
+
+/// Rewrites every chain entry from the stored records: what a forger with write access would
+/// do after editing a record, so plain `verify` passes again and only a published anchor can
+/// tell. `batch` regroups the records into batches of that many (the last may be shorter),
+/// giving tests known batch boundaries; `None` keeps the stored ones.
+pub fn rechain(dir: &Path, batch: Option<u32>) -> Result<(), LogError> {
+    let opts = reader::db_options();
+    let db = rocksdb::DB::open_cf_descriptors(&opts, dir, reader::cf_descriptors()).map_err(|e| open_error(dir, e))?;
+    let missing = |name: &str| LogError::Corrupt(format!("no {name} cf"));
+    let read = |e: rocksdb::Error| LogError::Read(e.to_string());
+    let write = |e: rocksdb::Error| LogError::Write(e.to_string());
+    let events = db.cf_handle(CF_EVENTS).ok_or_else(|| missing(CF_EVENTS))?;
+    let chain_cf = db.cf_handle(CF_CHAIN).ok_or_else(|| missing(CF_CHAIN))?;
+    let mut ranges = Vec::new();
+    for item in db.iterator_cf(chain_cf, rocksdb::IteratorMode::Start) {
+        let (k, v) = item.map_err(read)?;
+        let entry = ChainEntry::decode(&v).ok_or_else(|| LogError::Corrupt("bad chain entry".into()))?;
+        ranges.push((entry.first, entry.last()));
+        db.delete_cf(chain_cf, k).map_err(write)?;
+    }
+    if let (Some(n), Some(&(_, last))) = (batch, ranges.last()) {
+        let n = u64::from(n.max(1));
+        ranges = (0..last.div_ceil(n)).map(|i| (i * n + 1, ((i + 1) * n).min(last))).collect();
+    }
+    let mut head = chain::GENESIS;
+    for (first, last) in ranges {
+        let mut hasher = chain::BatchHasher::new(&head, first);
+        for seq in first..=last {
+            let record = db
+                .get_cf(events, keys::seq_key(seq))
+                .map_err(read)?
+                .ok_or_else(|| LogError::Corrupt(format!("record {seq} missing")))?;
+            hasher.add(seq, &record);
+        }
+        let (new_head, bytes) = hasher.finish();
+        head = new_head;
+        db.put_cf(chain_cf, keys::seq_key(last), bytes).map_err(write)?;
+    }
+    Ok(())
 }
 
 /// Environment variable naming a delay, in milliseconds, the writer sleeps before every commit:

@@ -278,3 +278,98 @@ fn keyed_appends_report_the_first_occurrence_within_a_batch_across_batches_and_r
     assert!(log.reader().verify().unwrap().is_ok());
     log.close();
 }
+
+/// A log of `n` records in batches of `batch`, closed: known batch boundaries.
+fn batched_log(n: u64, batch: u32) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    for i in 0..n {
+        log.append_blocking(record(i), WAIT).unwrap();
+    }
+    log.close();
+    drop(log);
+    tally_log::testing::rechain(dir.path(), Some(batch)).unwrap();
+    dir
+}
+
+fn head_at(dir: &std::path::Path, seq: u64) -> tally_log::Anchor {
+    // The published anchor is the `head` that verify reports when the log ends at `seq`;
+    // here, the recomputed head of the batch ending there, read back through a wrong anchor.
+    let reader = LogReader::open_secondary(dir).unwrap();
+    let probe = tally_log::Anchor { seq, head: [0xff; 32] };
+    match reader.verify_anchor(&probe).unwrap().1 {
+        tally_log::AnchorCheck::Differs { recomputed } => tally_log::Anchor { seq, head: recomputed },
+        other => panic!("no batch ends at {seq}: {other:?}"),
+    }
+}
+
+#[test]
+fn an_anchor_at_the_head_matches_and_round_trips_as_text() {
+    let dir = batched_log(30, 10);
+    let reader = LogReader::open_secondary(dir.path()).unwrap();
+    let report = reader.verify().unwrap();
+    let anchor = tally_log::Anchor { seq: report.head_seq, head: report.head };
+    assert_eq!(anchor.to_string().parse::<tally_log::Anchor>().unwrap(), anchor);
+    let (again, check) = reader.verify_anchor(&anchor).unwrap();
+    assert_eq!((check, again), (tally_log::AnchorCheck::Matches, report));
+    // An anchor from earlier in the log matches too, and the rest is still verified.
+    let (rest, check) = reader.verify_anchor(&head_at(dir.path(), 20)).unwrap();
+    assert_eq!(check, tally_log::AnchorCheck::Matches);
+    assert!(rest.is_ok() && rest.head_seq == 30);
+}
+
+#[test]
+fn an_anchor_fails_after_an_edit_before_it_even_when_the_chain_is_rewritten() {
+    let dir = batched_log(30, 10);
+    let anchor = head_at(dir.path(), 20);
+    tally_log::testing::overwrite_event(dir.path(), 13, &record(9999)).unwrap();
+    // Edited only: verify fails at 13, and the anchor, recomputed past it, differs.
+    let reader = LogReader::open_secondary(dir.path()).unwrap();
+    let (report, check) = reader.verify_anchor(&anchor).unwrap();
+    assert_eq!(report.first_bad.as_ref().map(|b| b.0), Some(13));
+    assert!(matches!(check, tally_log::AnchorCheck::Differs { .. }), "{check:?}");
+    drop(reader);
+    // Chain rewritten to match the edit: plain verify passes, the anchor still fails.
+    tally_log::testing::rechain(dir.path(), None).unwrap();
+    let reader = LogReader::open_secondary(dir.path()).unwrap();
+    let (report, check) = reader.verify_anchor(&anchor).unwrap();
+    assert!(report.is_ok(), "{report:?}");
+    assert!(matches!(check, tally_log::AnchorCheck::Differs { .. }), "{check:?}");
+    // An edit after the anchor leaves it intact.
+    let dir = batched_log(30, 10);
+    let anchor = head_at(dir.path(), 20);
+    tally_log::testing::overwrite_event(dir.path(), 25, &record(9999)).unwrap();
+    tally_log::testing::rechain(dir.path(), None).unwrap();
+    let reader = LogReader::open_secondary(dir.path()).unwrap();
+    assert_eq!(reader.verify_anchor(&anchor).unwrap().1, tally_log::AnchorCheck::Matches);
+}
+
+#[test]
+fn an_anchor_off_a_batch_boundary_or_past_the_head_is_refused() {
+    let dir = batched_log(30, 10);
+    let reader = LogReader::open_secondary(dir.path()).unwrap();
+    let head = reader.verify().unwrap().head;
+    let (_, check) = reader.verify_anchor(&tally_log::Anchor { seq: 15, head }).unwrap();
+    assert_eq!(check, tally_log::AnchorCheck::NotABatchBoundary { before: Some(10), after: Some(20) });
+    let (_, check) = reader.verify_anchor(&tally_log::Anchor { seq: 31, head }).unwrap();
+    assert_eq!(check, tally_log::AnchorCheck::BeyondHead { head_seq: 30 });
+}
+
+#[test]
+fn malformed_anchors_are_named() {
+    let ok = format!("7:{}", "ab".repeat(32));
+    assert_eq!(ok.parse::<tally_log::Anchor>().unwrap().seq, 7);
+    for bad in [
+        "",
+        "7",
+        "x:ab",
+        "0:ab",
+        "-1:ab",
+        "7:abc",
+        &format!("7:{}", "zz".repeat(32)),
+        &format!("+7:{}", "ab".repeat(32)),
+    ] {
+        let err = bad.parse::<tally_log::Anchor>().unwrap_err();
+        assert!(err.contains(&format!("\"{bad}\"")), "{bad}: {err}");
+    }
+}
