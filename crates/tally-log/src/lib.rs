@@ -28,6 +28,7 @@
 
 pub mod chain;
 mod keys;
+pub mod limit;
 mod metrics;
 mod reader;
 #[cfg(feature = "test-util")]
