@@ -4,6 +4,7 @@
 mod audit;
 mod export;
 mod ledger;
+mod ops;
 mod snapshot;
 
 use std::path::{Path, PathBuf};
@@ -146,6 +147,16 @@ enum Command {
         #[arg(long, value_enum, default_value_t = ledger::TableFormat::Table)]
         format: ledger::TableFormat,
     },
+    /// Probe a health endpoint: exits 0 when it answers 200 (a container HEALTHCHECK
+    /// without curl).
+    Health {
+        /// e.g. http://127.0.0.1:9464/readyz
+        #[arg(long, default_value = "http://127.0.0.1:9464/healthz")]
+        url: String,
+        /// Give up after this many milliseconds.
+        #[arg(long, default_value_t = 2000)]
+        timeout_ms: u64,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -162,6 +173,9 @@ struct ServeArgs {
     /// Tokio worker threads, overriding server.worker_threads (0 = one per core).
     #[arg(long, env = "TALLY_WORKER_THREADS")]
     worker_threads: Option<usize>,
+    /// Admin listener address, overriding admin.listen.
+    #[arg(long, env = "TALLY_ADMIN_LISTEN")]
+    admin_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -254,6 +268,7 @@ pub fn main() -> ExitCode {
         Command::Report { data_dir, by, from, to, format } => {
             ledger::report(&data_dir, &by, from.as_deref(), to.as_deref(), format)
         }
+        Command::Health { url, timeout_ms } => ops::health(&url, Duration::from_millis(timeout_ms)),
     };
     match result {
         Ok(code) => code,
@@ -265,13 +280,7 @@ pub fn main() -> ExitCode {
 }
 
 pub(crate) fn init_tracing(config: &Config) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("TALLY_LOG").unwrap_or_else(|_| EnvFilter::new(&config.log_level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let _ = match config.log_format {
-        tally_edge::config::LogFormat::Json => builder.json().try_init(),
-        tally_edge::config::LogFormat::Pretty => builder.try_init(),
-    };
+    ops::init_tracing(config);
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -285,13 +294,17 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if let Some(n) = args.worker_threads {
         config.worker_threads = n;
     }
+    if let Some(a) = args.admin_listen {
+        config.admin.listen = Some(a);
+    }
     init_tracing(&config);
-    let program = tally_edge::load_program(&config.program_path)?;
+    // The program file with the admin API's link overlay from the data directory on top.
+    let program = tally_edge::load_for(&config)?;
 
     let metrics = LogMetrics::default();
     let log = Log::open(&config.data_dir, config.log.clone(), metrics.clone())?;
     // Every start records the program in force, so a replay judges what follows by it.
-    let record = tally_edge::program_change_record(&program)?;
+    let record = tally_edge::program_change_record(&program.program)?;
     log.append_blocking(record, Duration::from_secs(10)).context("cannot record the program in the log")?;
 
     // One worker: a current-thread runtime skips work stealing and its atomics, which
@@ -319,14 +332,40 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     };
     let edge =
         Edge::with_metrics(config, program, log.clone(), metrics, |registry| attribution_metrics.register(registry));
+    let hooks = tally_edge::AdminHooks {
+        stats: Some(ops::stats_hook(edge.config.data_dir.clone())),
+        log_level: Some(Arc::new(ops::RuntimeLevel)),
+    };
     let served = rt.block_on(async {
         let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+        let admin = match edge.config.admin.listen {
+            Some(a) => Some(tokio::net::TcpListener::bind(a).await.with_context(|| {
+                format!("cannot listen on {a} for the admin API (admin.listen; \"\" turns it off)")
+            })?),
+            None => None,
+        };
         let local = listener.local_addr()?;
-        // Tests and scripts read this line to learn the port when listening on :0.
+        // Tests and scripts read these lines to learn the ports when listening on :0.
         println!("tally listening on {local}");
+        if let Some(a) = &admin {
+            println!("tally admin listening on {}", a.local_addr()?);
+        }
         tracing::info!(%local, data_dir = %edge.config.data_dir.display(), sync = edge.config.log.sync.as_str(), "serving");
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let admin_task = admin.map(|a| {
+            let mut rx = stop_rx.clone();
+            tokio::spawn(tally_edge::serve_admin(Arc::clone(&edge), a, hooks, async move {
+                let _ = rx.wait_for(|stop| *stop).await;
+            }))
+        });
         let shutdown = signals(Arc::clone(&edge))?;
-        tally_edge::serve(Arc::clone(&edge), listener, shutdown).await?;
+        let served = tally_edge::serve(Arc::clone(&edge), listener, shutdown).await;
+        // Health and metrics stay up while the public listener drains.
+        let _ = stop_tx.send(true);
+        if let Some(t) = admin_task {
+            let _ = t.await;
+        }
+        served?;
         anyhow::Ok(())
     });
     // The worker stops after its current commit; whatever it has not reached it attributes
@@ -368,8 +407,8 @@ fn signals(edge: Arc<Edge>) -> anyhow::Result<impl std::future::Future<Output = 
 fn config_check(path: &Path) -> anyhow::Result<ExitCode> {
     let mut problems = Vec::new();
     match Config::load(path) {
-        Ok(config) => match tally_edge::load_program(&config.program_path) {
-            Ok(program) => {
+        Ok(config) => match tally_edge::load_for(&config) {
+            Ok(tally_edge::Loaded { program, .. }) => {
                 println!(
                     "ok: {} ({} offers, {} affiliates, {} links; program {})",
                     path.display(),

@@ -154,7 +154,7 @@ fn conversions_sent_over_http_show_up_in_commissions_and_reports() {
     assert!(text.starts_with("id ") && text.contains("expired_click"), "{text}");
 
     // /metrics exports the in-process worker.
-    let m = server.get("/metrics").text();
+    let m = server.metrics();
     for name in [
         "tally_attribution_position ",
         "tally_attribution_lag_events ",

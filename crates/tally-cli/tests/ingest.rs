@@ -327,7 +327,7 @@ fn previews_and_prefetches_redirect_but_are_flagged_non_human() {
     assert_eq!(r.status, 302);
     let flags: Vec<u64> = of_type(&export(&env.data()), "click").iter().map(|c| c["flags"].as_u64().unwrap()).collect();
     assert_eq!(flags, vec![1, 2, 4, 0]);
-    let metrics = server.get("/metrics").text();
+    let metrics = server.metrics();
     assert!(metrics.contains("tally_clicks_recorded_total{kind=\"non_human\"} 3"), "{metrics}");
     assert!(metrics.contains("tally_clicks_recorded_total{kind=\"human\"} 1"), "{metrics}");
 }
@@ -340,9 +340,9 @@ fn health_readiness_and_metrics() {
     assert_eq!(server.get("/readyz").status, 200);
     server.get("/c/demo?sub1=secret-sub&url=https%3A%2F%2Fevil.example");
     server.get("/c/nope");
-    let m = server.get("/metrics");
-    assert_eq!(m.status, 200);
-    let text = m.text();
+    // /metrics is served on the admin listener only (ARCHITECTURE.md, "Operations").
+    assert_eq!(server.get("/metrics").status, 404);
+    let text = server.metrics();
     for needle in [
         "tally_http_requests_total{route=\"click\",status_class=\"3xx\"} 1",
         "tally_http_requests_total{route=\"click\",status_class=\"4xx\"} 1",
@@ -404,7 +404,7 @@ fn wait_for_metric(server: &Server, needle: &str) {
     // The reload runs asynchronously after the signal; poll the metric with a deadline.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
-        if server.get("/metrics").text().contains(needle) {
+        if server.metrics().contains(needle) {
             return;
         }
         assert!(std::time::Instant::now() < deadline, "{needle} never appeared");
@@ -562,7 +562,7 @@ fn a_repeated_conversion_is_answered_as_a_duplicate_and_logged_once_more() {
     assert_eq!(firsts.len(), 1, "{answers:?}");
     assert!(answers.iter().filter(|a| a["status"] == "duplicate").all(|a| a["duplicate_of"] == firsts[0]["seq"]));
 
-    let metrics = server.get("/metrics").text();
+    let metrics = server.metrics();
     assert!(metrics.contains("tally_conversions_total{source=\"postback\",outcome=\"duplicate\"} 17"), "{metrics}");
     assert!(metrics.contains("tally_conversions_total{source=\"pixel\",outcome=\"duplicate\"} 1"), "{metrics}");
     // Every report is in the log: attribution, not ingestion, decides what is paid.

@@ -39,7 +39,7 @@ fn a_full_queue_sheds_conversions_with_503_and_still_redirects_clicks() {
     assert!(!shed.is_empty(), "a queue of 1 behind a throttled writer must shed something");
     assert!(shed.iter().all(|p| p.header("retry-after") == Some("1") && p.json()["status"] == "error"));
 
-    let metrics = server.get("/metrics").text();
+    let metrics = server.metrics();
     let value = |needle: &str| -> u64 {
         metrics.lines().find(|l| l.starts_with(needle)).and_then(|l| l.rsplit(' ').next()).unwrap().parse().unwrap()
     };

@@ -43,7 +43,7 @@ fn survive_sigkill(log_extra: &str) {
     // Kill once enough clicks have been acknowledged that the kill lands mid-stream.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
-        let m = server.get("/metrics").text();
+        let m = server.metrics();
         let appended = m
             .lines()
             .find(|l| l.starts_with("tally_log_events_appended_total"))

@@ -23,6 +23,7 @@ struct RawConfig {
     postback: RawPostback,
     logging: RawLogging,
     attribution: RawAttribution,
+    admin: RawAdmin,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -161,6 +162,43 @@ impl Default for RawAttribution {
     }
 }
 
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawAdmin {
+    listen: String,
+    token: String,
+    token_file: String,
+}
+
+impl Default for RawAdmin {
+    fn default() -> Self {
+        RawAdmin { listen: "127.0.0.1:9464".into(), token: String::new(), token_file: String::new() }
+    }
+}
+
+/// The admin listener: `/metrics`, health, and the token-protected JSON API.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    /// `None` when `admin.listen` is empty: no admin listener at all.
+    pub listen: Option<SocketAddr>,
+    /// The bearer token, from `admin.token` or read from `admin.token_file` at start.
+    /// `None` disables the `/admin/` API (metrics and health still answer).
+    pub token: Option<String>,
+}
+
+// Never print the token.
+impl std::fmt::Debug for AdminConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminConfig")
+            .field("listen", &self.listen)
+            .field("token", &self.token.as_ref().map(|_| "<set>"))
+            .finish()
+    }
+}
+
+/// Admin tokens shorter than this are refused: the API can change what links redirect to.
+pub const MIN_ADMIN_TOKEN: usize = 16;
+
 /// How `tally serve` runs the attribution worker (the worker itself lives in
 /// `tally-attribution`; the edge only carries its settings).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -201,6 +239,7 @@ pub struct Config {
     pub log_format: LogFormat,
     pub log_level: String,
     pub attribution: AttributionConfig,
+    pub admin: AdminConfig,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -324,6 +363,41 @@ impl Config {
         if a.snapshot_every > 0 && a.snapshots_keep == 0 {
             p.push("attribution.snapshots_keep: must be at least 1 when snapshot_every is set, got 0".into());
         }
+        let ad = &raw.admin;
+        let admin_listen = if ad.listen.is_empty() {
+            None
+        } else {
+            ad.listen
+                .parse::<SocketAddr>()
+                .map_err(|_| p.push(format!("admin.listen: \"{}\" is not an address like 127.0.0.1:9464", ad.listen)))
+                .ok()
+        };
+        let admin_token = match (ad.token.is_empty(), ad.token_file.is_empty()) {
+            (true, true) => None,
+            (false, false) => {
+                p.push("admin.token, admin.token_file: set one, not both".into());
+                None
+            }
+            (false, true) => Some(ad.token.clone()),
+            (true, false) => {
+                let path = base.join(&ad.token_file);
+                match std::fs::read_to_string(&path) {
+                    // A trailing newline from `echo > file` is not part of the token.
+                    Ok(t) => Some(t.trim().to_owned()),
+                    Err(e) => {
+                        p.push(format!("admin.token_file: cannot read {}: {e}", path.display()));
+                        None
+                    }
+                }
+            }
+        };
+        if let Some(t) = &admin_token {
+            if t.len() < MIN_ADMIN_TOKEN || t.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                p.push(format!(
+                    "admin.token: must be at least {MIN_ADMIN_TOKEN} characters without spaces or control characters"
+                ));
+            }
+        }
         if !p.is_empty() {
             return Err(ConfigError::Invalid(p));
         }
@@ -360,6 +434,7 @@ impl Config {
                 snapshot_every: a.snapshot_every,
                 snapshots_keep: a.snapshots_keep,
             },
+            admin: AdminConfig { listen: admin_listen, token: admin_token },
         })
     }
 }
@@ -411,6 +486,9 @@ ip_mode = "blur"
 trusted_proxies = ["10.0.0.0/33"]
 [logging]
 format = "xml"
+[admin]
+listen = "localhost"
+token = "short"
 "#;
         let Err(ConfigError::Invalid(problems)) = Config::from_toml(bad, Path::new(".")) else { panic!() };
         let all = problems.join("\n");
@@ -429,9 +507,34 @@ format = "xml"
             "privacy.ip_mode",
             "privacy.trusted_proxies",
             "logging.format",
+            "admin.listen",
+            "admin.token",
         ] {
             assert!(all.contains(key), "{key} not reported in:\n{all}");
         }
+    }
+
+    #[test]
+    fn admin_token_comes_from_a_file_without_its_newline() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("admin.token"), "0123456789abcdef-token\n").unwrap();
+        let c = Config::from_toml("[admin]\ntoken_file = \"admin.token\"\n", dir.path()).unwrap();
+        assert_eq!(c.admin.token.as_deref(), Some("0123456789abcdef-token"));
+        assert_eq!(c.admin.listen.map(|a| a.to_string()).as_deref(), Some("127.0.0.1:9464"));
+        assert!(!format!("{c:?}").contains("0123456789abcdef"), "Debug must not print the token");
+    }
+
+    #[test]
+    fn admin_token_problems_are_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let both = "[admin]\ntoken = \"0123456789abcdef\"\ntoken_file = \"t\"\n";
+        let err = Config::from_toml(both, dir.path()).unwrap_err().to_string();
+        assert!(err.contains("not both"), "{err}");
+        let missing = Config::from_toml("[admin]\ntoken_file = \"nope\"\n", dir.path()).unwrap_err().to_string();
+        assert!(missing.contains("admin.token_file: cannot read"), "{missing}");
+        let off = Config::from_toml("[admin]\nlisten = \"\"\n", dir.path()).unwrap();
+        assert_eq!(off.admin.listen, None);
+        assert_eq!(off.admin.token, None);
     }
 
     #[test]

@@ -77,7 +77,7 @@ fn respond_error(e: EdgeError, json: bool) -> Response<Body> {
     resp
 }
 
-fn with_body(status: u16, content_type: &'static str, body: Bytes) -> Response<Body> {
+pub(crate) fn with_body(status: u16, content_type: &'static str, body: Bytes) -> Response<Body> {
     let mut r = Response::new(Full::new(body));
     *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
@@ -96,9 +96,8 @@ pub async fn route(edge: Arc<Edge>, peer: SocketAddr, req: Request<Incoming>) ->
         match path {
             "/px.gif" => (Route::pixel, pixel(&edge, &req, peer).await),
             "/postback" => (Route::postback, postback(&edge, req, peer).await),
-            "/healthz" => (Route::healthz, with_body(200, "text/plain; charset=utf-8", Bytes::from_static(b"ok\n"))),
+            "/healthz" => (Route::healthz, healthz()),
             "/readyz" => (Route::readyz, readyz(&edge)),
-            "/metrics" => (Route::metrics, metrics(&edge)),
             _ => (Route::other, respond_error(EdgeError::NotFound("not found"), false)),
         }
     };
@@ -491,21 +490,16 @@ fn json_params(body: &[u8]) -> Result<RawParams, EdgeError> {
     Ok(RawParams::from_pairs(pairs))
 }
 
-fn readyz(edge: &Edge) -> Response<Body> {
+pub(crate) fn healthz() -> Response<Body> {
+    with_body(200, "text/plain; charset=utf-8", Bytes::from_static(b"ok\n"))
+}
+
+pub(crate) fn readyz(edge: &Edge) -> Response<Body> {
     if edge.log.is_writable() {
         with_body(200, "text/plain; charset=utf-8", Bytes::from_static(b"ready\n"))
     } else {
         let mut r = with_body(503, "text/plain; charset=utf-8", Bytes::from_static(b"log not writable\n"));
         r.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
         r
-    }
-}
-
-fn metrics(edge: &Edge) -> Response<Body> {
-    edge.log_metrics.queue_depth.set(edge.log.queue_len() as i64);
-    let mut text = String::with_capacity(16 * 1024);
-    match prometheus_client::encoding::text::encode(&mut text, &edge.registry) {
-        Ok(()) => with_body(200, "application/openmetrics-text; version=1.0.0; charset=utf-8", text.into()),
-        Err(e) => respond_error(EdgeError::Internal(e.to_string()), false),
     }
 }

@@ -12,11 +12,13 @@
 //!   request data reaches a header unencoded, and no foreign host is ever redirected to.
 //! - This crate computes no commissions.
 
+pub mod admin;
 pub mod auth;
 pub mod bots;
 pub mod config;
 mod handlers;
 pub mod ip;
+pub mod links;
 pub mod metrics;
 pub mod params;
 mod server;
@@ -29,7 +31,9 @@ use prometheus_client::registry::Registry;
 use tally_log::{Log, LogMetrics};
 use tally_model::{Event, Program, ProgramChange};
 
+pub use admin::{serve_admin, AdminHooks};
 pub use config::Config;
+pub use links::{Overlay, OverlayLink};
 pub use server::serve;
 
 use metrics::{EdgeMetrics, ReloadOutcome};
@@ -38,9 +42,13 @@ use metrics::{EdgeMetrics, ReloadOutcome};
 pub struct Edge {
     pub config: Config,
     program: ArcSwap<Program>,
+    /// The program file's text behind the loaded program; API link edits compose on it, so
+    /// an edit never pulls in file changes the operator has not reloaded yet.
+    base_source: std::sync::Mutex<String>,
+    /// Serialises reloads and API edits: each reads the overlay, logs a program, swaps it.
+    changes: tokio::sync::Mutex<()>,
     log: Log,
     registry: Registry,
-    log_metrics: LogMetrics,
     pub metrics: EdgeMetrics,
 }
 
@@ -60,11 +68,22 @@ pub enum ReloadError {
     Log(#[from] tally_log::LogError),
     #[error("cannot encode the program change: {0}")]
     Encode(#[from] tally_model::RecordError),
+    #[error(transparent)]
+    Overlay(#[from] links::OverlayError),
+}
+
+/// A program as loaded from its file and the link overlay.
+#[derive(Debug)]
+pub struct Loaded {
+    /// The program file's text.
+    pub base: String,
+    /// The composed program (file + overlay); its `source` is what the log records.
+    pub program: Program,
 }
 
 impl Edge {
     /// `log_metrics` must be the handles the log was opened with; they are exported here.
-    pub fn new(config: Config, program: Program, log: Log, log_metrics: LogMetrics) -> Arc<Edge> {
+    pub fn new(config: Config, program: Loaded, log: Log, log_metrics: LogMetrics) -> Arc<Edge> {
         Edge::with_metrics(config, program, log, log_metrics, |_| {})
     }
 
@@ -72,17 +91,26 @@ impl Edge {
     /// attribution worker running in the same process) on `/metrics`.
     pub fn with_metrics(
         config: Config,
-        program: Program,
+        loaded: Loaded,
         log: Log,
         log_metrics: LogMetrics,
         register: impl FnOnce(&mut Registry),
     ) -> Arc<Edge> {
+        let Loaded { base, program } = loaded;
         let mut registry = Registry::default();
         log_metrics.register(&mut registry);
         register(&mut registry);
         let metrics = EdgeMetrics::new(&mut registry);
         metrics.program_links.set(program.links().count() as i64);
-        Arc::new(Edge { config, program: ArcSwap::from_pointee(program), log, registry, log_metrics, metrics })
+        Arc::new(Edge {
+            config,
+            program: ArcSwap::from_pointee(program),
+            base_source: std::sync::Mutex::new(base),
+            changes: tokio::sync::Mutex::new(()),
+            log,
+            registry,
+            metrics,
+        })
     }
 
     pub fn log(&self) -> &Log {
@@ -93,32 +121,113 @@ impl Edge {
         self.program.load_full()
     }
 
-    /// Re-reads the program file. An invalid file keeps the old program and returns why.
-    /// A changed program is first committed to the log as a `ProgramChange` event, then
-    /// swapped in, so every event after it in the log was judged by the new rules.
+    /// Re-reads the program file and the link overlay. An invalid file keeps the old program
+    /// and returns why. A changed program is first committed to the log as a
+    /// `ProgramChange` event, then swapped in, so every event after it in the log was judged
+    /// by the new rules.
     pub async fn reload(&self) -> Result<bool, ReloadError> {
-        let path = self.config.program_path.clone();
-        let result = tokio::task::spawn_blocking(move || load_program(&path))
+        let _serial = self.changes.lock().await;
+        let program_path = self.config.program_path.clone();
+        let overlay_path = Overlay::path(&self.config.data_dir);
+        let result = tokio::task::spawn_blocking(move || load_with_overlay(&program_path, &overlay_path))
             .await
             .unwrap_or_else(|e| Err(ReloadError::Read { path: String::new(), reason: e.to_string() }));
         let outcome = match result {
-            Ok(program) if program.digest == self.program.load().digest => Ok(false),
-            Ok(program) => match self.log.submit(program_change_record(&program)?) {
-                Ok(pending) => match pending.await {
-                    Ok(_) => {
-                        self.metrics.program_links.set(program.links().count() as i64);
-                        self.program.store(Arc::new(program));
-                        Ok(true)
-                    }
-                    Err(e) => Err(e.into()),
-                },
-                Err(e) => Err(e.into()),
-            },
+            Ok(loaded) if loaded.program.digest == self.program.load().digest => {
+                self.set_base(loaded.base);
+                Ok(false)
+            }
+            Ok(loaded) => self.log_and_swap(loaded).await.map(|_| true),
             Err(e) => Err(e),
         };
         self.metrics.reload(if outcome.is_ok() { ReloadOutcome::ok } else { ReloadOutcome::error });
         outcome
     }
+
+    /// Applies `edit` to the link overlay and puts the result in force: the composed program
+    /// is validated, the overlay written, the program logged as a `ProgramChange`, then
+    /// swapped in. If logging fails the old overlay file is restored. Returns the new
+    /// program and the sequence number of its `ProgramChange`.
+    pub async fn edit_links<F>(&self, edit: F) -> Result<(Arc<Program>, u64), EditError>
+    where
+        F: FnOnce(&Program, &mut Overlay) -> Result<(), EditError> + Send + 'static,
+    {
+        let _serial = self.changes.lock().await;
+        let path = Overlay::path(&self.config.data_dir);
+        let base = self.base();
+        let current = self.program();
+        let prepared = tokio::task::spawn_blocking(move || -> Result<_, EditError> {
+            let old = Overlay::load(&path)?;
+            let mut new = old.clone();
+            edit(&current, &mut new)?;
+            let program = Program::from_toml(&new.compose(&base)?).map_err(|e| EditError::Invalid(e.problems()))?;
+            new.save(&path)?;
+            Ok((old, path, Loaded { base, program }))
+        })
+        .await
+        .map_err(|e| EditError::Internal(e.to_string()))??;
+        let (old, path, loaded) = prepared;
+        match self.log_and_swap(loaded).await {
+            Ok(seq) => Ok((self.program(), seq)),
+            Err(e) => {
+                // The change is not in force, so the file must not say it is.
+                let restored = tokio::task::spawn_blocking(move || old.save(&path)).await;
+                if !matches!(restored, Ok(Ok(()))) {
+                    tracing::error!("cannot restore the link overlay after a failed change; it holds the refused edit");
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    fn base(&self) -> String {
+        self.base_source.lock().map(|b| b.clone()).unwrap_or_default()
+    }
+
+    fn set_base(&self, base: String) {
+        if let Ok(mut b) = self.base_source.lock() {
+            *b = base;
+        }
+    }
+
+    async fn log_and_swap(&self, loaded: Loaded) -> Result<u64, ReloadError> {
+        let seq = self.log.submit(program_change_record(&loaded.program)?)?.await?;
+        self.metrics.program_links.set(loaded.program.links().count() as i64);
+        self.set_base(loaded.base);
+        self.program.store(Arc::new(loaded.program));
+        Ok(seq)
+    }
+}
+
+/// Why an API link edit was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum EditError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("invalid: {}", .0.join("; "))]
+    Invalid(Vec<String>),
+    #[error(transparent)]
+    Overlay(#[from] links::OverlayError),
+    #[error(transparent)]
+    Reload(#[from] ReloadError),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// Reads the program file and the link overlay, and validates their composition.
+pub fn load_with_overlay(program_path: &Path, overlay_path: &Path) -> Result<Loaded, ReloadError> {
+    let base = std::fs::read_to_string(program_path)
+        .map_err(|e| ReloadError::Read { path: program_path.display().to_string(), reason: e.to_string() })?;
+    let overlay = Overlay::load(overlay_path)?;
+    let program = Program::from_toml(&overlay.compose(&base)?)?;
+    Ok(Loaded { base, program })
+}
+
+/// What `tally serve` loads: `config`'s program file with the overlay in its data directory.
+pub fn load_for(config: &Config) -> Result<Loaded, ReloadError> {
+    load_with_overlay(&config.program_path, &Overlay::path(&config.data_dir))
 }
 
 /// Reads and validates a program file.

@@ -20,10 +20,20 @@ pub enum Route {
     readyz,
     metrics,
     other,
+    /// The admin API (`/admin/...` on the admin listener).
+    admin,
 }
 
-const ROUTES: [Route; 7] =
-    [Route::click, Route::pixel, Route::postback, Route::healthz, Route::readyz, Route::metrics, Route::other];
+const ROUTES: [Route; 8] = [
+    Route::click,
+    Route::pixel,
+    Route::postback,
+    Route::healthz,
+    Route::readyz,
+    Route::metrics,
+    Route::other,
+    Route::admin,
+];
 
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum StatusClass {

@@ -1,9 +1,13 @@
 //! The accept loop: connection cap, HTTP/1 limits, graceful shutdown.
 
+use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::{Request, Response};
+use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -11,12 +15,31 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
+use crate::handlers::Body;
 use crate::Edge;
 
 /// Serves HTTP on `listener` until `shutdown` resolves, then stops accepting, lets in-flight
 /// requests finish (up to the configured drain timeout) and returns. The caller closes the
 /// log afterwards, which commits everything still queued.
 pub async fn serve(edge: Arc<Edge>, listener: TcpListener, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
+    let max = edge.config.max_connections;
+    accept_loop(edge, listener, shutdown, max, true, crate::handlers::route).await
+}
+
+/// The accept loop behind both listeners. `public` connections are the ones counted in
+/// `tally_http_connections*` (the admin listener's are not traffic).
+pub(crate) async fn accept_loop<H, F>(
+    edge: Arc<Edge>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+    max_connections: usize,
+    public: bool,
+    handler: H,
+) -> std::io::Result<()>
+where
+    H: Fn(Arc<Edge>, SocketAddr, Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Result<Response<Body>, Infallible>> + Send + 'static,
+{
     let cfg = &edge.config;
     let mut http = http1::Builder::new();
     // The timer must be set before header_read_timeout, or hyper panics on every connection.
@@ -30,7 +53,7 @@ pub async fn serve(edge: Arc<Edge>, listener: TcpListener, shutdown: impl Future
     let graceful = GracefulShutdown::new();
     // A permit per connection: at the cap we stop accepting and the kernel's backlog queues
     // new connections, instead of accepting more than we can serve.
-    let permits = Arc::new(Semaphore::new(cfg.max_connections));
+    let permits = Arc::new(Semaphore::new(max_connections));
     tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {
@@ -42,7 +65,7 @@ pub async fn serve(edge: Arc<Edge>, listener: TcpListener, shutdown: impl Future
                 Ok(x) => x,
                 Err(e) => {
                     // EMFILE and friends: back off briefly rather than spin.
-                    tracing::warn!(error = %e, "accept failed");
+                    tally_log::warn_limited!(error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(10)).await;
                     continue;
                 }
@@ -50,23 +73,28 @@ pub async fn serve(edge: Arc<Edge>, listener: TcpListener, shutdown: impl Future
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        edge.metrics.connections_total.inc();
-        edge.metrics.connections_open.inc();
+        if public {
+            edge.metrics.connections_total.inc();
+            edge.metrics.connections_open.inc();
+        }
         let edge2 = Arc::clone(&edge);
-        let service = service_fn(move |req| crate::handlers::route(Arc::clone(&edge2), peer, req));
+        let handler = handler.clone();
+        let service = service_fn(move |req| handler(Arc::clone(&edge2), peer, req));
         let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
         let edge3 = Arc::clone(&edge);
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
-            edge3.metrics.connections_open.dec();
+            if public {
+                edge3.metrics.connections_open.dec();
+            }
             drop(permit);
         });
     }
     drop(listener);
     tokio::select! {
-        () = graceful.shutdown() => tracing::info!("all connections drained"),
+        () = graceful.shutdown() => tracing::debug!(public, "all connections drained"),
         () = tokio::time::sleep(edge.config.drain_timeout) => {
             tracing::warn!("drain timeout passed with connections still open");
         }

@@ -29,6 +29,7 @@
 
 pub mod chain;
 mod keys;
+pub mod limit;
 mod metrics;
 mod reader;
 pub mod snapshot;

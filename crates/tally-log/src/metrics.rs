@@ -17,6 +17,10 @@ pub struct LogMetrics {
     pub fsyncs: Counter,
     pub commit_errors: Counter,
     pub last_sequence: Gauge,
+    /// Sampled by [`crate::Log::sample_metrics`].
+    pub pending_compaction_bytes: Gauge,
+    /// Advanced by [`crate::Log::sample_metrics`].
+    pub stall_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
 }
 
 impl Default for LogMetrics {
@@ -32,6 +36,8 @@ impl Default for LogMetrics {
             fsyncs: Counter::default(),
             commit_errors: Counter::default(),
             last_sequence: Gauge::default(),
+            pending_compaction_bytes: Gauge::default(),
+            stall_seconds: Counter::default(),
         }
     }
 }
@@ -57,5 +63,17 @@ impl LogMetrics {
             self.commit_errors.clone(),
         );
         r.register("last_sequence", "Sequence number of the newest committed event", self.last_sequence.clone());
+        r.register_with_unit(
+            "rocksdb_pending_compaction",
+            "RocksDB's estimate of bytes compaction must rewrite to reach its target shape; growth ahead of stalls",
+            Unit::Bytes,
+            self.pending_compaction_bytes.clone(),
+        );
+        r.register_with_unit(
+            "rocksdb_stall",
+            "Time RocksDB delayed or stopped writes because compaction or flushes fell behind",
+            Unit::Seconds,
+            self.stall_seconds.clone(),
+        );
     }
 }

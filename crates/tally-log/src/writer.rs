@@ -54,6 +54,11 @@ struct Shared {
     writable: AtomicBool,
     writer: Mutex<Option<JoinHandle<()>>>,
     options: LogOptions,
+    /// Kept for its statistics object: RocksDB's stall counter lives there.
+    db_options: rocksdb::Options,
+    metrics: LogMetrics,
+    /// Stall time already added to the counter, in microseconds.
+    stall_reported_us: Mutex<u64>,
 }
 
 /// A handle to the open log. Cheap to clone; every clone feeds the same writer thread.
@@ -109,7 +114,8 @@ impl PendingUnique {
 impl Log {
     /// Opens (creating if needed) the log in `dir` and starts its writer thread.
     pub fn open(dir: &Path, options: LogOptions, metrics: LogMetrics) -> Result<Log, LogError> {
-        let db: Db = Arc::new(open_primary(dir)?);
+        let (db, db_options) = open_primary(dir)?;
+        let db: Db = Arc::new(db);
         let (next_seq, head) = recover(&db)?;
         let capacity = options.queue_capacity.max(1);
         let (tx, rx) = crossbeam_channel::bounded(capacity);
@@ -122,6 +128,9 @@ impl Log {
             writable: AtomicBool::new(true),
             writer: Mutex::new(None),
             options: options.clone(),
+            db_options,
+            metrics: metrics.clone(),
+            stall_reported_us: Mutex::new(0),
         });
         let writer = Writer { db, rx, options, metrics, next_seq, head, committed, shared: Arc::downgrade(&shared) };
         let handle = std::thread::Builder::new()
@@ -179,6 +188,29 @@ impl Log {
         self.tx.len()
     }
 
+    /// Refreshes the gauges that are read rather than counted: queue depth, RocksDB's
+    /// estimate of bytes waiting for compaction, and write-stall time. Calls into RocksDB
+    /// (in-memory properties, no I/O), so call it from a plain or blocking thread.
+    pub fn sample_metrics(&self) {
+        let s = &self.shared;
+        s.metrics.queue_depth.set(self.tx.len() as i64);
+        let pending: u64 = keys::ALL_CFS
+            .iter()
+            .filter_map(|name| s.db.cf_handle(name))
+            .filter_map(|cf| {
+                s.db.property_int_value_cf(cf, rocksdb::properties::ESTIMATE_PENDING_COMPACTION_BYTES).ok().flatten()
+            })
+            .sum();
+        s.metrics.pending_compaction_bytes.set(i64::try_from(pending).unwrap_or(i64::MAX));
+        let stalled_us = s.db_options.get_ticker_count(rocksdb::statistics::Ticker::StallMicros);
+        if let Ok(mut reported) = s.stall_reported_us.lock() {
+            if stalled_us > *reported {
+                s.metrics.stall_seconds.inc_by((stalled_us - *reported) as f64 / 1e6);
+                *reported = stalled_us;
+            }
+        }
+    }
+
     pub fn queue_capacity(&self) -> usize {
         self.tx.capacity().unwrap_or(0)
     }
@@ -221,7 +253,7 @@ impl Log {
     }
 }
 
-fn open_primary(dir: &Path) -> Result<rocksdb::DB, LogError> {
+fn open_primary(dir: &Path) -> Result<(rocksdb::DB, rocksdb::Options), LogError> {
     std::fs::create_dir_all(dir).map_err(|e| open_error(dir, e))?;
     let mut opts = reader::db_options();
     opts.create_if_missing(true);
@@ -230,7 +262,12 @@ fn open_primary(dir: &Path) -> Result<rocksdb::DB, LogError> {
     opts.set_write_buffer_size(64 << 20);
     opts.set_max_background_jobs(2);
     opts.set_bytes_per_sync(1 << 20);
-    rocksdb::DB::open_cf_descriptors(&opts, dir, reader::cf_descriptors()).map_err(|e| open_error(dir, e))
+    // Tickers only (no histograms or timers): the write-stall counter for
+    // tally_log_rocksdb_stall_seconds_total, at the cost of a few per-core counters.
+    opts.enable_statistics();
+    opts.set_statistics_level(rocksdb::statistics::StatsLevel::ExceptHistogramOrTimers);
+    let db = rocksdb::DB::open_cf_descriptors(&opts, dir, reader::cf_descriptors()).map_err(|e| open_error(dir, e))?;
+    Ok((db, opts))
 }
 
 /// Finds where the log left off: the next sequence number and the chain head.
@@ -349,7 +386,7 @@ impl Writer {
                 }
             }
             Err(e) => {
-                tracing::error!(error = %e, events = n, "log commit failed; appends refused");
+                crate::error_limited!(error = %e, events = n, "log commit failed; appends refused");
                 self.metrics.commit_errors.inc();
                 for item in batch.drain(..) {
                     let _ = item.ack.send(Err(e.clone()));

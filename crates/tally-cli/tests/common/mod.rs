@@ -21,6 +21,8 @@ pub fn repo_config(name: &str) -> PathBuf {
 pub struct Server {
     child: Option<Child>,
     pub addr: SocketAddr,
+    /// The admin listener (`/metrics`, health, `/admin/`).
+    pub admin: SocketAddr,
     pub dir: PathBuf,
     pub config: PathBuf,
 }
@@ -83,7 +85,7 @@ impl Server {
             .envs(vars.iter().copied())
             .args(["serve", "--config"])
             .arg(config)
-            .args(["--listen", "127.0.0.1:0", "--worker-threads", "2"])
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--worker-threads", "2"])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -94,12 +96,26 @@ impl Server {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
                 if let Some(addr) = line.strip_prefix("tally listening on ") {
-                    let _ = tx.send(addr.parse::<SocketAddr>().unwrap());
+                    let _ = tx.send((false, addr.parse::<SocketAddr>().unwrap()));
+                } else if let Some(addr) = line.strip_prefix("tally admin listening on ") {
+                    let _ = tx.send((true, addr.parse::<SocketAddr>().unwrap()));
                 }
             }
         });
-        let addr = rx.recv_timeout(Duration::from_secs(60)).expect("server did not start within 60 s");
-        Server { child: Some(child), addr, dir: data.to_owned(), config: config.to_owned() }
+        let (mut addr, mut admin) = (None, None);
+        while addr.is_none() || admin.is_none() {
+            match rx.recv_timeout(Duration::from_secs(60)).expect("server did not start within 60 s") {
+                (false, a) => addr = Some(a),
+                (true, a) => admin = Some(a),
+            }
+        }
+        Server {
+            child: Some(child),
+            addr: addr.unwrap(),
+            admin: admin.unwrap(),
+            dir: data.to_owned(),
+            config: config.to_owned(),
+        }
     }
 
     pub fn pid(&self) -> i32 {
@@ -144,6 +160,22 @@ impl Server {
 
     pub fn send(&self, raw: &str) -> Resp {
         Conn::open(self.addr).send(raw)
+    }
+
+    /// `/metrics` from the admin listener, as text.
+    pub fn metrics(&self) -> String {
+        let r = Conn::open(self.admin).send("GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n");
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.text()
+    }
+
+    /// A request to the admin listener; `token` goes in `Authorization: Bearer`.
+    pub fn admin(&self, method: &str, path: &str, token: Option<&str>, body: &str) -> Resp {
+        let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+        Conn::open(self.admin).send(&format!(
+            "{method} {path} HTTP/1.1\r\nHost: t\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ))
     }
 }
 

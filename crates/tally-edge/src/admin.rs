@@ -1,0 +1,371 @@
+//! The admin listener: `/metrics`, `/healthz`, `/readyz`, and a small JSON API under
+//! `/admin/` for operators, on its own address (`admin.listen`, loopback by default).
+//!
+//! API (every `/admin/` request needs `Authorization: Bearer <admin.token>`; without a
+//! configured token the API answers 403, with a missing or wrong one 401, and nothing runs):
+//!
+//! | request | does |
+//! |---|---|
+//! | `GET /admin/links` | every link: code, offer, affiliate, active, and whether the API manages it |
+//! | `POST /admin/links` `{"code","offer","affiliate"}` | adds a link (201); 409 if the code exists |
+//! | `POST /admin/links/{code}/disable`, `.../enable` | turns a link off or on |
+//! | `GET /admin/program` | the loaded program's digest, counts, offers and affiliates |
+//! | `POST /admin/reload` | re-reads the program file and overlay, as SIGHUP does |
+//! | `GET /admin/stats?from=YYYY-MM-DD&to=YYYY-MM-DD` | attribution stats per offer and affiliate |
+//! | `GET /admin/log-level`, `PUT /admin/log-level` `{"level":"..."}` | the tracing filter |
+//!
+//! Link edits go through [`Edge::edit_links`]: the new program is logged as a
+//! `ProgramChange` before it takes effect, so a replay sees it. Stats and the log level
+//! belong to other crates (attribution, the binary's subscriber); they arrive as
+//! [`AdminHooks`] so this crate depends on neither.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
+use http::{HeaderValue, Method, Request, Response};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use subtle::ConstantTimeEq;
+use tally_model::Program;
+
+use crate::handlers::{with_body, Body};
+use crate::links::OverlayLink;
+use crate::metrics::Route;
+use crate::{Edge, EditError, ReloadError};
+
+/// Admin request bodies are a few hundred bytes; anything larger is refused.
+const MAX_BODY: usize = 64 * 1024;
+/// Admin connections at most: an operator and a scraper, with room to spare.
+const MAX_CONNECTIONS: usize = 64;
+
+/// A hook's refusal: the status to answer and a short reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HookError {
+    pub status: u16,
+    pub reason: String,
+}
+
+impl HookError {
+    pub fn new(status: u16, reason: impl Into<String>) -> HookError {
+        HookError { status, reason: reason.into() }
+    }
+}
+
+/// Stats per offer and affiliate for an inclusive date range (`from`, `to` as given in the
+/// query, unparsed). Blocking: it is run on a blocking thread.
+pub type StatsFn = dyn Fn(Option<&str>, Option<&str>) -> Result<Value, HookError> + Send + Sync;
+
+/// The process's log filter, changeable at run time.
+pub trait LogLevel: Send + Sync {
+    fn get(&self) -> String;
+    fn set(&self, filter: &str) -> Result<(), String>;
+}
+
+/// What the admin API needs from outside this crate.
+#[derive(Clone, Default)]
+pub struct AdminHooks {
+    pub stats: Option<Arc<StatsFn>>,
+    pub log_level: Option<Arc<dyn LogLevel>>,
+}
+
+impl std::fmt::Debug for AdminHooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminHooks")
+            .field("stats", &self.stats.is_some())
+            .field("log_level", &self.log_level.is_some())
+            .finish()
+    }
+}
+
+/// Serves the admin listener until `shutdown` resolves.
+pub async fn serve_admin(
+    edge: Arc<Edge>,
+    listener: tokio::net::TcpListener,
+    hooks: AdminHooks,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let hooks = Arc::new(hooks);
+    crate::server::accept_loop(edge, listener, shutdown, MAX_CONNECTIONS, false, move |edge, _peer, req| {
+        let hooks = Arc::clone(&hooks);
+        async move { Ok::<_, Infallible>(route(edge, &hooks, req).await) }
+    })
+    .await
+}
+
+async fn route(edge: Arc<Edge>, hooks: &AdminHooks, req: Request<Incoming>) -> Response<Body> {
+    let started = Instant::now();
+    let path = req.uri().path().to_owned();
+    let (route, resp) = match path.as_str() {
+        "/metrics" => (Route::metrics, metrics(&edge).await),
+        "/healthz" => (Route::healthz, crate::handlers::healthz()),
+        "/readyz" => (Route::readyz, crate::handlers::readyz(&edge)),
+        p if p == "/admin" || p.starts_with("/admin/") => (Route::admin, api(&edge, hooks, req).await),
+        _ => (Route::other, error(404, "not found")),
+    };
+    edge.metrics.request(route, resp.status().as_u16(), started.elapsed().as_secs_f64());
+    resp
+}
+
+async fn metrics(edge: &Arc<Edge>) -> Response<Body> {
+    // Property reads are RocksDB calls: off the async workers.
+    let e = Arc::clone(edge);
+    let _ = tokio::task::spawn_blocking(move || e.log.sample_metrics()).await;
+    let mut text = String::with_capacity(16 * 1024);
+    match prometheus_client::encoding::text::encode(&mut text, &edge.registry) {
+        Ok(()) => with_body(200, "application/openmetrics-text; version=1.0.0; charset=utf-8", text.into()),
+        Err(e) => error(500, &format!("cannot encode metrics: {e}")),
+    }
+}
+
+fn json_response(status: u16, v: &Value) -> Response<Body> {
+    with_body(status, "application/json", Bytes::from(v.to_string()))
+}
+
+fn error(status: u16, reason: &str) -> Response<Body> {
+    json_response(status, &json!({ "error": reason }))
+}
+
+/// Checks the bearer token in constant time; `Some` is the refusal to send.
+fn refusal(edge: &Edge, req: &Request<Incoming>) -> Option<Response<Body>> {
+    let Some(expected) = edge.config.admin.token.as_deref() else {
+        return Some(error(403, "admin API disabled: set admin.token or admin.token_file"));
+    };
+    let given = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match given {
+        Some(g) if bool::from(g.as_bytes().ct_eq(expected.as_bytes())) => None,
+        other => {
+            let mut r =
+                error(401, if other.is_some() { "wrong bearer token" } else { "missing Authorization: Bearer token" });
+            r.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"tally-admin\""));
+            Some(r)
+        }
+    }
+}
+
+async fn api(edge: &Arc<Edge>, hooks: &AdminHooks, req: Request<Incoming>) -> Response<Body> {
+    if let Some(r) = refusal(edge, &req) {
+        return r;
+    }
+    let path = req.uri().path().trim_end_matches('/').to_owned();
+    let method = req.method().clone();
+    let segments: Vec<&str> = path.split('/').skip(2).collect();
+    match (&method, segments.as_slice()) {
+        (&Method::GET, ["links"]) => list_links(edge),
+        (&Method::POST, ["links"]) => match read_json::<NewLink>(req).await {
+            Ok(l) => add_link(edge, l).await,
+            Err(r) => *r,
+        },
+        (&Method::POST, ["links", code, action @ ("disable" | "enable")]) => {
+            set_active(edge, (*code).to_owned(), *action == "enable").await
+        }
+        (&Method::GET, ["program"]) => program_info(edge),
+        (&Method::POST, ["reload"]) => reload(edge).await,
+        (&Method::GET, ["stats"]) => stats(hooks, req.uri().query().unwrap_or("")).await,
+        (&Method::GET, ["log-level"]) => match &hooks.log_level {
+            Some(l) => json_response(200, &json!({ "level": l.get() })),
+            None => error(404, "log level control is not available in this process"),
+        },
+        (&Method::PUT, ["log-level"]) => match read_json::<NewLevel>(req).await {
+            Ok(n) => set_level(hooks, &n.level),
+            Err(r) => *r,
+        },
+        (_, ["links"] | ["links", _, "disable" | "enable"] | ["program"] | ["reload"] | ["stats"] | ["log-level"]) => {
+            error(405, &format!("method {method} not allowed here"))
+        }
+        _ => error(404, "no such admin endpoint"),
+    }
+}
+
+async fn read_json<T: for<'de> Deserialize<'de>>(req: Request<Incoming>) -> Result<T, Box<Response<Body>>> {
+    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return Err(Box::new(error(413, "request body too large")))
+        }
+        Err(e) => return Err(Box::new(error(400, &format!("cannot read body: {e}")))),
+    };
+    serde_json::from_slice(&body).map_err(|e| Box::new(error(400, &format!("bad JSON body: {e}"))))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewLink {
+    code: String,
+    offer: String,
+    affiliate: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewLevel {
+    level: String,
+}
+
+fn link_json(edge: &Edge, program: &Program, code: &str) -> Value {
+    let overlay = crate::Overlay::load(&crate::Overlay::path(&edge.config.data_dir)).unwrap_or_default();
+    program
+        .links()
+        .find(|l| l.code == code)
+        .map(|l| {
+            json!({
+                "code": l.code,
+                "offer": l.offer.id,
+                "affiliate": l.affiliate,
+                "active": l.active,
+                "managed_by_api": overlay.links.contains_key(&l.code),
+            })
+        })
+        .unwrap_or(Value::Null)
+}
+
+fn list_links(edge: &Edge) -> Response<Body> {
+    let program = edge.program();
+    let mut codes: Vec<&str> = program.links().map(|l| l.code.as_str()).collect();
+    codes.sort_unstable();
+    let links: Vec<Value> = codes.iter().map(|c| link_json(edge, &program, c)).collect();
+    json_response(200, &json!({ "program_digest": program.digest, "links": links }))
+}
+
+fn edit_error(e: EditError) -> Response<Body> {
+    match e {
+        EditError::NotFound(why) => error(404, &why),
+        EditError::Conflict(why) => error(409, &why),
+        EditError::Invalid(problems) => json_response(400, &json!({ "error": "invalid link", "problems": problems })),
+        EditError::Reload(ReloadError::Log(e)) => {
+            let mut r = error(503, &format!("the log cannot take the change now: {e}"));
+            r.headers_mut().insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+            r
+        }
+        other => error(500, &other.to_string()),
+    }
+}
+
+async fn add_link(edge: &Arc<Edge>, l: NewLink) -> Response<Body> {
+    if !tally_model::program::is_valid_id(&l.code) {
+        return error(400, "code: use 1-64 letters, digits, '-', '_' or '.'");
+    }
+    let code = l.code.clone();
+    let result = edge
+        .edit_links(move |program, overlay| {
+            if program.links().any(|x| x.code == l.code) {
+                return Err(EditError::Conflict(format!("link \"{}\" exists; enable or disable it instead", l.code)));
+            }
+            overlay.links.insert(
+                l.code.clone(),
+                OverlayLink { code: l.code, offer: l.offer, affiliate: l.affiliate, active: true },
+            );
+            Ok(())
+        })
+        .await;
+    match result {
+        Ok((program, seq)) => {
+            tracing::info!(code = %code, digest = %program.digest, seq, "link added through the admin API");
+            json_response(
+                201,
+                &json!({ "link": link_json(edge, &program, &code), "program_digest": program.digest, "seq": seq }),
+            )
+        }
+        Err(e) => edit_error(e),
+    }
+}
+
+async fn set_active(edge: &Arc<Edge>, code: String, active: bool) -> Response<Body> {
+    let c = code.clone();
+    let result = edge
+        .edit_links(move |program, overlay| {
+            let Some(link) = program.links().find(|x| x.code == c) else {
+                return Err(EditError::NotFound(format!("no link \"{c}\"")));
+            };
+            overlay.links.insert(
+                c.clone(),
+                OverlayLink { code: c, offer: link.offer.id.clone(), affiliate: link.affiliate.clone(), active },
+            );
+            Ok(())
+        })
+        .await;
+    match result {
+        Ok((program, seq)) => {
+            tracing::info!(code = %code, active, digest = %program.digest, seq, "link changed through the admin API");
+            json_response(
+                200,
+                &json!({ "link": link_json(edge, &program, &code), "program_digest": program.digest, "seq": seq }),
+            )
+        }
+        Err(e) => edit_error(e),
+    }
+}
+
+fn program_info(edge: &Edge) -> Response<Body> {
+    let p = edge.program();
+    let offers: Vec<Value> = p
+        .offers
+        .values()
+        .map(|o| json!({ "id": o.id, "currency": o.currency.code(), "goals": o.goals.iter().map(|g| &g.id).collect::<Vec<_>>() }))
+        .collect();
+    json_response(
+        200,
+        &json!({
+            "digest": p.digest,
+            "path": edge.config.program_path.display().to_string(),
+            "overlay": crate::Overlay::path(&edge.config.data_dir).display().to_string(),
+            "advertisers": p.advertisers.len(),
+            "affiliates": p.affiliates.keys().collect::<Vec<_>>(),
+            "offers": offers,
+            "links": p.links().count(),
+            "active_links": p.links().filter(|l| l.active).count(),
+        }),
+    )
+}
+
+async fn reload(edge: &Arc<Edge>) -> Response<Body> {
+    match edge.reload().await {
+        Ok(changed) => json_response(200, &json!({ "changed": changed, "digest": edge.program().digest })),
+        Err(ReloadError::Program(e)) => {
+            json_response(400, &json!({ "error": "invalid program; keeping the old one", "problems": e.problems() }))
+        }
+        Err(e) => error(500, &format!("reload failed; keeping the old program: {e}")),
+    }
+}
+
+async fn stats(hooks: &AdminHooks, query: &str) -> Response<Body> {
+    let Some(f) = hooks.stats.clone() else {
+        return error(404, "stats are not available in this process");
+    };
+    let (mut from, mut to) = (None, None);
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        match k.as_ref() {
+            "from" => from = Some(v.into_owned()),
+            "to" => to = Some(v.into_owned()),
+            other => return error(400, &format!("unknown parameter \"{other}\"; use from and to")),
+        }
+    }
+    match tokio::task::spawn_blocking(move || f(from.as_deref(), to.as_deref())).await {
+        Ok(Ok(v)) => json_response(200, &v),
+        Ok(Err(e)) => error(e.status, &e.reason),
+        Err(e) => error(500, &format!("stats failed: {e}")),
+    }
+}
+
+fn set_level(hooks: &AdminHooks, level: &str) -> Response<Body> {
+    let Some(l) = &hooks.log_level else {
+        return error(404, "log level control is not available in this process");
+    };
+    match l.set(level) {
+        Ok(()) => {
+            tracing::warn!(level, "log level changed through the admin API");
+            json_response(200, &json!({ "level": l.get() }))
+        }
+        Err(why) => error(400, &format!("level: {why}")),
+    }
+}
