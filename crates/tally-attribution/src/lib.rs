@@ -12,6 +12,7 @@
 pub mod engine;
 pub mod ledger;
 pub mod metrics;
+pub mod pipeline;
 pub mod report;
 pub mod snapshots;
 pub mod state;

@@ -13,6 +13,7 @@ use tally_log::LogReader;
 
 use crate::engine;
 use crate::metrics::AttributionMetrics;
+use crate::pipeline;
 use crate::snapshots::{self, SnapshotPolicy};
 use crate::state::State;
 use crate::AttributionError;
@@ -82,7 +83,12 @@ impl Worker {
     /// Decodes and applies one log record, without committing.
     pub fn apply_record(&mut self, seq: u64, bytes: &[u8]) -> Result<(), AttributionError> {
         let event = tally_model::decode(bytes).map_err(|error| AttributionError::Record { seq, error })?;
-        let out = engine::apply(&mut self.state, seq, &event)?;
+        self.apply_event(seq, &event)
+    }
+
+    /// Applies one decoded event, without committing.
+    pub fn apply_event(&mut self, seq: u64, event: &tally_model::Event) -> Result<(), AttributionError> {
+        let out = engine::apply(&mut self.state, seq, event)?;
         for e in &out.entries {
             self.metrics.entry(e.status);
         }
@@ -137,20 +143,24 @@ impl Worker {
     }
 
     /// Attributes everything in the log up to `upto` (default: the head as of now), then
-    /// commits. Returns the number of events applied.
+    /// commits. Returns the number of events applied. The log is read and decoded on a
+    /// second thread ([`pipeline`]).
     pub fn catch_up(&mut self, reader: &LogReader, upto: Option<u64>) -> Result<u64, AttributionError> {
         reader.catch_up()?;
         let head = reader.last_seq()?.unwrap_or(0);
         let end = upto.unwrap_or(head).min(head);
         let mut applied = 0u64;
-        while self.position() < end {
-            let want = usize::try_from(end - self.position()).unwrap_or(usize::MAX).min(self.options.commit_every);
-            let batch = reader.read_range(self.position() + 1, want)?;
-            if batch.is_empty() {
-                break;
-            }
-            applied += batch.len() as u64;
-            self.process(&batch)?;
+        if self.position() < end {
+            let every = self.options.commit_every;
+            applied = pipeline::for_each_batch(reader, self.position() + 1, end, |batch| {
+                for (seq, event) in batch {
+                    self.apply_event(*seq, event)?;
+                    if self.uncommitted >= every {
+                        self.commit()?;
+                    }
+                }
+                Ok::<(), AttributionError>(())
+            })?;
         }
         self.commit()?;
         self.observe_lag(reader)?;

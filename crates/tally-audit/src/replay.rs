@@ -14,8 +14,8 @@
 //! point with [`Entry::as_of`]. The live worker may be behind the log: the window ends at its
 //! position at the latest.
 //!
-//! Reading and decoding the log run on a thread of their own, feeding the engine through a
-//! bounded channel, so the engine's thread only applies events.
+//! Reading and decoding the log run on a thread of their own
+//! (`tally_attribution::pipeline`), so the engine's thread only applies events.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -122,8 +122,6 @@ impl ReplayReport {
     }
 }
 
-/// Events per message from the reading thread.
-const BATCH: usize = 4096;
 /// An in-memory replay drops expired clicks this often (in events).
 const PURGE_EVERY: u64 = 1 << 16;
 
@@ -198,60 +196,21 @@ pub fn replay(
     let started = Instant::now();
     let mut touched: BTreeSet<EntryId> = BTreeSet::new();
     let start = report.started_after + 1;
-    let applied = std::thread::scope(|scope| -> Result<u64, AuditError> {
-        let (tx, rx) = crossbeam_channel::bounded::<Result<Vec<(u64, Event)>, AuditError>>(4);
-        // Applied batches go back to the reading thread to be freed there: a decoded click owns
-        // a dozen strings, and freeing them where they were allocated is cheaper and takes
-        // that work off the engine's thread.
-        let (spent_tx, spent_rx) = crossbeam_channel::bounded::<Vec<(u64, Event)>>(4);
-        let reader = &reader;
-        scope.spawn(move || {
-            let mut batch = Vec::with_capacity(BATCH);
-            for item in reader.iter_from(start) {
-                let decoded = item.map_err(AuditError::from).and_then(|(seq, bytes)| {
-                    tally_model::decode(&bytes).map(|e| (seq, e)).map_err(|error| AuditError::Record { seq, error })
-                });
-                match decoded {
-                    Ok((seq, _)) if seq > to => break,
-                    Ok(pair) => {
-                        batch.push(pair);
-                        if batch.len() == BATCH {
-                            while let Ok(spent) = spent_rx.try_recv() {
-                                drop(spent);
-                            }
-                            if tx.send(Ok(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)))).is_err() {
-                                return;
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        let _ = tx.send(Err(e));
-                        return;
-                    }
-                }
+    let mut since_purge = 0u64;
+    let applied = tally_attribution::pipeline::for_each_batch(&reader, start, to, |batch| -> Result<(), AuditError> {
+        for (seq, event) in batch {
+            let out = apply(&mut state, *seq, event)?;
+            if *seq >= from && !options.no_compare {
+                touched.extend(out.entries.iter().map(|e| e.id));
             }
-            if !batch.is_empty() {
-                let _ = tx.send(Ok(batch));
-            }
-        });
-        let mut applied = 0u64;
-        for batch in rx {
-            let batch = batch?;
-            for (seq, event) in &batch {
-                let out = apply(&mut state, *seq, event)?;
-                if *seq >= from && !options.no_compare {
-                    touched.extend(out.entries.iter().map(|e| e.id));
-                }
-                observe(*seq, event, &out);
-                applied += 1;
-                if in_memory && applied % PURGE_EVERY == 0 {
-                    state.commit()?;
-                }
-            }
-            // Full (the reader is done or behind): free it here instead.
-            let _ = spent_tx.try_send(batch);
+            observe(*seq, event, &out);
         }
-        Ok(applied)
+        since_purge += batch.len() as u64;
+        if in_memory && since_purge >= PURGE_EVERY {
+            since_purge = 0;
+            state.commit()?;
+        }
+        Ok(())
     })?;
     report.events = applied;
     report.seconds = started.elapsed().as_secs_f64();
