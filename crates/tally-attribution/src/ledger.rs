@@ -371,8 +371,9 @@ pub fn format_ts(ts_ms: u64) -> String {
 
 /// Parses a UTC time, `YYYY-MM-DD` (midnight) or `YYYY-MM-DDTHH:MM:SS[.mmm]Z`, into ms.
 pub fn parse_time(s: &str) -> Option<u64> {
-    let (date, time) = match s.split_once('T') {
-        Some((d, t)) => (d, Some(t.strip_suffix('Z')?)),
+    // RFC 3339 allows the separator and the zone letter in lower case.
+    let (date, time) = match s.split_once(['T', 't']) {
+        Some((d, t)) => (d, Some(t.strip_suffix(['Z', 'z'])?)),
         None => (s, None),
     };
     let day = u64::from(parse_day(date)?);

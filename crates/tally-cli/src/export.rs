@@ -151,13 +151,8 @@ pub enum What {
     Commissions,
 }
 
-/// One end of an export range.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Bound {
-    Seq(u64),
-    /// Milliseconds since the Unix epoch.
-    TimeMs(u64),
-}
+/// One end of an export range: the same bounds as `tally replay` takes.
+pub use tally_audit::Bound;
 
 /// The half-open range `from <= x < to` selected by `--from` / `--to`; see the module docs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -180,7 +175,7 @@ impl Range {
         };
         let range = Range { from: bound("--from", from)?, to: bound("--to", to)? };
         match (range.from, range.to) {
-            (Some(Bound::Seq(a)), Some(Bound::Seq(b))) | (Some(Bound::TimeMs(a)), Some(Bound::TimeMs(b))) if a >= b => {
+            (Some(Bound::Seq(a)), Some(Bound::Seq(b))) | (Some(Bound::Time(a)), Some(Bound::Time(b))) if a >= b => {
                 anyhow::bail!(
                     "--from {} is not before --to {}: the range is empty (--to is exclusive)",
                     from.unwrap_or_default(),
@@ -208,12 +203,12 @@ impl Range {
         let after_from = match self.from {
             None => true,
             Some(Bound::Seq(s)) => seq >= s,
-            Some(Bound::TimeMs(t)) => ts_ms >= t,
+            Some(Bound::Time(t)) => ts_ms >= t,
         };
         let before_to = match self.to {
             None => true,
             Some(Bound::Seq(s)) => seq < s,
-            Some(Bound::TimeMs(t)) => ts_ms < t,
+            Some(Bound::Time(t)) => ts_ms < t,
         };
         after_from && before_to
     }
@@ -222,38 +217,7 @@ impl Range {
 /// Digits are a sequence number; `YYYY-MM-DD` is midnight UTC; `YYYY-MM-DDTHH:MM:SS[.fff]Z`
 /// an RFC 3339 UTC time. Other offsets are refused rather than guessed at.
 fn parse_bound(s: &str) -> Option<Bound> {
-    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
-        return s.parse().ok().map(Bound::Seq);
-    }
-    let (date, time) = match s.split_once(['T', 't']) {
-        Some((d, t)) => (d, Some(t)),
-        None => (s, None),
-    };
-    let day = u64::from(tally_attribution::ledger::parse_day(date)?);
-    let mut ms = day * 86_400_000;
-    if let Some(t) = time {
-        let t = t.strip_suffix(['Z', 'z'])?;
-        let (hms, frac) = match t.split_once('.') {
-            Some((hms, f)) if (1..=3).contains(&f.len()) && f.bytes().all(|b| b.is_ascii_digit()) => {
-                (hms, format!("{f:0<3}").parse::<u64>().ok()?)
-            }
-            Some(_) => return None,
-            None => (t, 0),
-        };
-        let mut parts = hms.split(':');
-        let mut field = |max: u64| -> Option<u64> {
-            let p = parts.next()?;
-            let v: u64 =
-                if p.len() == 2 && p.bytes().all(|b| b.is_ascii_digit()) { p.parse().ok()? } else { return None };
-            (v <= max).then_some(v)
-        };
-        let (h, m, sec) = (field(23)?, field(59)?, field(59)?);
-        if parts.next().is_some() {
-            return None;
-        }
-        ms += ((h * 60 + m) * 60 + sec) * 1000 + frac;
-    }
-    Some(Bound::TimeMs(ms))
+    Bound::parse(s)
 }
 
 /// Streams rows as CSV (header first) or JSON lines, with only `columns`.
@@ -389,9 +353,9 @@ mod tests {
     #[test]
     fn bounds_parse_sequences_dates_and_utc_times() {
         assert_eq!(parse_bound("42"), Some(Bound::Seq(42)));
-        assert_eq!(parse_bound("1970-01-02"), Some(Bound::TimeMs(86_400_000)));
-        assert_eq!(parse_bound("2026-11-23T14:05:09Z"), Some(Bound::TimeMs(1_795_442_709_000)));
-        assert_eq!(parse_bound("2026-11-23T14:05:09.5Z"), Some(Bound::TimeMs(1_795_442_709_500)));
+        assert_eq!(parse_bound("1970-01-02"), Some(Bound::Time(86_400_000)));
+        assert_eq!(parse_bound("2026-11-23T14:05:09Z"), Some(Bound::Time(1_795_442_709_000)));
+        assert_eq!(parse_bound("2026-11-23T14:05:09.5Z"), Some(Bound::Time(1_795_442_709_500)));
         for bad in [
             "",
             "-1",
