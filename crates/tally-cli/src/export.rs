@@ -13,9 +13,12 @@
 //! sequence of the conversion that made the entry); a time bound with its event time
 //! (`ts_ms`). A time bound scans the whole log: event times follow the edges' clocks and are
 //! not ordered by sequence.
+//!
+//! `--out FILE` writes to a file instead of standard output. `--format parquet` (cargo
+//! feature `parquet`) needs it: Parquet is binary and is written only to a file.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -220,11 +223,37 @@ fn parse_bound(s: &str) -> Option<Bound> {
     Bound::parse(s)
 }
 
-/// Streams rows as CSV (header first) or JSON lines, with only `columns`.
+/// The output format of an export.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Jsonl,
+    Csv,
+    /// Needs the cargo feature `parquet` and an output file.
+    Parquet,
+}
+
+/// How to get a binary that writes Parquet; named by the error of a binary that cannot.
+pub const PARQUET_BUILD: &str = "cargo build --release --features tally-cli/parquet";
+
+/// The cells of `row` for `columns`, in order, `None` where the row has none. `row` lists its
+/// cells in [`COLUMNS`] order, some missing and some (`type`) perhaps not wanted, so one
+/// forward walk finds every wanted cell.
+fn cells<'r>(columns: &'r [&str], row: &'r [(&'static str, Value)]) -> impl Iterator<Item = Option<&'r Value>> {
+    let mut pos = 0;
+    columns.iter().map(move |c| {
+        let j = row[pos..].iter().position(|(k, _)| k == c)?;
+        pos += j + 1;
+        Some(&row[pos - 1].1)
+    })
+}
+
+/// Streams rows as CSV (header first), JSON lines or Parquet, with only `columns`.
 enum Sink<W: Write> {
     // Boxed: the csv writer is large, and there is one sink per export.
     Csv(Box<csv::Writer<W>>),
     Jsonl(W),
+    #[cfg(feature = "parquet")]
+    Parquet(Box<crate::parquet_out::Writer>),
 }
 
 impl<W: Write> Sink<W> {
@@ -238,21 +267,13 @@ impl<W: Write> Sink<W> {
         })
     }
 
-    /// `row` lists its cells in [`COLUMNS`] order, some missing and some (`type`) perhaps not
-    /// wanted, so one forward walk finds every wanted cell.
     fn write(&mut self, columns: &[&str], row: &[(&'static str, Value)]) -> anyhow::Result<()> {
         match self {
             Sink::Csv(w) => {
-                let mut pos = 0;
-                for c in columns {
-                    match row[pos..].iter().position(|(k, _)| k == c) {
-                        Some(j) => {
-                            match &row[pos + j].1 {
-                                Value::String(s) => w.write_field(s)?,
-                                other => w.write_field(other.to_string())?,
-                            }
-                            pos += j + 1;
-                        }
+                for cell in cells(columns, row) {
+                    match cell {
+                        Some(Value::String(s)) => w.write_field(s)?,
+                        Some(other) => w.write_field(other.to_string())?,
                         None => w.write_field("")?,
                     }
                 }
@@ -272,6 +293,8 @@ impl<W: Write> Sink<W> {
                 }
                 out.write_all(b"}\n")?;
             }
+            #[cfg(feature = "parquet")]
+            Sink::Parquet(w) => w.push(cells(columns, row))?,
         }
         Ok(())
     }
@@ -280,16 +303,104 @@ impl<W: Write> Sink<W> {
         match self {
             Sink::Csv(mut w) => w.flush()?,
             Sink::Jsonl(mut out) => out.flush()?,
+            #[cfg(feature = "parquet")]
+            Sink::Parquet(w) => w.finish()?,
         }
         Ok(())
     }
 }
 
-pub fn export(what: What, data_dir: &Path, range: &Range, csv: bool) -> anyhow::Result<ExitCode> {
-    let stdout = std::io::stdout();
-    let out = std::io::BufWriter::with_capacity(1 << 16, stdout.lock());
+impl What {
+    #[cfg_attr(not(feature = "parquet"), allow(dead_code))]
+    fn name(self) -> &'static str {
+        match self {
+            What::Events => "events",
+            What::Clicks => "clicks",
+            What::Conversions => "conversions",
+            What::Commissions => "commissions",
+        }
+    }
+}
+
+/// Where an export goes: standard output or `--out FILE`, and in which format.
+#[derive(Debug)]
+struct Target {
+    format: Format,
+    #[cfg_attr(not(feature = "parquet"), allow(dead_code))]
+    what: What,
+    out: Option<PathBuf>,
+    /// Whether `out` was created (so a failed export removes it).
+    created: bool,
+}
+
+impl Target {
+    /// Checks the format and output before any work; the file is created by [`Target::sink`],
+    /// once the data directory has opened.
+    fn new(format: Format, what: What, out: Option<&Path>) -> anyhow::Result<Target> {
+        let out = out.filter(|p| p.as_os_str() != "-");
+        if format == Format::Parquet {
+            if !cfg!(feature = "parquet") {
+                anyhow::bail!(
+                    "this tally was built without Parquet support; build it with `{PARQUET_BUILD}` \
+                     (or export with --format csv or jsonl)"
+                );
+            }
+            if out.is_none() {
+                anyhow::bail!("--format parquet writes a binary file, not to standard output: give --out FILE");
+            }
+        }
+        Ok(Target { format, what, out: out.map(Path::to_owned), created: false })
+    }
+
+    fn sink(&mut self, columns: &'static [&'static str]) -> anyhow::Result<Sink<Box<dyn Write>>> {
+        let file = match &self.out {
+            Some(path) => {
+                let f = std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+                self.created = true;
+                if self.format == Format::Parquet && std::io::IsTerminal::is_terminal(&f) {
+                    anyhow::bail!("--out {} is a terminal: Parquet is binary, write it to a file", path.display());
+                }
+                Some(f)
+            }
+            None => None,
+        };
+        if self.format == Format::Parquet {
+            #[cfg(feature = "parquet")]
+            if let Some(f) = file {
+                return Ok(Sink::Parquet(Box::new(crate::parquet_out::Writer::new(f, self.what.name(), columns)?)));
+            }
+            anyhow::bail!("--format parquet needs --out FILE");
+        }
+        let out: Box<dyn Write> = match file {
+            Some(f) => Box::new(std::io::BufWriter::with_capacity(1 << 16, f)),
+            None => Box::new(std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock())),
+        };
+        Sink::new(out, self.format == Format::Csv, columns)
+    }
+}
+
+/// Runs an export to standard output or `out`. A file left by a failed export is removed,
+/// so a file that exists is complete (a Parquet file without its footer is unreadable).
+pub fn export(
+    what: What,
+    data_dir: &Path,
+    range: &Range,
+    format: Format,
+    out: Option<&Path>,
+) -> anyhow::Result<ExitCode> {
+    let mut target = Target::new(format, what, out)?;
+    let result = run(what, data_dir, range, &mut target);
+    if let (Err(_), true, Some(path)) = (&result, target.created, &target.out) {
+        if path.is_file() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+    result
+}
+
+fn run(what: What, data_dir: &Path, range: &Range, target: &mut Target) -> anyhow::Result<ExitCode> {
     if what == What::Commissions {
-        return commissions(data_dir, range, csv, out);
+        return commissions(data_dir, range, target);
     }
     let (columns, only) = match what {
         What::Clicks => (CLICK_COLUMNS, Some(EventKind::Click)),
@@ -297,7 +408,7 @@ pub fn export(what: What, data_dir: &Path, range: &Range, csv: bool) -> anyhow::
         _ => (COLUMNS, None),
     };
     let reader = LogReader::open_secondary(data_dir)?;
-    let mut sink = Sink::new(out, csv, columns)?;
+    let mut sink = target.sink(columns)?;
     let mut bad = 0u64;
     for item in reader.iter_from(range.first_seq()) {
         let (seq, record) = item?;
@@ -327,10 +438,10 @@ pub fn export(what: What, data_dir: &Path, range: &Range, csv: bool) -> anyhow::
     Ok(ExitCode::SUCCESS)
 }
 
-fn commissions(data_dir: &Path, range: &Range, csv: bool, out: impl Write) -> anyhow::Result<ExitCode> {
+fn commissions(data_dir: &Path, range: &Range, target: &mut Target) -> anyhow::Result<ExitCode> {
     let state = tally_attribution::State::open_reader(&tally_attribution::state_dir(data_dir))?;
     let columns = crate::ledger::COMMISSION_COLUMNS;
-    let mut sink = Sink::new(out, csv, columns)?;
+    let mut sink = target.sink(columns)?;
     for entry in state.entries() {
         let entry = entry?;
         // Entries iterate in sequence order, so a sequence bound can stop early.

@@ -5,6 +5,8 @@ mod audit;
 mod export;
 mod ledger;
 mod ops;
+#[cfg(feature = "parquet")]
+mod parquet_out;
 mod snapshot;
 
 use std::path::{Path, PathBuf};
@@ -218,14 +220,19 @@ struct ExportArgs {
     /// End, exclusive: a sequence number, a UTC date or time, as for --from.
     #[arg(long)]
     to: Option<String>,
+    /// parquet needs a binary built with `--features tally-cli/parquet`, and --out.
     #[arg(long, value_enum, default_value_t = Format::Jsonl)]
     format: Format,
+    /// Write to this file instead of standard output (required for parquet).
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum Format {
     Jsonl,
     Csv,
+    Parquet,
 }
 
 /// Parses the command line and runs the command; errors are printed, not panicked.
@@ -242,8 +249,14 @@ pub fn main() -> ExitCode {
                 ExportWhat::Conversions(a) => (export::What::Conversions, a),
                 ExportWhat::Commissions(a) => (export::What::Commissions, a),
             };
-            export::Range::parse(args.from.as_deref(), args.to.as_deref())
-                .and_then(|range| export::export(what, &args.data_dir, &range, matches!(args.format, Format::Csv)))
+            export::Range::parse(args.from.as_deref(), args.to.as_deref()).and_then(|range| {
+                let format = match args.format {
+                    Format::Jsonl => export::Format::Jsonl,
+                    Format::Csv => export::Format::Csv,
+                    Format::Parquet => export::Format::Parquet,
+                };
+                export::export(what, &args.data_dir, &range, format, args.out.as_deref())
+            })
         }
         Command::Verify { data_dir, anchor } => verify(&data_dir, anchor.as_ref()),
         Command::Snapshot { data_dir, out } => snapshot::snapshot(&data_dir, &out),

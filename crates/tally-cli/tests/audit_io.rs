@@ -294,3 +294,26 @@ fn snapshot_refuses_a_non_empty_out_and_a_missing_data_dir() {
     assert!(!ok && err.contains("/nonexistent/tally-data"), "{err}");
     assert!(!out.exists());
 }
+
+/// Without the cargo feature `parquet` (the default build), `--format parquet` says so and how
+/// to build a binary that has it, and creates no file.
+#[cfg(not(feature = "parquet"))]
+#[test]
+fn export_parquet_without_the_feature_names_the_build_command() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("clicks.parquet");
+    let (ok, stdout, err) = run(&[
+        "export",
+        "clicks",
+        "--data-dir",
+        tmp.path().to_str().unwrap(),
+        "--format",
+        "parquet",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!ok && stdout.is_empty(), "{stdout}");
+    assert!(err.contains("this tally was built without Parquet support"), "{err}");
+    assert!(err.contains("cargo build --release --features tally-cli/parquet"), "{err}");
+    assert!(!out.exists());
+}
