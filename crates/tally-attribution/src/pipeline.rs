@@ -32,7 +32,9 @@ pub fn for_each_batch<E: From<AttributionError>>(
             let mut batch = Vec::with_capacity(BATCH);
             for item in reader.iter_from(from) {
                 let decoded = item.map_err(AttributionError::from).and_then(|(seq, bytes)| {
-                    tally_model::decode(&bytes).map(|e| (seq, e)).map_err(|error| AttributionError::Record { seq, error })
+                    tally_model::decode(&bytes)
+                        .map(|e| (seq, e))
+                        .map_err(|error| AttributionError::Record { seq, error })
                 });
                 match decoded {
                     Ok((seq, _)) if seq > to => break,
