@@ -73,6 +73,8 @@ pub fn take(state: &State, policy: &SnapshotPolicy, position: u64) -> Result<Pat
         std::fs::remove_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
     }
     state.snapshot_to(&tmp)?;
+    #[cfg(feature = "test-util")]
+    crate::testing::crash_point("snapshot_before_rename");
     std::fs::rename(&tmp, &fin).map_err(|e| io(&fin, e))?;
     let all = list(&policy.dir)?;
     let excess = all.len().saturating_sub(policy.keep.max(1));

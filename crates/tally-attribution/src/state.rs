@@ -516,7 +516,11 @@ impl State {
         }
         let mut wo = WriteOptions::default();
         wo.set_sync(self.sync);
+        #[cfg(feature = "test-util")]
+        crate::testing::crash_point("commit_before_write");
         db.write_opt(batch, &wo).map_err(db_err)?;
+        #[cfg(feature = "test-util")]
+        crate::testing::crash_point("commit_after_write");
         if horizon >= self.purged_to_ms + 3_600_000 {
             self.purged_to_ms = horizon;
         }

@@ -94,6 +94,8 @@ impl Worker {
         }
         self.metrics.events.inc();
         self.uncommitted += 1;
+        #[cfg(feature = "test-util")]
+        crate::testing::crash_point("apply");
         Ok(())
     }
 

@@ -132,3 +132,85 @@ fn hashed_ips_do_not_reveal_the_address() {
     assert_eq!(ips[0], ips[1], "same address, same day, same hash");
     assert!(!ips[0].contains("127"));
 }
+
+/// Resident and peak memory of a process, in KiB, from /proc.
+fn rss_kib(pid: i32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| -> u64 {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// Overload: 64 connections flood clicks and postbacks at a writer throttled far below the
+/// offered rate, with a queue of 16. Memory stays bounded (the queue, not the backlog, holds
+/// events), every click redirects, every postback is 200 or 503, and the metrics count
+/// exactly what the clients saw shed; the log holds exactly what was acknowledged.
+#[test]
+fn overload_keeps_memory_bounded_and_the_metrics_count_exactly_what_was_shed() {
+    let env = Env::build("", "queue_capacity = 16", "");
+    let mut server = env.start_with_env(&[(tally_log::testing::COMMIT_DELAY_ENV, "10")]);
+    let cid = server.get("/c/demo").click_id();
+    let (rss_before, _) = rss_kib(server.pid());
+    let addr = server.addr;
+    let (conns, per_conn) = (64, 40);
+    let workers: Vec<_> = (0..conns)
+        .map(|t| {
+            let cid = cid.clone();
+            std::thread::spawn(move || {
+                let mut conn = Conn::open(addr);
+                let (mut clicks, mut accepted, mut shed) = (0u64, 0u64, 0u64);
+                for i in 0..per_conn {
+                    let c = conn.send(&format!("GET /c/demo?sub1=o{t}-{i} HTTP/1.1\r\nHost: t\r\n\r\n"));
+                    assert_eq!(c.status, 302, "clicks redirect under overload");
+                    clicks += 1;
+                    let p = conn.send(&format!(
+                        "GET /postback?cid={cid}&offer=shoes&txid=O{t}-{i}&token={TOKEN} HTTP/1.1\r\nHost: t\r\n\r\n"
+                    ));
+                    match p.status {
+                        200 => accepted += 1,
+                        503 => shed += 1,
+                        s => panic!("postback answered {s} under overload"),
+                    }
+                }
+                (clicks, accepted, shed)
+            })
+        })
+        .collect();
+    let (mut clicks, mut accepted, mut shed) = (1u64, 0u64, 0u64);
+    for w in workers {
+        let (c, a, s) = w.join().unwrap();
+        clicks += c;
+        accepted += a;
+        shed += s;
+    }
+    let (rss_after, peak) = rss_kib(server.pid());
+    println!(
+        "overload: {clicks} clicks, {accepted} postbacks accepted, {shed} shed; RSS {rss_before} KiB before, \
+         {rss_after} KiB after, peak {peak} KiB"
+    );
+    assert!(shed > 0, "a queue of 16 behind a throttled writer must shed under 64 connections");
+    // Generous: the queue holds 16 events; 64 MiB over the idle size would mean a backlog
+    // is growing somewhere.
+    assert!(peak < rss_before + 64 * 1024, "memory grew from {rss_before} KiB to a peak of {peak} KiB");
+
+    let metrics = server.metrics();
+    let value = |needle: &str| -> u64 {
+        metrics.lines().find(|l| l.starts_with(needle)).and_then(|l| l.rsplit(' ').next()).unwrap().parse().unwrap()
+    };
+    assert_eq!(value("tally_conversions_total{source=\"postback\",outcome=\"shed\"}"), shed);
+    assert_eq!(value("tally_conversions_total{source=\"postback\",outcome=\"accepted\"}"), accepted);
+    let unrecorded = value("tally_clicks_unrecorded_total{cause=\"queue_full\"}");
+    let recorded = value("tally_clicks_recorded_total{kind=\"human\"}");
+    assert_eq!(unrecorded + recorded, clicks);
+    assert!(server.stop());
+
+    let events = export(&env.data());
+    assert_eq!(of_type(&events, "conversion").len() as u64, accepted);
+    assert_eq!(of_type(&events, "click").len() as u64, recorded);
+}

@@ -1,4 +1,5 @@
-//! Test-only access for tests that must damage a log on purpose (tamper detection).
+//! Test-only access for tests that must damage a log on purpose (tamper detection), and
+//! switches that make the writer slow or wrong on purpose, so harnesses can show they see it.
 //! Compiled only with the `test-util` feature, never into the `tally` binary's normal build.
 
 use std::path::Path;
@@ -66,4 +67,14 @@ pub(crate) fn throttle() {
     if ms > 0 {
         std::thread::sleep(std::time::Duration::from_millis(ms));
     }
+}
+
+/// Environment variable that, when `1`, makes the writer acknowledge each batch *before*
+/// writing it: the broken build the crash harness must catch (acknowledged events lost by a
+/// kill). Combine with [`COMMIT_DELAY_ENV`] to widen the window. Only read with `test-util`.
+pub const EARLY_ACK_ENV: &str = "TALLY_TEST_EARLY_ACK";
+
+pub(crate) fn early_ack() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var(EARLY_ACK_ENV).is_ok_and(|v| v == "1"))
 }

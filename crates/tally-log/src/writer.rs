@@ -353,9 +353,18 @@ impl Writer {
             return;
         }
         let started = Instant::now();
+        let first = self.next_seq;
+        #[cfg(feature = "test-util")]
+        if crate::testing::early_ack() {
+            // The negative control of the crash harness: acknowledge what is not yet stored,
+            // so a kill during the throttle below loses acknowledged events.
+            for (i, item) in batch.iter_mut().enumerate() {
+                let ack = std::mem::replace(&mut item.ack, oneshot::channel().0);
+                let _ = ack.send(Ok(Appended { seq: first + i as u64, duplicate_of: None }));
+            }
+        }
         #[cfg(feature = "test-util")]
         crate::testing::throttle();
-        let first = self.next_seq;
         let result = self.write(first, batch);
         let n = batch.len() as u64;
         // Metrics, the commit signal and the writable flag are updated before any ack is

@@ -229,6 +229,11 @@ impl Conn {
         Conn { reader: BufReader::new(s) }
     }
 
+    /// Wraps a stream the caller has configured (timeouts, or a connect that may fail).
+    pub fn from_stream(s: TcpStream) -> Conn {
+        Conn { reader: BufReader::new(s) }
+    }
+
     pub fn send(&mut self, raw: &str) -> Resp {
         self.try_send(raw.as_bytes()).unwrap()
     }
