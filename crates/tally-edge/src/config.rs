@@ -37,6 +37,7 @@ struct RawServer {
     max_header_bytes: usize,
     max_headers: usize,
     postback_max_body_bytes: usize,
+    body_read_timeout_ms: u64,
     drain_timeout_ms: u64,
     fallback_url: String,
 }
@@ -52,6 +53,7 @@ impl Default for RawServer {
             max_header_bytes: 16 * 1024,
             max_headers: 64,
             postback_max_body_bytes: 64 * 1024,
+            body_read_timeout_ms: 10_000,
             drain_timeout_ms: 10_000,
             fallback_url: String::new(),
         }
@@ -226,6 +228,8 @@ pub struct Config {
     pub max_header_bytes: usize,
     pub max_headers: usize,
     pub postback_max_body_bytes: usize,
+    /// A client must send a whole postback body within this time (slow-body guard).
+    pub body_read_timeout: Duration,
     pub drain_timeout: Duration,
     /// Where unknown links redirect; `None` answers 404.
     pub fallback_url: Option<String>,
@@ -296,6 +300,9 @@ impl Config {
         }
         if s.postback_max_body_bytes == 0 || s.postback_max_body_bytes > 16 << 20 {
             p.push(format!("server.postback_max_body_bytes: must be 1-16777216, got {}", s.postback_max_body_bytes));
+        }
+        if s.body_read_timeout_ms == 0 {
+            p.push("server.body_read_timeout_ms: must be at least 1 (zero would disable the slow-body guard)".into());
         }
         let fallback_url = if s.fallback_url.is_empty() {
             None
@@ -411,6 +418,7 @@ impl Config {
             max_header_bytes: s.max_header_bytes,
             max_headers: s.max_headers,
             postback_max_body_bytes: s.postback_max_body_bytes,
+            body_read_timeout: Duration::from_millis(s.body_read_timeout_ms),
             drain_timeout: Duration::from_millis(s.drain_timeout_ms),
             fallback_url,
             data_dir: base.join(&l.data_dir),

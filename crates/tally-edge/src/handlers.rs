@@ -11,9 +11,9 @@ use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use tally_log::LogError;
-use tally_model::program::Macro;
 use tally_model::{click_flags, Click, ClickId, Conversion, ConversionSource, Event};
 
+use crate::click_query::{bounded, ClickQuery};
 use crate::metrics::{ConvOutcome, ConvSource, Route, UnrecordedCause};
 use crate::params::{self, Field, FieldError, RawParams};
 use crate::Edge;
@@ -30,7 +30,6 @@ pub const PIXEL_GIF: [u8; 43] = [
 pub const COOKIE_NAME: &str = "tally_cid";
 const MAX_UA: usize = 512;
 const MAX_REFERRER: usize = 1024;
-const MAX_SOURCE: usize = 128;
 const NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
 
 pub fn now_ms() -> u64 {
@@ -45,6 +44,8 @@ enum EdgeError {
     Field(FieldError),
     Auth(crate::auth::AuthError),
     BodyTooLarge,
+    /// The body did not arrive within `body_read_timeout`.
+    BodyTimeout,
     BadBody(String),
     /// The log could not take the event; retrying later can succeed.
     Unavailable(LogError),
@@ -58,6 +59,7 @@ fn respond_error(e: EdgeError, json: bool) -> Response<Body> {
         EdgeError::Field(f) => (400, f.reason, Some(f.field)),
         EdgeError::Auth(a) => (a.status(), a.reason().to_owned(), None),
         EdgeError::BodyTooLarge => (413, "request body too large".to_owned(), None),
+        EdgeError::BodyTimeout => (408, "request body not received in time".to_owned(), None),
         EdgeError::BadBody(why) => (400, format!("bad request body: {why}"), None),
         EdgeError::Unavailable(e) => (503, format!("temporarily unavailable: {e}"), None),
         EdgeError::Internal(why) => (500, format!("internal error: {why}"), None),
@@ -115,19 +117,6 @@ fn header_str(req: &Request<Incoming>, name: http::header::HeaderName) -> &str {
     req.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
 }
 
-/// Cuts `s` to at most `max` bytes on a char boundary, flagging the click if it had to.
-fn bounded(s: &str, max: usize, flags: &mut u16) -> String {
-    if s.len() <= max {
-        return s.to_owned();
-    }
-    *flags |= click_flags::TRUNCATED;
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s[..end].to_owned()
-}
-
 async fn click(edge: &Edge, req: &Request<Incoming>, peer: SocketAddr, code: &str) -> Response<Body> {
     let is_head = req.method() == Method::HEAD;
     if !is_head && req.method() != Method::GET {
@@ -143,29 +132,8 @@ async fn click(edge: &Edge, req: &Request<Incoming>, peer: SocketAddr, code: &st
     let offer = &link.offer;
     let now = now_ms();
     let click_id = ClickId::mint(now, edge.config.node_id);
-    let mut flags = 0u16;
-    let mut subs: [String; 5] = Default::default();
-    let mut source = String::new();
-    let mut deep_link: Option<String> = None;
-    for (k, v) in form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()) {
-        let sub = match k.as_ref() {
-            "sub1" | "s1" => 0,
-            "sub2" | "s2" => 1,
-            "sub3" | "s3" => 2,
-            "sub4" | "s4" => 3,
-            "sub5" | "s5" => 4,
-            "url" => {
-                deep_link.get_or_insert_with(|| v.into_owned());
-                continue;
-            }
-            "src" | "source" => {
-                source = bounded(&v, MAX_SOURCE, &mut flags);
-                continue;
-            }
-            _ => continue,
-        };
-        subs[sub] = bounded(&v, params::MAX_SUB, &mut flags);
-    }
+    let query = ClickQuery::parse(req.uri().query().unwrap_or(""));
+    let mut flags = query.flags;
     let user_agent = bounded(header_str(req, USER_AGENT), MAX_UA, &mut flags);
     if is_head {
         flags |= click_flags::HEAD;
@@ -178,27 +146,13 @@ async fn click(edge: &Edge, req: &Request<Incoming>, peer: SocketAddr, code: &st
     }
     let cid = click_id.encode();
     let cid = std::str::from_utf8(&cid).unwrap_or_default();
-    let mut followed = String::new();
-    let location = match deep_link.as_deref().map(|d| offer.check_deep_link(d)) {
-        Some(Ok(url)) => {
-            flags |= click_flags::DEEP_LINK_USED;
-            followed = url.to_string();
-            followed.clone()
-        }
-        other => {
-            if other.is_some() {
-                flags |= click_flags::DEEP_LINK_REJECTED;
-                edge.metrics.deep_link_rejected();
-            }
-            offer.destination.render(|m| match m {
-                Macro::ClickId => cid,
-                Macro::AffId => &link.affiliate,
-                Macro::OfferId => &offer.id,
-                Macro::Sub(n) => subs.get(usize::from(n) - 1).map(String::as_str).unwrap_or(""),
-                Macro::Source => &source,
-            })
-        }
-    };
+    let destination = query.destination(offer, &link.affiliate, cid);
+    flags |= destination.flags;
+    if destination.flags & click_flags::DEEP_LINK_REJECTED != 0 {
+        edge.metrics.deep_link_rejected();
+    }
+    let location = destination.location;
+    let ClickQuery { subs, source, .. } = query;
     let ip = edge.config.ip.client_ip(peer.ip(), req.headers());
     let event = Event::Click(Click {
         click_id,
@@ -208,7 +162,7 @@ async fn click(edge: &Edge, req: &Request<Incoming>, peer: SocketAddr, code: &st
         affiliate: link.affiliate.clone(),
         subs,
         source,
-        deep_link: followed,
+        deep_link: destination.followed,
         user_agent,
         referrer: bounded(header_str(req, REFERER), MAX_REFERRER, &mut 0),
         ip: edge.config.ip.render(ip, now),
@@ -409,12 +363,21 @@ async fn postback_inner(
         Method::GET => (Bytes::from(query.clone()), RawParams::from_query(&query)),
         Method::POST => {
             let limit = edge.config.postback_max_body_bytes;
-            let bytes = match Limited::new(body, limit).collect().await {
-                Ok(b) => b.to_bytes(),
-                Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+            // A declared Content-Length over the limit is refused before reading: otherwise
+            // the client holds the connection until the body timeout, sending nothing.
+            if usize::try_from(hyper::body::Body::size_hint(&body).lower()).map_or(true, |n| n > limit) {
+                return Err(EdgeError::BodyTooLarge);
+            }
+            // hyper's header timeout ends where the body starts: without this deadline a
+            // client trickling a body (slow POST) holds its connection slot forever.
+            let collect = tokio::time::timeout(edge.config.body_read_timeout, Limited::new(body, limit).collect());
+            let bytes = match collect.await {
+                Ok(Ok(b)) => b.to_bytes(),
+                Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
                     return Err(EdgeError::BodyTooLarge)
                 }
-                Err(e) => return Err(EdgeError::BadBody(e.to_string())),
+                Ok(Err(e)) => return Err(EdgeError::BadBody(e.to_string())),
+                Err(_) => return Err(EdgeError::BodyTimeout),
             };
             let is_json = parts
                 .headers

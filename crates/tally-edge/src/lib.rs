@@ -15,6 +15,7 @@
 pub mod admin;
 pub mod auth;
 pub mod bots;
+pub mod click_query;
 pub mod config;
 mod handlers;
 pub mod ip;
