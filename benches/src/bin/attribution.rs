@@ -629,9 +629,11 @@ fn run(dir: &Path) -> Res<()> {
         options.commit_every = n;
     }
     // Snapshots as `tally serve` takes them by default, so `replay` can start mid-log.
-    options.snapshots = Some(tally_attribution::SnapshotPolicy {
+    // SNAPSHOT_EVERY=0 turns them off, to measure what they cost.
+    let every = std::env::var("SNAPSHOT_EVERY").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
+    options.snapshots = (every > 0).then(|| tally_attribution::SnapshotPolicy {
         dir: tally_attribution::snapshots::dir(dir),
-        every: 1_000_000,
+        every,
         keep: 16,
     });
     let snaps = tally_attribution::snapshots::dir(dir);

@@ -10,7 +10,7 @@ use crate::AttributionError;
 /// Events per message between the threads.
 const BATCH: usize = 4096;
 /// Messages in flight: enough to ride over a slow read, little memory.
-const DEPTH: usize = 4;
+const DEPTH: usize = 2;
 
 type Batch = Vec<(u64, Event)>;
 

@@ -187,9 +187,9 @@ impl State {
         opts.create_missing_column_families(true);
         opts.increase_parallelism(2);
         // Bounded memory: eight column families at RocksDB's default 64 MiB write buffers
-        // (two each) would take over 1 GiB; share 96 MiB. Small column families (meta, holds)
+        // (two each) would take over 1 GiB; share 64 MiB. Small column families (meta, holds)
         // would otherwise pin old WAL files for ever; bound the WAL so they get flushed.
-        opts.set_db_write_buffer_size(96 << 20);
+        opts.set_db_write_buffer_size(64 << 20);
         opts.set_max_total_wal_size(256 << 20);
         let db = DB::open_cf_descriptors(&opts, dir, cf_descriptors())
             .map_err(|e| AttributionError::Open { dir: dir.to_path_buf(), reason: e.to_string() })?;
