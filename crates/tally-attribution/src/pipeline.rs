@@ -48,6 +48,11 @@ pub fn for_each_batch<E: From<AttributionError>>(
                         }
                     }
                     Err(e) => {
+                        // Everything before the bad record is applied first, so the caller
+                        // stops exactly at it.
+                        if !batch.is_empty() && tx.send(Ok(std::mem::take(&mut batch))).is_err() {
+                            return;
+                        }
                         let _ = tx.send(Err(e));
                         return;
                     }
