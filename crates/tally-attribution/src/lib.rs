@@ -59,3 +59,12 @@ pub enum AttributionError {
     #[error(transparent)]
     Log(#[from] tally_log::LogError),
 }
+
+impl AttributionError {
+    /// Failures that can pass by themselves (a full disk, a read that failed), after which
+    /// the worker reloads its committed state and carries on. The others (a record that does
+    /// not decode, a corrupt state) repeat on every try and need an operator.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, AttributionError::Store(_) | AttributionError::Log(_))
+    }
+}

@@ -95,7 +95,11 @@ impl AttributionMetrics {
             Unit::Seconds,
             self.commit_duration.clone(),
         );
-        r.register("errors", "Times the worker stopped on an error", self.errors.clone());
+        r.register(
+            "errors",
+            "Failures of the worker: each transient one it retried, and the one it stopped on",
+            self.errors.clone(),
+        );
         r.register("up", "1 while the attribution worker is running", self.up.clone());
         r.register("pending_holds", "Commissions waiting for their hold period", self.pending_holds.clone());
         r.register("ledger_entries", "Ledger entries written or changed, by resulting status", self.entries.clone());

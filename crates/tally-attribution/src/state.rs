@@ -126,6 +126,9 @@ pub struct State {
     /// Horizon up to which expired clicks were physically deleted.
     purged_to_ms: u64,
     secondary_dir: Option<PathBuf>,
+    /// Commits still to refuse, as a full disk would ([`crate::Worker::fail_next_commits`]).
+    #[cfg(feature = "test-util")]
+    pub(crate) fail_commits: u32,
 }
 
 pub(crate) fn cf_descriptors() -> Vec<ColumnFamilyDescriptor> {
@@ -177,6 +180,8 @@ impl State {
             stats: StatsMap::default(),
             purged_to_ms: 0,
             secondary_dir,
+            #[cfg(feature = "test-util")]
+            fail_commits: 0,
         }
     }
 
@@ -243,6 +248,23 @@ impl State {
         };
         let cp = rocksdb::checkpoint::Checkpoint::new(db).map_err(db_err)?;
         cp.create_checkpoint(dir).map_err(db_err)
+    }
+
+    /// Forgets everything applied since the last commit and reads the committed state back,
+    /// as a restart would: after a failed commit (a full disk, say) the in-memory state is
+    /// ahead of the database, and the worker re-applies from the checkpoint instead.
+    pub fn reload(&mut self) -> Result<(), AttributionError> {
+        if self.read_only || self.db.is_none() {
+            return Err(AttributionError::Store("only a worker's state can be reloaded".into()));
+        }
+        #[cfg(feature = "test-util")]
+        let fail_commits = self.fail_commits;
+        *self = State::with_db(self.db.take(), self.sync, None);
+        #[cfg(feature = "test-util")]
+        {
+            self.fail_commits = fail_commits;
+        }
+        self.load()
     }
 
     fn load(&mut self) -> Result<(), AttributionError> {
@@ -518,6 +540,11 @@ impl State {
         wo.set_sync(self.sync);
         #[cfg(feature = "test-util")]
         crate::testing::crash_point("commit_before_write");
+        #[cfg(feature = "test-util")]
+        if self.fail_commits > 0 {
+            self.fail_commits -= 1;
+            return Err(AttributionError::Store("injected commit failure (test-util)".into()));
+        }
         db.write_opt(batch, &wo).map_err(db_err)?;
         #[cfg(feature = "test-util")]
         crate::testing::crash_point("commit_after_write");

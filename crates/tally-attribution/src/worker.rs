@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use tally_log::LogReader;
+use tally_log::{LogReader, Tail};
 
 use crate::engine;
 use crate::metrics::AttributionMetrics;
@@ -17,6 +17,24 @@ use crate::pipeline;
 use crate::snapshots::{self, SnapshotPolicy};
 use crate::state::State;
 use crate::AttributionError;
+
+/// The first pause before a retry; it doubles while retries fail.
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+
+/// The longest pause between retries after a transient failure.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// Sleeps `d` in short steps; true if `stop` was set meanwhile.
+fn sleep_unless_stopped(d: Duration, stop: &AtomicBool) -> bool {
+    let until = Instant::now() + d;
+    while Instant::now() < until {
+        if stop.load(Ordering::Relaxed) {
+            return true;
+        }
+        std::thread::sleep((until - Instant::now()).min(Duration::from_millis(50)));
+    }
+    stop.load(Ordering::Relaxed)
+}
 
 #[derive(Debug, Clone)]
 pub struct WorkerOptions {
@@ -65,6 +83,13 @@ impl Worker {
             .and_then(|l| l.last().map(|(pos, _)| *pos))
             .unwrap_or(0);
         Worker { state, metrics, options, uncommitted: 0, snapshot_at }
+    }
+
+    /// Makes the next `n` commits fail after the state has handed over its overlay, the way
+    /// a write refused by a full disk does.
+    #[cfg(feature = "test-util")]
+    pub fn fail_next_commits(&mut self, n: u32) {
+        self.state.fail_commits = n;
     }
 
     pub fn state(&self) -> &State {
@@ -171,18 +196,67 @@ impl Worker {
 
     /// Follows the log until `stop` is set, committing at least every `poll` while events
     /// flow. Returns after a final commit.
+    ///
+    /// A transient failure ([`AttributionError::is_transient`], e.g. a commit refused by a full
+    /// disk) does not stop the worker: it reloads the committed state and re-applies from the
+    /// checkpoint after a pause that doubles up to [`MAX_BACKOFF`], as a restart would, so
+    /// the ledger is the same as if nothing had failed. Other errors are returned.
     pub fn run(&mut self, reader: LogReader, stop: &AtomicBool) -> Result<(), AttributionError> {
         self.metrics.up.set(1);
-        let result = self.follow(reader, stop);
+        let mut tail = reader.tail(self.position() + 1);
+        let mut backoff = FIRST_BACKOFF;
+        let mut retried_from = None;
+        let result = 'run: loop {
+            let failed_at = self.position();
+            match self.follow(&mut tail, stop) {
+                Ok(()) => break Ok(()),
+                Err(e) if e.is_transient() => {
+                    // Progress since the last retry: the trouble passed once, start short again.
+                    if retried_from.is_some_and(|p| failed_at > p) {
+                        backoff = FIRST_BACKOFF;
+                    }
+                    retried_from = Some(failed_at);
+                    self.metrics.up.set(0);
+                    self.metrics.errors.inc();
+                    tracing::warn!(error = %e, position = failed_at, "attribution failed; retrying from its checkpoint");
+                    let mut last = e;
+                    // The state is only trusted again once it has been read back whole.
+                    loop {
+                        if sleep_unless_stopped(backoff, stop) {
+                            break 'run Err(last);
+                        }
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                        match self.reload() {
+                            Ok(()) => break,
+                            Err(e) if e.is_transient() => last = e,
+                            Err(e) => {
+                                self.metrics.errors.inc();
+                                break 'run Err(e);
+                            }
+                        }
+                    }
+                    tail.seek(self.position() + 1);
+                    self.metrics.up.set(1);
+                }
+                Err(e) => {
+                    self.metrics.errors.inc();
+                    break Err(e);
+                }
+            }
+        };
         self.metrics.up.set(0);
-        if result.is_err() {
-            self.metrics.errors.inc();
-        }
         result
     }
 
-    fn follow(&mut self, reader: LogReader, stop: &AtomicBool) -> Result<(), AttributionError> {
-        let mut tail = reader.tail(self.position() + 1);
+    /// Drops what was applied since the last commit and reads the committed state back.
+    fn reload(&mut self) -> Result<(), AttributionError> {
+        self.state.reload()?;
+        self.uncommitted = 0;
+        self.metrics.position.set(i64::try_from(self.position()).unwrap_or(i64::MAX));
+        Ok(())
+    }
+
+    fn follow(&mut self, tail: &mut Tail, stop: &AtomicBool) -> Result<(), AttributionError> {
         let mut last_commit = Instant::now();
         while !stop.load(Ordering::Relaxed) {
             let batch = tail.next_batch(self.options.commit_every, self.options.poll)?;

@@ -163,3 +163,56 @@ fn entries_taken_back_to_a_point_equal_the_ledger_at_that_point() {
     }
     assert!(changed_later > 50, "the log should change entries after the cuts, got {changed_later}");
 }
+
+/// A commit refused by the disk loses the overlay it had taken; the worker reloads its
+/// committed state, re-applies from the checkpoint and ends with the ledger of a worker that
+/// never failed, without a restart.
+#[test]
+fn a_worker_whose_commits_fail_retries_from_its_checkpoint_and_ends_with_the_same_ledger() {
+    let events = gen::log(7, 2_000, &[common::PROGRAM]);
+    let tmp = tempfile::tempdir().unwrap();
+    let log = write_log(&tmp.path().join("log"), &events);
+    let reader = log.reader();
+    let last = reader.last_seq().unwrap().unwrap();
+    let (digest, entries, rows) = run_uninterrupted(&tmp.path().join("a"), &reader, 300);
+
+    let metrics = AttributionMetrics::default();
+    let mut w = Worker::open(&tmp.path().join("b"), options(300), metrics.clone()).unwrap();
+    w.catch_up(&reader, Some(900)).unwrap();
+    w.fail_next_commits(3);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = std::sync::Arc::clone(&stop);
+    let reader2 = log.reader();
+    let thread = std::thread::spawn(move || {
+        let r = w.run(reader2, &flag);
+        (w, r)
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut registry = prometheus_client::registry::Registry::default();
+    metrics.register(&mut registry);
+    let position = || {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        text.lines()
+            .find(|l| l.starts_with("tally_attribution_position "))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    while position() < last && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (w, result) = thread.join().unwrap();
+    result.unwrap();
+    assert_eq!(w.position(), last);
+    assert_eq!(w.state().ledger_digest().unwrap(), digest);
+    assert_eq!(ledger(w.state()), entries);
+    assert_eq!(stats(w.state()), rows);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    assert!(text.contains("tally_attribution_errors_total 3"), "{text}");
+    drop(w);
+    // And what it committed is what a reopened worker finds.
+    let w = Worker::open(&tmp.path().join("b"), options(300), AttributionMetrics::default()).unwrap();
+    assert_eq!(w.state().ledger_digest().unwrap(), digest);
+}

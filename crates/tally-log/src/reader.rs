@@ -397,6 +397,12 @@ impl Tail {
         self.next
     }
 
+    /// Moves the tail to `from` (backwards too: a worker that lost uncommitted work
+    /// re-reads from its checkpoint).
+    pub fn seek(&mut self, from: u64) {
+        self.next = from.max(1);
+    }
+
     /// Returns up to `max` events from the current position, waiting up to `timeout` for at
     /// least one. An empty result means the timeout passed with nothing new.
     pub fn next_batch(&mut self, max: usize, timeout: Duration) -> Result<Vec<(u64, Vec<u8>)>, LogError> {

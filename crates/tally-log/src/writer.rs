@@ -18,6 +18,9 @@ use crate::keys::{self, CF_CHAIN, CF_EVENTS, CF_META, CF_UNIQUE};
 use crate::reader::{self, LogReader};
 use crate::{open_error, Db, LogError, LogMetrics, LogOptions, SyncPolicy};
 
+/// How often a writer whose last commit failed checks, while idle, whether writes work again.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+
 type Ack = oneshot::Sender<Result<Appended, LogError>>;
 
 enum Msg {
@@ -132,7 +135,17 @@ impl Log {
             metrics: metrics.clone(),
             stall_reported_us: Mutex::new(0),
         });
-        let writer = Writer { db, rx, options, metrics, next_seq, head, committed, shared: Arc::downgrade(&shared) };
+        let writer = Writer {
+            db,
+            rx,
+            options,
+            metrics,
+            next_seq,
+            head,
+            committed,
+            shared: Arc::downgrade(&shared),
+            healthy: true,
+        };
         let handle = std::thread::Builder::new()
             .name("tally-log-writer".into())
             .spawn(move || writer.run())
@@ -308,6 +321,8 @@ struct Writer {
     head: [u8; 32],
     committed: Arc<Committed>,
     shared: std::sync::Weak<Shared>,
+    /// The last commit (or probe) succeeded.
+    healthy: bool,
 }
 
 impl Writer {
@@ -316,9 +331,21 @@ impl Writer {
         let mut batch: Vec<Item> = Vec::with_capacity(max);
         let mut shutting_down = false;
         while !shutting_down {
-            match self.rx.recv() {
+            // After a failed commit the writer waits with a timeout, so that with no traffic
+            // it still notices RocksDB recovering (from a full disk, say) and `/readyz`
+            // turns ready again without waiting for an append to try.
+            let msg = if self.healthy {
+                self.rx.recv().map_err(|_| RecvTimeoutError::Disconnected)
+            } else {
+                self.rx.recv_timeout(PROBE_EVERY)
+            };
+            match msg {
                 Ok(Msg::Append(item)) => batch.push(item),
-                Ok(Msg::Shutdown) | Err(_) => break,
+                Err(RecvTimeoutError::Timeout) => {
+                    self.probe();
+                    continue;
+                }
+                Ok(Msg::Shutdown) | Err(RecvTimeoutError::Disconnected) => break,
             }
             let linger_until = Instant::now() + self.options.linger;
             while batch.len() < max {
@@ -348,6 +375,23 @@ impl Writer {
         tracing::debug!(next_seq = self.next_seq, "log writer stopped");
     }
 
+    /// Asks RocksDB whether writes work again: an empty batch goes through the write path's
+    /// background-error check and stores nothing. RocksDB clears a no-space error by itself
+    /// once space is free (its file manager polls for it every few seconds).
+    fn probe(&mut self) {
+        if self.db.write_opt(WriteBatch::default(), &WriteOptions::default()).is_ok() {
+            tracing::info!(next_seq = self.next_seq, "the log is writable again");
+            self.set_healthy(true);
+        }
+    }
+
+    fn set_healthy(&mut self, healthy: bool) {
+        self.healthy = healthy;
+        if let Some(shared) = self.shared.upgrade() {
+            shared.writable.store(healthy, Ordering::Relaxed);
+        }
+    }
+
     fn commit(&mut self, batch: &mut Vec<Item>) {
         if batch.is_empty() {
             return;
@@ -369,9 +413,7 @@ impl Writer {
         let n = batch.len() as u64;
         // Metrics, the commit signal and the writable flag are updated before any ack is
         // sent, so whoever sees an ack also sees them.
-        if let Some(shared) = self.shared.upgrade() {
-            shared.writable.store(result.is_ok(), Ordering::Relaxed);
-        }
+        self.set_healthy(result.is_ok());
         self.metrics.batch_size.observe(n as f64);
         self.metrics.commit_duration.observe(started.elapsed().as_secs_f64());
         self.metrics.queue_depth.set(self.rx.len() as i64);
