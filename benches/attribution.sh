@@ -12,7 +12,7 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 cargo build --release -p tally-benches --bin attribution
-bin=target/release/attribution
+bin="${CARGO_TARGET_DIR:-target}/release/attribution"
 
 if [[ -n "${DIR:-}" ]]; then
     dir=$DIR # given: kept afterwards
