@@ -64,6 +64,23 @@ struct Shared {
     stall_reported_us: Mutex<u64>,
 }
 
+impl Drop for Shared {
+    /// The last handle is gone (its sender first, so the writer sees the queue close): wait
+    /// for the writer to commit what is queued and exit, so the database is closed before
+    /// the handle's drop returns. Left detached, the writer closed it whenever it got there,
+    /// and a process exiting meanwhile aborted inside RocksDB ("pthread lock: Invalid
+    /// argument"). The writer itself may hold the last reference for a moment; it cannot
+    /// wait for itself.
+    fn drop(&mut self) {
+        let handle = self.writer.get_mut().ok().and_then(Option::take);
+        if let Some(h) = handle {
+            if h.thread().id() != std::thread::current().id() {
+                let _ = h.join();
+            }
+        }
+    }
+}
+
 /// A handle to the open log. Cheap to clone; every clone feeds the same writer thread.
 #[derive(Clone)]
 pub struct Log {

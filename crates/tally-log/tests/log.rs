@@ -83,6 +83,24 @@ fn reopening_continues_the_sequence_and_the_chain() {
 }
 
 #[test]
+fn dropping_the_last_handle_commits_the_queue_and_closes_the_database() {
+    let dir = tempfile::tempdir().unwrap();
+    for round in 1..=20u64 {
+        let log = open(dir.path());
+        let clone = log.clone();
+        let pending: Vec<_> = (0..50).map(|i| clone.submit(record(i)).unwrap()).collect();
+        drop(clone);
+        drop(log);
+        // Nothing awaited, no `close`: the queue is committed and the database closed by
+        // the time the drop returns, so it opens again at once (RocksDB refuses a second
+        // open while the first holds its lock, even in the same process).
+        let log = open(dir.path());
+        assert_eq!(log.last_committed(), round * 50);
+        drop(pending);
+    }
+}
+
+#[test]
 fn appends_after_close_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let log = open(dir.path());
