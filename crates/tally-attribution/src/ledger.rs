@@ -308,27 +308,6 @@ impl hashbrown::Equivalent<StatsKey> for StatsKeyRef<'_> {
     }
 }
 
-impl StatsKey {
-    /// Day first (big-endian) so a date range is one contiguous scan.
-    pub fn encode(&self) -> Vec<u8> {
-        let k = self.day.to_be_bytes().to_vec();
-        // Length-prefixed strings: a sub ID may contain any byte, so no separator is safe.
-        match postcard::to_extend(&(&self.offer, &self.affiliate, &self.sub1), k) {
-            Ok(v) => v,
-            Err(_) => {
-                // Serialising three strings into a Vec cannot fail; keep the day-only key.
-                self.day.to_be_bytes().to_vec()
-            }
-        }
-    }
-
-    pub fn decode(k: &[u8]) -> Option<StatsKey> {
-        let day = u32::from_be_bytes(k.get(..4)?.try_into().ok()?);
-        let (offer, affiliate, sub1): (String, String, String) = postcard::from_bytes(k.get(4..)?).ok()?;
-        Some(StatsKey { day, offer, affiliate, sub1 })
-    }
-}
-
 pub const DAY_MS: u64 = 86_400_000;
 
 /// Days since the epoch of a millisecond timestamp.
@@ -475,13 +454,5 @@ mod tests {
         }
         assert_eq!(EntryId::parse("x"), None);
         assert!(EntryId::of_event(2).key() > EntryId { seq: 1, sub: 9 }.key());
-    }
-
-    #[test]
-    fn stats_keys_round_trip_and_sort_by_day() {
-        let k = StatsKey { day: 3, offer: "o".into(), affiliate: "a\0b".into(), sub1: "x".into() };
-        assert_eq!(StatsKey::decode(&k.encode()), Some(k.clone()));
-        let later = StatsKey { day: 4, offer: String::new(), affiliate: String::new(), sub1: String::new() };
-        assert!(later.encode() > k.encode());
     }
 }

@@ -14,8 +14,10 @@ pub mod ledger;
 pub mod metrics;
 pub mod pipeline;
 pub mod report;
+mod runs;
 pub mod snapshots;
 pub mod state;
+pub mod stats;
 #[cfg(feature = "test-util")]
 pub mod testing;
 pub mod worker;
@@ -50,6 +52,13 @@ pub enum AttributionError {
     Open { dir: PathBuf, reason: String },
     #[error("attribution state: {0}")]
     Store(String),
+    #[error(
+        "attribution state {} has layout {found}; this build reads layout {}: start the worker \
+         (`tally serve` or `tally attribute`) to rebuild it from the log",
+        .dir.display(),
+        state::FORMAT
+    )]
+    Format { dir: PathBuf, found: u32 },
     #[error("attribution state is corrupt: {0}")]
     Corrupt(String),
     #[error("event {got} applied out of order: expected sequence {expected}")]

@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use tally_attribution::{apply, snapshots, state_dir, Entry, EntryId, Outputs, State};
+use tally_attribution::{apply, snapshots, state_dir, AttributionError, Entry, EntryId, Outputs, State};
 use tally_log::LogReader;
 use tally_model::Event;
 
@@ -179,8 +179,20 @@ pub fn replay(
     let mut state = State::in_memory();
     let mut in_memory = true;
     if !options.no_snapshots && from > 1 {
-        if let Some((position, path)) = snapshots::latest_before(&snapshots::dir(data_dir), from)? {
-            state = State::open_snapshot(&path)?;
+        let usable = match snapshots::latest_before(&snapshots::dir(data_dir), from)? {
+            Some((position, path)) => match State::open_snapshot(&path) {
+                Ok(s) => Some((position, path, s)),
+                // Written by a build with another state layout: replay from the start instead.
+                Err(e @ AttributionError::Format { .. }) => {
+                    tracing::warn!(error = %e, "snapshot not used");
+                    None
+                }
+                Err(e) => return Err(e.into()),
+            },
+            None => None,
+        };
+        if let Some((position, path, snapshot)) = usable {
+            state = snapshot;
             if state.checkpoint().position != position {
                 return Err(AuditError::Snapshot {
                     dir: path,
