@@ -14,6 +14,9 @@
 # Knobs (environment):
 #   TALLY_BIN        existing tally binary; if unset/missing, `cargo build --release -p tally-cli`
 #   TALLY_WORKERS    Tally worker threads, passed as TALLY_WORKER_THREADS      (default 1)
+#   ATTRIBUTION      off: the ingest path alone (the issue's comparison); in-process: also
+#                    the attribution worker inside `tally serve`, as the default config
+#                    runs it (on 2 CPUs it takes a large share of them)    (default off)
 #   NGINX_WORKERS    nginx worker_processes                                    (default 1)
 #   THREADS          wrk threads                                               (default 1)
 #   CONNECTIONS      wrk connections                                           (default 50)
@@ -40,6 +43,7 @@ CONNECTIONS="${CONNECTIONS:-50}"
 DURATION="${DURATION:-10s}"
 WARMUP="${WARMUP:-2s}"
 ROUNDS="${ROUNDS:-1}"
+ATTRIBUTION="${ATTRIBUTION:-off}"
 SERVER_CPUS="${SERVER_CPUS:-}"
 WRK_CPUS="${WRK_CPUS:-}"
 KEEP_TMP="${KEEP_TMP:-0}"
@@ -52,6 +56,8 @@ log() { printf '[load] %s\n' "$*" >&2; }
 die() { printf '[load] error: %s\n' "$*" >&2; exit 1; }
 
 [[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer (got '$ROUNDS')"
+[[ "$ATTRIBUTION" == off || "$ATTRIBUTION" == in-process ]] ||
+    die "ATTRIBUTION must be off or in-process (got '$ATTRIBUTION')"
 [[ "$DURATION" =~ ^[1-9][0-9]*[smh]?$ ]] || die "DURATION must look like 10, 10s, 2m or 1h (got '$DURATION')"
 [[ "$WARMUP" =~ ^[0-9]+[smh]?$ ]] || die "WARMUP must look like 0, 2s or 1m (got '$WARMUP')"
 
@@ -130,6 +136,17 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 ulimit -n 65536 2>/dev/null || true
+
+# The example config with the attribution worker on or off; the program file goes beside it
+# (relative paths are relative to the config file).
+mkdir -p "$TMP/config"
+cp "$REPO/config/program.toml" "$TMP/config/"
+in_process=false
+[[ "$ATTRIBUTION" == in-process ]] && in_process=true
+sed "s/^in_process = .*/in_process = $in_process/" "$TALLY_CONFIG" >"$TMP/config/tally.toml"
+grep -q "^in_process = $in_process\$" "$TMP/config/tally.toml" ||
+    die "could not set [attribution] in_process in the copy of $TALLY_CONFIG"
+TALLY_CONFIG="$TMP/config/tally.toml"
 
 # Start "$@" in the background in its own session/process group, so the cleanup can
 # signal the whole group. setsid does not fork here (a `&` child is not a group leader),
@@ -325,7 +342,7 @@ median() { tr ' ' '\n' | awk 'NF' | sort -g | awk '{ v[NR] = $1 } END {
 echo
 medians=""; [[ "$ROUNDS" -gt 1 ]] && medians=" (medians)"
 echo "wrk: -t$THREADS -c$CONNECTIONS -d$DURATION, rounds=$ROUNDS$medians," \
-    "nginx workers=$NGINX_WORKERS, tally workers=$TALLY_WORKERS, $(nproc) CPUs"
+    "nginx workers=$NGINX_WORKERS, tally workers=$TALLY_WORKERS, attribution $ATTRIBUTION, $(nproc) CPUs"
 if [[ "$ROUNDS" -gt 1 ]]; then
     for t in nginx tally; do echo "$t req/s per round: ${RPS[$t]% }"; done
 fi
