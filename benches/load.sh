@@ -62,10 +62,8 @@ die() { printf '[load] error: %s\n' "$*" >&2; exit 1; }
 [[ "$WARMUP" =~ ^[0-9]+[smh]?$ ]] || die "WARMUP must look like 0, 2s or 1m (got '$WARMUP')"
 
 # --- 1. dependencies ---------------------------------------------------------------------
-SUDO=()
-if [[ "$(id -u)" -ne 0 ]]; then
-    if command -v sudo >/dev/null 2>&1; then SUDO=(sudo); fi
-fi
+# shellcheck source=scripts/lib.sh
+source "$REPO/scripts/lib.sh"
 
 NEED_BUILD=1
 if [[ -n "${TALLY_BIN:-}" && -x "${TALLY_BIN}" && ! -d "${TALLY_BIN}" ]]; then
@@ -84,9 +82,7 @@ if [[ "$NEED_BUILD" -eq 1 ]]; then
     dpkg -s libclang-dev >/dev/null 2>&1 || pkgs+=(libclang-dev)
 fi
 if [[ ${#pkgs[@]} -gt 0 ]]; then
-    log "installing: ${pkgs[*]}"
-    "${SUDO[@]}" apt-get update
-    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y "${pkgs[@]}"
+    apt_install "${pkgs[@]}"
     NGINX_BIN="$(command -v nginx 2>/dev/null || echo /usr/sbin/nginx)"
 fi
 [[ -x "$NGINX_BIN" ]] || die "nginx not found at $NGINX_BIN"

@@ -46,11 +46,9 @@ pkgs=()
 command -v wrk >/dev/null 2>&1 || pkgs+=(wrk)
 command -v curl >/dev/null 2>&1 || pkgs+=(curl)
 if [[ ${#pkgs[@]} -gt 0 ]]; then
-    log "installing: ${pkgs[*]}"
-    SUDO=()
-    [[ "$(id -u)" -ne 0 ]] && command -v sudo >/dev/null 2>&1 && SUDO=(sudo)
-    "${SUDO[@]}" apt-get update
-    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y "${pkgs[@]}"
+    # shellcheck source=scripts/lib.sh
+    source "$REPO/scripts/lib.sh"
+    apt_install "${pkgs[@]}"
 fi
 
 if [[ -z "${TALLY_BIN:-}" ]]; then

@@ -1,4 +1,15 @@
-# Shared by scripts/run and scripts/test.
+# Shared by scripts/run, scripts/test and the benchmark scripts.
+
+# Installs Debian packages quietly, as root or through sudo. apt-get flags may come first
+# (`apt_install --no-install-recommends prometheus`). `sudo env`: sudo drops DEBIAN_FRONTEND
+# from the environment otherwise.
+apt_install() {
+  local sudo=()
+  [ "$(id -u)" -eq 0 ] || sudo=(sudo)
+  echo "==> installing $*"
+  "${sudo[@]}" apt-get update -qq
+  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
 
 # RocksDB is compiled from source by the rocksdb crate; its bindings need libclang, and the
 # C++ build needs a compiler. Debian's librocksdb is too old to link, so it is not used.
@@ -8,11 +19,7 @@ ensure_build_deps() {
   command -v c++ >/dev/null 2>&1 || missing+=(g++)
   command -v make >/dev/null 2>&1 || missing+=(make)
   if [ ${#missing[@]} -gt 0 ]; then
-    echo "==> installing ${missing[*]}"
-    local sudo=""
-    [ "$(id -u)" -eq 0 ] || sudo="sudo"
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+    apt_install "${missing[@]}"
   fi
 }
 
@@ -24,12 +31,8 @@ ensure_deploy_tools() {
   command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
   command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
   if [ ${#missing[@]} -gt 0 ]; then
-    echo "==> installing ${missing[*]}"
-    local sudo=""
-    [ "$(id -u)" -eq 0 ] || sudo="sudo"
-    $sudo apt-get update -qq
     # --no-install-recommends: promtool is all we need from the prometheus package.
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    apt_install --no-install-recommends "${missing[@]}"
   fi
   local venv="${XDG_CACHE_HOME:-$HOME/.cache}/tally/hadolint-venv"
   HADOLINT="$venv/bin/hadolint"
