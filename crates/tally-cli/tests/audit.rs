@@ -37,15 +37,6 @@ fn entry<'a>(entries: &'a [serde_json::Value], txid: &str, kind: &str) -> &'a se
     entries.iter().find(|e| e["txid"] == txid && e["kind"] == kind).unwrap_or_else(|| panic!("no {kind} {txid}"))
 }
 
-fn run(args: &[&str]) -> (bool, String, String) {
-    let out = tally(args);
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[test]
 fn replay_reproduces_a_ledger_made_over_http_and_catches_edits() {
     let env = Env::new("");

@@ -8,15 +8,6 @@ use std::path::Path;
 
 use common::*;
 
-fn run(args: &[&str]) -> (bool, String, String) {
-    let out = tally(args);
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 /// The `head SEQ:HEX` that `tally verify` prints.
 fn head_line(dir: &Path) -> String {
     let (ok, out, err) = run(&["verify", "--data-dir", dir.to_str().unwrap()]);

@@ -15,15 +15,6 @@ use parquet::basic::{LogicalType, Repetition, Type as PhysicalType};
 use parquet::file::reader::{FileReader, SerializedFileReader};
 use parquet::record::Field;
 
-fn run(args: &[&str]) -> (bool, String, String) {
-    let out = tally(args);
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 /// The CSV export's header and rows.
 fn csv_of(args: &[&str]) -> (Vec<String>, Vec<Vec<String>>) {
     let (ok, out, err) = run(args);

@@ -282,6 +282,16 @@ pub fn tally(args: &[&str]) -> Output {
     Command::new(BIN).args(args).output().unwrap()
 }
 
+/// Runs a `tally` subcommand to completion: (succeeded, stdout, stderr).
+pub fn run(args: &[&str]) -> (bool, String, String) {
+    let out = tally(args);
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// `tally export events --format jsonl` as parsed objects.
 pub fn export(dir: &Path) -> Vec<serde_json::Value> {
     let out = tally(&["export", "events", "--data-dir", dir.to_str().unwrap()]);
