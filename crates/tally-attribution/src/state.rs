@@ -589,9 +589,8 @@ impl State {
         }
         // One merge operand per day: the day's changed rows, sorted.
         let stats = cf(&db, CF_STATS)?;
-        let changed = std::mem::take(&mut self.stats);
         let mut days: BTreeMap<u32, Vec<(&str, &str, &str, &RowDelta)>> = BTreeMap::new();
-        for (k, d) in &changed {
+        for (k, d) in &self.stats {
             days.entry(k.day).or_default().push((&k.offer, &k.affiliate, &k.sub1, d));
         }
         for (day, mut rows) in days {
@@ -649,6 +648,8 @@ impl State {
         if clicks_last.is_some() {
             self.clicks_last = clicks_last;
         }
+        // Cleared, not replaced: the map keeps its capacity for the next commit's rows.
+        self.stats.clear();
         for mut day in std::mem::take(&mut o.clicks).into_values() {
             if self.spare_days.len() < 2 {
                 day.clear();
