@@ -182,6 +182,10 @@ fn cf_options(name: &str) -> Options {
     let mut o = Options::default();
     o.set_compression_type(rocksdb::DBCompressionType::Lz4);
     match name {
+        // Uncompressed: compressing the click runs on every flush was a sixth of a core on
+        // a 2-core machine (live attribution +5-7%), for a quarter less disk on an index
+        // that expires anyway. Files written compressed before still read.
+        CF_CLICKS => o.set_compression_type(rocksdb::DBCompressionType::None),
         CF_STATS => o.set_merge_operator_associative(stats::MERGE_OPERATOR, stats::merge_operator),
         // Point lookups of keys that are often absent (a new transaction, a counter not yet
         // started): bloom filters, in the table files and the memtable, skip the search.
