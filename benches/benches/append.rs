@@ -1,5 +1,6 @@
-//! The log's append path: events per second through the group-commit writer, the way the
-//! edge uses it (many submits in flight, each awaited), for both sync policies.
+//! The log's append path: events per second through the group-commit writer, for both sync
+//! policies: `submit` from a plain thread (1,000 in flight, then awaited), and the way the
+//! edge appends, through an `Appender` from 1,000 tasks on a current-thread runtime.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use std::time::Duration;
@@ -29,6 +30,25 @@ fn bench(c: &mut Criterion) {
                 }
             })
         });
+        if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            let appender = log.appender();
+            g.bench_with_input(BenchmarkId::new("appender_1000_tasks", sync.as_str()), &sync, |b, _| {
+                b.iter(|| {
+                    rt.block_on(async {
+                        let tasks: Vec<_> = records
+                            .iter()
+                            .map(|r| {
+                                let (a, r) = (appender.clone(), r.clone());
+                                tokio::spawn(async move { a.submit(r).ok()?.await.ok() })
+                            })
+                            .collect();
+                        for t in tasks {
+                            let _ = t.await;
+                        }
+                    })
+                })
+            });
+        }
         let batches = metrics.batches_committed.get().max(1);
         println!(
             "sync={}: {} events in {} batches, mean batch {:.1}",

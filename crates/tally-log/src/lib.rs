@@ -5,6 +5,9 @@
 //!   (bounded by count and a short linger), assigns contiguous `u64` sequence numbers, and
 //!   acknowledges each append only after its batch is durable under the configured
 //!   [`SyncPolicy`];
+//! - the [`Appender`], the front for callers on a tokio runtime: it stages the appends of one
+//!   turn of the runtime and hands them to the writer as one message, and delivers their
+//!   acknowledgements on the runtime, one wake-up per batch instead of one per event;
 //! - **readers** ([`LogReader`]): sequence ranges, an in-process [`Tail`] woken by commits,
 //!   and a secondary instance for reading a running server's log from another process;
 //! - named consumer **checkpoints**;
@@ -25,8 +28,10 @@
 //! start at 1. The `unique` index is derived data: it can be rebuilt from the events.
 //!
 //! Architecture invariant: no RocksDB call runs on a tokio worker thread from this crate's
-//! async API: [`Log::submit`] only enqueues, and the returned [`Pending`] only awaits a oneshot.
+//! async API: [`Log::submit`] and [`Appender::submit`] only enqueue (or stage), the appender's
+//! task only moves messages, and the returned [`Pending`] only awaits a oneshot.
 
+mod appender;
 pub mod chain;
 mod keys;
 pub mod limit;
@@ -43,6 +48,7 @@ use std::time::Duration;
 
 use thiserror::Error;
 
+pub use appender::Appender;
 pub use metrics::LogMetrics;
 pub use reader::{Anchor, AnchorCheck, LogReader, LogStats, Tail, VerifyReport};
 pub use snapshot::{snapshot_to, SnapshotMethod};
@@ -80,7 +86,8 @@ impl SyncPolicy {
 #[derive(Debug, Clone)]
 pub struct LogOptions {
     pub sync: SyncPolicy,
-    /// Appends that may wait for the writer; beyond this, [`Log::submit`] fails fast with
+    /// Appends that may wait for the writer, counted in events (staged by an [`Appender`] or
+    /// queued); beyond this, [`Log::submit`] and [`Appender::submit`] fail fast with
     /// [`LogError::QueueFull`].
     pub queue_capacity: usize,
     /// Most events in one batch.

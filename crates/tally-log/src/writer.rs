@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::task::{Context, Poll};
 use std::thread::JoinHandle;
@@ -21,18 +21,29 @@ use crate::{open_error, Db, LogError, LogMetrics, LogOptions, SyncPolicy};
 /// How often a writer whose last commit failed checks, while idle, whether writes work again.
 const PROBE_EVERY: Duration = Duration::from_secs(1);
 
-type Ack = oneshot::Sender<Result<Appended, LogError>>;
+pub(crate) type Ack = oneshot::Sender<Result<Appended, LogError>>;
 
-enum Msg {
+/// An acknowledgement handed to an [`crate::Appender`]'s task instead of sent from the writer.
+pub(crate) type Delivery = (Ack, Result<Appended, LogError>);
+
+/// Where the writer hands the acknowledgements of an appender's items: one message per batch,
+/// so a batch costs the appender's runtime one wake-up rather than one per event.
+pub(crate) type PumpTx = tokio::sync::mpsc::Sender<Vec<Delivery>>;
+
+pub(crate) enum Msg {
     Append(Item),
+    /// Items staged by an appender during one turn of its runtime.
+    Batch(Vec<Item>),
     Shutdown,
 }
 
-struct Item {
-    record: Vec<u8>,
+pub(crate) struct Item {
+    pub(crate) record: Vec<u8>,
     /// BLAKE3 of the caller's uniqueness key, for [`Log::submit_unique`].
-    key: Option<[u8; 32]>,
-    ack: Ack,
+    pub(crate) key: Option<[u8; 32]>,
+    pub(crate) ack: Ack,
+    /// Set for an appender's items: their acks go to its task in one message per batch.
+    pub(crate) pump: Option<Arc<PumpTx>>,
 }
 
 /// Where an append landed.
@@ -57,6 +68,11 @@ struct Shared {
     writable: AtomicBool,
     writer: Mutex<Option<JoinHandle<()>>>,
     options: LogOptions,
+    /// Events submitted and not yet taken by the writer: the queue's bound, in events (an
+    /// appender's message carries many).
+    queued: Arc<AtomicUsize>,
+    /// Set by [`Log::close`]: appends are refused from then on.
+    closed: AtomicBool,
     /// Kept for its statistics object: RocksDB's stall counter lives there.
     db_options: rocksdb::Options,
     metrics: LogMetrics,
@@ -96,7 +112,7 @@ impl std::fmt::Debug for Log {
 
 /// An append waiting for its batch to commit. Resolves to the event's sequence number.
 #[derive(Debug)]
-pub struct Pending(PendingUnique);
+pub struct Pending(pub(crate) PendingUnique);
 
 impl Future for Pending {
     type Output = Result<u64, LogError>;
@@ -114,7 +130,7 @@ impl Pending {
 
 /// A keyed append waiting for its batch to commit; see [`Log::submit_unique`].
 #[derive(Debug)]
-pub struct PendingUnique(oneshot::Receiver<Result<Appended, LogError>>);
+pub struct PendingUnique(pub(crate) oneshot::Receiver<Result<Appended, LogError>>);
 
 impl Future for PendingUnique {
     type Output = Result<Appended, LogError>;
@@ -140,6 +156,7 @@ impl Log {
         let capacity = options.queue_capacity.max(1);
         let (tx, rx) = crossbeam_channel::bounded(capacity);
         let committed = Arc::new(Committed { seq: Mutex::new(next_seq - 1), cond: Condvar::new() });
+        let queued = Arc::new(AtomicUsize::new(0));
         metrics.queue_capacity.set(capacity as i64);
         metrics.last_sequence.set(i64::try_from(next_seq - 1).unwrap_or(i64::MAX));
         let shared = Arc::new(Shared {
@@ -148,6 +165,8 @@ impl Log {
             writable: AtomicBool::new(true),
             writer: Mutex::new(None),
             options: options.clone(),
+            queued: Arc::clone(&queued),
+            closed: AtomicBool::new(false),
             db_options,
             metrics: metrics.clone(),
             stall_reported_us: Mutex::new(0),
@@ -162,6 +181,7 @@ impl Log {
             committed,
             shared: Arc::downgrade(&shared),
             healthy: true,
+            queued,
         };
         let handle = std::thread::Builder::new()
             .name("tally-log-writer".into())
@@ -187,23 +207,77 @@ impl Log {
         self.enqueue(record, Some(*blake3::hash(key).as_bytes()))
     }
 
-    fn enqueue(&self, record: Vec<u8>, key: Option<[u8; 32]>) -> Result<PendingUnique, LogError> {
+    pub(crate) fn enqueue(&self, record: Vec<u8>, key: Option<[u8; 32]>) -> Result<PendingUnique, LogError> {
+        self.reserve(1)?;
         let (ack, rx) = oneshot::channel();
-        match self.tx.try_send(Msg::Append(Item { record, key, ack })) {
+        match self.tx.try_send(Msg::Append(Item { record, key, ack, pump: None })) {
             Ok(()) => Ok(PendingUnique(rx)),
-            Err(TrySendError::Full(_)) => Err(LogError::QueueFull),
-            Err(TrySendError::Disconnected(_)) => Err(LogError::Closed),
+            Err(e) => {
+                self.unreserve(1);
+                Err(match e {
+                    TrySendError::Full(_) => LogError::QueueFull,
+                    TrySendError::Disconnected(_) => LogError::Closed,
+                })
+            }
         }
+    }
+
+    /// Takes room for `n` events in the queue, or says why there is none.
+    pub(crate) fn reserve(&self, n: usize) -> Result<(), LogError> {
+        let s = &self.shared;
+        if s.closed.load(Ordering::Relaxed) {
+            return Err(LogError::Closed);
+        }
+        let before = s.queued.fetch_add(n, Ordering::Relaxed);
+        if before + n > s.options.queue_capacity.max(1) {
+            s.queued.fetch_sub(n, Ordering::Relaxed);
+            return Err(LogError::QueueFull);
+        }
+        Ok(())
+    }
+
+    /// Gives back room taken by [`Log::reserve`] for events that never reached the queue.
+    pub(crate) fn unreserve(&self, n: usize) {
+        self.shared.queued.fetch_sub(n, Ordering::Relaxed);
+    }
+
+    /// Hands a staged group of items to the writer (room for them already reserved). If the
+    /// writer is gone, their acks are dropped, which their waiters see as [`LogError::Closed`].
+    pub(crate) fn send_batch(&self, items: Vec<Item>) {
+        let n = items.len();
+        if let Err(e) = self.tx.try_send(Msg::Batch(items)) {
+            self.unreserve(n);
+            // Full cannot happen: every message holds at least one event, and the events
+            // queued never exceed the channel's capacity (see `reserve`).
+            if let TrySendError::Full(Msg::Batch(items)) = e {
+                for item in items {
+                    let _ = item.ack.send(Err(LogError::QueueFull));
+                }
+            }
+        }
+    }
+
+    pub(crate) fn max_batch(&self) -> usize {
+        self.shared.options.max_batch.max(1)
     }
 
     /// Appends one record from a plain thread, waiting up to `deadline` for queue space, then
     /// for the commit. For the CLI and tests; the edge uses [`Log::submit`].
     pub fn append_blocking(&self, record: Vec<u8>, deadline: Duration) -> Result<u64, LogError> {
         let (ack, rx) = oneshot::channel();
-        self.tx.send_timeout(Msg::Append(Item { record, key: None, ack }), deadline).map_err(|e| match e {
-            crossbeam_channel::SendTimeoutError::Timeout(_) => LogError::QueueFull,
-            crossbeam_channel::SendTimeoutError::Disconnected(_) => LogError::Closed,
-        })?;
+        if self.shared.closed.load(Ordering::Relaxed) {
+            return Err(LogError::Closed);
+        }
+        // Counted without the capacity check: this waits for room in the channel instead.
+        self.shared.queued.fetch_add(1, Ordering::Relaxed);
+        let item = Item { record, key: None, ack, pump: None };
+        if let Err(e) = self.tx.send_timeout(Msg::Append(item), deadline) {
+            self.unreserve(1);
+            return Err(match e {
+                crossbeam_channel::SendTimeoutError::Timeout(_) => LogError::QueueFull,
+                crossbeam_channel::SendTimeoutError::Disconnected(_) => LogError::Closed,
+            });
+        }
         Pending(PendingUnique(rx)).wait()
     }
 
@@ -215,7 +289,7 @@ impl Log {
 
     /// Events waiting for the writer right now.
     pub fn queue_len(&self) -> usize {
-        self.tx.len()
+        self.shared.queued.load(Ordering::Relaxed)
     }
 
     /// Refreshes the gauges that are read rather than counted: queue depth, RocksDB's
@@ -223,7 +297,7 @@ impl Log {
     /// (in-memory properties, no I/O), so call it from a plain or blocking thread.
     pub fn sample_metrics(&self) {
         let s = &self.shared;
-        s.metrics.queue_depth.set(self.tx.len() as i64);
+        s.metrics.queue_depth.set(self.queue_len() as i64);
         let pending: u64 = keys::ALL_CFS
             .iter()
             .filter_map(|name| s.db.cf_handle(name))
@@ -242,7 +316,7 @@ impl Log {
     }
 
     pub fn queue_capacity(&self) -> usize {
-        self.tx.capacity().unwrap_or(0)
+        self.shared.options.queue_capacity.max(1)
     }
 
     /// The newest committed sequence number (0 for an empty log).
@@ -270,6 +344,7 @@ impl Log {
     /// Stops accepting appends, commits everything already queued, and waits for the writer
     /// to finish. Appends submitted after this get [`LogError::Closed`].
     pub fn close(&self) {
+        self.shared.closed.store(true, Ordering::Relaxed);
         // The writer drains the queue up to this message, so every append queued before it
         // is committed and acknowledged.
         let _ = self.tx.send(Msg::Shutdown);
@@ -340,6 +415,8 @@ struct Writer {
     shared: std::sync::Weak<Shared>,
     /// The last commit (or probe) succeeded.
     healthy: bool,
+    /// `Shared::queued`: the writer gives back the room of what it takes.
+    queued: Arc<AtomicUsize>,
 }
 
 impl Writer {
@@ -358,6 +435,7 @@ impl Writer {
             };
             match msg {
                 Ok(Msg::Append(item)) => batch.push(item),
+                Ok(Msg::Batch(items)) => batch.extend(items),
                 Err(RecvTimeoutError::Timeout) => {
                     self.probe();
                     continue;
@@ -380,12 +458,14 @@ impl Writer {
                 };
                 match msg {
                     Msg::Append(item) => batch.push(item),
+                    Msg::Batch(items) => batch.extend(items),
                     Msg::Shutdown => {
                         shutting_down = true;
                         break;
                     }
                 }
             }
+            self.queued.fetch_sub(batch.len(), Ordering::Relaxed);
             self.commit(&mut batch);
         }
         // Anything still queued after shutdown is refused: dropping its ack reports Closed.
@@ -433,7 +513,7 @@ impl Writer {
         self.set_healthy(result.is_ok());
         self.metrics.batch_size.observe(n as f64);
         self.metrics.commit_duration.observe(started.elapsed().as_secs_f64());
-        self.metrics.queue_depth.set(self.rx.len() as i64);
+        self.metrics.queue_depth.set(self.queued.load(Ordering::Relaxed) as i64);
         match result {
             Ok((head, duplicates)) => {
                 self.head = head;
@@ -448,17 +528,15 @@ impl Writer {
                     *s = self.next_seq - 1;
                 }
                 self.committed.cond.notify_all();
-                for (i, item) in batch.drain(..).enumerate() {
+                deliver(batch, |i| {
                     let duplicate_of = duplicates.get(i).copied().flatten();
-                    let _ = item.ack.send(Ok(Appended { seq: first + i as u64, duplicate_of }));
-                }
+                    Ok(Appended { seq: first + i as u64, duplicate_of })
+                });
             }
             Err(e) => {
                 crate::error_limited!(error = %e, events = n, "log commit failed; appends refused");
                 self.metrics.commit_errors.inc();
-                for item in batch.drain(..) {
-                    let _ = item.ack.send(Err(e.clone()));
-                }
+                deliver(batch, |_| Err(e.clone()));
             }
         }
     }
@@ -504,5 +582,42 @@ impl Writer {
         opts.set_sync(self.options.sync == SyncPolicy::Batch);
         self.db.write_opt(wb, &opts).map_err(|e| LogError::Write(e.to_string()))?;
         Ok((head, duplicates))
+    }
+}
+
+/// Sends each item's result: directly to its waiter, or, for an appender's items, to the
+/// appender's task in one message for the whole batch (it wakes the waiters on their own
+/// runtime, where a wake-up costs no system call). If the task is gone or behind, the acks
+/// go directly: they are never lost or delayed by it.
+fn deliver(batch: &mut Vec<Item>, result: impl Fn(usize) -> Result<Appended, LogError>) {
+    let mut group: Vec<Delivery> = Vec::new();
+    let mut pump: Option<Arc<PumpTx>> = None;
+    for (i, item) in batch.drain(..).enumerate() {
+        let r = result(i);
+        match item.pump {
+            None => {
+                let _ = item.ack.send(r);
+            }
+            Some(p) => {
+                if pump.as_ref().is_some_and(|cur| !Arc::ptr_eq(cur, &p)) {
+                    hand_over(pump.take(), &mut group);
+                }
+                pump = Some(p);
+                group.push((item.ack, r));
+            }
+        }
+    }
+    hand_over(pump, &mut group);
+}
+
+fn hand_over(pump: Option<Arc<PumpTx>>, group: &mut Vec<Delivery>) {
+    let Some(pump) = pump else { return };
+    if let Err(e) = pump.try_send(std::mem::take(group)) {
+        let deliveries = match e {
+            tokio::sync::mpsc::error::TrySendError::Full(d) | tokio::sync::mpsc::error::TrySendError::Closed(d) => d,
+        };
+        for (ack, r) in deliveries {
+            let _ = ack.send(r);
+        }
     }
 }

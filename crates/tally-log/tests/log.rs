@@ -5,18 +5,11 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+mod common;
+
+use common::record;
 use proptest::prelude::*;
 use tally_log::{Log, LogMetrics, LogOptions, LogReader, SyncPolicy};
-use tally_model::{Event, ProgramChange};
-
-fn record(i: u64) -> Vec<u8> {
-    tally_model::encode(&Event::ProgramChange(ProgramChange {
-        ts_ms: i,
-        digest: String::new(),
-        source: format!("r{i}"),
-    }))
-    .unwrap()
-}
 
 fn open(dir: &std::path::Path) -> Log {
     Log::open(dir, LogOptions::default(), LogMetrics::default()).unwrap()
