@@ -195,6 +195,55 @@ fn slowloris_connections_are_cut_off_while_normal_clients_are_served() {
     assert_eq!(of_type(&events, "click").len(), served, "a slowloris head was stored, or a served click was not");
 }
 
+/// On a keep-alive connection each request head has the whole timeout from the moment the
+/// server starts reading it. The connection's timer was armed for the first head's deadline;
+/// the second head, trickled, must be cut at its own deadline: never at the first's (too
+/// early), and not left open (the timer re-armed).
+#[test]
+fn a_second_head_on_a_keep_alive_connection_gets_its_own_timeout() {
+    const TIMEOUT: Duration = Duration::from_millis(500);
+    let env = Env::build("header_read_timeout_ms = 500", "", "");
+    let server = env.start();
+    let mut s = TcpStream::connect(server.addr).unwrap();
+    let started = Instant::now();
+    // The first head in two parts, so the server waits on its timer (arming it) in between.
+    s.write_all(b"GET /c/demo?sub1=first HTTP/1.1\r\nHost: t\r\n").unwrap();
+    std::thread::sleep(Duration::from_millis(150));
+    s.write_all(b"\r\n").unwrap();
+    assert_eq!(outcome_of(&mut s, Duration::from_secs(5)), Outcome::Status(302));
+    let answered = Instant::now();
+    // The second head, a byte every 50 ms, never complete.
+    s.set_nonblocking(true).unwrap();
+    let head = b"GET /c/demo?sub1=second HTTP/1.1\r\nHost: t\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    let mut ended = None;
+    for b in head.iter().take_while(|_| started.elapsed() < Duration::from_secs(10)) {
+        let mut probe = [0u8; 512];
+        ended = match s.read(&mut probe) {
+            Ok(0) => Some(Outcome::Closed),
+            Ok(n) => Some(status_of(&probe[..n])),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => match s.write(std::slice::from_ref(b)) {
+                Ok(_) => None,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => None,
+                Err(_) => Some(Outcome::Closed),
+            },
+            Err(_) => Some(Outcome::Closed),
+        };
+        if ended.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let cut = answered.elapsed();
+    println!("second head cut {cut:?} after the first response: {ended:?}");
+    assert!(matches!(ended, Some(Outcome::Status(408) | Outcome::Closed)), "the trickled head was not cut: {ended:?}");
+    // Timers never fire early, so anything below the timeout means the first head's deadline
+    // cut the second (a 50 ms probe interval is the only slack needed on the late side).
+    assert!(cut >= TIMEOUT - Duration::from_millis(50), "cut after {cut:?}, before its own timeout");
+    let events = export(&env.data());
+    let subs: Vec<_> = of_type(&events, "click").iter().map(|c| c["sub1"].as_str().unwrap_or("").to_owned()).collect();
+    assert_eq!(subs, ["first"], "only the complete head is a click");
+}
+
 /// A postback whose body trickles in is cut off by the body timeout (hyper's header timeout
 /// does not cover bodies), answered 408 or closed, and stores nothing.
 #[test]

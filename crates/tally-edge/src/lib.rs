@@ -6,8 +6,9 @@
 //!   the log cannot take it the answer is 503 with `Retry-After`, never 2xx.
 //! - A click always gets its redirect (a person is waiting). It waits for its commit, and
 //!   when the log cannot take it the click is counted in `tally_clicks_unrecorded_total`.
-//! - Nothing here blocks a tokio worker: appends go through `Log::submit` (a bounded channel)
-//!   and the handler awaits a oneshot. Program reloads read the file on a blocking thread.
+//! - Nothing here blocks a tokio worker: appends go through the log's `Appender` (staged for
+//!   the turn, then handed to the writer thread through a bounded queue) and the handler
+//!   awaits a oneshot. Program reloads read the file on a blocking thread.
 //! - Macro values and deep links are encoded or validated before they reach `Location`; no
 //!   request data reaches a header unencoded, and no foreign host is ever redirected to.
 //! - This crate computes no commissions.
@@ -23,13 +24,14 @@ pub mod links;
 pub mod metrics;
 pub mod params;
 mod server;
+mod timer;
 
 use std::path::Path;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use prometheus_client::registry::Registry;
-use tally_log::{Log, LogMetrics};
+use tally_log::{Appender, Log, LogMetrics};
 use tally_model::{Event, Program, ProgramChange};
 
 pub use admin::{serve_admin, AdminHooks};
@@ -49,6 +51,8 @@ pub struct Edge {
     /// Serialises reloads and API edits: each reads the overlay, logs a program, swaps it.
     changes: tokio::sync::Mutex<()>,
     log: Log,
+    /// The request handlers' way into the log: per-turn staging and per-batch acks.
+    appender: Appender,
     registry: Registry,
     pub metrics: EdgeMetrics,
 }
@@ -108,6 +112,7 @@ impl Edge {
             program: ArcSwap::from_pointee(program),
             base_source: std::sync::Mutex::new(base),
             changes: tokio::sync::Mutex::new(()),
+            appender: log.appender(),
             log,
             registry,
             metrics,

@@ -10,12 +10,13 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::handlers::Body;
+use crate::timer::ConnTimer;
 use crate::Edge;
 
 /// Serves HTTP on `listener` until `shutdown` resolves, then stops accepting, lets in-flight
@@ -43,7 +44,8 @@ where
     let cfg = &edge.config;
     let mut http = http1::Builder::new();
     // The timer must be set before header_read_timeout, or hyper panics on every connection.
-    http.timer(TokioTimer::new())
+    // Each connection gets its own below (see `timer`); this one keeps the rule true.
+    http.timer(ConnTimer::default())
         .header_read_timeout(cfg.header_read_timeout)
         .max_buf_size(cfg.max_header_bytes.max(8192))
         .max_headers(cfg.max_headers)
@@ -80,7 +82,9 @@ where
         let edge2 = Arc::clone(&edge);
         let handler = handler.clone();
         let service = service_fn(move |req| handler(Arc::clone(&edge2), peer, req));
-        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        let mut conn_http = http.clone();
+        conn_http.timer(ConnTimer::default());
+        let conn = graceful.watch(conn_http.serve_connection(TokioIo::new(stream), service));
         let edge3 = Arc::clone(&edge);
         tokio::spawn(async move {
             if let Err(e) = conn.await {
