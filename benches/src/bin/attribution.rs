@@ -484,6 +484,20 @@ impl Generator {
 
 // ---- measurements ------------------------------------------------------------------------------
 
+/// User + system CPU seconds of this process (all threads), from /proc/self/stat. Printed
+/// beside the rate: cores busy below 2 shows the threads waiting on each other, and CPU per
+/// event what a change adds or saves. Both move with the VM's speed too (seen: 20% apart
+/// between runs of one build minutes apart), so compare builds in alternating runs.
+fn cpu_secs() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    let mut f = rest.split_whitespace().skip(11);
+    let ticks: u64 = f.next()?.parse::<u64>().ok()? + f.next()?.parse::<u64>().ok()?;
+    // USER_HZ is 100 on every Linux architecture we build for.
+    Some(ticks as f64 / 100.0)
+}
+
 /// A `/proc/self/status` field in kB (VmHWM: peak RSS; VmRSS: current RSS).
 fn proc_status_kb(field: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -644,8 +658,10 @@ fn run(dir: &Path) -> Res<()> {
     let mut worker = Worker::open(&state, options, AttributionMetrics::default())?;
 
     let started = Instant::now();
+    let cpu_start = cpu_secs();
     let events = worker.catch_up(&reader, None)?;
     let secs = started.elapsed().as_secs_f64();
+    let cpu = cpu_secs().zip(cpu_start).map(|(end, start)| end - start);
     let peak = proc_status_kb("VmHWM");
     let rss_end = proc_status_kb("VmRSS");
     let rate = events as f64 / secs;
@@ -655,6 +671,13 @@ fn run(dir: &Path) -> Res<()> {
         rate / TARGET_EVENTS_PER_SEC,
         if rate >= TARGET_EVENTS_PER_SEC { "met" } else { "MISSED" }
     );
+    if let Some(cpu) = cpu {
+        println!(
+            "run: CPU {cpu:.1}s on all threads: {:.2} µs per event, {:.2} cores busy",
+            cpu * 1e6 / events.max(1) as f64,
+            cpu / secs
+        );
+    }
     let peak_mib = mib_of_kb(peak);
     println!(
         "run: peak RSS (VmHWM) {peak_mib:.0} MiB (target < {TARGET_PEAK_RSS_MIB:.0} MiB: {}); RSS at start {:.0} MiB, \

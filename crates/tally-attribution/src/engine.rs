@@ -34,7 +34,7 @@ use tally_model::program::{AttributionModel, Goal, Offer, Payout, Rate};
 use tally_model::{format_minor, Click, ClickId, Conversion, ConversionStatus, Currency, Event, Program};
 
 use crate::ledger::{day_of, month_of_day, Entry, EntryId, Kind, Reason, StatsKeyRef, Status, DAY_MS};
-use crate::state::{ClickFacts, FirstClick, State};
+use crate::state::{ClickFacts, ClickFactsRef, FirstClick, State};
 use crate::stats::RowDelta;
 use crate::AttributionError;
 
@@ -107,7 +107,7 @@ fn window_ms(offer: &Offer) -> u64 {
 
 fn click(state: &mut State, c: &Click) -> Result<(), AttributionError> {
     let human = c.is_human();
-    let sub1 = c.subs[0].clone();
+    let sub1 = c.subs[0].as_str();
     let offer = state.program.as_ref().and_then(|p| p.offer(&c.offer).cloned());
     let first = match c.prior_click {
         Some(prior_id) if offer.as_ref().is_some_and(|o| o.model == AttributionModel::FirstClick) => {
@@ -129,14 +129,7 @@ fn click(state: &mut State, c: &Click) -> Result<(), AttributionError> {
     };
     state.put_click(
         c.click_id,
-        &ClickFacts {
-            ts_ms: c.ts_ms,
-            offer: c.offer.clone(),
-            affiliate: c.affiliate.clone(),
-            sub1: sub1.clone(),
-            human,
-            first,
-        },
+        &ClickFactsRef { ts_ms: c.ts_ms, offer: &c.offer, affiliate: &c.affiliate, sub1, human, first: first.as_ref() },
     );
     let day = day_of(c.ts_ms);
     // Visitor sets of days before the horizon are deleted (when, depends on commit timing), so
@@ -147,7 +140,7 @@ fn click(state: &mut State, c: &Click) -> Result<(), AttributionError> {
         state.first_visit(day, key)?
     };
     let currency = offer.as_ref().map(|o| o.currency);
-    let row = state.stats_mut(StatsKeyRef { day, offer: &c.offer, affiliate: &c.affiliate, sub1: &sub1 });
+    let row = state.stats_mut(StatsKeyRef { day, offer: &c.offer, affiliate: &c.affiliate, sub1 });
     if human {
         row.clicks += 1;
         row.unique_clicks += u64::from(unique);
