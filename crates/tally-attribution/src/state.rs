@@ -75,6 +75,20 @@ pub(crate) struct ClickFactsRef<'a> {
     pub first: Option<&'a FirstClick>,
 }
 
+#[cfg(test)]
+impl ClickFacts {
+    fn borrowed(&self) -> ClickFactsRef<'_> {
+        ClickFactsRef {
+            ts_ms: self.ts_ms,
+            offer: &self.offer,
+            affiliate: &self.affiliate,
+            sub1: &self.sub1,
+            human: self.human,
+            first: self.first.as_ref(),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FirstClick {
     pub click_id: ClickId,
@@ -448,8 +462,7 @@ impl State {
         }
     }
 
-    /// Stores a click's facts: a [`ClickFacts`], or the [`ClickFactsRef`] that encodes alike.
-    pub(crate) fn put_click(&mut self, id: ClickId, facts: &impl Serialize) {
+    pub(crate) fn put_click(&mut self, id: ClickId, facts: &ClickFactsRef<'_>) {
         let spare = &mut self.spare_days;
         let day = self
             .overlay
@@ -994,14 +1007,7 @@ mod tests {
             FirstClick { click_id: ClickId::new(7, 1, 9), ts_ms: 7, affiliate: "a0".into(), sub1: "s\u{e9}".into() };
         for first in [None, Some(first)] {
             let owned = ClickFacts { sub1: "s1".into(), human: false, first, ..facts(1_234, 5) };
-            let borrowed = ClickFactsRef {
-                ts_ms: owned.ts_ms,
-                offer: &owned.offer,
-                affiliate: &owned.affiliate,
-                sub1: &owned.sub1,
-                human: owned.human,
-                first: owned.first.as_ref(),
-            };
+            let borrowed = owned.borrowed();
             assert_eq!(encode(&borrowed), encode(&owned));
             let mut state = State::in_memory();
             let id = ClickId::new(1_234, 1, 1);
@@ -1035,7 +1041,7 @@ mod tests {
                     // Few distinct random parts: the same ID comes back with new facts.
                     let id = ClickId::new(*ts, 1, *r);
                     let f = facts(*ts, tag);
-                    state.put_click(id, &f);
+                    state.put_click(id, &f.borrowed());
                     expected.insert(id, f);
                 }
                 commit_at(&mut state, n as u64 + 1);
@@ -1065,7 +1071,7 @@ mod tests {
         let (old, live) = (clicks(0, 800), clicks(800, 1_600));
         let put = |state: &mut State, ids: &[ClickId], position| {
             for (i, id) in ids.iter().enumerate() {
-                state.put_click(*id, &facts(id.timestamp_ms(), i as u32));
+                state.put_click(*id, &facts(id.timestamp_ms(), i as u32).borrowed());
             }
             commit_at(state, position);
         };
@@ -1120,7 +1126,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut state = State::open(dir.path(), false).unwrap();
         let id = ClickId::new(1_000, 1, 1);
-        state.put_click(id, &facts(1_000, 1));
+        state.put_click(id, &facts(1_000, 1).borrowed());
         commit_at(&mut state, 7);
         // What a layout-1 state looks like: a checkpoint and no format key.
         let db = state.db.clone().unwrap();
