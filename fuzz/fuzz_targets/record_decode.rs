@@ -1,5 +1,6 @@
-//! `record::decode` never panics, and the format is canonical, so any record it accepts must
-//! re-encode to exactly the same bytes, and `peek_kind` must agree with the decoded event.
+//! `record::decode` never panics, `record::decode_view` agrees with it on every input, and
+//! the format is canonical, so any record it accepts must re-encode to exactly the same
+//! bytes, and `peek_kind` must agree with the decoded event.
 //! A version-1 record re-encodes as the current version; it must then equal the record with its
 //! version byte set back to 1 and, for a click, the `prior_click` `None` byte (`00`, the last
 //! payload byte) dropped: version 2 changed nothing else.
@@ -13,8 +14,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tally_model::record::{decode, encode, peek_kind, FORMAT_VERSION};
-use tally_model::EventKind;
+use tally_model::record::{decode, decode_view, encode, peek_kind, EventView, FORMAT_VERSION};
+use tally_model::{ClickView, Event, EventKind};
 
 /// The first format, before `Click::prior_click`; still decoded.
 const VERSION_1: u8 = 1;
@@ -50,7 +51,15 @@ fn wrap(version: u8, kind: u8, payload: &[u8]) -> Vec<u8> {
 }
 
 fn check(record: &[u8]) {
-    let Ok(event) = decode(record) else {
+    let decoded = decode(record);
+    // The in-place decoder accepts exactly the same records, as the same events.
+    match (&decoded, decode_view(record)) {
+        (Ok(Event::Click(c)), Ok(EventView::Click(view))) => assert_eq!(view, ClickView::from(c)),
+        (Ok(event), Ok(EventView::Owned(owned))) => assert_eq!(&owned, event),
+        (Err(a), Err(b)) => assert_eq!(a, &b),
+        (a, b) => panic!("decode and decode_view disagree on {}: {a:?} / {b:?}", hex(record)),
+    }
+    let Ok(event) = decoded else {
         return;
     };
     let bytes = match encode(&event) {

@@ -31,7 +31,7 @@
 use std::sync::Arc;
 
 use tally_model::program::{AttributionModel, Goal, Offer, Payout, Rate};
-use tally_model::{format_minor, Click, ClickId, Conversion, ConversionStatus, Currency, Event, Program};
+use tally_model::{format_minor, ClickId, ClickView, Conversion, ConversionStatus, Currency, Event, Program};
 
 use crate::ledger::{day_of, month_of_day, Entry, EntryId, Kind, Reason, StatsKeyRef, Status, DAY_MS};
 use crate::state::{ClickFacts, ClickFactsRef, FirstClick, State};
@@ -48,28 +48,85 @@ pub struct Outputs {
 
 /// Applies the event at `seq`. Events must come in log order, each exactly once per state.
 pub fn apply(state: &mut State, seq: u64, event: &Event) -> Result<Outputs, AttributionError> {
+    if let Event::Click(c) = event {
+        let mut scratch = std::mem::take(&mut state.scratch);
+        let input = ClickIn::of(&ClickView::from(c), &mut scratch);
+        state.scratch = scratch;
+        return apply_click(state, seq, &input);
+    }
+    step(state, seq, event.ts_ms(), |state, out| {
+        match event {
+            Event::Click(_) => {}
+            Event::Conversion(c) if c.status.is_reversal() => reversal(state, seq, c, out)?,
+            Event::Conversion(c) => conversion(state, seq, c, out)?,
+            Event::ProgramChange(p) => match Program::from_toml(&p.source) {
+                Ok(program) => {
+                    state.set_program(Arc::new(program));
+                }
+                Err(e) => {
+                    // The edge validates programs before logging them, so this means the log
+                    // was written by a newer build. Keep the rules in force; say so loudly.
+                    tracing::error!(seq, error = %e, "program change in the log does not parse; keeping the previous rules");
+                    out.bad_program = true;
+                }
+            },
+        }
+        Ok(())
+    })
+}
+
+/// [`apply`] for a click at `seq` given as what attribution reads of it.
+pub fn apply_click(state: &mut State, seq: u64, c: &ClickIn<'_>) -> Result<Outputs, AttributionError> {
+    step(state, seq, c.ts_ms, |state, _| click(state, c))
+}
+
+/// What attribution reads of a click: built from a decoded [`Click`] or a [`ClickView`]
+/// read in place, or handed over by the [`crate::pipeline`], whose decode thread computes
+/// the visitor key while the click's text is at hand.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClickIn<'a> {
+    pub click_id: ClickId,
+    pub ts_ms: u64,
+    pub offer: &'a str,
+    pub affiliate: &'a str,
+    pub sub1: &'a str,
+    pub human: bool,
+    pub prior_click: Option<ClickId>,
+    /// [`visitor_key`] of the click.
+    pub visitor: u128,
+}
+
+impl<'a> ClickIn<'a> {
+    /// `scratch` is a reused buffer for hashing the visitor key.
+    pub fn of(c: &ClickView<'a>, scratch: &mut Vec<u8>) -> ClickIn<'a> {
+        ClickIn {
+            click_id: c.click_id,
+            ts_ms: c.ts_ms,
+            offer: c.offer,
+            affiliate: c.affiliate,
+            sub1: c.subs[0],
+            human: c.is_human(),
+            prior_click: c.prior_click,
+            visitor: visitor_key(c, scratch),
+        }
+    }
+}
+
+/// The checks and bookkeeping around every event: order, the watermark and holds due
+/// before it, the position after it.
+fn step(
+    state: &mut State,
+    seq: u64,
+    ts_ms: u64,
+    f: impl FnOnce(&mut State, &mut Outputs) -> Result<(), AttributionError>,
+) -> Result<Outputs, AttributionError> {
     let expected = state.checkpoint.position + 1;
     if seq != expected {
         return Err(AttributionError::OutOfOrder { expected, got: seq });
     }
     let mut out = Outputs::default();
-    advance(state, seq, event.ts_ms(), &mut out)?;
-    match event {
-        Event::Click(c) => click(state, c)?,
-        Event::Conversion(c) if c.status.is_reversal() => reversal(state, seq, c, &mut out)?,
-        Event::Conversion(c) => conversion(state, seq, c, &mut out)?,
-        Event::ProgramChange(p) => match Program::from_toml(&p.source) {
-            Ok(program) => {
-                state.set_program(Arc::new(program));
-            }
-            Err(e) => {
-                // The edge validates programs before logging them, so this means the log was
-                // written by a newer build. Keep the rules in force; say so loudly.
-                tracing::error!(seq, error = %e, "program change in the log does not parse; keeping the previous rules");
-                out.bad_program = true;
-            }
-        },
-    }
+    advance(state, seq, ts_ms, &mut out)?;
+    f(state, &mut out)?;
     state.checkpoint.position = seq;
     Ok(out)
 }
@@ -105,10 +162,10 @@ fn window_ms(offer: &Offer) -> u64 {
     u64::from(offer.window_days) * DAY_MS
 }
 
-fn click(state: &mut State, c: &Click) -> Result<(), AttributionError> {
-    let human = c.is_human();
-    let sub1 = c.subs[0].as_str();
-    let offer = state.program.as_ref().and_then(|p| p.offer(&c.offer).cloned());
+fn click(state: &mut State, c: &ClickIn<'_>) -> Result<(), AttributionError> {
+    let human = c.human;
+    let sub1 = c.sub1;
+    let offer = state.program.as_ref().and_then(|p| p.offer(c.offer).cloned());
     let first = match c.prior_click {
         Some(prior_id) if offer.as_ref().is_some_and(|o| o.model == AttributionModel::FirstClick) => {
             match live_click(state, &prior_id)? {
@@ -129,18 +186,15 @@ fn click(state: &mut State, c: &Click) -> Result<(), AttributionError> {
     };
     state.put_click(
         c.click_id,
-        &ClickFactsRef { ts_ms: c.ts_ms, offer: &c.offer, affiliate: &c.affiliate, sub1, human, first: first.as_ref() },
+        &ClickFactsRef { ts_ms: c.ts_ms, offer: c.offer, affiliate: c.affiliate, sub1, human, first: first.as_ref() },
     );
     let day = day_of(c.ts_ms);
     // Visitor sets of days before the horizon are deleted (when, depends on commit timing), so
     // a click that late is never counted unique: the answer must not depend on deletion.
     let live_day = day >= day_of(state.checkpoint.horizon_ms);
-    let unique = human && live_day && {
-        let key = visitor_key(c, &mut state.scratch);
-        state.first_visit(day, key)?
-    };
+    let unique = human && live_day && state.first_visit(day, c.visitor)?;
     let currency = offer.as_ref().map(|o| o.currency);
-    let row = state.stats_mut(StatsKeyRef { day, offer: &c.offer, affiliate: &c.affiliate, sub1 });
+    let row = state.stats_mut(StatsKeyRef { day, offer: c.offer, affiliate: c.affiliate, sub1 });
     if human {
         row.clicks += 1;
         row.unique_clicks += u64::from(unique);
@@ -153,12 +207,12 @@ fn click(state: &mut State, c: &Click) -> Result<(), AttributionError> {
 
 /// One visitor of one offer through one affiliate: the IP (as stored under the privacy
 /// policy) and user agent.
-fn visitor_key(c: &Click, buf: &mut Vec<u8>) -> u128 {
+pub fn visitor_key(c: &ClickView<'_>, buf: &mut Vec<u8>) -> u128 {
     // The length-prefixed parts hashed in one go, in a reused buffer: the same value as
     // feeding them to xxh3's streaming state (XXH3 is defined so), which copied every part
     // into its own buffer and cost 3% of attribution.
     buf.clear();
-    for part in [&c.offer, &c.affiliate, &c.ip, &c.user_agent] {
+    for part in [c.offer, c.affiliate, c.ip, c.user_agent] {
         buf.extend_from_slice(&(part.len() as u64).to_le_bytes());
         buf.extend_from_slice(part.as_bytes());
     }
@@ -558,7 +612,7 @@ fn reversal(state: &mut State, seq: u64, c: &Conversion, out: &mut Outputs) -> R
 #[cfg(test)]
 mod tests {
     use super::{revshare, visitor_key};
-    use tally_model::{Click, ClickId};
+    use tally_model::{Click, ClickId, ClickView};
 
     #[test]
     fn visitor_keys_are_the_streaming_xxh3_of_the_length_prefixed_parts() {
@@ -583,9 +637,9 @@ mod tests {
             h.update(part.as_bytes());
         }
         let mut buf = b"left over".to_vec();
-        assert_eq!(visitor_key(&c, &mut buf), h.digest128());
+        assert_eq!(visitor_key(&ClickView::from(&c), &mut buf), h.digest128());
         let other = Click { ip: "203.0.113.1".into(), ..c.clone() };
-        assert_ne!(visitor_key(&other, &mut buf), visitor_key(&c, &mut buf));
+        assert_ne!(visitor_key(&ClickView::from(&other), &mut buf), visitor_key(&ClickView::from(&c), &mut buf));
     }
 
     #[test]

@@ -24,7 +24,7 @@ pub mod worker;
 
 use std::path::PathBuf;
 
-pub use engine::{apply, Outputs};
+pub use engine::{apply, apply_click, ClickIn, Outputs};
 pub use ledger::{Counters, Entry, EntryId, Kind, Reason, StatsKey, Status};
 pub use metrics::AttributionMetrics;
 pub use snapshots::SnapshotPolicy;

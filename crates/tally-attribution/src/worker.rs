@@ -10,10 +10,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use tally_log::{LogReader, Tail};
+use tally_model::EventView;
 
-use crate::engine;
+use crate::engine::{self, ClickIn};
 use crate::metrics::AttributionMetrics;
-use crate::pipeline;
+use crate::pipeline::{self, ClickBatch, Decoded};
 use crate::snapshots::{self, SnapshotPolicy};
 use crate::state::State;
 use crate::AttributionError;
@@ -64,6 +65,8 @@ pub struct Worker {
     uncommitted: usize,
     /// Position of the newest snapshot (0 when none).
     snapshot_at: u64,
+    /// Reused for hashing visitor keys of clicks read in place.
+    scratch: Vec<u8>,
 }
 
 impl Worker {
@@ -82,7 +85,7 @@ impl Worker {
             .and_then(|p| snapshots::list(&p.dir).ok())
             .and_then(|l| l.last().map(|(pos, _)| *pos))
             .unwrap_or(0);
-        Worker { state, metrics, options, uncommitted: 0, snapshot_at }
+        Worker { state, metrics, options, uncommitted: 0, snapshot_at, scratch: Vec::new() }
     }
 
     /// Makes the next `n` commits fail after the state has handed over its overlay, the way
@@ -105,15 +108,32 @@ impl Worker {
         self.state.checkpoint().position
     }
 
-    /// Decodes and applies one log record, without committing.
+    /// Decodes and applies one log record, without committing. A click is read in place.
     pub fn apply_record(&mut self, seq: u64, bytes: &[u8]) -> Result<(), AttributionError> {
-        let event = tally_model::decode(bytes).map_err(|error| AttributionError::Record { seq, error })?;
-        self.apply_event(seq, &event)
+        match tally_model::decode_view(bytes).map_err(|error| AttributionError::Record { seq, error })? {
+            EventView::Click(view) => {
+                let click = ClickIn::of(&view, &mut self.scratch);
+                self.apply_click(seq, &click)
+            }
+            EventView::Owned(event) => self.apply_event(seq, &event),
+        }
     }
 
     /// Applies one decoded event, without committing.
     pub fn apply_event(&mut self, seq: u64, event: &tally_model::Event) -> Result<(), AttributionError> {
         let out = engine::apply(&mut self.state, seq, event)?;
+        self.applied(&out);
+        Ok(())
+    }
+
+    /// Applies one click, without committing.
+    pub fn apply_click(&mut self, seq: u64, click: &ClickIn<'_>) -> Result<(), AttributionError> {
+        let out = engine::apply_click(&mut self.state, seq, click)?;
+        self.applied(&out);
+        Ok(())
+    }
+
+    fn applied(&mut self, out: &engine::Outputs) {
         for e in &out.entries {
             self.metrics.entry(e.status);
         }
@@ -121,7 +141,6 @@ impl Worker {
         self.uncommitted += 1;
         #[cfg(feature = "test-util")]
         crate::testing::crash_point("apply");
-        Ok(())
     }
 
     /// Commits everything applied so far, with the checkpoint.
@@ -179,9 +198,12 @@ impl Worker {
         let mut applied = 0u64;
         if self.position() < end {
             let every = self.options.commit_every;
-            applied = pipeline::for_each_batch(reader, self.position() + 1, end, |batch| {
-                for (seq, event) in batch {
-                    self.apply_event(*seq, event)?;
+            applied = pipeline::for_each_batch(reader, self.position() + 1, end, |batch: &ClickBatch| {
+                for item in batch.iter() {
+                    match item? {
+                        (seq, Decoded::Click(c)) => self.apply_click(seq, &c)?,
+                        (seq, Decoded::Event(e)) => self.apply_event(seq, e)?,
+                    }
                     if self.uncommitted >= every {
                         self.commit()?;
                     }

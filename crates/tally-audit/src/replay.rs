@@ -209,21 +209,26 @@ pub fn replay(
     let mut touched: BTreeSet<EntryId> = BTreeSet::new();
     let start = report.started_after + 1;
     let mut since_purge = 0u64;
-    let applied = tally_attribution::pipeline::for_each_batch(&reader, start, to, |batch| -> Result<(), AuditError> {
-        for (seq, event) in batch {
-            let out = apply(&mut state, *seq, event)?;
-            if *seq >= from && !options.no_compare {
-                touched.extend(out.entries.iter().map(|e| e.id));
+    let applied = tally_attribution::pipeline::for_each_batch(
+        &reader,
+        start,
+        to,
+        |batch: &Vec<(u64, Event)>| -> Result<(), AuditError> {
+            for (seq, event) in batch {
+                let out = apply(&mut state, *seq, event)?;
+                if *seq >= from && !options.no_compare {
+                    touched.extend(out.entries.iter().map(|e| e.id));
+                }
+                observe(*seq, event, &out);
             }
-            observe(*seq, event, &out);
-        }
-        since_purge += batch.len() as u64;
-        if in_memory && since_purge >= PURGE_EVERY {
-            since_purge = 0;
-            state.commit()?;
-        }
-        Ok(())
-    })?;
+            since_purge += batch.len() as u64;
+            if in_memory && since_purge >= PURGE_EVERY {
+                since_purge = 0;
+                state.commit()?;
+            }
+            Ok(())
+        },
+    )?;
     report.events = applied;
     report.seconds = started.elapsed().as_secs_f64();
     if state.checkpoint().position < to {

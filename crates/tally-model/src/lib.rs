@@ -11,7 +11,9 @@ pub mod program;
 pub mod record;
 
 pub use click_id::{ClickId, ClickIdError};
-pub use event::{click_flags, Click, Conversion, ConversionSource, ConversionStatus, Event, EventKind, ProgramChange};
+pub use event::{
+    click_flags, Click, ClickView, Conversion, ConversionSource, ConversionStatus, Event, EventKind, ProgramChange,
+};
 pub use money::{format_minor, parse_minor, Currency, MoneyError};
 pub use program::{Program, ProgramError};
-pub use record::{decode, encode, encode_into, RecordError};
+pub use record::{decode, decode_view, encode, encode_into, EventView, RecordError};

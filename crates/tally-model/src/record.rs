@@ -28,7 +28,7 @@ use thiserror::Error;
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::click_id::ClickId;
-use crate::event::{Click, Event, EventKind};
+use crate::event::{Click, ClickView, Event, EventKind};
 
 /// The version byte written by this build.
 pub const FORMAT_VERSION: u8 = 2;
@@ -94,11 +94,31 @@ pub fn peek_kind(bytes: &[u8]) -> Result<EventKind, RecordError> {
 pub fn decode(bytes: &[u8]) -> Result<Event, RecordError> {
     let (version, kind, payload) = check(bytes)?;
     Ok(match kind {
-        EventKind::Click if version == VERSION_1 => Event::Click(canonical::<ClickV1>(payload)?.into()),
-        EventKind::Click => Event::Click(canonical(payload)?),
+        EventKind::Click if version == VERSION_1 => Event::Click(canonical_by_size::<ClickV1>(payload)?.into()),
+        EventKind::Click => Event::Click(canonical_by_size(payload)?),
         EventKind::Conversion => Event::Conversion(canonical(payload)?),
         EventKind::ProgramChange => Event::ProgramChange(canonical(payload)?),
     })
+}
+
+/// A record decoded for a reader that wants clicks in place: see [`decode_view`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EventView<'a> {
+    /// A click, its text borrowed from the record.
+    Click(ClickView<'a>),
+    /// Any other event, and version-1 clicks (rare: only logs written before
+    /// `prior_click`), decoded as [`decode`] does.
+    Owned(Event),
+}
+
+/// Decodes one record with the checks of [`decode`], borrowing a click's text from `bytes`
+/// instead of copying it: no allocation for a click.
+pub fn decode_view(bytes: &[u8]) -> Result<EventView<'_>, RecordError> {
+    let (version, kind, payload) = check(bytes)?;
+    match kind {
+        EventKind::Click if version == FORMAT_VERSION => canonical_by_size(payload).map(EventView::Click),
+        _ => decode(bytes).map(EventView::Owned),
+    }
 }
 
 /// A click as version 1 laid it out: [`Click`] without `prior_click`. Frozen: this is the
@@ -170,6 +190,17 @@ fn canonical<'a, T: serde::Deserialize<'a> + serde::Serialize>(payload: &'a [u8]
         Ok(value)
     } else {
         Err(RecordError::NonCanonical)
+    }
+}
+
+/// [`canonical`] for a type whose every field has one encoding of each length (see
+/// [`ClickView`]): the only other encodings postcard accepts are overlong varints, which
+/// make the payload longer than the value's encoding. Comparing lengths costs no copy.
+fn canonical_by_size<'a, T: serde::Deserialize<'a> + serde::Serialize>(payload: &'a [u8]) -> Result<T, RecordError> {
+    let value: T = strict(payload).map_err(|e| RecordError::Payload(e.to_string()))?;
+    match postcard::experimental::serialized_size(&value) {
+        Ok(n) if n == payload.len() => Ok(value),
+        _ => Err(RecordError::NonCanonical),
     }
 }
 
@@ -397,6 +428,62 @@ mod tests {
         assert!(decode(&from_hex(GOLDEN_PROGRAM_V1)).is_ok());
     }
 
+    /// An overlong varint in a click is refused by both decoders; `decode_view` finds it by
+    /// length alone.
+    #[test]
+    fn overlong_varints_in_clicks_are_rejected() {
+        let good = encode(&golden_click(None)).unwrap();
+        let p = payload(&good);
+        // The payload opens with the click ID (length 16, then 16 bytes), then `ts_ms`.
+        let (head, rest) = p.split_at(17);
+        let ts = postcard::to_stdvec(&1_700_000_000_000u64).unwrap();
+        assert!(rest.starts_with(&ts));
+        let mut forged = head.to_vec();
+        let mut long = ts.clone();
+        *long.last_mut().unwrap() |= 0x80;
+        long.push(0);
+        forged.extend_from_slice(&long);
+        forged.extend_from_slice(&rest[ts.len()..]);
+        let record = envelope(FORMAT_VERSION, EventKind::Click, &forged);
+        assert_eq!(decode(&record), Err(RecordError::NonCanonical));
+        assert_eq!(decode_view(&record), Err(RecordError::NonCanonical));
+    }
+
+    /// A currency decodes case-insensitively, so `usd` is as long as `USD` but not its
+    /// encoding: why conversions keep the byte-for-byte canonical check.
+    #[test]
+    fn a_lowercase_currency_is_not_canonical() {
+        let good = encode(&golden_conversion()).unwrap();
+        let p = payload(&good);
+        let at = p.windows(3).position(|w| w == b"USD").unwrap();
+        let mut forged = p.to_vec();
+        forged[at..at + 3].copy_from_slice(b"usd");
+        let record = envelope(FORMAT_VERSION, EventKind::Conversion, &forged);
+        assert_eq!(decode(&record), Err(RecordError::NonCanonical));
+        assert_eq!(decode_view(&record), Err(RecordError::NonCanonical));
+    }
+
+    #[test]
+    fn decode_view_borrows_clicks_and_decodes_the_rest() {
+        let click = golden_click(Some(golden_prior_click()));
+        let bytes = encode(&click).unwrap();
+        let Event::Click(c) = &click else { unreachable!() };
+        assert_eq!(decode_view(&bytes).unwrap(), EventView::Click(ClickView::from(c)));
+        let conversion = golden_conversion();
+        assert_eq!(decode_view(&encode(&conversion).unwrap()).unwrap(), EventView::Owned(conversion));
+        // Version 1 clicks come back owned, with no prior click.
+        let v1 = from_hex(GOLDEN_CLICK_V1);
+        assert_eq!(decode_view(&v1).unwrap(), EventView::Owned(decode(&v1).unwrap()));
+        assert_eq!(decode_view(&good_with_bad_checksum(&bytes)), Err(RecordError::Checksum));
+    }
+
+    fn good_with_bad_checksum(record: &[u8]) -> Vec<u8> {
+        let mut v = record.to_vec();
+        let last = v.len() - 1;
+        v[last] ^= 1;
+        v
+    }
+
     /// The payload of a well-formed record.
     fn payload(record: &[u8]) -> &[u8] {
         &record[HEADER_LEN..record.len() - CHECKSUM_LEN]
@@ -523,6 +610,17 @@ mod tests {
             prop_assert_eq!(decode(&bytes).unwrap(), event);
         }
 
+        /// In place or owned, a record decodes to the same event.
+        #[test]
+        fn decode_view_agrees_with_decode(event in prop_oneof![any_click(), any_conversion(), any_program()]) {
+            let bytes = encode(&event).unwrap();
+            match (decode_view(&bytes).unwrap(), &event) {
+                (EventView::Click(view), Event::Click(c)) => prop_assert_eq!(view, ClickView::from(c)),
+                (EventView::Owned(e), _) => prop_assert_eq!(&e, &event),
+                (view, _) => prop_assert!(false, "{view:?} for {event:?}"),
+            }
+        }
+
         /// Any click as version 1 wrote it (no `prior_click`) decodes to that click.
         #[test]
         fn version_1_clicks_decode_with_no_prior_click(event in any_click()) {
@@ -538,6 +636,7 @@ mod tests {
         #[test]
         fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
             let _ = decode(&bytes);
+            let _ = decode_view(&bytes);
         }
 
         #[test]
@@ -546,6 +645,7 @@ mod tests {
             let i = bit % (bytes.len() * 8);
             bytes[i / 8] ^= 1 << (i % 8);
             prop_assert!(decode(&bytes).is_err());
+            prop_assert!(decode_view(&bytes).is_err());
         }
     }
 }
