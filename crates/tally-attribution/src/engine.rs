@@ -135,10 +135,7 @@ fn step(
 fn advance(state: &mut State, seq: u64, ts: u64, out: &mut Outputs) -> Result<(), AttributionError> {
     let cp = &mut state.checkpoint;
     cp.watermark_ms = cp.watermark_ms.max(ts);
-    if let Some(p) = &state.program {
-        // A day's grace past the longest window, so a click just outside its window is
-        // reported as that rather than as expired.
-        let reach = (u64::from(p.max_window_days()) + 1) * DAY_MS;
+    if let Some(reach) = state.reach_ms {
         cp.horizon_ms = cp.horizon_ms.max(cp.watermark_ms.saturating_sub(reach));
     }
     let watermark = cp.watermark_ms;

@@ -23,6 +23,10 @@ type FastMap<K, V> = hashbrown::HashMap<K, V>;
 
 /// The stats rows: hashbrown's raw entry API looks a row up by a borrowed key
 /// ([`StatsKeyRef`]) and inserts the owned one only when the row is new.
+/// Most counters [`State`] keeps in memory: a few MiB (counters are per offer, goal and
+/// affiliate by day or month, so this is many days of a large program).
+const COUNTER_CACHE_MAX: usize = 100_000;
+
 type StatsMap = hashbrown::HashMap<StatsKey, RowDelta>;
 
 use crate::ledger::{Counters, Entry, EntryId, StatsKey, StatsKeyRef};
@@ -173,6 +177,9 @@ pub struct State {
     overlay: Overlay,
     pub(crate) checkpoint: Checkpoint,
     pub(crate) program: Option<Arc<Program>>,
+    /// How far behind the watermark clicks stay live under `program`: its longest window
+    /// and a day. Kept here because every event needs it.
+    pub(crate) reach_ms: Option<u64>,
     program_dirty: bool,
     /// Every pending hold, by due time: small (conversions within their hold period).
     pub(crate) holds: BTreeSet<(u64, EntryId)>,
@@ -190,6 +197,12 @@ pub struct State {
     spare_days: Vec<DayClicks>,
     /// The last commit's batch size, to allocate the next one at once.
     batch_bytes: usize,
+    /// Committed counter values read or written, so a conversion's caps, tiers and
+    /// milestones are not read back from RocksDB at every commit (a read each was a fifth
+    /// of a conversion's time). Only this state writes counters, so the cache never goes
+    /// stale; it holds nothing uncommitted, and is emptied when it grows past
+    /// [`COUNTER_CACHE_MAX`].
+    counter_cache: FastMap<Vec<u8>, i64>,
     /// A buffer the engine reuses (hashing a visitor's key).
     pub(crate) scratch: Vec<u8>,
     /// Horizon up to which expired clicks were physically deleted.
@@ -227,6 +240,12 @@ fn cf_options(name: &str) -> Options {
     o
 }
 
+/// A day's grace past the longest window, so a click just outside its window is reported
+/// as that rather than as expired.
+fn reach_ms(program: &Program) -> u64 {
+    (u64::from(program.max_window_days()) + 1) * crate::ledger::DAY_MS
+}
+
 fn db_err(e: rocksdb::Error) -> AttributionError {
     AttributionError::Store(e.to_string())
 }
@@ -254,6 +273,7 @@ impl State {
             overlay: Overlay::default(),
             checkpoint: Checkpoint::default(),
             program: None,
+            reach_ms: None,
             program_dirty: false,
             holds: BTreeSet::new(),
             unique_days: BTreeMap::new(),
@@ -262,6 +282,7 @@ impl State {
             spare_days: Vec::new(),
             batch_bytes: 0,
             scratch: Vec::new(),
+            counter_cache: FastMap::default(),
             purged_to_ms: 0,
             secondary_dir,
             #[cfg(feature = "test-util")]
@@ -394,6 +415,7 @@ impl State {
             let source = String::from_utf8(v).map_err(|_| AttributionError::Corrupt("program is not UTF-8".into()))?;
             let program = Program::from_toml(&source)
                 .map_err(|e| AttributionError::Corrupt(format!("stored program no longer parses: {e}")))?;
+            self.reach_ms = Some(reach_ms(&program));
             self.program = Some(Arc::new(program));
         }
         for item in db.iterator_cf(cf(&db, CF_HOLDS)?, IteratorMode::Start) {
@@ -430,6 +452,7 @@ impl State {
 
     pub(crate) fn set_program(&mut self, program: Arc<Program>) {
         self.checkpoint.program = program.digest.clone();
+        self.reach_ms = Some(reach_ms(&program));
         self.program = Some(program);
         self.program_dirty = true;
     }
@@ -513,19 +536,17 @@ impl State {
     }
 
     pub(crate) fn counter(&mut self, key: &[u8]) -> Result<i64, AttributionError> {
-        if let Some(v) = self.overlay.counters.get(key) {
+        if let Some(v) = self.overlay.counters.get(key).or_else(|| self.counter_cache.get(key)) {
             return Ok(*v);
         }
-        let v = match &self.db {
-            Some(db) => match db.get_pinned_cf(cf(db, CF_COUNTERS)?, key).map_err(db_err)? {
-                Some(v) => i64::from_be_bytes(
-                    v.as_ref().try_into().map_err(|_| AttributionError::Corrupt("counter value".into()))?,
-                ),
-                None => 0,
-            },
+        let Some(db) = &self.db else { return Ok(0) };
+        let v = match db.get_pinned_cf(cf(db, CF_COUNTERS)?, key).map_err(db_err)? {
+            Some(v) => i64::from_be_bytes(
+                v.as_ref().try_into().map_err(|_| AttributionError::Corrupt("counter value".into()))?,
+            ),
             None => 0,
         };
-        self.overlay.counters.insert(key.to_vec(), v);
+        self.counter_cache.insert(key.to_vec(), v);
         Ok(v)
     }
 
@@ -678,6 +699,10 @@ impl State {
         if clicks_last.is_some() {
             self.clicks_last = clicks_last;
         }
+        if self.counter_cache.len() + o.counters.len() > COUNTER_CACHE_MAX {
+            self.counter_cache.clear();
+        }
+        self.counter_cache.extend(o.counters.drain());
         // Cleared, not replaced: the map keeps its capacity for the next commit's rows.
         self.stats.clear();
         for mut day in std::mem::take(&mut o.clicks).into_values() {
@@ -790,6 +815,7 @@ impl State {
         if let (Some(db), Some(_)) = (&self.db, &self.secondary_dir) {
             db.try_catch_up_with_primary().map_err(db_err)?;
             self.holds.clear();
+            self.counter_cache.clear();
             self.load()?;
         }
         Ok(())

@@ -180,17 +180,21 @@ mod tests {
             Just(CurrencyOp::Set(usd())),
             Just(CurrencyOp::Set(eur())),
         ];
-        (0u8..4, any::<u64>(), any::<i64>(), -5i64..5, cur).prop_map(|(row, clicks, payout, conversions, currency)| {
+        (0u8..12, any::<u64>(), any::<i64>(), -5i64..5, cur).prop_map(|(row, clicks, payout, conversions, currency)| {
             (row, RowDelta { clicks, payout, conversions, currency, ..RowDelta::default() })
         })
     }
 
+    /// The reference: rows folded in a tree map, in order. Row `r`'s key varies in each of
+    /// its three parts, so the merge's ordering is tested on all of them.
     fn table(ds: &[(u8, RowDelta)]) -> Vec<u8> {
-        let mut rows: BTreeMap<String, RowDelta> = BTreeMap::new();
+        let mut rows: BTreeMap<(&str, &str, String), RowDelta> = BTreeMap::new();
         for (r, d) in ds {
-            rows.entry(format!("s{r}")).or_default().then(d);
+            let offer = ["o", "o2"][usize::from(r % 2)];
+            let affiliate = ["a", "a2"][usize::from(r / 2 % 2)];
+            rows.entry((offer, affiliate, format!("s{}", r % 3))).or_default().then(d);
         }
-        let flat: Vec<_> = rows.iter().map(|(s, d)| ("o", "a", s.as_str(), d)).collect();
+        let flat: Vec<_> = rows.iter().map(|((o, a, s), d)| (*o, *a, s.as_str(), d)).collect();
         encode_day(&flat)
     }
 
