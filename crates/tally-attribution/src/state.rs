@@ -21,12 +21,12 @@ use tally_model::{ClickId, Program};
 /// Nothing iterates them in an order that reaches the output.
 type FastMap<K, V> = hashbrown::HashMap<K, V>;
 
-/// The stats rows: hashbrown's raw entry API looks a row up by a borrowed key
-/// ([`StatsKeyRef`]) and inserts the owned one only when the row is new.
 /// Most counters [`State`] keeps in memory: a few MiB (counters are per offer, goal and
 /// affiliate by day or month, so this is many days of a large program).
 const COUNTER_CACHE_MAX: usize = 100_000;
 
+/// The stats rows: hashbrown's raw entry API looks a row up by a borrowed key
+/// ([`StatsKeyRef`]) and inserts the owned one only when the row is new.
 type StatsMap = hashbrown::HashMap<StatsKey, RowDelta>;
 
 use crate::ledger::{Counters, Entry, EntryId, StatsKey, StatsKeyRef};
