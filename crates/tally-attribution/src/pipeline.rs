@@ -16,8 +16,10 @@ use crate::AttributionError;
 
 /// Events per message between the threads.
 const BATCH: usize = 4096;
-/// Messages in flight: enough to ride over a slow read, little memory.
-const DEPTH: usize = 2;
+/// Batches in flight: enough for the decode thread to keep working through a commit on the
+/// apply thread (8 × 4096 events, half a commit; 2 left it idle a tenth of the run), a few
+/// MiB.
+const DEPTH: usize = 8;
 
 /// Decoded events as the decode thread hands them over.
 pub trait Batch: Default + Send {

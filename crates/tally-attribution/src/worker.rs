@@ -53,7 +53,7 @@ pub struct WorkerOptions {
 
 impl Default for WorkerOptions {
     fn default() -> Self {
-        WorkerOptions { commit_every: 16_384, poll: Duration::from_millis(200), sync: false, snapshots: None }
+        WorkerOptions { commit_every: 65_536, poll: Duration::from_millis(200), sync: false, snapshots: None }
     }
 }
 

@@ -156,7 +156,7 @@ impl Default for RawAttribution {
     fn default() -> Self {
         RawAttribution {
             in_process: true,
-            commit_every: 16_384,
+            commit_every: 65_536,
             sync: false,
             snapshot_every: 1_000_000,
             snapshots_keep: 16,
