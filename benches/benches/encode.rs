@@ -18,6 +18,8 @@ fn bench(c: &mut Criterion) {
         })
     });
     g.bench_function("decode_click", |b| b.iter(|| tally_model::decode(black_box(&bytes))));
+    // In place, as attribution reads clicks: same checks, no allocation.
+    g.bench_function("decode_view_click", |b| b.iter(|| tally_model::decode_view(black_box(&bytes))));
     g.bench_function("click_id_mint_and_encode", |b| {
         b.iter(|| tally_model::ClickId::mint(black_box(1_700_000_000_000), 1).encode())
     });
