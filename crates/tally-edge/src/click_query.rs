@@ -39,12 +39,12 @@ impl ClickQuery {
                     continue;
                 }
                 "src" | "source" => {
-                    q.source = bounded(&v, MAX_SOURCE, &mut q.flags);
+                    q.source = bounded(&v, MAX_SOURCE, &mut q.flags).to_owned();
                     continue;
                 }
                 _ => continue,
             };
-            q.subs[sub] = bounded(&v, crate::params::MAX_SUB, &mut q.flags);
+            q.subs[sub] = bounded(&v, crate::params::MAX_SUB, &mut q.flags).to_owned();
         }
         q
     }
@@ -84,16 +84,16 @@ pub struct Destination {
 }
 
 /// Cuts `s` to at most `max` bytes on a char boundary, flagging the click if it had to.
-pub fn bounded(s: &str, max: usize, flags: &mut u16) -> String {
+pub fn bounded<'a>(s: &'a str, max: usize, flags: &mut u16) -> &'a str {
     if s.len() <= max {
-        return s.to_owned();
+        return s;
     }
     *flags |= click_flags::TRUNCATED;
     let mut end = max;
     while !s.is_char_boundary(end) {
         end -= 1;
     }
-    s[..end].to_owned()
+    &s[..end]
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use tally_log::LogError;
-use tally_model::{click_flags, Click, ClickId, Conversion, ConversionSource, Event};
+use tally_model::{click_flags, ClickId, ClickView, Conversion, ConversionSource, Event};
 
 use crate::click_query::{bounded, ClickQuery};
 use crate::metrics::{ConvOutcome, ConvSource, Route, UnrecordedCause};
@@ -30,6 +30,8 @@ pub const PIXEL_GIF: [u8; 43] = [
 pub const COOKIE_NAME: &str = "tally_cid";
 const MAX_UA: usize = 512;
 const MAX_REFERRER: usize = 1024;
+/// A click record's starting buffer: room for a browser's user agent without growing.
+const RECORD_CAPACITY: usize = 512;
 const NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
 
 pub fn now_ms() -> u64 {
@@ -124,7 +126,7 @@ async fn click(edge: &Edge, req: &Request<Incoming>, peer: SocketAddr, code: &st
     let program = edge.program.load();
     let Some(link) = program.link(code) else {
         return match &edge.config.fallback_url {
-            Some(url) => redirect(url, None),
+            Some(url) => redirect(url.clone(), None),
             None => respond_error(EdgeError::NotFound("unknown link"), false),
         };
     };
@@ -140,7 +142,7 @@ async fn click(edge: &Edge, req: &Request<Incoming>, peer: SocketAddr, code: &st
     if crate::bots::is_prefetch(req.headers()) {
         flags |= click_flags::PREFETCH;
     }
-    if crate::bots::is_unfurler(&user_agent) {
+    if crate::bots::is_unfurler(user_agent) {
         flags |= click_flags::UNFURLER;
     }
     let cid = click_id.encode();
@@ -151,32 +153,45 @@ async fn click(edge: &Edge, req: &Request<Incoming>, peer: SocketAddr, code: &st
         edge.metrics.deep_link_rejected();
     }
     let location = destination.location;
-    let ClickQuery { subs, source, .. } = query;
     let ip = edge.config.ip.client_ip(peer.ip(), req.headers());
-    let event = Event::Click(Click {
+    let ip = edge.config.ip.render(ip, now);
+    let subs = &query.subs;
+    // Whatever the browser sends is untrusted: a cookie that is not a click ID is no prior
+    // click, never an error. With cookies off the operator asked us not to track by cookie,
+    // so none is read either.
+    let prior_click = cookie_click_id(req).filter(|_| edge.config.cookies).and_then(|c| ClickId::parse(&c).ok());
+    // The record is encoded from borrowed fields (the same bytes as an owned `Click`): no
+    // copy of the link, offer, affiliate, sub IDs, user agent or referrer.
+    let click = ClickView {
         click_id,
         ts_ms: now,
-        link: link.code.clone(),
-        offer: offer.id.clone(),
-        affiliate: link.affiliate.clone(),
-        subs,
-        source,
-        deep_link: destination.followed,
+        link: &link.code,
+        offer: &offer.id,
+        affiliate: &link.affiliate,
+        subs: [&subs[0], &subs[1], &subs[2], &subs[3], &subs[4]],
+        source: &query.source,
+        deep_link: &destination.followed,
         user_agent,
         referrer: bounded(header_str(req, REFERER), MAX_REFERRER, &mut 0),
-        ip: edge.config.ip.render(ip, now),
+        ip: &ip,
         flags,
-        // Whatever the browser sends is untrusted: a cookie that is not a click ID is no prior
-        // click, never an error. With cookies off the operator asked us not to track by
-        // cookie, so none is read either.
-        prior_click: cookie_click_id(req).filter(|_| edge.config.cookies).and_then(|c| ClickId::parse(&c).ok()),
-    });
+        prior_click,
+    };
+    let mut record = Vec::with_capacity(RECORD_CAPACITY);
+    let encoded = tally_model::encode_click_into(&click, &mut record);
     let human = flags & click_flags::NON_HUMAN == 0;
     let cookie = edge.config.cookies.then(|| click_cookie(cid, offer.window_days, edge.config.cookie_secure));
-    let response = redirect(&location, cookie.as_deref());
+    let response = redirect(location, cookie);
     // Release the program snapshot before waiting on the log: a reload must not wait for us.
     drop(program);
-    match append(edge, &event).await {
+    let appended = match encoded {
+        Ok(()) => match edge.appender.submit(record) {
+            Ok(pending) => pending.await,
+            Err(e) => Err(e),
+        },
+        Err(e) => Err(LogError::Write(e.to_string())),
+    };
+    match appended {
         Ok(_) => edge.metrics.click_recorded(human),
         Err(e) => {
             let cause = match e {
@@ -207,9 +222,11 @@ fn click_cookie(cid: &str, window_days: u32, secure: bool) -> String {
     c
 }
 
-fn redirect(location: &str, cookie: Option<&str>) -> Response<Body> {
+/// A `302` to `location`. The header values take the strings' buffers (validated as
+/// `from_str` does, without its copy).
+fn redirect(location: String, cookie: Option<String>) -> Response<Body> {
     let mut r = Response::new(Full::new(Bytes::new()));
-    match HeaderValue::from_str(location) {
+    match HeaderValue::from_maybe_shared(Bytes::from(location)) {
         Ok(v) => {
             *r.status_mut() = StatusCode::FOUND;
             r.headers_mut().insert(LOCATION, v);
@@ -220,16 +237,10 @@ fn redirect(location: &str, cookie: Option<&str>) -> Response<Body> {
     }
     r.headers_mut().insert(CACHE_CONTROL, NO_STORE);
     r.headers_mut().insert(http::header::REFERRER_POLICY, HeaderValue::from_static("no-referrer-when-downgrade"));
-    if let Some(c) = cookie.and_then(|c| HeaderValue::from_str(c).ok()) {
+    if let Some(c) = cookie.and_then(|c| HeaderValue::from_maybe_shared(Bytes::from(c)).ok()) {
         r.headers_mut().insert(SET_COOKIE, c);
     }
     r
-}
-
-/// Encodes and commits one event, resolving after its batch is durable.
-async fn append(edge: &Edge, event: &Event) -> Result<u64, LogError> {
-    let record = tally_model::encode(event).map_err(|e| LogError::Write(e.to_string()))?;
-    edge.appender.submit(record)?.await
 }
 
 fn cookie_click_id(req: &Request<Incoming>) -> Option<String> {

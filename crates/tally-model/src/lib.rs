@@ -16,4 +16,4 @@ pub use event::{
 };
 pub use money::{format_minor, parse_minor, Currency, MoneyError};
 pub use program::{Program, ProgramError};
-pub use record::{decode, decode_view, encode, encode_into, EventView, RecordError};
+pub use record::{decode, decode_view, encode, encode_click_into, encode_into, EventView, RecordError};
