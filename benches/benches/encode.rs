@@ -17,6 +17,17 @@ fn bench(c: &mut Criterion) {
             tally_model::encode_into(black_box(&event), &mut buf)
         })
     });
+    // The edge's path: the click's fields borrowed, postcard's format written by hand (the
+    // same bytes as the serde encoding above).
+    if let tally_model::Event::Click(click) = &event {
+        let view = tally_model::ClickView::from(click);
+        g.bench_function("encode_click_view_reuse_buffer", |b| {
+            b.iter(|| {
+                buf.clear();
+                tally_model::encode_click_into(black_box(&view), &mut buf)
+            })
+        });
+    }
     g.bench_function("decode_click", |b| b.iter(|| tally_model::decode(black_box(&bytes))));
     // In place, as attribution reads clicks: same checks, no allocation.
     g.bench_function("decode_view_click", |b| b.iter(|| tally_model::decode_view(black_box(&bytes))));

@@ -1,6 +1,7 @@
 //! The `tally` command line: flags, config loading, tracing, and one function per command.
 //! The work itself is done by the library crates; `main.rs` only calls [`main`].
 
+pub mod alloc;
 mod audit;
 mod export;
 mod ledger;

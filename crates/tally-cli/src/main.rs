@@ -2,7 +2,7 @@
 
 // See the workspace manifest: glibc malloc was a tenth of the hot path's cost.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: tally_cli::alloc::Allocator = tally_cli::alloc::Allocator;
 
 fn main() -> std::process::ExitCode {
     tally_cli::main()

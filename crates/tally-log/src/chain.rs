@@ -19,9 +19,15 @@ const ENTRY_VERSION: u8 = 1;
 const FIXED: usize = 45;
 
 /// Accumulates one batch's head and leaves as records are added in sequence order.
+///
+/// The head's input is gathered into one buffer and hashed at the end: BLAKE3 hashes whole
+/// 1 KiB chunks side by side in SIMD lanes, but only when it is given them at once. Fed a
+/// record at a time it compressed one 64-byte block after another, and the chain was the
+/// largest single cost of the log's writer thread.
 #[derive(Debug)]
 pub struct BatchHasher {
-    head: blake3::Hasher,
+    prev_head: [u8; 32],
+    preimage: Vec<u8>,
     first: u64,
     count: u32,
     leaves: Vec<u8>,
@@ -29,23 +35,24 @@ pub struct BatchHasher {
 
 impl BatchHasher {
     pub fn new(prev_head: &[u8; 32], first: u64) -> BatchHasher {
-        let mut head = blake3::Hasher::new();
-        head.update(prev_head);
-        BatchHasher { head, first, count: 0, leaves: Vec::new() }
+        BatchHasher { prev_head: *prev_head, preimage: Vec::new(), first, count: 0, leaves: Vec::new() }
     }
 
     pub fn add(&mut self, seq: u64, record: &[u8]) {
         let len = u32::try_from(record.len()).unwrap_or(u32::MAX);
-        self.head.update(&seq.to_be_bytes());
-        self.head.update(&len.to_be_bytes());
-        self.head.update(record);
+        self.preimage.extend_from_slice(&seq.to_be_bytes());
+        self.preimage.extend_from_slice(&len.to_be_bytes());
+        self.preimage.extend_from_slice(record);
         self.leaves.extend_from_slice(&leaf(seq, record));
         self.count += 1;
     }
 
     /// The new head and the encoded chain entry.
     pub fn finish(self) -> ([u8; 32], Vec<u8>) {
-        let head: [u8; 32] = self.head.finalize().into();
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(&self.prev_head);
+        hasher.update(&self.preimage);
+        let head: [u8; 32] = hasher.finalize().into();
         let mut entry = Vec::with_capacity(FIXED + self.leaves.len());
         entry.push(ENTRY_VERSION);
         entry.extend_from_slice(&self.first.to_be_bytes());
@@ -115,6 +122,38 @@ mod tests {
         b2.add(1, b"one");
         b2.add(2, b"two");
         assert_ne!(b2.finish().0, head);
+    }
+
+    /// The head is the documented hash, field by field, whatever the batch's size (a batch
+    /// of 100 records of 150 bytes spans many BLAKE3 chunks). Logs written when the head was
+    /// hashed a record at a time verify the same.
+    #[test]
+    fn the_head_is_blake3_of_the_previous_head_and_each_record_framed() {
+        for n in [1u64, 2, 7, 100] {
+            let prev = [7u8; 32];
+            let records: Vec<Vec<u8>> = (0..n).map(|i| vec![i as u8; 150 + i as usize]).collect();
+            let mut b = BatchHasher::new(&prev, 40);
+            let mut expected = blake3::Hasher::new();
+            expected.update(&prev);
+            for (i, r) in records.iter().enumerate() {
+                let seq = 40 + i as u64;
+                b.add(seq, r);
+                expected.update(&seq.to_be_bytes());
+                expected.update(&(r.len() as u32).to_be_bytes());
+                expected.update(r);
+            }
+            let (head, entry) = b.finish();
+            assert_eq!(head, *expected.finalize().as_bytes(), "{n} records");
+            assert_eq!(ChainEntry::decode(&entry).unwrap().head, head);
+        }
+        // Frozen: one record `one` at sequence 1 after the genesis head.
+        let mut b = BatchHasher::new(&GENESIS, 1);
+        b.add(1, b"one");
+        let mut expected = blake3::Hasher::new();
+        expected.update(&GENESIS);
+        expected.update(&[0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 3]);
+        expected.update(b"one");
+        assert_eq!(b.finish().0, *expected.finalize().as_bytes());
     }
 
     #[test]

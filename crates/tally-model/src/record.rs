@@ -75,8 +75,80 @@ pub fn encode_into(event: &Event, buf: &mut Vec<u8>) -> Result<(), RecordError> 
 
 /// Appends the record of a click given as borrowed fields: the same bytes as
 /// [`encode_into`] of the owned [`Click`], without building one (the edge's hot path).
+///
+/// The payload is written out by hand in postcard's format (its 1.x wire format is frozen:
+/// varint lengths and integers, raw string bytes, a tag byte for an option). Through serde
+/// the click took 1,230 instructions, a fourteenth of what the edge's HTTP thread spends on
+/// a click, most of it per-byte pushes and a copy call per string, empty ones included.
+/// A proptest holds this to the serde encoding of the owned click, long strings included.
 pub fn encode_click_into(click: &ClickView<'_>, buf: &mut Vec<u8>) -> Result<(), RecordError> {
-    encode_payload(EventKind::Click, click, buf)
+    let start = buf.len();
+    let [s1, s2, s3, s4, s5] = click.subs;
+    let strs = [
+        click.link,
+        click.offer,
+        click.affiliate,
+        s1,
+        s2,
+        s3,
+        s4,
+        s5,
+        click.source,
+        click.deep_link,
+        click.user_agent,
+        click.referrer,
+        click.ip,
+    ];
+    // Every string's bytes plus a varint of its length (at most 10 bytes), the IDs, the
+    // integers and the option tag: reserved once, so no push below reallocates.
+    let text: usize = strs.iter().map(|s| s.len() + 10).sum();
+    buf.reserve(HEADER_LEN + text + 2 * 17 + 10 + 3 + 1 + CHECKSUM_LEN);
+    buf.extend_from_slice(&[FORMAT_VERSION, EventKind::Click as u8, 0, 0, 0, 0]);
+    let payload_start = buf.len();
+    put_bytes(buf, click.click_id.as_bytes());
+    put_varint(buf, click.ts_ms);
+    for s in strs {
+        put_bytes(buf, s.as_bytes());
+    }
+    put_varint(buf, u64::from(click.flags));
+    match &click.prior_click {
+        None => buf.push(0),
+        Some(id) => {
+            buf.push(1);
+            put_bytes(buf, id.as_bytes());
+        }
+    }
+    seal(buf, start, payload_start)
+}
+
+/// Fills in the envelope of the record begun at `start`: the payload's length, then the
+/// checksum after it.
+fn seal(buf: &mut Vec<u8>, start: usize, payload_start: usize) -> Result<(), RecordError> {
+    let n = buf.len() - payload_start;
+    let n32 = u32::try_from(n).map_err(|_| RecordError::TooLarge(n))?;
+    buf[start + 2..start + 6].copy_from_slice(&n32.to_be_bytes());
+    let sum = checksum(&buf[start..]);
+    buf.extend_from_slice(&sum.to_be_bytes());
+    Ok(())
+}
+
+/// Postcard's varint: seven bits a byte, least significant first, high bit set on all but
+/// the last.
+fn put_varint(buf: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        buf.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    buf.push(v as u8);
+}
+
+/// Postcard's `str` and byte string: the length as a varint, then the bytes.
+fn put_bytes(buf: &mut Vec<u8>, bytes: &[u8]) {
+    put_varint(buf, bytes.len() as u64);
+    // Most of a click's strings are empty sub IDs: skip the copy call for them.
+    if !bytes.is_empty() {
+        buf.extend_from_slice(bytes);
+    }
 }
 
 fn encode_payload<T: Serialize>(kind: EventKind, payload: &T, buf: &mut Vec<u8>) -> Result<(), RecordError> {
@@ -85,12 +157,7 @@ fn encode_payload<T: Serialize>(kind: EventKind, payload: &T, buf: &mut Vec<u8>)
     let payload_start = buf.len();
     let taken = std::mem::take(buf);
     *buf = postcard::to_extend(payload, taken).map_err(|e| RecordError::Payload(e.to_string()))?;
-    let n = buf.len() - payload_start;
-    let n32 = u32::try_from(n).map_err(|_| RecordError::TooLarge(n))?;
-    buf[start + 2..start + 6].copy_from_slice(&n32.to_be_bytes());
-    let sum = checksum(&buf[start..]);
-    buf.extend_from_slice(&sum.to_be_bytes());
-    Ok(())
+    seal(buf, start, payload_start)
 }
 
 /// Checks the envelope and returns the event kind without decoding the payload.
@@ -628,6 +695,29 @@ mod tests {
             prop_assert_eq!(&buf[..4], b"kept");
             let owned = encode(&event).unwrap();
             prop_assert_eq!(&buf[4..], owned.as_slice());
+        }
+
+        /// The same with strings long enough for two- and three-byte length varints, and
+        /// every integer width.
+        #[test]
+        fn encode_click_into_matches_serde_for_long_fields(
+            event in any_click(),
+            ua in ".{100,300}",
+            referrer_len in 0usize..20_000,
+            ts_ms in prop_oneof![Just(0u64), Just(127), Just(128), Just(u64::MAX), any::<u64>()],
+            flags in prop_oneof![Just(0u16), Just(127), Just(128), Just(16_384), Just(u16::MAX)],
+        ) {
+            let Event::Click(mut c) = event else { unreachable!() };
+            c.user_agent = ua;
+            c.referrer = "r".repeat(referrer_len);
+            c.ts_ms = ts_ms;
+            c.flags = flags;
+            let mut buf = Vec::new();
+            encode_click_into(&ClickView::from(&c), &mut buf).unwrap();
+            let mut serde_buf = Vec::new();
+            encode_payload(EventKind::Click, &c, &mut serde_buf).unwrap();
+            prop_assert_eq!(&buf, &serde_buf);
+            prop_assert_eq!(decode(&buf).unwrap(), Event::Click(c));
         }
 
         /// In place or owned, a record decodes to the same event.
