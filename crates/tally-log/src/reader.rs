@@ -311,7 +311,7 @@ impl LogReader {
                         if bad_leaf.is_none() {
                             if let Err(e) = tally_model::record::decode(&record) {
                                 bad_leaf = Some((seq, format!("record does not decode: {e}")));
-                            } else if chain::leaf(seq, &record) != *want_leaf {
+                            } else if chain::leaf(entry.version, seq, &record) != *want_leaf {
                                 bad_leaf = Some((seq, "record differs from what was committed".into()));
                             }
                         }

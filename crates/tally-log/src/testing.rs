@@ -56,6 +56,41 @@ pub fn rechain(dir: &Path, batch: Option<u32>) -> Result<(), LogError> {
     Ok(())
 }
 
+/// Rewrites the chain entries of batches ending at or before `up_to` as the version-1 writer
+/// stored them (BLAKE3 leaves; the head is the same in both versions), giving tests a log
+/// written partly before and partly after the leaf format changed.
+pub fn store_v1_leaves(dir: &Path, up_to: u64) -> Result<(), LogError> {
+    let opts = reader::db_options();
+    let db = rocksdb::DB::open_cf_descriptors(&opts, dir, reader::cf_descriptors()).map_err(|e| open_error(dir, e))?;
+    let read = |e: rocksdb::Error| LogError::Read(e.to_string());
+    let events = db.cf_handle(CF_EVENTS).ok_or_else(|| LogError::Corrupt("no events cf".into()))?;
+    let chain_cf = db.cf_handle(CF_CHAIN).ok_or_else(|| LogError::Corrupt("no chain cf".into()))?;
+    let mut rewritten = Vec::new();
+    for item in db.iterator_cf(chain_cf, rocksdb::IteratorMode::Start) {
+        let (k, v) = item.map_err(read)?;
+        let entry = ChainEntry::decode(&v).ok_or_else(|| LogError::Corrupt("bad chain entry".into()))?;
+        if entry.last() > up_to {
+            break;
+        }
+        let mut bytes = vec![chain::LEAF_BLAKE3];
+        bytes.extend_from_slice(&entry.first.to_be_bytes());
+        bytes.extend_from_slice(&entry.count.to_be_bytes());
+        bytes.extend_from_slice(&entry.head);
+        for seq in entry.first..=entry.last() {
+            let record = db
+                .get_cf(events, keys::seq_key(seq))
+                .map_err(read)?
+                .ok_or_else(|| LogError::Corrupt(format!("record {seq} missing")))?;
+            bytes.extend_from_slice(&chain::leaf(chain::LEAF_BLAKE3, seq, &record));
+        }
+        rewritten.push((k, bytes));
+    }
+    for (k, bytes) in rewritten {
+        db.put_cf(chain_cf, k, bytes).map_err(|e| LogError::Write(e.to_string()))?;
+    }
+    Ok(())
+}
+
 /// Environment variable naming a delay, in milliseconds, the writer sleeps before every commit:
 /// a throttled writer lets tests fill the queue and see the queue-full policy. Only read in
 /// builds with the `test-util` feature, so a production binary has no such knob.

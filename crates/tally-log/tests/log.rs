@@ -264,6 +264,30 @@ fn verify_names_the_edited_sequence() {
     assert_eq!(bad.first_bad.as_ref().map(|(s, _)| *s), Some(37), "{bad:?}");
 }
 
+/// Logs written before the leaf format changed (BLAKE3 leaves, entry version 1) keep
+/// verifying, keep being appended to, and an edit in either kind of batch is named exactly.
+#[test]
+fn a_log_with_both_leaf_versions_verifies_and_names_edits_in_either() {
+    let dir = batched_log(60, 10);
+    tally_log::testing::store_v1_leaves(dir.path(), 30).unwrap();
+    // The writer recovers its head from a version-1 entry and goes on with version 2.
+    let log = open(dir.path());
+    for i in 60..70 {
+        log.append_blocking(record(i), WAIT).unwrap();
+    }
+    log.close();
+    drop(log);
+    let good = LogReader::open_secondary(dir.path()).unwrap().verify().unwrap();
+    assert!(good.is_ok(), "{good:?}");
+    assert_eq!(good.records, 70);
+
+    for (seq, batch_kind) in [(45, "version 2"), (17, "version 1")] {
+        tally_log::testing::overwrite_event(dir.path(), seq, &record(9999)).unwrap();
+        let bad = LogReader::open_secondary(dir.path()).unwrap().verify().unwrap();
+        assert_eq!(bad.first_bad.as_ref().map(|(s, _)| *s), Some(seq), "{batch_kind}: {bad:?}");
+    }
+}
+
 #[test]
 fn keyed_appends_report_the_first_occurrence_within_a_batch_across_batches_and_restarts() {
     let dir = tempfile::tempdir().unwrap();
