@@ -239,6 +239,10 @@ enum Format {
 /// Parses the command line and runs the command; errors are printed, not panicked.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Commands that print their result: when the reader of their standard output goes away
+    // (`tally export events | head`), they stop there, as `cat` would. The others talk to
+    // sockets, where a broken pipe is a real error.
+    let prints = !matches!(cli.command, Command::Serve(_) | Command::Attribute { .. } | Command::Health { .. });
     let result = match cli.command {
         Command::Serve(args) => serve(args),
         Command::Config { command: ConfigCommand::Check { config } } => config_check(&config),
@@ -286,11 +290,30 @@ pub fn main() -> ExitCode {
     };
     match result {
         Ok(code) => code,
+        Err(e) if prints && is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("tally: error: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// Whether `e` comes from writing to a pipe whose reader has closed it. Rust ignores
+/// SIGPIPE, so this arrives as an error, wrapped by whichever encoder was writing.
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    use std::io::ErrorKind::BrokenPipe;
+    e.chain().any(|cause| {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            return io.kind() == BrokenPipe;
+        }
+        if let Some(json) = cause.downcast_ref::<serde_json::Error>() {
+            return json.io_error_kind() == Some(BrokenPipe);
+        }
+        if let Some(csv) = cause.downcast_ref::<csv::Error>() {
+            return matches!(csv.kind(), csv::ErrorKind::Io(io) if io.kind() == BrokenPipe);
+        }
+        false
+    })
 }
 
 pub(crate) fn init_tracing(config: &Config) {
@@ -530,4 +553,43 @@ fn verify(data_dir: &Path, anchor: Option<&tally_log::Anchor>) -> anyhow::Result
 
 fn tally_model_hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::io::{Error, ErrorKind, Write};
+
+    use super::is_broken_pipe;
+
+    /// A writer whose reader has gone away.
+    struct Closed;
+
+    impl Write for Closed {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            Err(Error::from(ErrorKind::BrokenPipe))
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_broken_pipe_is_found_under_any_encoder_and_context() {
+        let io = anyhow::Error::from(Closed.write_all(b"x").unwrap_err()).context("writing rows");
+        assert!(is_broken_pipe(&io));
+        let json = anyhow::Error::from(serde_json::to_writer(Closed, &1).unwrap_err());
+        assert!(is_broken_pipe(&json));
+        let mut w = csv::WriterBuilder::new().buffer_capacity(1).from_writer(Closed);
+        let csv = w.write_record(["a", "b"]).and_then(|()| w.flush().map_err(csv::Error::from)).unwrap_err();
+        assert!(is_broken_pipe(&anyhow::Error::from(csv)));
+    }
+
+    #[test]
+    fn other_errors_are_not_a_broken_pipe() {
+        assert!(!is_broken_pipe(&anyhow::anyhow!("broken pipe, said the message")));
+        assert!(!is_broken_pipe(&anyhow::Error::from(Error::from(ErrorKind::PermissionDenied))));
+        let json = serde_json::from_str::<u8>("x").unwrap_err();
+        assert!(!is_broken_pipe(&anyhow::Error::from(json)));
+    }
 }

@@ -87,11 +87,11 @@ fn expected_row(i: u64) -> Vec<String> {
     }
 }
 
-fn write_log(dir: &std::path::Path) {
+fn write_log(dir: &std::path::Path, events: u64) {
     let log = Log::open(dir, LogOptions::default(), LogMetrics::default()).unwrap();
     // Keep a window of appends in flight (below the queue's capacity) so the writer batches.
     let mut in_flight: VecDeque<Pending> = VecDeque::new();
-    for i in 0..EVENTS {
+    for i in 0..events {
         if in_flight.len() == 16_384 {
             in_flight.pop_front().unwrap().wait().unwrap();
         }
@@ -154,7 +154,7 @@ fn export_of_a_million_events_streams_in_constant_memory_and_round_trips() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("data");
     let started = Instant::now();
-    write_log(&dir);
+    write_log(&dir, EVENTS);
     println!("wrote {EVENTS} events in {:.1?}", started.elapsed());
 
     let is_conversion = |i: &u64| i % CONVERSION_EVERY == CONVERSION_EVERY - 1;
@@ -171,4 +171,30 @@ fn export_of_a_million_events_streams_in_constant_memory_and_round_trips() {
         click_peak < small_peak + GROWTH_LIMIT_KB,
         "memory grows with rows: {click_peak} kB for all clicks, {small_peak} kB for the first 2%"
     );
+}
+
+/// `tally export … | head`: when the reader closes the pipe the export stops, exits 0 and
+/// prints nothing on stderr, in every text format.
+#[test]
+fn export_into_a_pipe_closed_by_its_reader_stops_quietly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    // Megabytes of output: far more than the export's buffer and the pipe's.
+    write_log(&dir, 20_000);
+    for (kind, format) in [("events", "jsonl"), ("clicks", "csv"), ("conversions", "jsonl")] {
+        let mut child = Command::new(common::BIN)
+            .args(["export", kind, "--format", format, "--data-dir", dir.to_str().unwrap()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut first = String::new();
+        std::io::BufRead::read_line(&mut BufReader::new(child.stdout.take().unwrap()), &mut first).unwrap();
+        assert!(!first.is_empty(), "{kind}: no output");
+        // The reader is dropped here: the pipe is closed with the export still writing.
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{kind} {format}: {:?}, stderr {stderr}", out.status);
+        assert!(stderr.is_empty(), "{kind} {format}: stderr {stderr}");
+    }
 }
