@@ -2,7 +2,8 @@
 # End-to-end load benchmark: Tally's redirect path against a bare nginx `return 302`.
 #
 # Both servers run on 127.0.0.1 in the same run, under the same wrk load, and the script
-# prints req/s, p50 and p99 for each plus the tally/nginx throughput ratio. Afterwards it
+# prints req/s, p50, p99 and the server's CPU time per request for each, plus the tally/nginx
+# throughput ratio (with ROUNDS > 1 also each round's ratio and their median). Afterwards it
 # stops Tally with SIGTERM and prints `tally log stats`, so the reader sees that the
 # clicks were committed.
 #
@@ -300,17 +301,34 @@ parse_wrk() {
         }' "$1"
 }
 
-declare -A RPS P50 P99
+# CPU time (user + system, clock ticks) of a server: the process and its children, which for
+# nginx are the workers and for Tally the process's own threads (counted in its /proc stat).
+CLK_TCK="$(getconf CLK_TCK 2>/dev/null || echo 100)"
+cpu_ticks() { # $1 pid
+    local total=0 p t
+    for p in "$1" $(pgrep -P "$1" 2>/dev/null); do
+        t="$(awk '{ print $14 + $15 }' "/proc/$p/stat" 2>/dev/null)" || continue
+        total=$((total + ${t:-0}))
+    done
+    echo "$total"
+}
+
+declare -A RPS P50 P99 CPU
+RATIOS=""
 measure() { # $1 name, $2 port, $3 pid, $4 round
-    local out="$TMP/wrk-$1-$4.txt" res rps p50 p99 bad sockerr reqs
+    local out="$TMP/wrk-$1-$4.txt" res rps p50 p99 bad sockerr reqs c0 c1
     log "round $4: $1 (wrk -t$THREADS -c$CONNECTIONS -d$DURATION)"
+    c0="$(cpu_ticks "$3")"
     run_wrk "$1" "$2" "$DURATION" "$out" "$3"
+    c1="$(cpu_ticks "$3")"
     res="$(parse_wrk "$out")" || { cat "$out" >&2; die "could not parse wrk output for $1"; }
     read -r rps p50 p99 bad sockerr reqs <<<"$res"
     [[ "$bad" -gt 0 ]] && warn "$1 round $4: $bad non-2xx/3xx responses"
     [[ "$sockerr" != none ]] && warn "$1 round $4: socket errors: ${sockerr//_/ }"
     [[ "$1" == tally ]] && TALLY_SENT=$((TALLY_SENT + reqs))
     RPS[$1]+="$rps "; P50[$1]+="$p50 "; P99[$1]+="$p99 "
+    CPU[$1]+="$(awk -v t=$((c1 - c0)) -v hz="$CLK_TCK" -v n="$reqs" \
+        'BEGIN { printf "%.2f", (n > 0 ? t * 1e6 / hz / n : 0) }') "
 }
 
 if [[ ! "$WARMUP" =~ ^0+[smh]?$ ]]; then
@@ -328,6 +346,10 @@ fi
 for ((r = 1; r <= ROUNDS; r++)); do
     measure nginx "$NGINX_PORT" "$NGINX_PID" "$r"
     measure tally "$TALLY_PORT" "$TALLY_PID" "$r"
+    # The two runs of a round are seconds apart, so their ratio is less exposed to a host
+    # whose speed drifts than the ratio of medians taken over the whole session.
+    n_last="${RPS[nginx]% }"; t_last="${RPS[tally]% }"
+    RATIOS+="$(awk -v t="${t_last##* }" -v n="${n_last##* }" 'BEGIN { printf "%.2f", (n > 0 ? t / n : 0) }') "
 done
 
 # --- 8. summary -------------------------------------------------------------------------
@@ -341,16 +363,21 @@ echo "wrk: -t$THREADS -c$CONNECTIONS -d$DURATION, rounds=$ROUNDS$medians," \
     "nginx workers=$NGINX_WORKERS, tally workers=$TALLY_WORKERS, attribution $ATTRIBUTION, $(nproc) CPUs"
 if [[ "$ROUNDS" -gt 1 ]]; then
     for t in nginx tally; do echo "$t req/s per round: ${RPS[$t]% }"; done
+    echo "tally/nginx per round: ${RATIOS% }"
 fi
-printf '%-8s %-10s %-7s %s\n' target req/s p50_ms p99_ms
+# cpu_us/req: the server's CPU time (all its threads or workers) per request answered. wrk
+# shares the same two CPUs, so this is what each server leaves for the load generator.
+printf '%-8s %-10s %-7s %-7s %s\n' target req/s p50_ms p99_ms cpu_us/req
 for t in nginx tally; do
-    printf '%-8s %-10s %-7s %s\n' "$t" \
-        "$(median <<<"${RPS[$t]}")" "$(median <<<"${P50[$t]}")" "$(median <<<"${P99[$t]}")"
+    printf '%-8s %-10s %-7s %-7s %s\n' "$t" \
+        "$(median <<<"${RPS[$t]}")" "$(median <<<"${P50[$t]}")" "$(median <<<"${P99[$t]}")" \
+        "$(median <<<"${CPU[$t]}")"
 done
 n_rps="$(median <<<"${RPS[nginx]}")"; t_rps="$(median <<<"${RPS[tally]}")"
 t_p99="$(median <<<"${P99[tally]}")"
 awk -v t="$t_rps" -v n="$n_rps" 'BEGIN {
     printf "ratio tally/nginx throughput: %s  (target >= 0.85, aim 1.0)\n", (n > 0 ? sprintf("%.2f", t / n) : "n/a") }'
+[[ "$ROUNDS" -gt 1 ]] && echo "median of the per-round ratios: $(median <<<"$RATIOS")"
 echo "tally p99: $t_p99 ms (target < 2 ms)"
 for w in "${WARNINGS[@]}"; do echo "WARNING: $w"; done
 
