@@ -79,6 +79,7 @@ pkgs=()
 command -v wrk >/dev/null 2>&1 || pkgs+=(wrk)
 [[ -x "$NGINX_BIN" ]] || pkgs+=(nginx-light)
 command -v curl >/dev/null 2>&1 || pkgs+=(curl)
+command -v pgrep >/dev/null 2>&1 || pkgs+=(procps) # nginx's workers, for its CPU per request
 if [[ "$NEED_BUILD" -eq 1 ]]; then
     dpkg -s libclang-dev >/dev/null 2>&1 || pkgs+=(libclang-dev)
 fi
