@@ -45,6 +45,7 @@ DURATION="${DURATION:-10s}"
 WARMUP="${WARMUP:-2s}"
 ROUNDS="${ROUNDS:-1}"
 ATTRIBUTION="${ATTRIBUTION:-off}"
+COMMIT_ON_PARK="${COMMIT_ON_PARK:-true}"
 SERVER_CPUS="${SERVER_CPUS:-}"
 WRK_CPUS="${WRK_CPUS:-}"
 KEEP_TMP="${KEEP_TMP:-0}"
@@ -57,6 +58,8 @@ log() { printf '[load] %s\n' "$*" >&2; }
 die() { printf '[load] error: %s\n' "$*" >&2; exit 1; }
 
 [[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer (got '$ROUNDS')"
+[[ "$COMMIT_ON_PARK" == true || "$COMMIT_ON_PARK" == false ]] ||
+    die "COMMIT_ON_PARK must be true or false (got '$COMMIT_ON_PARK')"
 [[ "$ATTRIBUTION" == off || "$ATTRIBUTION" == in-process ]] ||
     die "ATTRIBUTION must be off or in-process (got '$ATTRIBUTION')"
 [[ "$DURATION" =~ ^[1-9][0-9]*[smh]?$ ]] || die "DURATION must look like 10, 10s, 2m or 1h (got '$DURATION')"
@@ -141,9 +144,12 @@ mkdir -p "$TMP/config"
 cp "$REPO/config/program.toml" "$TMP/config/"
 in_process=false
 [[ "$ATTRIBUTION" == in-process ]] && in_process=true
-sed "s/^in_process = .*/in_process = $in_process/" "$TALLY_CONFIG" >"$TMP/config/tally.toml"
+sed -e "s/^in_process = .*/in_process = $in_process/" \
+    -e "s/^commit_on_park = .*/commit_on_park = $COMMIT_ON_PARK/" "$TALLY_CONFIG" >"$TMP/config/tally.toml"
 grep -q "^in_process = $in_process\$" "$TMP/config/tally.toml" ||
     die "could not set [attribution] in_process in the copy of $TALLY_CONFIG"
+grep -q "^commit_on_park = $COMMIT_ON_PARK\$" "$TMP/config/tally.toml" ||
+    die "could not set [log] commit_on_park in the copy of $TALLY_CONFIG"
 TALLY_CONFIG="$TMP/config/tally.toml"
 
 # Start "$@" in the background in its own session/process group, so the cleanup can
@@ -361,7 +367,7 @@ median() { tr ' ' '\n' | awk 'NF' | sort -g | awk '{ v[NR] = $1 } END {
 echo
 medians=""; [[ "$ROUNDS" -gt 1 ]] && medians=" (medians)"
 echo "wrk: -t$THREADS -c$CONNECTIONS -d$DURATION, rounds=$ROUNDS$medians," \
-    "nginx workers=$NGINX_WORKERS, tally workers=$TALLY_WORKERS, attribution $ATTRIBUTION, $(nproc) CPUs"
+    "nginx workers=$NGINX_WORKERS, tally workers=$TALLY_WORKERS, attribution $ATTRIBUTION, commit_on_park $COMMIT_ON_PARK, $(nproc) CPUs"
 if [[ "$ROUNDS" -gt 1 ]]; then
     for t in nginx tally; do echo "$t req/s per round: ${RPS[$t]% }"; done
     echo "tally/nginx per round: ${RATIOS% }"

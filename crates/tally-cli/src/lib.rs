@@ -356,6 +356,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             b
         }
     };
+    // A runtime thread out of work commits the clicks it staged before it sleeps, rather
+    // than waking the log writer and sleeping until the writer wakes it back (see
+    // `Log::park_hook`).
+    if config.log.commit_on_park {
+        rt.on_thread_park(log.park_hook());
+    }
     let rt = rt.enable_all().build().context("cannot start the runtime")?;
     let listen = config.listen;
     let attribution_metrics = tally_attribution::AttributionMetrics::default();

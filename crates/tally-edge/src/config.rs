@@ -68,6 +68,7 @@ struct RawLog {
     queue_capacity: usize,
     max_batch: usize,
     linger_us: u64,
+    commit_on_park: bool,
 }
 
 impl Default for RawLog {
@@ -79,6 +80,7 @@ impl Default for RawLog {
             queue_capacity: d.queue_capacity,
             max_batch: d.max_batch,
             linger_us: d.linger.as_micros() as u64,
+            commit_on_park: d.commit_on_park,
         }
     }
 }
@@ -427,6 +429,7 @@ impl Config {
                 queue_capacity: l.queue_capacity,
                 max_batch: l.max_batch,
                 linger: Duration::from_micros(l.linger_us),
+                commit_on_park: l.commit_on_park,
             },
             program_path: base.join(&raw.program.path),
             ip: IpPolicy::new(ip_mode, &pr.ip_hash_key, trusted),

@@ -22,6 +22,7 @@
 //! acknowledgements directly, as for [`Log::submit`]. Called outside a tokio runtime, or after
 //! the runtime its task ran on has shut down, an appender is a plain [`Log::submit`].
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use tokio::sync::{mpsc, oneshot, Notify};
@@ -45,9 +46,12 @@ impl std::fmt::Debug for Appender {
     }
 }
 
-struct Inner {
+pub(crate) struct Inner {
     log: Log,
     staged: Mutex<Vec<Item>>,
+    /// Counts groups taken from `staged`: the task's timer tells by it whether the group it
+    /// waits for is still there.
+    taken: AtomicU64,
     flush: Arc<Notify>,
     /// Started on the first append made on a runtime.
     task: OnceLock<Task>,
@@ -56,6 +60,17 @@ struct Inner {
 struct Task {
     pump: Arc<PumpTx>,
     handle: tokio::task::AbortHandle,
+}
+
+impl Inner {
+    pub(crate) fn take_staged(&self) -> Vec<Item> {
+        let mut staged = self.staged.lock().unwrap_or_else(|p| p.into_inner());
+        if staged.is_empty() {
+            return Vec::new();
+        }
+        self.taken.fetch_add(1, Ordering::Relaxed);
+        std::mem::take(&mut *staged)
+    }
 }
 
 impl Drop for Inner {
@@ -75,14 +90,15 @@ impl Drop for Inner {
 impl Log {
     /// An appender for callers on a tokio runtime; see [`Appender`].
     pub fn appender(&self) -> Appender {
-        Appender {
-            inner: Arc::new(Inner {
-                log: self.clone(),
-                staged: Mutex::new(Vec::new()),
-                flush: Arc::new(Notify::new()),
-                task: OnceLock::new(),
-            }),
-        }
+        let inner = Arc::new(Inner {
+            log: self.clone(),
+            staged: Mutex::new(Vec::new()),
+            taken: AtomicU64::new(0),
+            flush: Arc::new(Notify::new()),
+            task: OnceLock::new(),
+        });
+        self.shared().appenders.lock().unwrap_or_else(|p| p.into_inner()).push(Arc::downgrade(&inner));
+        Appender { inner }
     }
 }
 
@@ -122,9 +138,12 @@ impl Appender {
             if staged.len() == 1 {
                 inner.flush.notify_one();
             }
-            (staged.len() >= inner.log.max_batch()).then(|| std::mem::take(&mut *staged))
+            (staged.len() >= inner.log.staging_limit()).then(|| {
+                inner.taken.fetch_add(1, Ordering::Relaxed);
+                std::mem::take(&mut *staged)
+            })
         };
-        // A full batch goes now rather than waiting for the turn to end.
+        // A full batch goes now rather than waiting for the turn to end (or the park).
         if let Some(items) = full {
             inner.log.send_batch(items);
         }
@@ -147,7 +166,13 @@ impl Appender {
 }
 
 /// The appender's task: hands staged groups to the writer and delivers acknowledgements.
+/// With a park hook installed it leaves a group for the hook (the runtime thread commits it
+/// when it runs out of work), and hands it over only if the runtime has not parked within
+/// [`PARK_GRACE`]: under a flood of other requests it may not park for a long time.
 async fn run(inner: Weak<Inner>, flush: Arc<Notify>, mut acks: mpsc::Receiver<Vec<crate::writer::Delivery>>) {
+    let mut late = Box::pin(tokio::time::sleep(PARK_GRACE));
+    // The `taken` count when the timer was armed for the group then staged.
+    let mut armed: Option<u64> = None;
     loop {
         tokio::select! {
             // Answers first: they finish requests, and free the waiters' memory.
@@ -159,11 +184,39 @@ async fn run(inner: Weak<Inner>, flush: Arc<Notify>, mut acks: mpsc::Receiver<Ve
             }
             () = flush.notified() => {
                 let Some(inner) = inner.upgrade() else { return };
-                let items = std::mem::take(&mut *inner.staged.lock().unwrap_or_else(|p| p.into_inner()));
-                if !items.is_empty() {
-                    inner.log.send_batch(items);
+                if !inner.log.commits_on_park() {
+                    hand_over(&inner);
+                } else if armed.is_none() {
+                    late.as_mut().reset(tokio::time::Instant::now() + PARK_GRACE);
+                    armed = Some(inner.taken.load(Ordering::Relaxed));
+                }
+            }
+            () = late.as_mut(), if armed.is_some() => {
+                let Some(inner) = inner.upgrade() else { return };
+                let taken = inner.taken.load(Ordering::Relaxed);
+                if armed == Some(taken) {
+                    // The group waited the whole grace: the runtime has not parked.
+                    armed = None;
+                    hand_over(&inner);
+                } else if inner.staged.lock().map(|s| s.is_empty()).unwrap_or(false) {
+                    armed = None;
+                } else {
+                    // That group was taken; a newer one is staged: give it its own grace.
+                    late.as_mut().reset(tokio::time::Instant::now() + PARK_GRACE);
+                    armed = Some(taken);
                 }
             }
         }
+    }
+}
+
+/// How long a staged group may wait for its runtime thread to park before the appender's
+/// task hands it to the writer thread.
+const PARK_GRACE: std::time::Duration = std::time::Duration::from_millis(1);
+
+fn hand_over(inner: &Inner) {
+    let items = inner.take_staged();
+    if !items.is_empty() {
+        inner.log.send_batch(items);
     }
 }

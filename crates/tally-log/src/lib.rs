@@ -8,6 +8,8 @@
 //! - the [`Appender`], the front for callers on a tokio runtime: it stages the appends of one
 //!   turn of the runtime and hands them to the writer as one message, and delivers their
 //!   acknowledgements on the runtime, one wake-up per batch instead of one per event;
+//! - [`Log::park_hook`], for a runtime whose thread should commit its staged appends itself
+//!   when it runs out of work, rather than wake the writer and sleep until woken back;
 //! - **readers** ([`LogReader`]): sequence ranges, an in-process [`Tail`] woken by commits,
 //!   and a secondary instance for reading a running server's log from another process;
 //! - named consumer **checkpoints**;
@@ -29,7 +31,9 @@
 //!
 //! Architecture invariant: no RocksDB call runs on a tokio worker thread from this crate's
 //! async API: [`Log::submit`] and [`Appender::submit`] only enqueue (or stage), the appender's
-//! task only moves messages, and the returned [`Pending`] only awaits a oneshot.
+//! task only moves messages, and the returned [`Pending`] only awaits a oneshot. The one
+//! exception is opt-in: the hook of [`Log::park_hook`] writes on an idle runtime thread, and
+//! only writes that cannot wait (no fsync, no read, no write stall, never behind the writer).
 
 mod appender;
 pub mod chain;
@@ -95,11 +99,21 @@ pub struct LogOptions {
     /// How long the writer waits for more events after the first of a batch. Zero means
     /// "take what is queued": the time spent committing one batch already gathers the next.
     pub linger: Duration,
+    /// Whether a server installs [`Log::park_hook`] on its runtime, so that a runtime thread
+    /// out of work commits its staged events itself. The log does not read it; `tally serve`
+    /// does.
+    pub commit_on_park: bool,
 }
 
 impl Default for LogOptions {
     fn default() -> Self {
-        LogOptions { sync: SyncPolicy::None, queue_capacity: 65_536, max_batch: 1024, linger: Duration::ZERO }
+        LogOptions {
+            sync: SyncPolicy::None,
+            queue_capacity: 65_536,
+            max_batch: 1024,
+            linger: Duration::ZERO,
+            commit_on_park: true,
+        }
     }
 }
 

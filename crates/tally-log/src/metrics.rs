@@ -14,6 +14,8 @@ pub struct LogMetrics {
     pub queue_capacity: Gauge,
     pub events_appended: Counter,
     pub batches_committed: Counter,
+    /// Of those, batches a runtime thread committed before parking ([`crate::Log::park_hook`]).
+    pub inline_batches: Counter,
     pub fsyncs: Counter,
     pub commit_errors: Counter,
     pub last_sequence: Gauge,
@@ -33,6 +35,7 @@ impl Default for LogMetrics {
             queue_capacity: Gauge::default(),
             events_appended: Counter::default(),
             batches_committed: Counter::default(),
+            inline_batches: Counter::default(),
             fsyncs: Counter::default(),
             commit_errors: Counter::default(),
             last_sequence: Gauge::default(),
@@ -56,6 +59,11 @@ impl LogMetrics {
         r.register("queue_capacity", "Capacity of the writer's queue", self.queue_capacity.clone());
         r.register("events_appended", "Events committed to the log", self.events_appended.clone());
         r.register("batches_committed", "Batches committed to the log", self.batches_committed.clone());
+        r.register(
+            "inline_batches",
+            "Batches committed by a runtime thread about to park rather than by the writer thread",
+            self.inline_batches.clone(),
+        );
         r.register("fsyncs", "Batches committed with fsync", self.fsyncs.clone());
         r.register(
             "commit_errors",

@@ -96,9 +96,20 @@ pub fn store_v1_leaves(dir: &Path, up_to: u64) -> Result<(), LogError> {
 /// builds with the `test-util` feature, so a production binary has no such knob.
 pub const COMMIT_DELAY_ENV: &str = "TALLY_TEST_COMMIT_DELAY_MS";
 
-pub(crate) fn throttle() {
+fn delay_ms() -> u64 {
     static DELAY: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    let ms = *DELAY.get_or_init(|| std::env::var(COMMIT_DELAY_ENV).ok().and_then(|v| v.parse().ok()).unwrap_or(0));
+    *DELAY.get_or_init(|| std::env::var(COMMIT_DELAY_ENV).ok().and_then(|v| v.parse().ok()).unwrap_or(0))
+}
+
+/// True when a switch above is on. Commits then stay on the writer thread: a delay or an
+/// early acknowledgement on a runtime thread would block the very responses the harness
+/// watches.
+pub(crate) fn active() -> bool {
+    early_ack() || delay_ms() > 0
+}
+
+pub(crate) fn throttle() {
+    let ms = delay_ms();
     if ms > 0 {
         std::thread::sleep(std::time::Duration::from_millis(ms));
     }

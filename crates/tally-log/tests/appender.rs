@@ -180,3 +180,132 @@ fn an_appender_outlives_the_runtime_its_task_ran_on() {
     assert_eq!(appender.submit(record(99)).unwrap().wait().unwrap(), 52);
     log.close();
 }
+
+/// A current-thread runtime whose thread commits its staged appends before it parks.
+fn parking_runtime(log: &Log) -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().on_thread_park(log.park_hook()).enable_all().build().unwrap()
+}
+
+/// With the park hook, the runtime thread commits what it staged itself once it runs out of
+/// work: no batch goes through the writer thread, and every append is acknowledged with its
+/// own record under its sequence number.
+#[test]
+fn with_a_park_hook_the_runtime_thread_commits_what_it_staged() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, metrics) = open(dir.path(), LogOptions::default());
+    let appender = log.appender();
+    let rt = parking_runtime(&log);
+    let seqs = rt.block_on(append_concurrently(&appender, 50));
+    assert_eq!(seqs.iter().copied().collect::<BTreeSet<_>>(), (1..=50).collect::<BTreeSet<_>>());
+    assert!(metrics.inline_batches.get() >= 1);
+    assert_eq!(metrics.inline_batches.get(), metrics.batches_committed.get(), "a batch went through the writer");
+    for (seq, bytes) in log.reader().read_range(1, usize::MAX).unwrap() {
+        let Event::ProgramChange(p) = tally_model::decode(&bytes).unwrap() else { panic!("not a program change") };
+        assert_eq!(seqs.iter().position(|&s| s == seq).map(|i| i as u64), Some(p.ts_ms), "seq {seq}");
+    }
+    assert!(log.reader().verify().unwrap().is_ok());
+    drop(rt);
+    log.close();
+}
+
+/// A runtime that keeps finding work hands full groups to the writer as they fill (so the
+/// writer commits them meanwhile), and at most the rest itself.
+#[test]
+fn with_a_park_hook_large_groups_still_go_to_the_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, metrics) = open(dir.path(), LogOptions::default());
+    let appender = log.appender();
+    let rt = parking_runtime(&log);
+    let seqs = rt.block_on(append_concurrently(&appender, 300));
+    assert_eq!(seqs.iter().copied().collect::<BTreeSet<_>>(), (1..=300).collect::<BTreeSet<_>>());
+    // The rest of the turn is committed at park, unless the writer is still committing the
+    // full groups then: the hook never waits for it, and hands the rest over too.
+    let (inline, all) = (metrics.inline_batches.get(), metrics.batches_committed.get());
+    assert!(inline < all, "{inline} of {all} batches inline: no full group reached the writer");
+    assert!(log.reader().verify().unwrap().is_ok());
+    drop(rt);
+    log.close();
+}
+
+/// What could block the runtime thread stays on the writer: keyed appends (their duplicate
+/// check reads the database) and every commit under `sync = batch` (an fsync).
+#[test]
+fn keyed_appends_and_fsynced_commits_stay_on_the_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, metrics) = open(dir.path(), LogOptions::default());
+    let appender = log.appender();
+    let rt = parking_runtime(&log);
+    rt.block_on(async {
+        let a = appender.submit_unique(record(1), b"order-1").unwrap().await.unwrap();
+        let b = appender.submit_unique(record(2), b"order-1").unwrap().await.unwrap();
+        assert_eq!(b.duplicate_of, Some(a.seq));
+    });
+    assert_eq!(metrics.inline_batches.get(), 0);
+    drop(rt);
+    log.close();
+
+    let dir = tempfile::tempdir().unwrap();
+    let options = LogOptions { sync: tally_log::SyncPolicy::Batch, ..LogOptions::default() };
+    let (log, metrics) = open(dir.path(), options);
+    let appender = log.appender();
+    let rt = parking_runtime(&log);
+    let seqs = rt.block_on(append_concurrently(&appender, 20));
+    assert_eq!(seqs.iter().copied().collect::<BTreeSet<_>>(), (1..=20).collect::<BTreeSet<_>>());
+    assert_eq!(metrics.inline_batches.get(), 0);
+    assert_eq!(metrics.fsyncs.get(), metrics.batches_committed.get());
+    drop(rt);
+    log.close();
+}
+
+/// A runtime that never parks (its task yields forever) never runs the hook: its staged
+/// append is handed to the writer after the grace period instead of waiting for a park.
+#[test]
+fn a_runtime_that_never_parks_still_gets_its_appends_committed() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let (log, metrics) = open(dir.path(), LogOptions::default());
+    let appender = log.appender();
+    let rt = parking_runtime(&log);
+    rt.block_on(async {
+        let done = Arc::new(AtomicBool::new(false));
+        let pending = appender.submit(record(1)).unwrap();
+        let flag = Arc::clone(&done);
+        tokio::spawn(async move {
+            assert_eq!(pending.await.unwrap(), 1);
+            flag.store(true, Ordering::SeqCst);
+        });
+        let started = std::time::Instant::now();
+        // Yielding re-queues this task at once, so the runtime always has work: no park.
+        while !done.load(Ordering::SeqCst) {
+            assert!(started.elapsed() < Duration::from_secs(10), "the append was never committed");
+            tokio::task::yield_now().await;
+        }
+    });
+    assert_eq!(metrics.inline_batches.get(), 0);
+    assert_eq!(metrics.events_appended.get(), 1);
+    drop(rt);
+    log.close();
+}
+
+/// Several worker threads park and commit at once, beside the writer: every append is
+/// acknowledged once and the log has no gaps.
+#[test]
+fn with_a_park_hook_many_workers_commit_without_gaps() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, metrics) = open(dir.path(), LogOptions::default());
+    let appender = log.appender();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .on_thread_park(log.park_hook())
+        .enable_all()
+        .build()
+        .unwrap();
+    let seqs = rt.block_on(append_concurrently(&appender, 2000));
+    assert_eq!(seqs.iter().copied().collect::<BTreeSet<_>>(), (1..=2000).collect::<BTreeSet<_>>());
+    assert_eq!(log.last_committed(), 2000);
+    assert_eq!(metrics.events_appended.get(), 2000);
+    assert!(log.reader().verify().unwrap().is_ok());
+    drop(rt);
+    log.close();
+}
