@@ -68,14 +68,24 @@ pub fn is_prefetch(headers: &HeaderMap) -> bool {
 /// handler calls it from its single pass over the headers: four lookups by name hashed four
 /// names on every click, for headers that are nearly always absent.
 pub fn says_prefetch(name: &HeaderName, value: &HeaderValue) -> bool {
-    let needles: &[&str] = match name.as_str() {
-        "purpose" => &["prefetch", "preview"],
-        "sec-purpose" => &["prefetch", "prerender"],
-        "x-purpose" => &["preview", "prefetch"],
-        "x-moz" => &["prefetch"],
-        _ => return false,
+    says_prefetch_raw(name.as_str(), value.as_bytes())
+}
+
+/// [`says_prefetch`] on a header as the parser saw it: the name in any case, the value as
+/// bytes. The edge's fast path reads headers straight from the request buffer.
+pub fn says_prefetch_raw(name: &str, value: &[u8]) -> bool {
+    let needles: &[&str] = if name.eq_ignore_ascii_case("purpose") {
+        &["prefetch", "preview"]
+    } else if name.eq_ignore_ascii_case("sec-purpose") {
+        &["prefetch", "prerender"]
+    } else if name.eq_ignore_ascii_case("x-purpose") {
+        &["preview", "prefetch"]
+    } else if name.eq_ignore_ascii_case("x-moz") {
+        &["prefetch"]
+    } else {
+        return false;
     };
-    let v = String::from_utf8_lossy(value.as_bytes()).to_ascii_lowercase();
+    let v = String::from_utf8_lossy(value).to_ascii_lowercase();
     needles.iter().any(|n| v.contains(n))
 }
 

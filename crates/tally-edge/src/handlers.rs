@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::header::{CACHE_CONTROL, CONTENT_TYPE, COOKIE, LOCATION, REFERER, RETRY_AFTER, SET_COOKIE, USER_AGENT};
+use http::header::{CACHE_CONTROL, CONTENT_TYPE, COOKIE, LOCATION, RETRY_AFTER, SET_COOKIE};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -40,7 +40,7 @@ pub fn now_ms() -> u64 {
 
 /// Everything that can go wrong answering a request, and its status.
 #[derive(Debug)]
-enum EdgeError {
+pub(crate) enum EdgeError {
     NotFound(&'static str),
     MethodNotAllowed(&'static str),
     Field(FieldError),
@@ -54,7 +54,7 @@ enum EdgeError {
     Internal(String),
 }
 
-fn respond_error(e: EdgeError, json: bool) -> Response<Body> {
+pub(crate) fn respond_error(e: EdgeError, json: bool) -> Response<Body> {
     let (status, reason, field): (u16, String, Option<&str>) = match e {
         EdgeError::NotFound(what) => (404, what.to_owned(), None),
         EdgeError::MethodNotAllowed(allow) => (405, format!("method not allowed; use {allow}"), None),
@@ -118,7 +118,7 @@ fn method_not_allowed(allow: &'static str, json: bool) -> Response<Body> {
 /// up by name hashed seven names per click, most of them for headers a click rarely has.
 /// Each field is what a lookup would give: the first header of its name.
 #[derive(Debug, Default)]
-struct ClickHeaders<'a> {
+pub(crate) struct ClickHeaders<'a> {
     user_agent: &'a str,
     referrer: &'a str,
     /// The first `tally_cid` cookie, of the first `Cookie` header that has one.
@@ -127,26 +127,47 @@ struct ClickHeaders<'a> {
 }
 
 impl<'a> ClickHeaders<'a> {
-    fn scan(headers: &'a http::HeaderMap) -> ClickHeaders<'a> {
+    /// Scans `(name, value)` pairs, names in any case: hyper's header map, or the fast path's
+    /// parser output.
+    pub(crate) fn scan(headers: impl Iterator<Item = (&'a str, &'a [u8])>) -> ClickHeaders<'a> {
         let (mut ua, mut referrer) = (None, None);
         let mut h = ClickHeaders::default();
         for (name, value) in headers {
-            if name == USER_AGENT {
-                ua.get_or_insert_with(|| value.to_str().unwrap_or(""));
-            } else if name == REFERER {
-                referrer.get_or_insert_with(|| value.to_str().unwrap_or(""));
-            } else if name == COOKIE {
+            if name.eq_ignore_ascii_case("user-agent") {
+                ua.get_or_insert_with(|| header_str(value).unwrap_or(""));
+            } else if name.eq_ignore_ascii_case("referer") {
+                referrer.get_or_insert_with(|| header_str(value).unwrap_or(""));
+            } else if name.eq_ignore_ascii_case("cookie") {
                 if h.cookie_click_id.is_none() {
-                    h.cookie_click_id = value.to_str().ok().and_then(cookie_value);
+                    h.cookie_click_id = header_str(value).and_then(cookie_value);
                 }
             } else if !h.prefetch {
-                h.prefetch = crate::bots::says_prefetch(name, value);
+                h.prefetch = crate::bots::says_prefetch_raw(name, value);
             }
         }
         h.user_agent = ua.unwrap_or("");
         h.referrer = referrer.unwrap_or("");
         h
     }
+
+    fn of_map(headers: &'a http::HeaderMap) -> ClickHeaders<'a> {
+        ClickHeaders::scan(headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes())))
+    }
+}
+
+/// A header value as text, as `HeaderValue::to_str` reads it: visible ASCII and tabs only.
+pub(crate) fn header_str(value: &[u8]) -> Option<&str> {
+    if value.iter().all(|&b| b == b'\t' || (0x20..0x7f).contains(&b)) {
+        std::str::from_utf8(value).ok()
+    } else {
+        None
+    }
+}
+
+/// True if `value` may be sent as a header value, by `HeaderValue::from_bytes`'s rule: no
+/// control characters but tab (so no CR or LF).
+pub(crate) fn is_header_value(value: &[u8]) -> bool {
+    value.iter().all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f))
 }
 
 /// The `tally_cid` value in one `Cookie` header.
@@ -157,15 +178,32 @@ fn cookie_value(header: &str) -> Option<&str> {
     })
 }
 
-/// A click: recorded, then answered once its record is committed (or could not be).
+/// A click through hyper: recorded, then answered once its record is committed (or could
+/// not be). The fast path ([`crate::fast`]) answers most clicks without hyper; this one
+/// takes the rest (HTTP/1.0, `Connection` headers, bodies, methods other than GET and HEAD).
 async fn click(edge: &Edge, req: &Request<Incoming>, peer: SocketAddr, code: &str) -> Response<Body> {
-    // Everything up to the log happens in a plain function, so this future holds only what
-    // crosses the wait: it is built and moved on every click, and held all the locals of
-    // the handler (some 1,100 bytes) when they were written here.
-    let (response, submitted, human) = match prepare_click(edge, req, peer, code) {
-        Prepared::Click { response, submitted, human } => (response, submitted, human),
-        Prepared::Answer(answer) => return answer,
+    let is_head = req.method() == Method::HEAD;
+    if !is_head && req.method() != Method::GET {
+        return method_not_allowed("GET, HEAD", false);
+    }
+    let request = ClickRequest {
+        is_head,
+        query: req.uri().query().unwrap_or(""),
+        headers: ClickHeaders::of_map(req.headers()),
+        client_ip: edge.config.ip.client_ip(peer.ip(), req.headers()),
     };
+    match prepare_click(edge, code, request) {
+        Prepared::Click { location, cookie, submitted, human } => {
+            await_click(edge, submitted, human).await;
+            redirect(location, cookie)
+        }
+        Prepared::Answer(answer) => answer,
+    }
+}
+
+/// Waits for a click's commit and counts it, recorded or not. The redirect goes out either
+/// way: a person is waiting.
+pub(crate) async fn await_click(edge: &Edge, submitted: Result<tally_log::Pending, LogError>, human: bool) {
     let appended = match submitted {
         Ok(pending) => pending.await,
         Err(e) => Err(e),
@@ -181,22 +219,30 @@ async fn click(edge: &Edge, req: &Request<Incoming>, peer: SocketAddr, code: &st
             edge.metrics.click_unrecorded(cause);
         }
     }
-    response
+}
+
+/// What a click handler reads from its request, whichever parser read it.
+pub(crate) struct ClickRequest<'a> {
+    pub(crate) is_head: bool,
+    /// The raw query string, without the `?`.
+    pub(crate) query: &'a str,
+    pub(crate) headers: ClickHeaders<'a>,
+    /// The client's address, after the trusted-proxy rule.
+    pub(crate) client_ip: std::net::IpAddr,
 }
 
 /// What [`prepare_click`] leaves for the wait on the log.
-enum Prepared {
-    /// The redirect, the record handed to the log, and whether the click looks human.
-    Click { response: Response<Body>, submitted: Result<tally_log::Pending, LogError>, human: bool },
-    /// Nothing to record (a bad method, an unknown link): the answer as it is.
+pub(crate) enum Prepared {
+    /// The redirect's `Location` and cookie, the record handed to the log, and whether the
+    /// click looks human.
+    Click { location: String, cookie: Option<String>, submitted: Result<tally_log::Pending, LogError>, human: bool },
+    /// Nothing to record (an unknown link): the answer as it is.
     Answer(Response<Body>),
 }
 
-fn prepare_click(edge: &Edge, req: &Request<Incoming>, peer: SocketAddr, code: &str) -> Prepared {
-    let is_head = req.method() == Method::HEAD;
-    if !is_head && req.method() != Method::GET {
-        return Prepared::Answer(method_not_allowed("GET, HEAD", false));
-    }
+/// Everything a click does up to the wait on the log, in a plain function: the handlers'
+/// futures then hold only what crosses the wait (they are built and moved on every click).
+pub(crate) fn prepare_click(edge: &Edge, code: &str, req: ClickRequest<'_>) -> Prepared {
     let program = edge.program.load();
     let Some(link) = program.link(code) else {
         return Prepared::Answer(match &edge.config.fallback_url {
@@ -207,11 +253,11 @@ fn prepare_click(edge: &Edge, req: &Request<Incoming>, peer: SocketAddr, code: &
     let offer = &link.offer;
     let now = now_ms();
     let click_id = ClickId::mint(now, edge.config.node_id);
-    let query = ClickQuery::parse(req.uri().query().unwrap_or(""));
-    let headers = ClickHeaders::scan(req.headers());
+    let query = ClickQuery::parse(req.query);
+    let headers = req.headers;
     let mut flags = query.flags;
     let user_agent = bounded(headers.user_agent, MAX_UA, &mut flags);
-    if is_head {
+    if req.is_head {
         flags |= click_flags::HEAD;
     }
     if headers.prefetch {
@@ -228,8 +274,7 @@ fn prepare_click(edge: &Edge, req: &Request<Incoming>, peer: SocketAddr, code: &
         edge.metrics.deep_link_rejected();
     }
     let location = destination.location;
-    let ip = edge.config.ip.client_ip(peer.ip(), req.headers());
-    let ip = edge.config.ip.render(ip, now);
+    let ip = edge.config.ip.render(req.client_ip, now);
     let subs = &query.subs;
     // Whatever the browser sends is untrusted: a cookie that is not a click ID is no prior
     // click, never an error. With cookies off the operator asked us not to track by cookie,
@@ -261,7 +306,7 @@ fn prepare_click(edge: &Edge, req: &Request<Incoming>, peer: SocketAddr, code: &
     let cookie = edge.config.cookies.then(|| click_cookie(cid, offer.window_days, edge.config.cookie_secure));
     // The program snapshot is released when this returns, before the wait on the log: a
     // reload must not wait for us.
-    Prepared::Click { response: redirect(location, cookie), submitted, human }
+    Prepared::Click { location, cookie, submitted, human }
 }
 
 /// The `tally_cid` cookie of a click: it lives as long as the offer's attribution window.
@@ -290,7 +335,7 @@ fn click_cookie(cid: &str, window_days: u32, secure: bool) -> String {
 
 /// A `302` to `location`. The header values take the strings' buffers (validated as
 /// `from_str` does, without its copy).
-fn redirect(location: String, cookie: Option<String>) -> Response<Body> {
+pub(crate) fn redirect(location: String, cookie: Option<String>) -> Response<Body> {
     let mut r = Response::new(Full::new(Bytes::new()));
     match HeaderValue::from_maybe_shared(Bytes::from(location)) {
         Ok(v) => {
@@ -587,14 +632,14 @@ mod tests {
             ("cookie", b"tally_cid=later"),
             ("referer", b"https://later.example/"),
         ]);
-        let s = ClickHeaders::scan(&h);
+        let s = ClickHeaders::of_map(&h);
         assert_eq!(s.user_agent, "first");
         assert_eq!(s.referrer, "https://r.example/");
         assert_eq!(s.cookie_click_id, Some(CID));
         assert!(!s.prefetch);
 
         let h = headers(&[("accept", b"*/*"), ("sec-purpose", b"prefetch")]);
-        let s = ClickHeaders::scan(&h);
+        let s = ClickHeaders::of_map(&h);
         assert!(s.prefetch);
         assert_eq!((s.user_agent, s.referrer, s.cookie_click_id), ("", "", None));
     }
@@ -604,7 +649,7 @@ mod tests {
     #[test]
     fn a_user_agent_that_is_not_text_reads_as_empty() {
         let h = headers(&[("user-agent", b"caf\xe9"), ("user-agent", b"ok")]);
-        let s = ClickHeaders::scan(&h);
+        let s = ClickHeaders::of_map(&h);
         assert_eq!(s.user_agent, "");
     }
 }

@@ -50,12 +50,17 @@ impl IpPolicy {
     /// right-most `X-Forwarded-For` entry that is not itself a trusted proxy. Entries left of
     /// that were written by the client and are not believed.
     pub fn client_ip(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+        self.client_ip_from(peer, headers.get_all("x-forwarded-for").iter().map(|v| v.as_bytes()))
+    }
+
+    /// [`IpPolicy::client_ip`] given the `X-Forwarded-For` values in the order they came.
+    pub fn client_ip_from<'a>(&self, peer: IpAddr, forwarded_for: impl DoubleEndedIterator<Item = &'a [u8]>) -> IpAddr {
         if !self.is_trusted(peer) {
             return peer;
         }
         let mut client = peer;
-        for value in headers.get_all("x-forwarded-for").iter().rev() {
-            let Ok(s) = value.to_str() else { return client };
+        for value in forwarded_for.rev() {
+            let Some(s) = crate::handlers::header_str(value) else { return client };
             for part in s.rsplit(',') {
                 let Ok(ip) = part.trim().parse::<IpAddr>() else { return client };
                 client = ip;
@@ -65,6 +70,11 @@ impl IpPolicy {
             }
         }
         client
+    }
+
+    /// True if `peer` is a configured proxy, whose `X-Forwarded-For` is believed.
+    pub(crate) fn trusts(&self, peer: IpAddr) -> bool {
+        self.is_trusted(peer)
     }
 
     /// What gets stored for `ip` at time `now_ms`.

@@ -1,14 +1,17 @@
 //! Tally's HTTP edge: click redirects, the conversion pixel, S2S postbacks, health and
-//! metrics, on hyper 1.x and tokio.
+//! metrics, on hyper 1.x and tokio (plain click requests on a fast path of their own).
 //!
 //! Architecture invariants:
 //! - A pixel or postback is answered 2xx only after its event is committed to the log; when
 //!   the log cannot take it the answer is 503 with `Retry-After`, never 2xx.
 //! - A click always gets its redirect (a person is waiting). It waits for its commit, and
 //!   when the log cannot take it the click is counted in `tally_clicks_unrecorded_total`.
-//! - Nothing here blocks a tokio worker: appends go through the log's `Appender` (staged for
-//!   the turn, then handed to the writer thread through a bounded queue) and the handler
-//!   awaits a oneshot. Program reloads read the file on a blocking thread.
+//! - Nothing here blocks a tokio worker: appends go through the log's `Appender` (staged, then
+//!   committed by the runtime's park hook or handed to the writer thread through a bounded
+//!   queue) and the handler awaits a oneshot. Program reloads read the file on a blocking
+//!   thread.
+//! - Click requests are answered by the fast path (`fast`) or by hyper with the same bytes;
+//!   everything the fast path does not take is hyper's, connection and buffered bytes included.
 //! - Macro values and deep links are encoded or validated before they reach `Location`; no
 //!   request data reaches a header unencoded, and no foreign host is ever redirected to.
 //! - This crate computes no commissions.
@@ -18,6 +21,7 @@ pub mod auth;
 pub mod bots;
 pub mod click_query;
 pub mod config;
+mod fast;
 mod handlers;
 pub mod ip;
 pub mod links;

@@ -53,6 +53,8 @@ where
         .writev(false)
         .keep_alive(true);
     let graceful = GracefulShutdown::new();
+    // Tells fast-path connections (see `fast`) that the server is stopping.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     // A permit per connection: at the cap we stop accepting and the kernel's backlog queues
     // new connections, instead of accepting more than we can serve.
     let permits = Arc::new(Semaphore::new(max_connections));
@@ -84,21 +86,35 @@ where
         let service = service_fn(move |req| handler(Arc::clone(&edge2), peer, req));
         let mut conn_http = http.clone();
         conn_http.timer(ConnTimer::default());
-        let conn = graceful.watch(conn_http.serve_connection(TokioIo::new(stream), service));
+        let watcher = graceful.watcher();
         let edge3 = Arc::clone(&edge);
+        let stop = stop_rx.clone();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "connection ended with an error");
-            }
+            let hyper_conn = |io| async move {
+                if let Err(e) = watcher.watch(conn_http.serve_connection(TokioIo::new(io), service)).await {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+            };
             if public {
+                crate::fast::serve(Arc::clone(&edge3), stream, peer, stop, hyper_conn).await;
                 edge3.metrics.connections_open.dec();
+            } else {
+                hyper_conn(crate::fast::Rewind::new(bytes::Bytes::new(), stream)).await;
             }
             drop(permit);
         });
     }
     drop(listener);
+    // Fast-path connections close when idle or after their current answer; hyper's through
+    // `graceful`. Every connection holds a permit until it is gone.
+    let _ = stop_tx.send(true);
+    let drained = async {
+        graceful.shutdown().await;
+        let all = u32::try_from(max_connections.max(1)).unwrap_or(u32::MAX);
+        let _ = permits.acquire_many(all).await;
+    };
     tokio::select! {
-        () = graceful.shutdown() => tracing::debug!(public, "all connections drained"),
+        () = drained => tracing::debug!(public, "all connections drained"),
         () = tokio::time::sleep(edge.config.drain_timeout) => {
             tracing::warn!("drain timeout passed with connections still open");
         }
