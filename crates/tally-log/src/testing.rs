@@ -124,3 +124,16 @@ pub(crate) fn early_ack() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var(EARLY_ACK_ENV).is_ok_and(|v| v == "1"))
 }
+
+static STALL_AT_PARK: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// While on, every commit tried at park (see `Log::park_hook`) fails as RocksDB fails a
+/// write it would stall under `no_slowdown`, so tests can see such groups reach the writer
+/// thread. Process-wide: use it from a test binary of its own.
+pub fn stall_commits_at_park(on: bool) {
+    STALL_AT_PARK.store(on, std::sync::atomic::Ordering::SeqCst);
+}
+
+pub(crate) fn stalled_at_park() -> bool {
+    STALL_AT_PARK.load(std::sync::atomic::Ordering::SeqCst)
+}

@@ -702,6 +702,10 @@ impl Core {
         }
         let (head, entry) = hasher.finish();
         wb.put_cf(chain, keys::seq_key(first + batch.len() as u64 - 1), entry);
+        #[cfg(feature = "test-util")]
+        if no_slowdown && crate::testing::stalled_at_park() {
+            return Err(WriteError::Stalled);
+        }
         let mut opts = WriteOptions::default();
         opts.set_sync(self.sync == SyncPolicy::Batch);
         opts.set_no_slowdown(no_slowdown);

@@ -1,0 +1,50 @@
+//! A commit at park that RocksDB would stall goes to the writer thread instead: nothing is
+//! lost, acknowledged twice or numbered out of turn. Its own test binary, because the stall
+//! switch is process-wide.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeSet;
+
+mod common;
+
+use common::record;
+use tally_log::{Log, LogMetrics, LogOptions};
+
+#[test]
+fn a_stalled_commit_at_park_is_handed_to_the_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = LogMetrics::default();
+    let log = Log::open(dir.path(), LogOptions::default(), metrics.clone()).unwrap();
+    let appender = log.appender();
+    let rt =
+        tokio::runtime::Builder::new_current_thread().on_thread_park(log.park_hook()).enable_all().build().unwrap();
+    let append = |from: u64| {
+        rt.block_on(async {
+            let tasks: Vec<_> = (from..from + 40)
+                .map(|i| {
+                    let a = appender.clone();
+                    tokio::spawn(async move { a.submit(record(i)).unwrap().await.unwrap() })
+                })
+                .collect();
+            let mut seqs = BTreeSet::new();
+            for t in tasks {
+                seqs.insert(t.await.unwrap());
+            }
+            seqs
+        })
+    };
+
+    tally_log::testing::stall_commits_at_park(true);
+    assert_eq!(append(0), (1..=40).collect::<BTreeSet<_>>());
+    assert_eq!(metrics.inline_batches.get(), 0, "a stalled group was committed at park");
+    assert_eq!(metrics.commit_errors.get(), 0, "a stall is not a failed commit");
+    assert!(log.is_writable());
+
+    tally_log::testing::stall_commits_at_park(false);
+    assert_eq!(append(40), (41..=80).collect::<BTreeSet<_>>());
+    assert!(metrics.inline_batches.get() >= 1);
+    assert_eq!(metrics.events_appended.get(), 80);
+    assert!(log.reader().verify().unwrap().is_ok());
+    drop(rt);
+    log.close();
+}
