@@ -6,8 +6,8 @@ use std::time::Duration;
 
 mod common;
 
-use common::record;
-use tally_log::{Appender, Log, LogError, LogMetrics, LogOptions};
+use common::{append_concurrently, record};
+use tally_log::{Log, LogError, LogMetrics, LogOptions};
 use tally_model::Event;
 
 fn open(dir: &std::path::Path, options: LogOptions) -> (Log, LogMetrics) {
@@ -17,21 +17,6 @@ fn open(dir: &std::path::Path, options: LogOptions) -> (Log, LogMetrics) {
 
 fn current_thread() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
-}
-
-/// Awaits every append of `n` tasks spawned together; their sequence numbers.
-async fn append_concurrently(appender: &Appender, n: u64) -> Vec<u64> {
-    let tasks: Vec<_> = (0..n)
-        .map(|i| {
-            let a = appender.clone();
-            tokio::spawn(async move { a.submit(record(i)).unwrap().await.unwrap() })
-        })
-        .collect();
-    let mut seqs = Vec::new();
-    for t in tasks {
-        seqs.push(t.await.unwrap());
-    }
-    seqs
 }
 
 /// The point of the appender: what one turn of the runtime appends goes to the writer as one

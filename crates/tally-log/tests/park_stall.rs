@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 
 mod common;
 
-use common::record;
+use common::append_from;
 use tally_log::{Log, LogMetrics, LogOptions};
 
 #[test]
@@ -18,21 +18,7 @@ fn a_stalled_commit_at_park_is_handed_to_the_writer() {
     let appender = log.appender();
     let rt =
         tokio::runtime::Builder::new_current_thread().on_thread_park(log.park_hook()).enable_all().build().unwrap();
-    let append = |from: u64| {
-        rt.block_on(async {
-            let tasks: Vec<_> = (from..from + 40)
-                .map(|i| {
-                    let a = appender.clone();
-                    tokio::spawn(async move { a.submit(record(i)).unwrap().await.unwrap() })
-                })
-                .collect();
-            let mut seqs = BTreeSet::new();
-            for t in tasks {
-                seqs.insert(t.await.unwrap());
-            }
-            seqs
-        })
-    };
+    let append = |from: u64| rt.block_on(append_from(&appender, from, 40)).into_iter().collect::<BTreeSet<_>>();
 
     tally_log::testing::stall_commits_at_park(true);
     assert_eq!(append(0), (1..=40).collect::<BTreeSet<_>>());
