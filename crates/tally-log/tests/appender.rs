@@ -171,17 +171,24 @@ fn parking_runtime(log: &Log) -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().on_thread_park(log.park_hook()).enable_all().build().unwrap()
 }
 
+/// Opens a log with `options`, appends `n` records from as many tasks on a parking runtime,
+/// and checks each got its own sequence number, 1..=n with no gaps.
+fn appended_at_park(options: LogOptions, n: u64) -> (tempfile::TempDir, Log, LogMetrics, Vec<u64>) {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, metrics) = open(dir.path(), options);
+    let appender = log.appender();
+    let rt = parking_runtime(&log);
+    let seqs = rt.block_on(append_concurrently(&appender, n));
+    assert_eq!(seqs.iter().copied().collect::<BTreeSet<_>>(), (1..=n).collect::<BTreeSet<_>>());
+    (dir, log, metrics, seqs)
+}
+
 /// With the park hook, the runtime thread commits what it staged itself once it runs out of
 /// work: no batch goes through the writer thread, and every append is acknowledged with its
 /// own record under its sequence number.
 #[test]
 fn with_a_park_hook_the_runtime_thread_commits_what_it_staged() {
-    let dir = tempfile::tempdir().unwrap();
-    let (log, metrics) = open(dir.path(), LogOptions::default());
-    let appender = log.appender();
-    let rt = parking_runtime(&log);
-    let seqs = rt.block_on(append_concurrently(&appender, 50));
-    assert_eq!(seqs.iter().copied().collect::<BTreeSet<_>>(), (1..=50).collect::<BTreeSet<_>>());
+    let (_dir, log, metrics, seqs) = appended_at_park(LogOptions::default(), 50);
     assert!(metrics.inline_batches.get() >= 1);
     assert_eq!(metrics.inline_batches.get(), metrics.batches_committed.get(), "a batch went through the writer");
     for (seq, bytes) in log.reader().read_range(1, usize::MAX).unwrap() {
@@ -189,7 +196,6 @@ fn with_a_park_hook_the_runtime_thread_commits_what_it_staged() {
         assert_eq!(seqs.iter().position(|&s| s == seq).map(|i| i as u64), Some(p.ts_ms), "seq {seq}");
     }
     assert!(log.reader().verify().unwrap().is_ok());
-    drop(rt);
     log.close();
 }
 
@@ -197,18 +203,12 @@ fn with_a_park_hook_the_runtime_thread_commits_what_it_staged() {
 /// writer commits them meanwhile), and at most the rest itself.
 #[test]
 fn with_a_park_hook_large_groups_still_go_to_the_writer() {
-    let dir = tempfile::tempdir().unwrap();
-    let (log, metrics) = open(dir.path(), LogOptions::default());
-    let appender = log.appender();
-    let rt = parking_runtime(&log);
-    let seqs = rt.block_on(append_concurrently(&appender, 300));
-    assert_eq!(seqs.iter().copied().collect::<BTreeSet<_>>(), (1..=300).collect::<BTreeSet<_>>());
+    let (_dir, log, metrics, _) = appended_at_park(LogOptions::default(), 300);
     // The rest of the turn is committed at park, unless the writer is still committing the
     // full groups then: the hook never waits for it, and hands the rest over too.
     let (inline, all) = (metrics.inline_batches.get(), metrics.batches_committed.get());
     assert!(inline < all, "{inline} of {all} batches inline: no full group reached the writer");
     assert!(log.reader().verify().unwrap().is_ok());
-    drop(rt);
     log.close();
 }
 
@@ -229,16 +229,10 @@ fn keyed_appends_and_fsynced_commits_stay_on_the_writer() {
     drop(rt);
     log.close();
 
-    let dir = tempfile::tempdir().unwrap();
     let options = LogOptions { sync: tally_log::SyncPolicy::Batch, ..LogOptions::default() };
-    let (log, metrics) = open(dir.path(), options);
-    let appender = log.appender();
-    let rt = parking_runtime(&log);
-    let seqs = rt.block_on(append_concurrently(&appender, 20));
-    assert_eq!(seqs.iter().copied().collect::<BTreeSet<_>>(), (1..=20).collect::<BTreeSet<_>>());
+    let (_dir, log, metrics, _) = appended_at_park(options, 20);
     assert_eq!(metrics.inline_batches.get(), 0);
     assert_eq!(metrics.fsyncs.get(), metrics.batches_committed.get());
-    drop(rt);
     log.close();
 }
 
