@@ -7,8 +7,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use tally_fuzz::all_macros_offer;
-use tally_fuzz::click_query::{ClickQuery, MAX_SOURCE};
-use tally_fuzz::params::MAX_SUB;
+use tally_protocol::click_query::{ClickQuery, MAX_SOURCE};
+use tally_protocol::params::MAX_SUB;
 use tally_model::click_flags;
 
 const CID: &str = "01ARZ3NDEKTSV4RRFFQ69G5FAV";

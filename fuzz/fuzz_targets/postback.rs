@@ -14,8 +14,8 @@
 
 use http::{HeaderMap, HeaderValue};
 use libfuzzer_sys::fuzz_target;
-use tally_fuzz::auth::{authenticate, sign, AuthError, SIGNATURE_HEADER};
-use tally_fuzz::params::{validate, Field, RawParams, MAX_COUPON, MAX_SUB, MAX_TXID};
+use tally_protocol::auth::{authenticate, sign, AuthError, SIGNATURE_HEADER};
+use tally_protocol::params::{validate, Field, RawParams, MAX_COUPON, MAX_SUB, MAX_TXID};
 use tally_fuzz::{advertiser, HMAC_SECRET, TOKEN};
 use tally_model::program::is_valid_id;
 

@@ -1,16 +1,5 @@
-//! Fixtures shared by the fuzz targets, and the edge's pure parsers compiled by path.
+//! Fixtures shared by the fuzz targets. The parsers under test come from `tally-protocol`.
 #![allow(clippy::unwrap_used)]
-
-// The click query parser, the postback parser and the signature check live in tally-edge,
-// which depends on tally-log and so on RocksDB. Depending on tally-edge would build RocksDB
-// here (20 minutes on CI, with instrumentation); these three files are pure and are written
-// to compile on their own, so we compile them by path instead. Each says so in its doc.
-#[path = "../../crates/tally-edge/src/auth.rs"]
-pub mod auth;
-#[path = "../../crates/tally-edge/src/click_query.rs"]
-pub mod click_query;
-#[path = "../../crates/tally-edge/src/params.rs"]
-pub mod params;
 
 use std::sync::{Arc, OnceLock};
 

@@ -9,6 +9,7 @@
 //!   process (a secondary instance of the log), and commits in groups.
 //! - [`report`] aggregates stats rows for `tally report`.
 
+pub mod config;
 pub mod engine;
 pub mod ledger;
 pub mod metrics;
@@ -24,6 +25,7 @@ pub mod worker;
 
 use std::path::PathBuf;
 
+pub use config::{AttributionConfig, AttributionSection};
 pub use engine::{apply, apply_click, ClickIn, Outputs};
 pub use ledger::{Counters, Entry, EntryId, Kind, Reason, StatsKey, Status};
 pub use metrics::AttributionMetrics;

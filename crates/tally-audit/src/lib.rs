@@ -6,13 +6,15 @@
 //! - [`explain`] follows one conversion through a replay: its click, rule, amounts, hold,
 //!   duplicates and reversals, each with its sequence number;
 //! - [`digest`] is the ledger's canonical form: a CSV row per entry and a BLAKE3 digest over
-//!   those rows that anyone can recompute from an export.
+//!   those rows that anyone can recompute from an export;
+//! - [`export`] is the raw log's export schema: its columns and one event as a row.
 //!
 //! Nothing here writes to the data directory: the log and the live state are opened as
 //! RocksDB secondaries (safe while a server runs), snapshots read-only.
 
 pub mod digest;
 pub mod explain;
+pub mod export;
 pub mod replay;
 
 use std::path::PathBuf;

@@ -1,19 +1,15 @@
-//! `tally attribute`, `tally commissions` and `tally report`: running the attribution worker
-//! as its own process, and reading its ledger and stats (safe while a worker runs: the state
-//! is opened as a RocksDB secondary).
+//! `tally commissions` and `tally report`: reading the attribution ledger and stats (safe
+//! while a worker runs: the state is opened as a RocksDB secondary).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
 use anyhow::Context;
 use serde_json::{Map, Value};
 use tally_attribution::report::{report as build_report, GroupBy};
-use tally_attribution::{ledger, AttributionMetrics, State, Status, Worker, WorkerOptions};
+use tally_attribution::{ledger, State, Status};
 use tally_audit::Filter;
-use tally_log::LogReader;
 use tally_model::format_minor;
 
 /// Output formats of the ledger commands.
@@ -215,148 +211,4 @@ pub fn report(
     });
     write_rows(format, &header, &header, renamed)?;
     Ok(ExitCode::SUCCESS)
-}
-
-pub fn worker_options(config: &tally_edge::config::AttributionConfig, data_dir: &Path) -> WorkerOptions {
-    let snapshots = (config.snapshot_every > 0).then(|| tally_attribution::SnapshotPolicy {
-        dir: tally_attribution::snapshots::dir(data_dir),
-        every: config.snapshot_every,
-        keep: config.snapshots_keep,
-    });
-    WorkerOptions { commit_every: config.commit_every, sync: config.sync, snapshots, ..WorkerOptions::default() }
-}
-
-/// Opens the worker's state, explaining the usual reason it fails.
-pub fn open_worker(data_dir: &Path, options: WorkerOptions, metrics: AttributionMetrics) -> anyhow::Result<Worker> {
-    let dir = tally_attribution::state_dir(data_dir);
-    Worker::open(&dir, options, metrics).with_context(|| {
-        format!(
-            "cannot start attribution on {} (is another worker running on it? `tally serve` runs one unless attribution.in_process = false)",
-            dir.display()
-        )
-    })
-}
-
-/// The in-process worker of `tally serve`: a thread following the log until stopped.
-pub struct InProcess {
-    stop: Arc<AtomicBool>,
-    thread: std::thread::JoinHandle<()>,
-}
-
-impl InProcess {
-    pub fn start(mut worker: Worker, reader: LogReader) -> anyhow::Result<InProcess> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&stop);
-        let thread = std::thread::Builder::new()
-            .name("tally-attribution".into())
-            .spawn(move || {
-                if let Err(e) = worker.run(reader, &flag) {
-                    tracing::error!(error = %e, "attribution stopped; restart to resume from its checkpoint");
-                }
-            })
-            .context("cannot start the attribution thread")?;
-        Ok(InProcess { stop, thread })
-    }
-
-    /// Stops after the worker's current batch and its commit.
-    pub fn stop(self) {
-        self.stop.store(true, Ordering::Relaxed);
-        let _ = self.thread.join();
-    }
-}
-
-pub struct AttributeArgs {
-    pub config: PathBuf,
-    pub data_dir: Option<PathBuf>,
-    pub once: bool,
-    pub metrics_listen: Option<std::net::SocketAddr>,
-}
-
-/// `tally attribute`: the worker as its own process, reading the server's log through a
-/// secondary instance.
-pub fn attribute(args: AttributeArgs) -> anyhow::Result<ExitCode> {
-    let mut config = tally_edge::Config::load(&args.config)?;
-    if let Some(dir) = args.data_dir {
-        config.data_dir = dir;
-    }
-    crate::init_tracing(&config);
-    let metrics = AttributionMetrics::default();
-    let mut worker =
-        open_worker(&config.data_dir, worker_options(&config.attribution, &config.data_dir), metrics.clone())?;
-    let reader = LogReader::open_secondary(&config.data_dir)?;
-    if args.once {
-        let n = worker.catch_up(&reader, None)?;
-        println!("attributed {n} events; position {}", worker.position());
-        return Ok(ExitCode::SUCCESS);
-    }
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = Arc::clone(&stop);
-    let listen = args.metrics_listen;
-    let background = std::thread::Builder::new().name("tally-signals".into()).spawn(move || {
-        rt.block_on(async move {
-            use tokio::signal::unix::{signal, SignalKind};
-            let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-                return;
-            };
-            if let Some(addr) = listen {
-                let mut registry = prometheus_client::registry::Registry::default();
-                metrics.register(&mut registry);
-                match tokio::net::TcpListener::bind(addr).await {
-                    Ok(l) => {
-                        println!(
-                            "tally attribute metrics on {}",
-                            l.local_addr().map(|a| a.to_string()).unwrap_or_default()
-                        );
-                        tokio::spawn(serve_metrics(l, Arc::new(registry)));
-                    }
-                    Err(e) => tracing::error!(%addr, error = %e, "cannot listen for metrics"),
-                }
-            }
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-            flag.store(true, Ordering::Relaxed);
-        })
-    })?;
-    println!("tally attribute following {} from sequence {}", config.data_dir.display(), worker.position() + 1);
-    let result = worker.run(reader, &stop);
-    drop(background);
-    result?;
-    tracing::info!(position = worker.position(), "attribution stopped cleanly");
-    Ok(ExitCode::SUCCESS)
-}
-
-/// `/metrics` for the separate worker process, on hyper like the edge's.
-async fn serve_metrics(listener: tokio::net::TcpListener, registry: Arc<prometheus_client::registry::Registry>) {
-    use http_body_util::Full;
-    use hyper::body::Bytes;
-    use hyper::{Response, StatusCode};
-    loop {
-        let Ok((sock, _)) = listener.accept().await else { continue };
-        let registry = Arc::clone(&registry);
-        let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-            let registry = Arc::clone(&registry);
-            async move {
-                let mut body = String::new();
-                let response = if req.uri().path() == "/metrics"
-                    && prometheus_client::encoding::text::encode(&mut body, &registry).is_ok()
-                {
-                    Response::builder()
-                        .header("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")
-                        .body(Full::new(Bytes::from(body)))
-                } else {
-                    Response::builder()
-                        .status(StatusCode::NOT_FOUND)
-                        .body(Full::new(Bytes::from_static(b"not found\n")))
-                };
-                response
-            }
-        });
-        tokio::spawn(async move {
-            let io = hyper_util::rt::TokioIo::new(sock);
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
-        });
-    }
 }

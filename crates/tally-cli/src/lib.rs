@@ -12,13 +12,11 @@ mod snapshot;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use tally_edge::{Config, Edge};
-use tally_log::{Log, LogMetrics, LogReader};
+use tally_log::LogReader;
+use tally_server::{App, Config};
 
 #[derive(Debug, Parser)]
 #[command(name = "tally", version, about = "Click and conversion tracking for affiliate programs")]
@@ -266,7 +264,7 @@ pub fn main() -> ExitCode {
         Command::Verify { data_dir, anchor } => verify(&data_dir, anchor.as_ref()),
         Command::Snapshot { data_dir, out } => snapshot::snapshot(&data_dir, &out),
         Command::Attribute { config, data_dir, once, metrics_listen } => {
-            ledger::attribute(ledger::AttributeArgs { config, data_dir, once, metrics_listen })
+            attribute(&config, data_dir, once, metrics_listen)
         }
         Command::Commissions { data_dir, affiliate, offer, status, from, to, format, digest } => {
             ledger::commissions(ledger::CommissionsArgs {
@@ -316,141 +314,68 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
     })
 }
 
-pub(crate) fn init_tracing(config: &Config) {
-    ops::init_tracing(config);
-}
-
 fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let mut config = Config::load(&args.config)?;
     if let Some(listen) = args.listen {
-        config.listen = listen;
+        config.edge.listen = listen;
     }
     if let Some(dir) = args.data_dir {
-        config.data_dir = dir;
+        config.set_data_dir(dir);
     }
     if let Some(n) = args.worker_threads {
-        config.worker_threads = n;
+        config.edge.worker_threads = n;
     }
     if let Some(a) = args.admin_listen {
-        config.admin.listen = Some(a);
+        config.edge.admin.listen = Some(a);
     }
-    init_tracing(&config);
-    // The program file with the admin API's link overlay from the data directory on top.
-    let program = tally_edge::load_for(&config)?;
-
-    let metrics = LogMetrics::default();
-    let log = Log::open(&config.data_dir, config.log.clone(), metrics.clone())?;
-    // Every start records the program in force, so a replay judges what follows by it.
-    let record = tally_edge::program_change_record(&program.program)?;
-    log.append_blocking(record, Duration::from_secs(10)).context("cannot record the program in the log")?;
-
-    // One worker: a current-thread runtime skips work stealing and its atomics, which
-    // measurably raises clicks per second on small machines (see benches/load.sh).
-    let mut rt = match config.worker_threads {
-        1 => tokio::runtime::Builder::new_current_thread(),
-        n => {
-            let mut b = tokio::runtime::Builder::new_multi_thread();
-            if n > 0 {
-                b.worker_threads(n);
-            }
-            b
-        }
-    };
-    // A runtime thread out of work commits the clicks it staged before it sleeps, rather
-    // than waking the log writer and sleeping until the writer wakes it back (see
-    // `Log::park_hook`).
-    if config.log.commit_on_park {
-        rt.on_thread_park(log.park_hook());
+    tally_server::telemetry::init_tracing(&config.logging);
+    let app = App::open(config)?;
+    let listeners = app.bind()?;
+    // Tests and scripts read these lines to learn the ports when listening on :0.
+    println!("tally listening on {}", listeners.public_addr()?);
+    if let Some(a) = listeners.admin_addr()? {
+        println!("tally admin listening on {a}");
     }
-    let rt = rt.enable_all().build().context("cannot start the runtime")?;
-    let listen = config.listen;
-    let attribution_metrics = tally_attribution::AttributionMetrics::default();
-    let worker = match config.attribution.in_process {
-        true => {
-            let options = ledger::worker_options(&config.attribution, &config.data_dir);
-            let worker = ledger::open_worker(&config.data_dir, options, attribution_metrics.clone())?;
-            Some(ledger::InProcess::start(worker, log.reader())?)
-        }
-        false => None,
-    };
-    let edge =
-        Edge::with_metrics(config, program, log.clone(), metrics, |registry| attribution_metrics.register(registry));
-    let hooks = tally_edge::AdminHooks {
-        stats: Some(ops::stats_hook(edge.config.data_dir.clone())),
-        log_level: Some(Arc::new(ops::RuntimeLevel)),
-    };
-    let served = rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
-        let admin = match edge.config.admin.listen {
-            Some(a) => Some(tokio::net::TcpListener::bind(a).await.with_context(|| {
-                format!("cannot listen on {a} for the admin API (admin.listen; \"\" turns it off)")
-            })?),
-            None => None,
-        };
-        let local = listener.local_addr()?;
-        // Tests and scripts read these lines to learn the ports when listening on :0.
-        println!("tally listening on {local}");
-        if let Some(a) = &admin {
-            println!("tally admin listening on {}", a.local_addr()?);
-        }
-        tracing::info!(%local, data_dir = %edge.config.data_dir.display(), sync = edge.config.log.sync.as_str(), "serving");
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let admin_task = admin.map(|a| {
-            let mut rx = stop_rx.clone();
-            tokio::spawn(tally_edge::serve_admin(Arc::clone(&edge), a, hooks, async move {
-                let _ = rx.wait_for(|stop| *stop).await;
-            }))
-        });
-        let shutdown = signals(Arc::clone(&edge))?;
-        let served = tally_edge::serve(Arc::clone(&edge), listener, shutdown).await;
-        // Health and metrics stay up while the public listener drains.
-        let _ = stop_tx.send(true);
-        if let Some(t) = admin_task {
-            let _ = t.await;
-        }
-        served?;
-        anyhow::Ok(())
-    });
-    // The worker stops after its current commit; whatever it has not reached it attributes
-    // at the next start, from its checkpoint.
-    if let Some(worker) = worker {
-        worker.stop();
-    }
-    // Commit whatever is still queued before exiting, even if serving failed.
-    log.close();
-    rt.shutdown_timeout(Duration::from_secs(1));
-    served?;
+    app.run(listeners, tally_server::unix_signals)?;
     tracing::info!("stopped cleanly");
     Ok(ExitCode::SUCCESS)
 }
 
-/// Resolves on SIGTERM or SIGINT; reloads the program on every SIGHUP meanwhile.
-fn signals(edge: Arc<Edge>) -> anyhow::Result<impl std::future::Future<Output = ()>> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut hup = signal(SignalKind::hangup())?;
-    tokio::spawn(async move {
-        while hup.recv().await.is_some() {
-            match edge.reload().await {
-                Ok(true) => tracing::info!("program reloaded"),
-                Ok(false) => tracing::info!("program unchanged"),
-                Err(e) => tracing::error!(error = %e, "program reload failed; keeping the old program"),
-            }
+/// `tally attribute`: the worker as its own process.
+fn attribute(
+    config: &Path,
+    data_dir: Option<PathBuf>,
+    once: bool,
+    metrics_listen: Option<std::net::SocketAddr>,
+) -> anyhow::Result<ExitCode> {
+    let mut config = Config::load(config)?;
+    if let Some(dir) = data_dir {
+        config.set_data_dir(dir);
+    }
+    tally_server::telemetry::init_tracing(&config.logging);
+    let mut worker = tally_server::worker::Standalone::open(config.data_dir(), &config.attribution)?;
+    if once {
+        let n = worker.catch_up()?;
+        println!("attributed {n} events; position {}", worker.position());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let metrics = match metrics_listen {
+        Some(addr) => {
+            let l = worker.bind_metrics(addr)?;
+            println!("tally attribute metrics on {}", l.local_addr()?);
+            Some(l)
         }
-    });
-    Ok(async move {
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: draining"),
-            _ = int.recv() => tracing::info!("SIGINT: draining"),
-        }
-    })
+        None => None,
+    };
+    println!("tally attribute following {} from sequence {}", config.data_dir().display(), worker.position() + 1);
+    worker.run(metrics)?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn config_check(path: &Path) -> anyhow::Result<ExitCode> {
     let mut problems = Vec::new();
     match Config::load(path) {
-        Ok(config) => match tally_edge::load_for(&config) {
+        Ok(config) => match tally_edge::load_for(&config.edge) {
             Ok(tally_edge::Loaded { program, .. }) => {
                 println!(
                     "ok: {} ({} offers, {} affiliates, {} links; program {})",
@@ -458,16 +383,15 @@ fn config_check(path: &Path) -> anyhow::Result<ExitCode> {
                     program.offers.len(),
                     program.affiliates.len(),
                     program.links().count(),
-                    config.program_path.display()
+                    config.edge.program_path.display()
                 );
                 return Ok(ExitCode::SUCCESS);
             }
-            Err(tally_edge::ReloadError::Program(e)) => {
-                problems.extend(e.problems().into_iter().map(|p| format!("{}: {p}", config.program_path.display())))
-            }
+            Err(tally_edge::ReloadError::Program(e)) => problems
+                .extend(e.problems().into_iter().map(|p| format!("{}: {p}", config.edge.program_path.display()))),
             Err(e) => problems.push(e.to_string()),
         },
-        Err(tally_edge::config::ConfigError::Invalid(ps)) => {
+        Err(tally_server::ConfigError::Invalid(ps)) => {
             problems.extend(ps.into_iter().map(|p| format!("{}: {p}", path.display())))
         }
         Err(e) => problems.push(e.to_string()),

@@ -39,7 +39,9 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use crate::handlers::{self, Body, ClickHeaders, ClickRequest, EdgeError, Prepared};
+use tally_protocol::headers::{is_header_value, ClickHeaders};
+
+use crate::handlers::{self, Body, ClickRequest, EdgeError, Prepared};
 use crate::metrics::Route;
 use crate::Edge;
 
@@ -110,7 +112,7 @@ pub(crate) async fn serve<F, Fut>(
         let status = match prepared {
             Prepared::Click { location, cookie, submitted, human } => {
                 handlers::await_click(&edge, submitted, human).await;
-                if handlers::is_header_value(location.as_bytes()) {
+                if is_header_value(location.as_bytes()) {
                     write_redirect(&mut out, &location, cookie.as_deref(), close);
                     302
                 } else {
@@ -219,7 +221,7 @@ fn write_redirect(out: &mut Vec<u8>, location: &str, cookie: Option<&str>, close
     out.extend_from_slice(location.as_bytes());
     out.extend_from_slice(b"\r\ncache-control: no-store\r\nreferrer-policy: ");
     out.extend_from_slice(REFERRER_POLICY.as_bytes());
-    if let Some(c) = cookie.filter(|c| handlers::is_header_value(c.as_bytes())) {
+    if let Some(c) = cookie.filter(|c| is_header_value(c.as_bytes())) {
         out.extend_from_slice(b"\r\nset-cookie: ");
         out.extend_from_slice(c.as_bytes());
     }

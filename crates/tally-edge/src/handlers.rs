@@ -6,17 +6,18 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::header::{CACHE_CONTROL, CONTENT_TYPE, COOKIE, LOCATION, RETRY_AFTER, SET_COOKIE};
+use http::header::{CACHE_CONTROL, CONTENT_TYPE, LOCATION, RETRY_AFTER, SET_COOKIE};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use tally_log::LogError;
 use tally_model::{click_flags, ClickId, ClickView, Conversion, ConversionSource, Event};
 
-use crate::click_query::{bounded, ClickQuery};
 use crate::metrics::{ConvOutcome, ConvSource, Route, UnrecordedCause};
-use crate::params::{self, Field, FieldError, RawParams};
 use crate::Edge;
+use tally_protocol::click_query::{bounded, ClickQuery};
+use tally_protocol::headers::{click_cookie, cookie_click_id, ClickHeaders};
+use tally_protocol::params::{self, Field, FieldError, RawParams};
 
 pub type Body = Full<Bytes>;
 
@@ -27,7 +28,6 @@ pub const PIXEL_GIF: [u8; 43] = [
     0x02, 0x44, 0x01, 0x00, 0x3b,
 ];
 
-pub const COOKIE_NAME: &str = "tally_cid";
 const MAX_UA: usize = 512;
 const MAX_REFERRER: usize = 1024;
 /// A click record's starting buffer: room for a browser's user agent without growing.
@@ -44,7 +44,7 @@ pub(crate) enum EdgeError {
     NotFound(&'static str),
     MethodNotAllowed(&'static str),
     Field(FieldError),
-    Auth(crate::auth::AuthError),
+    Auth(tally_protocol::auth::AuthError),
     BodyTooLarge,
     /// The body did not arrive within `body_read_timeout`.
     BodyTimeout,
@@ -112,70 +112,6 @@ fn method_not_allowed(allow: &'static str, json: bool) -> Response<Body> {
     let mut r = respond_error(EdgeError::MethodNotAllowed(allow), json);
     r.headers_mut().insert(http::header::ALLOW, HeaderValue::from_static(allow));
     r
-}
-
-/// What a click reads from its request headers, found in one pass over them: looking each
-/// up by name hashed seven names per click, most of them for headers a click rarely has.
-/// Each field is what a lookup would give: the first header of its name.
-#[derive(Debug, Default)]
-pub(crate) struct ClickHeaders<'a> {
-    user_agent: &'a str,
-    referrer: &'a str,
-    /// The first `tally_cid` cookie, of the first `Cookie` header that has one.
-    cookie_click_id: Option<&'a str>,
-    prefetch: bool,
-}
-
-impl<'a> ClickHeaders<'a> {
-    /// Scans `(name, value)` pairs, names in any case: hyper's header map, or the fast path's
-    /// parser output.
-    pub(crate) fn scan(headers: impl Iterator<Item = (&'a str, &'a [u8])>) -> ClickHeaders<'a> {
-        let (mut ua, mut referrer) = (None, None);
-        let mut h = ClickHeaders::default();
-        for (name, value) in headers {
-            if name.eq_ignore_ascii_case("user-agent") {
-                ua.get_or_insert_with(|| header_str(value).unwrap_or(""));
-            } else if name.eq_ignore_ascii_case("referer") {
-                referrer.get_or_insert_with(|| header_str(value).unwrap_or(""));
-            } else if name.eq_ignore_ascii_case("cookie") {
-                if h.cookie_click_id.is_none() {
-                    h.cookie_click_id = header_str(value).and_then(cookie_value);
-                }
-            } else if !h.prefetch {
-                h.prefetch = crate::bots::says_prefetch_raw(name, value);
-            }
-        }
-        h.user_agent = ua.unwrap_or("");
-        h.referrer = referrer.unwrap_or("");
-        h
-    }
-
-    fn of_map(headers: &'a http::HeaderMap) -> ClickHeaders<'a> {
-        ClickHeaders::scan(headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes())))
-    }
-}
-
-/// A header value as text, as `HeaderValue::to_str` reads it: visible ASCII and tabs only.
-pub(crate) fn header_str(value: &[u8]) -> Option<&str> {
-    if value.iter().all(|&b| b == b'\t' || (0x20..0x7f).contains(&b)) {
-        std::str::from_utf8(value).ok()
-    } else {
-        None
-    }
-}
-
-/// True if `value` may be sent as a header value, by `HeaderValue::from_bytes`'s rule: no
-/// control characters but tab (so no CR or LF).
-pub(crate) fn is_header_value(value: &[u8]) -> bool {
-    value.iter().all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f))
-}
-
-/// The `tally_cid` value in one `Cookie` header.
-fn cookie_value(header: &str) -> Option<&str> {
-    header.split(';').find_map(|kv| {
-        let (k, val) = kv.trim().split_once('=')?;
-        (k == COOKIE_NAME).then_some(val)
-    })
 }
 
 /// A click through hyper: recorded, then answered once its record is committed (or could
@@ -263,7 +199,7 @@ pub(crate) fn prepare_click(edge: &Edge, code: &str, req: ClickRequest<'_>) -> P
     if headers.prefetch {
         flags |= click_flags::PREFETCH;
     }
-    if crate::bots::is_unfurler(user_agent) {
+    if tally_protocol::bots::is_unfurler(user_agent) {
         flags |= click_flags::UNFURLER;
     }
     let cid = click_id.encode();
@@ -309,30 +245,6 @@ pub(crate) fn prepare_click(edge: &Edge, code: &str, req: ClickRequest<'_>) -> P
     Prepared::Click { location, cookie, submitted, human }
 }
 
-/// The `tally_cid` cookie of a click: it lives as long as the offer's attribution window.
-/// Built by hand rather than with `format!`, which took a twentieth of a click's handler time.
-fn click_cookie(cid: &str, window_days: u32, secure: bool) -> String {
-    const ATTRS: &str = "; Path=/; HttpOnly; SameSite=Lax";
-    const SECURE: &str = "; Secure";
-    let max_age = u64::from(window_days) * 86_400;
-    let mut digits = itoa::Buffer::new();
-    let max_age = digits.format(max_age);
-    // Exactly as long as the value: `Bytes` takes a full `String` as it is, where spare
-    // room would cost it an allocation of its own (see `redirect`).
-    let len = COOKIE_NAME.len() + 1 + cid.len() + "; Max-Age=".len() + max_age.len() + ATTRS.len();
-    let mut c = String::with_capacity(len + if secure { SECURE.len() } else { 0 });
-    c.push_str(COOKIE_NAME);
-    c.push('=');
-    c.push_str(cid);
-    c.push_str("; Max-Age=");
-    c.push_str(max_age);
-    c.push_str(ATTRS);
-    if secure {
-        c.push_str(SECURE);
-    }
-    c
-}
-
 /// A `302` to `location`. The header values take the strings' buffers (validated as
 /// `from_str` does, without its copy).
 pub(crate) fn redirect(location: String, cookie: Option<String>) -> Response<Body> {
@@ -352,10 +264,6 @@ pub(crate) fn redirect(location: String, cookie: Option<String>) -> Response<Bod
         r.headers_mut().insert(SET_COOKIE, c);
     }
     r
-}
-
-fn cookie_click_id(req: &Request<Incoming>) -> Option<String> {
-    req.headers().get_all(COOKIE).iter().filter_map(|v| v.to_str().ok()).find_map(cookie_value).map(str::to_owned)
 }
 
 /// Turns validated parameters into a conversion event, consulting the program.
@@ -418,8 +326,8 @@ async fn pixel(edge: &Edge, req: &Request<Incoming>, peer: SocketAddr) -> Respon
         return method_not_allowed("GET", false);
     }
     let mut raw = RawParams::from_query(req.uri().query().unwrap_or(""));
-    if let Some(cid) = cookie_click_id(req) {
-        raw.set_if_absent(Field::ClickId, cid);
+    if let Some(cid) = cookie_click_id(req.headers()) {
+        raw.set_if_absent(Field::ClickId, cid.to_owned());
     }
     let now = now_ms();
     let ip = edge.config.ip.render(edge.config.ip.client_ip(peer.ip(), req.headers()), now);
@@ -535,7 +443,7 @@ async fn postback_inner(
         })?;
         let advertiser =
             program.advertiser_of(offer).ok_or_else(|| EdgeError::Internal("offer has no advertiser".into()))?;
-        crate::auth::authenticate(
+        tally_protocol::auth::authenticate(
             advertiser,
             &parts.headers,
             params.get(Field::Token),
@@ -591,65 +499,5 @@ pub(crate) fn readyz(edge: &Edge) -> Response<Body> {
         let mut r = with_body(503, "text/plain; charset=utf-8", Bytes::from_static(b"log not writable\n"));
         r.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
         r
-    }
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-
-    const CID: &str = "01ARZ3NDEKTSV4RRFFQ69G5FAV";
-
-    #[test]
-    fn the_click_cookie_is_exactly_as_long_as_its_text() {
-        let c = click_cookie(CID, 30, false);
-        assert_eq!(c, format!("tally_cid={CID}; Max-Age=2592000; Path=/; HttpOnly; SameSite=Lax"));
-        assert_eq!(c.len(), c.capacity());
-        let c = click_cookie(CID, 0, true);
-        assert_eq!(c, format!("tally_cid={CID}; Max-Age=0; Path=/; HttpOnly; SameSite=Lax; Secure"));
-        assert_eq!(c.len(), c.capacity());
-    }
-
-    fn headers(pairs: &[(&str, &[u8])]) -> http::HeaderMap {
-        let mut h = http::HeaderMap::new();
-        for (name, value) in pairs {
-            h.append(http::HeaderName::from_bytes(name.as_bytes()).unwrap(), HeaderValue::from_bytes(value).unwrap());
-        }
-        h
-    }
-
-    /// One pass finds what the lookups by name found: the first header of each name.
-    #[test]
-    fn the_header_scan_takes_the_first_of_each_and_the_first_click_cookie() {
-        let with_cid = format!("x=1; tally_cid={CID}");
-        let h = headers(&[
-            ("user-agent", b"first"),
-            ("cookie", b"a=b; other=1"),
-            ("referer", b"https://r.example/"),
-            ("user-agent", b"second"),
-            ("cookie", with_cid.as_bytes()),
-            ("cookie", b"tally_cid=later"),
-            ("referer", b"https://later.example/"),
-        ]);
-        let s = ClickHeaders::of_map(&h);
-        assert_eq!(s.user_agent, "first");
-        assert_eq!(s.referrer, "https://r.example/");
-        assert_eq!(s.cookie_click_id, Some(CID));
-        assert!(!s.prefetch);
-
-        let h = headers(&[("accept", b"*/*"), ("sec-purpose", b"prefetch")]);
-        let s = ClickHeaders::of_map(&h);
-        assert!(s.prefetch);
-        assert_eq!((s.user_agent, s.referrer, s.cookie_click_id), ("", "", None));
-    }
-
-    /// A first value that is not text reads as empty, as `to_str` on a lookup gave; it does
-    /// not fall through to a later header of the same name.
-    #[test]
-    fn a_user_agent_that_is_not_text_reads_as_empty() {
-        let h = headers(&[("user-agent", b"caf\xe9"), ("user-agent", b"ok")]);
-        let s = ClickHeaders::of_map(&h);
-        assert_eq!(s.user_agent, "");
     }
 }

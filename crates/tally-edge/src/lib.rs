@@ -17,16 +17,11 @@
 //! - This crate computes no commissions.
 
 pub mod admin;
-pub mod auth;
-pub mod bots;
-pub mod click_query;
 pub mod config;
 mod fast;
 mod handlers;
-pub mod ip;
 pub mod links;
 pub mod metrics;
-pub mod params;
 mod server;
 mod timer;
 

@@ -37,6 +37,7 @@
 
 mod appender;
 pub mod chain;
+pub mod config;
 mod keys;
 pub mod limit;
 mod metrics;
@@ -53,6 +54,7 @@ use std::time::Duration;
 use thiserror::Error;
 
 pub use appender::Appender;
+pub use config::LogSection;
 pub use metrics::LogMetrics;
 pub use reader::{Anchor, AnchorCheck, LogReader, LogStats, Tail, VerifyReport};
 pub use snapshot::{snapshot_to, SnapshotMethod};

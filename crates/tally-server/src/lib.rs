@@ -1,0 +1,253 @@
+//! Tally's application: the one composition root. It turns a validated [`Config`] into a
+//! running tracker — the log, the program, the edge, the in-process attribution worker, the
+//! metrics registry and the admin wiring — and serves it.
+//!
+//! ```text
+//! Config::load(path) ─▶ App::open(config) ─▶ app.bind() ─▶ app.run(listeners, shutdown)
+//!                         │ log, program change,          │ runtime (+ park hook),
+//!                         │ worker thread, edge,          │ public + admin listeners,
+//!                         │ metrics, admin hooks          │ drain, stop worker, close log
+//! ```
+//!
+//! The `tally` binary calls exactly this; so do the integration tests, in-process on
+//! `127.0.0.1:0` (`tally-testkit`). Only tests that must kill a process spawn the binary.
+//!
+//! **API Boundary:** this crate parses no flags and prints nothing to stdout; the binary
+//! does both. It owns no storage format and no rule: it wires the libraries together.
+
+pub mod config;
+mod stats;
+pub mod telemetry;
+pub mod worker;
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tally_attribution::AttributionMetrics;
+use tally_edge::{AdminHooks, Edge};
+use tally_log::{Log, LogMetrics};
+
+pub use config::{Config, ConfigError};
+pub use stats::stats_hook;
+pub use worker::InProcess;
+
+/// Why the application could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Program(#[from] tally_edge::ReloadError),
+    #[error(transparent)]
+    Log(#[from] tally_log::LogError),
+    #[error("cannot record the program in the log: {0}")]
+    ProgramChange(String),
+    #[error(
+        "cannot start attribution on {} (is another worker running on it? `tally serve` runs one unless attribution.in_process = false): {source}",
+        .dir.display()
+    )]
+    Attribution { dir: PathBuf, source: tally_attribution::AttributionError },
+    #[error("attribution stopped: {0}")]
+    Worker(#[from] tally_attribution::AttributionError),
+    #[error("{what}: {source}")]
+    Io { what: String, source: io::Error },
+}
+
+impl AppError {
+    pub(crate) fn io(what: impl Into<String>, source: io::Error) -> AppError {
+        AppError::Io { what: what.into(), source }
+    }
+}
+
+/// The server's sockets, bound before it runs so that the caller can learn `:0` ports.
+#[derive(Debug)]
+pub struct Listeners {
+    pub public: std::net::TcpListener,
+    /// `None` when `admin.listen` is empty.
+    pub admin: Option<std::net::TcpListener>,
+}
+
+impl Listeners {
+    pub fn public_addr(&self) -> io::Result<SocketAddr> {
+        self.public.local_addr()
+    }
+
+    pub fn admin_addr(&self) -> io::Result<Option<SocketAddr>> {
+        self.admin.as_ref().map(|a| a.local_addr()).transpose()
+    }
+}
+
+/// A tracker ready to serve: its log open, its program logged, its worker running.
+#[derive(Debug)]
+pub struct App {
+    config: Config,
+    log: Log,
+    edge: Arc<Edge>,
+    hooks: AdminHooks,
+    worker: Option<InProcess>,
+}
+
+impl App {
+    /// Opens the log, records the program in force, starts the in-process attribution
+    /// worker (unless `attribution.in_process` is off) and builds the edge.
+    pub fn open(config: Config) -> Result<App, AppError> {
+        // The program file with the admin API's link overlay from the data directory on top.
+        let program = tally_edge::load_for(&config.edge)?;
+        let data_dir = config.data_dir().to_owned();
+        let log_metrics = LogMetrics::default();
+        let log = Log::open(&data_dir, config.log.clone(), log_metrics.clone())?;
+        // Every start records the program in force, so a replay judges what follows by it.
+        let record =
+            tally_edge::program_change_record(&program.program).map_err(|e| AppError::ProgramChange(e.to_string()))?;
+        log.append_blocking(record, Duration::from_secs(10)).map_err(|e| AppError::ProgramChange(e.to_string()))?;
+        let attribution_metrics = AttributionMetrics::default();
+        let worker = if config.attribution.in_process {
+            let worker = worker::open_worker(&data_dir, &config.attribution, attribution_metrics.clone())?;
+            Some(InProcess::start(worker, log.reader())?)
+        } else {
+            None
+        };
+        let edge = Edge::with_metrics(config.edge.clone(), program, log.clone(), log_metrics, |registry| {
+            attribution_metrics.register(registry)
+        });
+        let hooks =
+            AdminHooks { stats: Some(stats_hook(data_dir)), log_level: Some(Arc::new(telemetry::RuntimeLevel)) };
+        Ok(App { config, log, edge, hooks, worker })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The edge: its program (and reloads), metrics and log.
+    pub fn edge(&self) -> &Arc<Edge> {
+        &self.edge
+    }
+
+    /// Binds `server.listen` and `admin.listen`.
+    pub fn bind(&self) -> Result<Listeners, AppError> {
+        let bind = |addr: SocketAddr, what: &str| {
+            let l = std::net::TcpListener::bind(addr)
+                .map_err(|e| AppError::io(format!("cannot listen on {addr}{what}"), e))?;
+            l.set_nonblocking(true).map_err(|e| AppError::io(format!("cannot set up {addr}"), e))?;
+            Ok::<_, AppError>(l)
+        };
+        let public = bind(self.config.edge.listen, "")?;
+        let admin = match self.config.edge.admin.listen {
+            Some(a) => Some(bind(a, " for the admin API (admin.listen; \"\" turns it off)")?),
+            None => None,
+        };
+        Ok(Listeners { public, admin })
+    }
+
+    /// The runtime the server runs on: one worker thread runs a current-thread runtime, which
+    /// skips work stealing and its atomics and measurably raises clicks per second on small
+    /// machines (see `benches/load.sh`); with `log.commit_on_park`, a runtime thread out of
+    /// work commits the clicks it staged before it sleeps, rather than waking the log writer
+    /// and sleeping until the writer wakes it back (see `Log::park_hook`).
+    pub fn runtime(&self) -> io::Result<tokio::runtime::Runtime> {
+        let mut rt = match self.config.edge.worker_threads {
+            1 => tokio::runtime::Builder::new_current_thread(),
+            n => {
+                let mut b = tokio::runtime::Builder::new_multi_thread();
+                if n > 0 {
+                    b.worker_threads(n);
+                }
+                b
+            }
+        };
+        if self.config.log.commit_on_park {
+            rt.on_thread_park(self.log.park_hook());
+        }
+        rt.enable_all().build()
+    }
+
+    /// Serves until the future `shutdown` builds resolves (it is built on the runtime, with
+    /// the edge, so it may install signal handlers or reload the program), then drains, stops
+    /// the worker after its current commit and closes the log, committing what is queued.
+    pub fn run<F, S>(self, listeners: Listeners, shutdown: S) -> Result<(), AppError>
+    where
+        S: FnOnce(Arc<Edge>) -> io::Result<F>,
+        F: Future<Output = ()>,
+    {
+        let rt = self.runtime().map_err(|e| AppError::io("cannot start the runtime", e))?;
+        let App { config, log, edge, hooks, worker } = self;
+        let served = rt.block_on(async {
+            let public = tokio::net::TcpListener::from_std(listeners.public)
+                .map_err(|e| AppError::io("cannot use the public listener", e))?;
+            let admin = listeners
+                .admin
+                .map(tokio::net::TcpListener::from_std)
+                .transpose()
+                .map_err(|e| AppError::io("cannot use the admin listener", e))?;
+            if let Ok(local) = public.local_addr() {
+                tracing::info!(%local, data_dir = %config.data_dir().display(), sync = config.log.sync.as_str(), "serving");
+            }
+            let shutdown = shutdown(Arc::clone(&edge)).map_err(|e| AppError::io("cannot install the shutdown signal", e))?;
+            serve(Arc::clone(&edge), hooks, public, admin, shutdown).await.map_err(|e| AppError::io("serving failed", e))
+        });
+        // The worker stops after its current commit; whatever it has not reached it attributes
+        // at the next start, from its checkpoint.
+        if let Some(worker) = worker {
+            worker.stop();
+        }
+        // Commit whatever is still queued before returning, even if serving failed.
+        drop(edge);
+        log.close();
+        rt.shutdown_timeout(Duration::from_secs(1));
+        served
+    }
+}
+
+/// Serves the public listener (clicks, pixel, postbacks, health) and the admin listener
+/// (metrics, health, `/admin/`) until `shutdown` resolves. Health and metrics stay up while
+/// the public listener drains.
+pub async fn serve(
+    edge: Arc<Edge>,
+    hooks: AdminHooks,
+    public: tokio::net::TcpListener,
+    admin: Option<tokio::net::TcpListener>,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let admin_task = admin.map(|a| {
+        let mut rx = stop_rx.clone();
+        tokio::spawn(tally_edge::serve_admin(Arc::clone(&edge), a, hooks, async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }))
+    });
+    let served = tally_edge::serve(edge, public, shutdown).await;
+    let _ = stop_tx.send(true);
+    if let Some(t) = admin_task {
+        let _ = t.await;
+    }
+    served
+}
+
+/// The shutdown of a server process: resolves on SIGTERM or SIGINT, and reloads the program
+/// on every SIGHUP meanwhile. Call it on the runtime (as [`App::run`]'s `shutdown` does).
+pub fn unix_signals(edge: Arc<Edge>) -> io::Result<impl Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            match edge.reload().await {
+                Ok(true) => tracing::info!("program reloaded"),
+                Ok(false) => tracing::info!("program unchanged"),
+                Err(e) => tracing::error!(error = %e, "program reload failed; keeping the old program"),
+            }
+        }
+    });
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: draining"),
+            _ = int.recv() => tracing::info!("SIGINT: draining"),
+        }
+    })
+}

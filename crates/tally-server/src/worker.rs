@@ -1,0 +1,163 @@
+//! The attribution worker's two homes: a thread inside the server ([`InProcess`]), or its
+//! own process following the server's log through a secondary instance ([`Standalone`],
+//! `tally attribute`). Either way the worker is `tally_attribution::Worker`; this module
+//! only starts, stops and exposes it.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use tally_attribution::{AttributionConfig, AttributionError, AttributionMetrics, Worker};
+use tally_log::LogReader;
+
+use crate::AppError;
+
+/// Opens the worker's state in `data_dir`.
+pub fn open_worker(
+    data_dir: &Path,
+    config: &AttributionConfig,
+    metrics: AttributionMetrics,
+) -> Result<Worker, AppError> {
+    let dir = tally_attribution::state_dir(data_dir);
+    Worker::open(&dir, config.worker_options(data_dir), metrics).map_err(|source| AppError::Attribution { dir, source })
+}
+
+/// The in-process worker: a thread following the log until stopped.
+#[derive(Debug)]
+pub struct InProcess {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl InProcess {
+    pub fn start(mut worker: Worker, reader: LogReader) -> Result<InProcess, AppError> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let thread = std::thread::Builder::new()
+            .name("tally-attribution".into())
+            .spawn(move || {
+                if let Err(e) = worker.run(reader, &flag) {
+                    tracing::error!(error = %e, "attribution stopped; restart to resume from its checkpoint");
+                }
+            })
+            .map_err(|e| AppError::io("cannot start the attribution thread", e))?;
+        Ok(InProcess { stop, thread })
+    }
+
+    /// Stops after the worker's current batch and its commit.
+    pub fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.thread.join();
+    }
+}
+
+/// `tally attribute`: the worker in its own process, reading the server's log through a
+/// secondary instance, with an optional `/metrics` listener of its own.
+#[derive(Debug)]
+pub struct Standalone {
+    worker: Worker,
+    reader: LogReader,
+    metrics: AttributionMetrics,
+}
+
+impl Standalone {
+    pub fn open(data_dir: &Path, config: &AttributionConfig) -> Result<Standalone, AppError> {
+        let metrics = AttributionMetrics::default();
+        let worker = open_worker(data_dir, config, metrics.clone())?;
+        let reader = LogReader::open_secondary(data_dir)?;
+        Ok(Standalone { worker, reader, metrics })
+    }
+
+    /// The last event attributed and committed.
+    pub fn position(&self) -> u64 {
+        self.worker.position()
+    }
+
+    /// Attributes what the log holds now; returns how many events that was.
+    pub fn catch_up(&mut self) -> Result<u64, AttributionError> {
+        self.worker.catch_up(&self.reader, None)
+    }
+
+    /// Binds the worker's `/metrics` listener (an `:0` port is chosen here, so the caller
+    /// can print it before [`Standalone::run`]).
+    pub fn bind_metrics(&self, addr: SocketAddr) -> Result<std::net::TcpListener, AppError> {
+        let l = std::net::TcpListener::bind(addr)
+            .map_err(|e| AppError::io(format!("cannot listen on {addr} for metrics"), e))?;
+        l.set_nonblocking(true).map_err(|e| AppError::io("cannot set up the metrics listener", e))?;
+        Ok(l)
+    }
+
+    /// Follows the log until SIGTERM or SIGINT, serving `metrics` meanwhile.
+    pub fn run(mut self, metrics: Option<std::net::TcpListener>) -> Result<u64, AppError> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| AppError::io("cannot start the runtime", e))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let registry = {
+            let mut registry = prometheus_client::registry::Registry::default();
+            self.metrics.register(&mut registry);
+            Arc::new(registry)
+        };
+        let background = std::thread::Builder::new()
+            .name("tally-signals".into())
+            .spawn(move || {
+                rt.block_on(async move {
+                    use tokio::signal::unix::{signal, SignalKind};
+                    let (Ok(mut term), Ok(mut int)) =
+                        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+                    else {
+                        return;
+                    };
+                    if let Some(l) = metrics.and_then(|l| tokio::net::TcpListener::from_std(l).ok()) {
+                        tokio::spawn(serve_metrics(l, registry));
+                    }
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = int.recv() => {}
+                    }
+                    flag.store(true, Ordering::Relaxed);
+                })
+            })
+            .map_err(|e| AppError::io("cannot start the signal thread", e))?;
+        let result = self.worker.run(self.reader, &stop);
+        drop(background);
+        result?;
+        tracing::info!(position = self.worker.position(), "attribution stopped cleanly");
+        Ok(self.worker.position())
+    }
+}
+
+/// `/metrics` for the separate worker process.
+async fn serve_metrics(listener: tokio::net::TcpListener, registry: Arc<prometheus_client::registry::Registry>) {
+    use http_body_util::Full;
+    use hyper::body::Bytes;
+    use hyper::{Response, StatusCode};
+    loop {
+        let Ok((sock, _)) = listener.accept().await else { continue };
+        let registry = Arc::clone(&registry);
+        let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+            let registry = Arc::clone(&registry);
+            async move {
+                let mut body = String::new();
+                if req.uri().path() == "/metrics"
+                    && prometheus_client::encoding::text::encode(&mut body, &registry).is_ok()
+                {
+                    Response::builder()
+                        .header("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")
+                        .body(Full::new(Bytes::from(body)))
+                } else {
+                    Response::builder()
+                        .status(StatusCode::NOT_FOUND)
+                        .body(Full::new(Bytes::from_static(b"not found\n")))
+                }
+            }
+        });
+        tokio::spawn(async move {
+            let io = hyper_util::rt::TokioIo::new(sock);
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
+        });
+    }
+}

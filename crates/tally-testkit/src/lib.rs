@@ -1,0 +1,139 @@
+//! Test kit for Tally's integration tests (a dev-dependency only).
+//!
+//! - [`Env`]: a temp directory with a `tally.toml` and a copy of the example program.
+//! - [`TestServer`]: the real server (`tally_server::App`) in this process, on
+//!   `127.0.0.1:0`, with a real RocksDB in the temp directory. Stop it, restart it, reload
+//!   its program: everything a test needs but killing it.
+//! - [`Process`]: `tally serve` as a child process, for the tests that must kill it (SIGKILL,
+//!   crash points, environment switches read once per process).
+//! - [`Client`], [`Conn`], [`Resp`]: a raw HTTP/1.1 client, raw so tests can send what a
+//!   browser or an attacker would; both server kinds dereference to a [`Client`].
+//! - [`events`], [`ledger`]: the log and the commission ledger as `tally export events`
+//!   and `tally commissions --format jsonl` print them, read in-process.
+//! - [`wait_for`]: polling with a deadline, for effects that are asynchronous by design
+//!   (the attribution worker follows the log).
+#![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
+
+mod http;
+mod server;
+
+pub use http::{click_storm, Client, Conn, Resp};
+pub use server::{Process, TestServer};
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// The example program's advertiser credentials (`config/program.toml`).
+pub const TOKEN: &str = "demo-acme-token-change-me";
+pub const HMAC_SECRET: &str = "demo-acme-hmac-secret-change-me";
+
+/// A file of the repository's `config/` directory.
+pub fn repo_config(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config").join(name)
+}
+
+/// A file of the repository (for tests that check documents and deploy files).
+pub fn repo_file(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(path)
+}
+
+/// A temp directory holding `tally.toml` and `program.toml`; removed on drop.
+#[derive(Debug)]
+pub struct Env {
+    pub tmp: tempfile::TempDir,
+}
+
+impl Env {
+    /// `tally.toml` with `log_extra` appended to its `[log]` section, and a copy of the
+    /// example program.
+    pub fn new(log_extra: &str) -> Env {
+        Env::build("", log_extra, "")
+    }
+
+    /// Like [`Env::new`], with extra lines for the `[server]`, `[log]` and `[privacy]` tables.
+    pub fn build(server_extra: &str, log_extra: &str, privacy_extra: &str) -> Env {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::copy(repo_config("program.toml"), tmp.path().join("program.toml")).unwrap();
+        let server = if server_extra.contains("header_read_timeout_ms") {
+            format!("drain_timeout_ms = 5000\n{server_extra}")
+        } else {
+            format!("header_read_timeout_ms = 2000\ndrain_timeout_ms = 5000\n{server_extra}")
+        };
+        let config = format!(
+            "[server]\n{server}\n[log]\ndata_dir = \"data\"\n{log_extra}\n[program]\npath = \"program.toml\"\n[privacy]\n{privacy_extra}\n[logging]\nlevel = \"warn\"\n"
+        );
+        std::fs::write(tmp.path().join("tally.toml"), config).unwrap();
+        Env { tmp }
+    }
+
+    /// Appends `text` (whole tables) to `tally.toml`.
+    pub fn append_config(&self, text: &str) {
+        let mut config = std::fs::read_to_string(self.config()).unwrap();
+        config.push('\n');
+        config.push_str(text);
+        std::fs::write(self.config(), config).unwrap();
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.tmp.path().join("tally.toml")
+    }
+
+    pub fn data(&self) -> PathBuf {
+        self.tmp.path().join("data")
+    }
+
+    pub fn program(&self) -> PathBuf {
+        self.tmp.path().join("program.toml")
+    }
+
+    /// The server in this process.
+    pub fn serve(&self) -> TestServer {
+        TestServer::start(&self.config(), &self.data())
+    }
+}
+
+/// Polls `ok` every 20 ms until it holds; panics naming `what` after 30 s.
+pub fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Every event in the log of `data_dir`, as the JSON objects `tally export events` prints
+/// (read through a secondary instance, so the server may be running).
+pub fn events(data_dir: &Path) -> Vec<serde_json::Value> {
+    let reader = tally_log::LogReader::open_secondary(data_dir).unwrap();
+    reader
+        .iter_from(1)
+        .map(|item| {
+            let (seq, record) = item.unwrap();
+            let event = tally_model::decode(&record).unwrap();
+            let row = tally_audit::export::row(seq, &event);
+            serde_json::Value::Object(row.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
+        })
+        .collect()
+}
+
+/// The commission ledger of `data_dir`, as the JSON objects `tally commissions --format
+/// jsonl` prints; empty while the worker has not created its state yet.
+pub fn ledger(data_dir: &Path) -> Vec<serde_json::Value> {
+    let dir = tally_attribution::state_dir(data_dir);
+    if !dir.join("CURRENT").exists() {
+        return Vec::new();
+    }
+    let state = tally_attribution::State::open_reader(&dir).unwrap();
+    state
+        .entries()
+        .map(|e| {
+            let row = tally_audit::digest::row(&e.unwrap());
+            serde_json::Value::Object(row.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
+        })
+        .collect()
+}
+
+/// The events of one type (`click`, `conversion`, `program_change`).
+pub fn of_type<'a>(events: &'a [serde_json::Value], kind: &str) -> Vec<&'a serde_json::Value> {
+    events.iter().filter(|e| e["type"] == kind).collect()
+}
