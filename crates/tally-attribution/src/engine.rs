@@ -250,9 +250,13 @@ fn base_entry(seq: u64, c: &Conversion, program: &str) -> Entry {
     }
 }
 
-/// The dedup key of a transaction: offer, goal, txid (length-prefixed, so no separator can
-/// be forged).
-fn txn_key(c: &Conversion) -> Vec<u8> {
+/// The key that claims a *transaction* for the ledger: offer, goal, txid (length-prefixed,
+/// so no separator can be forged), without the status. The first report of a transaction
+/// claims it, whatever its outcome; later reports of it are booked as `duplicate`, paid
+/// zero, and a reversal (refund, chargeback) finds the entry to reverse by it. The `dedup`
+/// column family of the state maps these keys to the claiming entry. Not to be confused with `Conversion::repeat_key`, the log's key for
+/// a report sent again (with status), which only shapes the edge's answer.
+fn transaction_key(c: &Conversion) -> Vec<u8> {
     let mut k = Vec::with_capacity(12 + c.offer.len() + c.goal.len() + c.txid.len());
     for part in [&c.offer, &c.goal, &c.txid] {
         k.extend_from_slice(&(part.len() as u32).to_be_bytes());
@@ -364,7 +368,7 @@ fn conversion(state: &mut State, seq: u64, c: &Conversion, out: &mut Outputs) ->
     let Some(program) = program.as_deref() else { return Ok(()) };
 
     if !c.txid.is_empty() {
-        let key = txn_key(c);
+        let key = transaction_key(c);
         if let Some(original) = state.dedup(&key)? {
             e.status = Status::Duplicate;
             e.reason = Reason::RepeatedTransaction;
@@ -535,7 +539,7 @@ fn reversal(state: &mut State, seq: u64, c: &Conversion, out: &mut Outputs) -> R
         finish(state, e, out);
         return Ok(());
     }
-    let Some(original_id) = state.dedup(&txn_key(c))? else {
+    let Some(original_id) = state.dedup(&transaction_key(c))? else {
         e.reason = Reason::NoOriginal;
         finish(state, e, out);
         return Ok(());

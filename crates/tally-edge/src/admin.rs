@@ -34,9 +34,9 @@ use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
 use tally_model::Program;
 
-use crate::handlers::{with_body, Body};
 use crate::links::OverlayLink;
 use crate::metrics::Route;
+use crate::respond::{with_body, Body};
 use crate::{Edge, EditError, ReloadError};
 
 /// Admin request bodies are a few hundred bytes; anything larger is refused.
@@ -103,8 +103,8 @@ async fn route(edge: Arc<Edge>, hooks: &AdminHooks, req: Request<Incoming>) -> R
     let path = req.uri().path().to_owned();
     let (route, resp) = match path.as_str() {
         "/metrics" => (Route::metrics, metrics(&edge).await),
-        "/healthz" => (Route::healthz, crate::handlers::healthz()),
-        "/readyz" => (Route::readyz, crate::handlers::readyz(&edge)),
+        "/healthz" => (Route::healthz, crate::respond::healthz()),
+        "/readyz" => (Route::readyz, crate::respond::readyz(&edge)),
         p if p == "/admin" || p.starts_with("/admin/") => (Route::admin, api(&edge, hooks, req).await),
         _ => (Route::other, error(404, "not found")),
     };

@@ -10,7 +10,7 @@
 //!
 //! What the fast path takes, it answers exactly as hyper did (same status, headers in the
 //! same order, `Date`, `Content-Length`); the shared click logic is
-//! [`crate::handlers::prepare_click`]. Everything it does not take goes to hyper untouched:
+//! [`crate::click::prepare`]. Everything it does not take goes to hyper untouched:
 //! other paths and methods, HTTP/1.0, a `Connection` header with options other than
 //! `keep-alive` and `close`, any `Content-Length`, `Transfer-Encoding`, `Expect`, `Upgrade`
 //! or `TE` header, a request target with characters
@@ -41,8 +41,9 @@ use tokio::sync::watch;
 
 use tally_protocol::headers::{is_header_value, ClickHeaders};
 
-use crate::handlers::{self, Body, ClickRequest, EdgeError, Prepared};
+use crate::click::{self, ClickRequest, Prepared};
 use crate::metrics::Route;
+use crate::respond::{self, Body, EdgeError};
 use crate::Edge;
 
 /// Headers the fast path's parser has room for; a request with more (and a configured
@@ -111,14 +112,14 @@ pub(crate) async fn serve<F, Fut>(
         out.clear();
         let status = match prepared {
             Prepared::Click { location, cookie, submitted, human } => {
-                handlers::await_click(&edge, submitted, human).await;
+                click::await_commit(&edge, submitted, human).await;
                 if is_header_value(location.as_bytes()) {
                     write_redirect(&mut out, &location, cookie.as_deref(), close);
                     302
                 } else {
                     // Unreachable for validated templates and deep links, as in `redirect`.
                     let answer =
-                        handlers::respond_error(EdgeError::Internal("destination is not a valid header".into()), false);
+                        respond::respond_error(EdgeError::Internal("destination is not a valid header".into()), false);
                     write_response(&mut out, answer, is_head, close).await
                 }
             }
@@ -198,7 +199,7 @@ fn step(edge: &Edge, buf: &[u8], peer: SocketAddr) -> Step {
     } else {
         peer.ip()
     };
-    let prepared = handlers::prepare_click(edge, code, ClickRequest { is_head, query, headers, client_ip });
+    let prepared = click::prepare(edge, code, ClickRequest { is_head, query, headers, client_ip });
     Step::Click { consumed, is_head, close, prepared }
 }
 
@@ -215,7 +216,7 @@ fn is_target_byte(b: u8) -> bool {
 
 const REFERRER_POLICY: &str = "no-referrer-when-downgrade";
 
-/// A click's 302, byte for byte what hyper sent for [`handlers::redirect`]'s response.
+/// A click's 302, byte for byte what hyper sent for [`respond::redirect`]'s response.
 fn write_redirect(out: &mut Vec<u8>, location: &str, cookie: Option<&str>, close: bool) {
     out.extend_from_slice(b"HTTP/1.1 302 Found\r\nlocation: ");
     out.extend_from_slice(location.as_bytes());
@@ -368,7 +369,7 @@ mod tests {
 
     #[tokio::test]
     async fn other_answers_keep_their_headers_and_drop_the_body_for_head() {
-        let answer = || handlers::with_body(404, "text/plain; charset=utf-8", Bytes::from_static(b"unknown link\n"));
+        let answer = || respond::with_body(404, "text/plain; charset=utf-8", Bytes::from_static(b"unknown link\n"));
         let mut out = Vec::new();
         assert_eq!(write_response(&mut out, answer(), false, false).await, 404);
         let text = String::from_utf8(out).unwrap();

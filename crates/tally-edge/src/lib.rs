@@ -17,11 +17,14 @@
 //! - This crate computes no commissions.
 
 pub mod admin;
+mod click;
 pub mod config;
+mod conversion;
 mod fast;
 mod handlers;
 pub mod links;
 pub mod metrics;
+mod respond;
 mod server;
 mod timer;
 
@@ -245,8 +248,14 @@ pub fn load_program(path: &Path) -> Result<Program, ReloadError> {
 /// The log record announcing `program` as the rules in force from here on.
 pub fn program_change_record(program: &Program) -> Result<Vec<u8>, tally_model::RecordError> {
     tally_model::encode(&Event::ProgramChange(ProgramChange {
-        ts_ms: handlers::now_ms(),
+        ts_ms: now_ms(),
         digest: program.digest.clone(),
         source: program.source.clone(),
     }))
+}
+
+/// Wall-clock milliseconds since the Unix epoch: the time stamped on every event the edge
+/// records (attribution reads time only from these stamps).
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }

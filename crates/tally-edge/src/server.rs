@@ -15,7 +15,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use crate::handlers::Body;
+use crate::respond::Body;
 use crate::timer::ConnTimer;
 use crate::Edge;
 

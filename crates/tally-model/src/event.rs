@@ -193,11 +193,15 @@ pub struct Conversion {
 }
 
 impl Conversion {
-    /// The key under which repeats of one report are recognised: offer, goal, transaction ID
-    /// and status (a refund of an order is not a repeat of its sale). `None` without a
-    /// transaction ID: such reports cannot be told apart from new ones. NUL separates the
-    /// parts; none of them can contain NUL (IDs are restricted, txids reject control characters).
-    pub fn dedup_key(&self) -> Option<Vec<u8>> {
+    /// The key under which the log recognises a *repeated report*: offer, goal, transaction
+    /// ID and status (a refund of an order is not a repeat of its sale). The edge appends
+    /// with it (`tally_log`'s keyed append, its `unique` index) to answer a repeat as
+    /// `duplicate`; the repeat is logged all the same. It is not what keeps a transaction
+    /// from being paid twice: attribution claims each transaction (offer, goal, txid, without
+    /// status) by its first report, with its own key. `None` without a transaction ID: such
+    /// reports cannot be told apart from new ones. NUL separates the parts; none of them can
+    /// contain NUL (IDs are restricted, txids reject control characters).
+    pub fn repeat_key(&self) -> Option<Vec<u8>> {
         if self.txid.is_empty() {
             return None;
         }
@@ -211,9 +215,10 @@ impl Conversion {
     }
 }
 
-/// The program (offers, links, rules) in force from this point of the log on. Appended when
-/// the server starts with a program that differs from the last one logged, and on every
-/// reload, so replaying the log always applies the rules that were in force at the time.
+/// The program (offers, links, rules) in force from this point of the log on. Appended at
+/// every start of the server and on every reload or admin edit that changes the program,
+/// before it takes effect, so replaying the log always applies the rules that were in force
+/// at the time.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProgramChange {
     pub ts_ms: u64,

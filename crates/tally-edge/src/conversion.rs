@@ -1,0 +1,252 @@
+//! Conversions: the pixel and the S2S postback. Parameters are read in every dialect
+//! (`tally_protocol::params`), the postback is authenticated (`tally_protocol::auth`), the
+//! conversion is built against one snapshot of the program, and the answer goes out only
+//! after its event is committed.
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http::header::CONTENT_TYPE;
+use http::{Method, Request, Response};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use tally_log::LogError;
+use tally_model::{Conversion, ConversionSource, Event, Program};
+use tally_protocol::headers::cookie_click_id;
+use tally_protocol::params::{self, Field, FieldError, RawParams};
+
+use crate::metrics::{ConvOutcome, ConvSource};
+use crate::respond::{method_not_allowed, respond_error, with_body, Body, EdgeError};
+use crate::{now_ms, Edge};
+
+/// The 43-byte transparent 1×1 GIF.
+pub const PIXEL_GIF: [u8; 43] = [
+    0x47, 0x49, 0x46, 0x38, 0x39, 0x61, 0x01, 0x00, 0x01, 0x00, 0x80, 0x00, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff,
+    0x21, 0xf9, 0x04, 0x01, 0x00, 0x00, 0x00, 0x00, 0x2c, 0x00, 0x00, 0x00, 0x00, 0x01, 0x00, 0x01, 0x00, 0x00, 0x02,
+    0x02, 0x44, 0x01, 0x00, 0x3b,
+];
+
+/// Turns validated parameters into a conversion event, judged by `program` (the one snapshot
+/// the request reads, so a reload between authenticating and building cannot mix programs).
+fn build_conversion(
+    program: &Program,
+    raw: &RawParams,
+    source: ConversionSource,
+    ip: String,
+) -> Result<Conversion, EdgeError> {
+    let p = params::validate(raw).map_err(EdgeError::Field)?;
+    let offer = program
+        .offer(&p.offer)
+        .ok_or_else(|| EdgeError::Field(FieldError::invalid(Field::Offer, format!("unknown offer \"{}\"", p.offer))))?;
+    let goal = match &p.goal {
+        Some(g) if offer.goal(g).is_none() => {
+            return Err(EdgeError::Field(FieldError::invalid(
+                Field::Goal,
+                format!("offer {} has no goal \"{g}\"", offer.id),
+            )))
+        }
+        Some(g) => g.clone(),
+        None => offer.default_goal().to_owned(),
+    };
+    if let Some(c) = p.currency {
+        if c != offer.currency {
+            return Err(EdgeError::Field(FieldError::invalid(
+                Field::Currency,
+                format!("offer {} is paid in {}, got {c}", offer.id, offer.currency),
+            )));
+        }
+    }
+    let amount = p
+        .amount
+        .as_deref()
+        .map(|a| tally_model::parse_minor(a, offer.currency, false).map_err(|e| FieldError::invalid(Field::Amount, e)))
+        .transpose()
+        .map_err(EdgeError::Field)?;
+    let conversion = Conversion {
+        ts_ms: now_ms(),
+        source,
+        click_id: p.click_id,
+        coupon: p.coupon,
+        offer: offer.id.clone(),
+        goal,
+        txid: p.txid,
+        amount,
+        currency: offer.currency,
+        status: p.status,
+        subs: p.subs,
+        ip,
+    };
+    Ok(conversion)
+}
+
+pub(crate) async fn pixel(edge: &Edge, req: &Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    // GET only: a HEAD is a probe, not a page view, and must not record a conversion.
+    if req.method() != Method::GET {
+        return method_not_allowed("GET", false);
+    }
+    let mut raw = RawParams::from_query(req.uri().query().unwrap_or(""));
+    if let Some(cid) = cookie_click_id(req.headers()) {
+        raw.set_if_absent(Field::ClickId, cid.to_owned());
+    }
+    let now = now_ms();
+    let ip = edge.config.ip.render(edge.config.ip.client_ip(peer.ip(), req.headers()), now);
+    // The program snapshot is released before the wait on the log: a reload must not wait.
+    let built = build_conversion(&edge.program.load(), &raw, ConversionSource::Pixel, ip);
+    let result = match built {
+        Ok(conversion) => append_conversion(edge, conversion).await.map_err(EdgeError::Unavailable),
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok((appended, _)) => {
+            let outcome = if appended.duplicate_of.is_some() { ConvOutcome::duplicate } else { ConvOutcome::accepted };
+            edge.metrics.conversion(ConvSource::pixel, outcome);
+            with_body(200, "image/gif", Bytes::from_static(&PIXEL_GIF))
+        }
+        Err(e) => {
+            edge.metrics.conversion(ConvSource::pixel, outcome_of(&e));
+            respond_error(e, false)
+        }
+    }
+}
+
+fn outcome_of(e: &EdgeError) -> ConvOutcome {
+    match e {
+        EdgeError::Auth(_) => ConvOutcome::unauthorized,
+        EdgeError::Unavailable(_) | EdgeError::Internal(_) => ConvOutcome::shed,
+        _ => ConvOutcome::invalid,
+    }
+}
+
+pub(crate) async fn postback(edge: &Edge, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    let result = postback_inner(edge, req, peer).await;
+    match result {
+        Ok((appended, conversion)) => {
+            let (outcome, status) = match appended.duplicate_of {
+                Some(_) => (ConvOutcome::duplicate, "duplicate"),
+                None => (ConvOutcome::accepted, "accepted"),
+            };
+            edge.metrics.conversion(ConvSource::postback, outcome);
+            let body = serde_json::json!({
+                "status": status,
+                "seq": appended.seq,
+                "duplicate_of": appended.duplicate_of,
+                "event": "conversion",
+                "offer": conversion.offer,
+                "goal": conversion.goal,
+                "conversion_status": conversion.status.as_str(),
+                "click_id": conversion.click_id.map(|c| c.to_string()),
+            });
+            with_body(200, "application/json", body.to_string().into())
+        }
+        Err(e) => {
+            edge.metrics.conversion(ConvSource::postback, outcome_of(&e));
+            if let EdgeError::MethodNotAllowed(allow) = e {
+                return method_not_allowed(allow, true);
+            }
+            respond_error(e, true)
+        }
+    }
+}
+
+async fn postback_inner(
+    edge: &Edge,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Result<(tally_log::Appended, Conversion), EdgeError> {
+    let (parts, body) = req.into_parts();
+    let query = parts.uri.query().unwrap_or("").to_owned();
+    let (raw_signed, mut params) = match parts.method {
+        Method::GET => (Bytes::from(query.clone()), RawParams::from_query(&query)),
+        Method::POST => {
+            let limit = edge.config.postback_max_body_bytes;
+            // A declared Content-Length over the limit is refused before reading: otherwise
+            // the client holds the connection until the body timeout, sending nothing.
+            if usize::try_from(hyper::body::Body::size_hint(&body).lower()).map_or(true, |n| n > limit) {
+                return Err(EdgeError::BodyTooLarge);
+            }
+            // hyper's header timeout ends where the body starts: without this deadline a
+            // client trickling a body (slow POST) holds its connection slot forever.
+            let collect = tokio::time::timeout(edge.config.body_read_timeout, Limited::new(body, limit).collect());
+            let bytes = match collect.await {
+                Ok(Ok(b)) => b.to_bytes(),
+                Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+                    return Err(EdgeError::BodyTooLarge)
+                }
+                Ok(Err(e)) => return Err(EdgeError::BadBody(e.to_string())),
+                Err(_) => return Err(EdgeError::BodyTimeout),
+            };
+            let is_json = parts
+                .headers
+                .get(CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("application/json"));
+            let params =
+                if is_json { json_params(&bytes)? } else { RawParams::from_pairs(form_urlencoded::parse(&bytes)) };
+            (bytes, params)
+        }
+        _ => return Err(EdgeError::MethodNotAllowed("GET, POST")),
+    };
+    // A token in the query is accepted for POST too: it is a credential, not a field.
+    if parts.method == Method::POST {
+        if let Some(t) = RawParams::from_query(&query).get(Field::Token) {
+            params.set_if_absent(Field::Token, t.to_owned());
+        }
+    }
+    // Authenticate before reporting field problems, so unauthenticated callers learn
+    // nothing beyond "which offer" and nothing is stored.
+    let now = now_ms();
+    let ip = edge.config.ip.render(edge.config.ip.client_ip(peer.ip(), &parts.headers), now);
+    let conversion = {
+        // One program snapshot authenticates and builds the conversion; scoped so it is
+        // released before waiting on the log.
+        let program = edge.program.load();
+        let offer_id = params.get(Field::Offer).ok_or(EdgeError::Field(FieldError::missing(Field::Offer)))?;
+        let offer = program.offer(offer_id).ok_or_else(|| {
+            EdgeError::Field(FieldError::invalid(Field::Offer, format!("unknown offer \"{offer_id}\"")))
+        })?;
+        let advertiser =
+            program.advertiser_of(offer).ok_or_else(|| EdgeError::Internal("offer has no advertiser".into()))?;
+        tally_protocol::auth::authenticate(
+            advertiser,
+            &parts.headers,
+            params.get(Field::Token),
+            &raw_signed,
+            now / 1000,
+            edge.config.signature_max_age.as_secs(),
+        )
+        .map_err(EdgeError::Auth)?;
+        build_conversion(&program, &params, ConversionSource::Postback, ip)?
+    };
+    append_conversion(edge, conversion).await.map_err(EdgeError::Unavailable)
+}
+
+/// Commits a conversion, learning whether it repeats an earlier report (its
+/// [`Conversion::repeat_key`]: same offer, goal, txid and status), so the answer can say
+/// `duplicate`. Repeats are logged too, so the log holds every report; paying a transaction
+/// once is attribution's job, by its own key (offer, goal, txid).
+async fn append_conversion(edge: &Edge, conversion: Conversion) -> Result<(tally_log::Appended, Conversion), LogError> {
+    // Conversions are rare next to clicks; a clone keeps this simple.
+    let record =
+        tally_model::encode(&Event::Conversion(conversion.clone())).map_err(|e| LogError::Write(e.to_string()))?;
+    let appended = match conversion.repeat_key() {
+        Some(key) => edge.appender.submit_unique(record, &key)?.await?,
+        None => tally_log::Appended { seq: edge.appender.submit(record)?.await?, duplicate_of: None },
+    };
+    Ok((appended, conversion))
+}
+
+/// A flat JSON object of strings and numbers, as some networks post.
+fn json_params(body: &[u8]) -> Result<RawParams, EdgeError> {
+    let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| EdgeError::BadBody(e.to_string()))?;
+    let obj = value.as_object().ok_or_else(|| EdgeError::BadBody("expected a JSON object".into()))?;
+    let pairs = obj.iter().filter_map(|(k, v)| {
+        let s = match v {
+            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Number(n) => n.to_string(),
+            serde_json::Value::Bool(b) => b.to_string(),
+            _ => return None,
+        };
+        Some((std::borrow::Cow::Borrowed(k.as_str()), std::borrow::Cow::Owned(s)))
+    });
+    Ok(RawParams::from_pairs(pairs))
+}
