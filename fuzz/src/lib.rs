@@ -6,37 +6,7 @@ use std::sync::{Arc, OnceLock};
 use tally_model::program::Offer;
 use tally_model::Program;
 
-const PROGRAM: &str = r#"
-[[advertisers]]
-id = "acme"
-postback_token = "0123456789abcdef"
-hmac_secret = "fedcba9876543210"
-
-[[affiliates]]
-id = "aff1"
-
-[[offers]]
-id = "shoes"
-advertiser = "acme"
-destination = "https://shop.example/l?cid={click_id}"
-allowed_hosts = ["shop.example", "*.shop.example"]
-currency = "USD"
-
-  [[offers.goals]]
-  id = "sale"
-  payout = { kind = "fixed", amount = "1.00" }
-
-[[offers]]
-id = "all"
-advertiser = "acme"
-destination = "https://shop.example/all?cid={click_id}&aff={aff_id}&o={offer_id}&s1={sub1}&s2={sub2}&s3={sub3}&s4={sub4}&s5={sub5}&src={source}"
-allowed_hosts = ["shop.example", "*.shop.example"]
-currency = "USD"
-
-  [[offers.goals]]
-  id = "sale"
-  payout = { kind = "fixed", amount = "1.00" }
-"#;
+const PROGRAM: &str = include_str!("../../tests/fixtures/fuzz-program.toml");
 
 /// The advertiser's postback token and HMAC secret in [`advertiser`].
 pub const TOKEN: &str = "0123456789abcdef";

@@ -19,56 +19,7 @@ use tally_log::{Log, LogMetrics, LogOptions};
 use tally_model::program::{Payout, Program};
 use tally_model::{ClickId, Conversion, ConversionStatus, Event};
 
-const MODEL_A: &str = r#"
-[[advertisers]]
-id = "acme"
-postback_token = "0123456789abcdef"
-
-[[affiliates]]
-id = "aff1"
-[[affiliates]]
-id = "aff2"
-[[affiliates]]
-id = "aff3"
-
-[[offers]]
-id = "shoes"
-advertiser = "acme"
-destination = "https://shop.example/?c={click_id}"
-currency = "USD"
-window_days = 30
-
-  [[offers.goals]]
-  id = "sale"
-  payout = { kind = "revshare", bps = 1000 }
-  hold_days = 10
-
-  [[offers.goals]]
-  id = "lead"
-  payout = { kind = "fixed", amount = "2.50" }
-
-  [[offers.goals]]
-  id = "tiered"
-  payout = { kind = "fixed", amount = "1.00" }
-  hold_days = 1
-
-[[offers]]
-id = "hotels"
-advertiser = "acme"
-destination = "https://travel.example/?c={click_id}"
-currency = "EUR"
-window_days = 7
-
-  [[offers.goals]]
-  id = "booking"
-  payout = { kind = "revshare", bps = 333 }
-  hold_days = 2
-
-[[coupons]]
-code = "SPRING"
-offer = "shoes"
-affiliate = "aff3"
-"#;
+const MODEL_A: &str = include_str!("../../../tests/fixtures/attribution-model.toml");
 
 fn model_b() -> String {
     MODEL_A

@@ -849,35 +849,7 @@ pub fn encode_macro_value(v: &str) -> String {
 mod tests {
     use super::*;
 
-    const GOOD: &str = r#"
-[[advertisers]]
-id = "acme"
-postback_token = "0123456789abcdef"
-
-[[affiliates]]
-id = "aff1"
-
-[[offers]]
-id = "shoes"
-advertiser = "acme"
-destination = "https://shop.example/l?cid={click_id}&a={aff_id}&s={sub1}"
-allowed_hosts = ["shop.example", "*.shop.example"]
-currency = "usd"
-
-  [[offers.goals]]
-  id = "sale"
-  payout = { kind = "revshare", bps = 800 }
-  hold_days = 14
-
-  [[offers.goals]]
-  id = "lead"
-  payout = { kind = "fixed", amount = "2.50" }
-
-[[links]]
-code = "demo"
-offer = "shoes"
-affiliate = "aff1"
-"#;
+    const GOOD: &str = include_str!("../../../tests/fixtures/program-good.toml");
 
     #[test]
     fn loads_a_good_program() {
@@ -953,31 +925,7 @@ affiliate = "ghost"
         }
     }
 
-    const RULES: &str = r#"
-[[coupons]]
-code = "Spring10"
-offer = "shoes"
-affiliate = "aff1"
-
-[[offers.goals]]
-id = "tiered"
-daily_cap = 100
-affiliate_daily_cap = 10
-payout = { kind = "tiered", tiers = [{ from = 1, amount = "1.00" }, { from = 11, bps = 500 }] }
-
-  [[offers.goals.overrides]]
-  affiliate = "aff1"
-  payout = { kind = "fixed", amount = "3.00" }
-  daily_cap = 20
-
-  [[offers.goals.milestones]]
-  count = 50
-  bonus = "25.00"
-
-  [[offers.goals.milestones]]
-  count = 10
-  bonus = "5.00"
-"#;
+    const RULES: &str = include_str!("../../../tests/fixtures/program-rules.toml");
 
     /// `RULES` appended to `GOOD`, with its goal moved inside the shoes offer.
     fn with_rules(extra: &str) -> String {

@@ -11,71 +11,7 @@ pub const DAY: u64 = 86_400_000;
 /// 2025-11-01T00:00:00Z: a month start, so month-boundary tests are easy to read.
 pub const T0: u64 = 1_761_955_200_000;
 
-pub const PROGRAM: &str = r#"
-[[advertisers]]
-id = "acme"
-postback_token = "0123456789abcdef"
-
-[[affiliates]]
-id = "aff1"
-[[affiliates]]
-id = "aff2"
-[[affiliates]]
-id = "aff3"
-
-[[offers]]
-id = "shoes"
-advertiser = "acme"
-destination = "https://shop.example/?c={click_id}"
-currency = "USD"
-window_days = 30
-
-  [[offers.goals]]
-  id = "sale"
-  payout = { kind = "revshare", bps = 1000 }
-  hold_days = 10
-
-  [[offers.goals]]
-  id = "lead"
-  payout = { kind = "fixed", amount = "2.50" }
-  daily_cap = 3
-  affiliate_daily_cap = 2
-
-    [[offers.goals.overrides]]
-    affiliate = "aff2"
-    payout = { kind = "fixed", amount = "4.00" }
-    daily_cap = 1
-
-  [[offers.goals]]
-  id = "tiered"
-  payout = { kind = "tiered", tiers = [{ from = 1, amount = "1.00" }, { from = 3, amount = "2.00" }] }
-
-    [[offers.goals.milestones]]
-    count = 2
-    bonus = "10.00"
-
-[[offers]]
-id = "hotels"
-advertiser = "acme"
-destination = "https://travel.example/?c={click_id}"
-currency = "EUR"
-window_days = 7
-model = "first_click"
-
-  [[offers.goals]]
-  id = "booking"
-  payout = { kind = "fixed", amount = "12.00" }
-
-[[coupons]]
-code = "SPRING"
-offer = "shoes"
-affiliate = "aff3"
-
-[[links]]
-code = "l1"
-offer = "shoes"
-affiliate = "aff1"
-"#;
+pub const PROGRAM: &str = include_str!("../../../../tests/fixtures/attribution-rules.toml");
 
 /// `PROGRAM` with other payouts, holds and windows: what a mid-log program change switches to.
 pub fn program_variant() -> String {

@@ -14,5 +14,4 @@ mod crash;
 #[cfg(feature = "parquet")]
 mod export_parquet;
 mod export_scale;
-mod load;
 mod overload;

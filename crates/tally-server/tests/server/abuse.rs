@@ -1,4 +1,4 @@
-//! HTTP abuse against a real `tally serve`: slowloris, slow bodies, oversized request lines,
+//! HTTP abuse against the real server (in-process, real sockets): slowloris, slow bodies, oversized request lines,
 //! headers and bodies, too many headers. Each attack gets its limit's status or is closed,
 //! and normal clients keep being served meanwhile; their latency and throughput during the
 //! attack are printed (run with `--nocapture`), never asserted on.

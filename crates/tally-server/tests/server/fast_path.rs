@@ -1,4 +1,4 @@
-//! The edge's click fast path (`tally-edge`'s `fast` module) against a real `tally serve`:
+//! The edge's click fast path (`tally-edge`'s `fast` module) against the real server (in-process, real sockets):
 //! clicks it answers look exactly like hyper's, connections move to hyper on the first
 //! request it does not take, and it keeps hyper's connection rules (pipelining, the
 //! header-read timeout, `Connection: close`, graceful shutdown).

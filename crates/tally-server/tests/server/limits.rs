@@ -1,27 +1,10 @@
-//! Overload, HTTP limits and privacy options, against a real `tally serve`.
+//! HTTP limits, connection caps and privacy options, against the real server (in-process).
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::common::*;
-
-#[test]
-fn slow_headers_are_cut_off_and_other_clients_are_still_served() {
-    let env = Env::build("header_read_timeout_ms = 300", "", "");
-    let server = env.serve();
-    let mut slow = TcpStream::connect(server.addr).unwrap();
-    slow.write_all(b"GET /c/demo HTTP/1.1\r\nHost: t\r\n").unwrap();
-    // Meanwhile a normal client is served.
-    assert_eq!(server.get("/c/demo").status, 302);
-    slow.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let started = Instant::now();
-    let mut buf = Vec::new();
-    let _ = slow.read_to_end(&mut buf);
-    assert!(started.elapsed() < Duration::from_secs(10), "the slow client was never cut off");
-    let text = String::from_utf8_lossy(&buf);
-    assert!(buf.is_empty() || text.starts_with("HTTP/1.1 408"), "{text}");
-}
 
 #[test]
 fn connections_beyond_the_cap_wait_for_a_free_slot() {

@@ -1,4 +1,4 @@
-//! Security corpus against a real `tally serve`: open-redirect payloads for `url=` deep links,
+//! Security corpus against the real server (in-process, real sockets): open-redirect payloads for `url=` deep links,
 //! header injection through every macro value, forged postbacks, oversized and non-UTF-8
 //! values. Each is rejected or neutralised, and afterwards `tally export events` shows that
 //! nothing was stored that should not have been.
@@ -206,6 +206,8 @@ fn open_redirect_payloads_never_leave_the_offer() {
     let rejected = clicks.iter().filter(|c| c["flags"].as_u64().unwrap() & 8 != 0).count();
     // `URL=` and `url[]=` are not deep links at all, so they are not flagged.
     assert_eq!(rejected, sent - expected_followed - 2);
+    let used = clicks.iter().filter(|c| c["flags"].as_u64().unwrap() & 16 != 0).count();
+    assert_eq!(used, expected_followed, "a followed deep link is flagged as used");
 }
 
 #[test]
