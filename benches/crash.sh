@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Long run of the crash harness (crates/tally-cli/tests/crash.rs): SIGKILL `tally serve`
+# Long run of the crash harness (crates/tally-cli/tests/cli/crash.rs): SIGKILL `tally serve`
 # KILLS times per sync policy while clients drive clicks and postbacks, then check the log
 # against every client's history (lost, duplicated, gaps, unexpected) and `tally verify`.
 # The CI run of the same tests uses 5 kills and ~2 000 events per policy.

@@ -1,6 +1,6 @@
 //! `tally export ... --format parquet --out FILE` (cargo feature `parquet`): the same columns,
 //! in the same order, as the CSV of each export, written through the `parquet` crate's
-//! low-level column API (no Arrow; see ARCHITECTURE.md).
+//! low-level column API (no Arrow; see docs/decisions/0031-parquet-without-arrow-behind-a-feature.md).
 //!
 //! Types: the integer columns ([`int_column`]) are INT64; every other column is a UTF-8
 //! string (BYTE_ARRAY, STRING logical type), money included, as the exact decimal string of

@@ -33,7 +33,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use prometheus_client::registry::Registry;
-use tally_log::{Appender, Log, LogMetrics};
+use tally_log::{Appender, Log};
 use tally_model::{Event, Program, ProgramChange};
 
 pub use admin::{serve_admin, AdminHooks};
@@ -89,24 +89,11 @@ pub struct Loaded {
 }
 
 impl Edge {
-    /// `log_metrics` must be the handles the log was opened with; they are exported here.
-    pub fn new(config: Config, program: Loaded, log: Log, log_metrics: LogMetrics) -> Arc<Edge> {
-        Edge::with_metrics(config, program, log, log_metrics, |_| {})
-    }
-
-    /// Like [`Edge::new`], also exporting metrics registered by `register` (e.g. those of an
-    /// attribution worker running in the same process) on `/metrics`.
-    pub fn with_metrics(
-        config: Config,
-        loaded: Loaded,
-        log: Log,
-        log_metrics: LogMetrics,
-        register: impl FnOnce(&mut Registry),
-    ) -> Arc<Edge> {
+    /// The edge of `log`, serving the program `loaded`. Its own metrics are added to
+    /// `registry`, which the application fills with the rest of the process's (the log's,
+    /// the attribution worker's) and which the admin listener serves on `/metrics`.
+    pub fn new(config: Config, loaded: Loaded, log: Log, mut registry: Registry) -> Arc<Edge> {
         let Loaded { base, program } = loaded;
-        let mut registry = Registry::default();
-        log_metrics.register(&mut registry);
-        register(&mut registry);
         let metrics = EdgeMetrics::new(&mut registry);
         metrics.program_links.set(program.links().count() as i64);
         Arc::new(Edge {
@@ -199,7 +186,7 @@ impl Edge {
     }
 
     async fn log_and_swap(&self, loaded: Loaded) -> Result<u64, ReloadError> {
-        let seq = self.log.submit(program_change_record(&loaded.program)?)?.await?;
+        let seq = self.appender.submit(program_change_record(&loaded.program)?)?.await?;
         self.metrics.program_links.set(loaded.program.links().count() as i64);
         self.set_base(loaded.base);
         self.program.store(Arc::new(loaded.program));

@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use tokio::sync::{mpsc, oneshot, Notify};
 
-use crate::writer::{Item, PumpTx};
+use crate::writer::{Item, PumpTx, Staged};
 use crate::{Log, LogError, Pending, PendingUnique};
 
 /// Acknowledgement groups the writer may have handed over and the task not yet delivered.
@@ -62,8 +62,8 @@ struct Task {
     handle: tokio::task::AbortHandle,
 }
 
-impl Inner {
-    pub(crate) fn take_staged(&self) -> Vec<Item> {
+impl crate::writer::Staged for Inner {
+    fn take_staged(&self) -> Vec<Item> {
         let mut staged = self.staged.lock().unwrap_or_else(|p| p.into_inner());
         if staged.is_empty() {
             return Vec::new();
@@ -97,7 +97,9 @@ impl Log {
             flush: Arc::new(Notify::new()),
             task: OnceLock::new(),
         });
-        self.shared().appenders.lock().unwrap_or_else(|p| p.into_inner()).push(Arc::downgrade(&inner));
+        let weak: Weak<Inner> = Arc::downgrade(&inner);
+        let staged: Weak<dyn Staged> = weak;
+        self.shared().appenders.lock().unwrap_or_else(|p| p.into_inner()).push(staged);
         Appender { inner }
     }
 }

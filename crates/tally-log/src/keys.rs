@@ -5,11 +5,9 @@
 pub const CF_EVENTS: &str = "events";
 /// Column family holding `last seq of batch -> chain entry`.
 pub const CF_CHAIN: &str = "chain";
-/// Column family holding small metadata: consumer checkpoints.
-pub const CF_META: &str = "meta";
 /// Column family holding `BLAKE3(uniqueness key) -> seq of the first event with that key`.
 pub const CF_UNIQUE: &str = "unique";
-pub const ALL_CFS: [&str; 4] = [CF_EVENTS, CF_CHAIN, CF_META, CF_UNIQUE];
+pub const ALL_CFS: [&str; 3] = [CF_EVENTS, CF_CHAIN, CF_UNIQUE];
 
 pub fn seq_key(seq: u64) -> [u8; 8] {
     seq.to_be_bytes()
@@ -18,12 +16,6 @@ pub fn seq_key(seq: u64) -> [u8; 8] {
 /// Decodes a sequence key; `None` if it is not 8 bytes (a key we did not write).
 pub fn parse_seq_key(key: &[u8]) -> Option<u64> {
     <[u8; 8]>::try_from(key).ok().map(u64::from_be_bytes)
-}
-
-pub fn checkpoint_key(name: &str) -> Vec<u8> {
-    let mut k = b"ckpt/".to_vec();
-    k.extend_from_slice(name.as_bytes());
-    k
 }
 
 #[cfg(test)]
@@ -43,6 +35,5 @@ mod tests {
     #[test]
     fn foreign_keys_are_not_sequences() {
         assert_eq!(parse_seq_key(b"short"), None);
-        assert_eq!(checkpoint_key("attr"), b"ckpt/attr".to_vec());
     }
 }

@@ -12,7 +12,6 @@
 //!   when it runs out of work, rather than wake the writer and sleep until woken back;
 //! - **readers** ([`LogReader`]): sequence ranges, an in-process [`Tail`] woken by commits,
 //!   and a secondary instance for reading a running server's log from another process;
-//! - named consumer **checkpoints**;
 //! - the tamper-evident **hash chain** ([`chain`]) and [`LogReader::verify`];
 //! - point-in-time copies ([`snapshot`]) for `tally snapshot`.
 //!
@@ -22,8 +21,15 @@
 //! |----------|---------------------------|----------------------------------------|
 //! | `events` | seq, u64 big-endian       | one record (see `tally_model::record`) |
 //! | `chain`  | last seq of a batch, u64 BE | chain entry (see [`chain`])          |
-//! | `meta`   | `ckpt/{name}`             | checkpoint seq, u64 big-endian         |
 //! | `unique` | BLAKE3 of a caller's key  | seq of the first event with that key   |
+//!
+//! (Logs written before December 2026 also have an empty `meta` family, for consumer
+//! checkpoints that nothing used; it is opened and ignored.)
+//!
+//! Layers, each using only those before it: `db` (options, column families, open, the
+//! commit signal) → `writer` (the commit core, the queue and `Log`, the writer thread, the
+//! park hook) → `appender` (the front for tokio tasks). Readers (`reader`, `snapshot`) and
+//! the test tools (`testing`) use `db` only.
 //!
 //! A batch's records, its chain entry and its `unique` entries are written in one RocksDB
 //! `WriteBatch`, so a crash leaves either the whole batch or none of it. Sequence numbers
@@ -38,6 +44,7 @@
 mod appender;
 pub mod chain;
 pub mod config;
+mod db;
 mod keys;
 pub mod limit;
 mod metrics;
@@ -47,8 +54,6 @@ pub mod snapshot;
 pub mod testing;
 mod writer;
 
-use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use thiserror::Error;
@@ -137,16 +142,3 @@ pub enum LogError {
     #[error("log is corrupt: {0}")]
     Corrupt(String),
 }
-
-impl LogError {
-    /// Whether trying again later can succeed.
-    pub fn is_retryable(&self) -> bool {
-        matches!(self, LogError::QueueFull | LogError::Write(_))
-    }
-}
-
-pub(crate) fn open_error(path: &Path, e: impl std::fmt::Display) -> LogError {
-    LogError::Open { path: path.display().to_string(), reason: e.to_string() }
-}
-
-pub(crate) type Db = Arc<rocksdb::DB>;

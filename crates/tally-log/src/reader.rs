@@ -1,33 +1,18 @@
-//! Reading the log: ranges, tailing, stats, verification, checkpoints.
+//! Reading the log: ranges, tailing, stats, verification. Readers sit on the database layer
+//! ([`crate::db`]) only: they never go through the writer.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, Options};
+use rocksdb::{Direction, IteratorMode};
 use tally_model::EventKind;
 
 use crate::chain::{self, ChainEntry, GENESIS};
-use crate::keys::{self, ALL_CFS, CF_CHAIN, CF_EVENTS, CF_META};
-use crate::writer::Committed;
-use crate::{open_error, Db, LogError};
-
-pub(crate) fn db_options() -> Options {
-    let mut opts = Options::default();
-    opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
-    opts.set_bottommost_compression_type(rocksdb::DBCompressionType::Zstd);
-    opts.set_keep_log_file_num(4);
-    opts
-}
-
-pub(crate) fn cf_descriptors() -> Vec<ColumnFamilyDescriptor> {
-    ALL_CFS.iter().map(|name| ColumnFamilyDescriptor::new(*name, db_options())).collect()
-}
-
-pub(crate) fn cf<'a>(db: &'a Db, name: &str) -> Result<&'a ColumnFamily, LogError> {
-    db.cf_handle(name).ok_or_else(|| LogError::Corrupt(format!("column family {name} missing")))
-}
+use crate::db::{cf, cf_descriptors, db_options, open_error, Committed, Db};
+use crate::keys::{self, CF_CHAIN, CF_EVENTS};
+use crate::LogError;
 
 fn read_err(e: rocksdb::Error) -> LogError {
     LogError::Read(e.to_string())
@@ -212,13 +197,6 @@ impl LogReader {
                 Ok(keys::parse_seq_key(&k))
             }
         }
-    }
-
-    /// A named consumer's checkpoint, if it has stored one.
-    pub fn checkpoint(&self, name: &str) -> Result<Option<u64>, LogError> {
-        let cf = cf(&self.db, CF_META)?;
-        let v = self.db.get_cf(cf, keys::checkpoint_key(name)).map_err(read_err)?;
-        Ok(v.and_then(|v| keys::parse_seq_key(&v)))
     }
 
     /// Counts events by kind and measures the directory. Reads the whole log.

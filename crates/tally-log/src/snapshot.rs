@@ -14,7 +14,8 @@ use std::path::Path;
 
 use rocksdb::{checkpoint::Checkpoint, ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch, WriteOptions};
 
-use crate::{open_error, LogError};
+use crate::db::{open_error, with_existing};
+use crate::LogError;
 
 /// How [`copy_db`] made its copy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,7 +50,8 @@ pub fn copy_db(
     if out.exists() {
         return Err(open_error(out, "snapshot target already exists"));
     }
-    match rocksdb::DB::open_cf_descriptors(&options(), src, descriptors()) {
+    let opts = options();
+    match rocksdb::DB::open_cf_descriptors(&opts, src, with_existing(src, &opts, descriptors())) {
         Ok(db) => {
             let write = |e: rocksdb::Error| LogError::Write(format!("checkpoint into {}: {e}", out.display()));
             Checkpoint::new(&db).and_then(|c| c.create_checkpoint(out)).map_err(write)?;
@@ -113,5 +115,5 @@ fn logical_copy(
 /// Snapshots the log in `data_dir` into `out` (which must not exist): a database that
 /// [`crate::LogReader::open_secondary`] and [`crate::Log::open`] accept like the original.
 pub fn snapshot_to(data_dir: &Path, out: &Path) -> Result<SnapshotMethod, LogError> {
-    copy_db(data_dir, out, &crate::reader::db_options, &crate::reader::cf_descriptors)
+    copy_db(data_dir, out, &crate::db::db_options, &crate::db::cf_descriptors)
 }

@@ -5,13 +5,13 @@
 use std::path::Path;
 
 use crate::chain::{self, ChainEntry};
+use crate::db::open_existing;
 use crate::keys::{self, CF_CHAIN, CF_EVENTS};
-use crate::{open_error, reader, LogError};
+use crate::LogError;
 
 /// Overwrites the stored bytes of event `seq` in a log no server has open.
 pub fn overwrite_event(dir: &Path, seq: u64, bytes: &[u8]) -> Result<(), LogError> {
-    let opts = reader::db_options();
-    let db = rocksdb::DB::open_cf_descriptors(&opts, dir, reader::cf_descriptors()).map_err(|e| open_error(dir, e))?;
+    let db = open_existing(dir)?;
     let cf = db.cf_handle(CF_EVENTS).ok_or_else(|| LogError::Corrupt("no events cf".into()))?;
     db.put_cf(cf, keys::seq_key(seq), bytes).map_err(|e| LogError::Write(e.to_string()))
 }
@@ -21,8 +21,7 @@ pub fn overwrite_event(dir: &Path, seq: u64, bytes: &[u8]) -> Result<(), LogErro
 /// tell. `batch` regroups the records into batches of that many (the last may be shorter),
 /// giving tests known batch boundaries; `None` keeps the stored ones.
 pub fn rechain(dir: &Path, batch: Option<u32>) -> Result<(), LogError> {
-    let opts = reader::db_options();
-    let db = rocksdb::DB::open_cf_descriptors(&opts, dir, reader::cf_descriptors()).map_err(|e| open_error(dir, e))?;
+    let db = open_existing(dir)?;
     let missing = |name: &str| LogError::Corrupt(format!("no {name} cf"));
     let read = |e: rocksdb::Error| LogError::Read(e.to_string());
     let write = |e: rocksdb::Error| LogError::Write(e.to_string());
@@ -60,8 +59,7 @@ pub fn rechain(dir: &Path, batch: Option<u32>) -> Result<(), LogError> {
 /// stored them (BLAKE3 leaves; the head is the same in both versions), giving tests a log
 /// written partly before and partly after the leaf format changed.
 pub fn store_v1_leaves(dir: &Path, up_to: u64) -> Result<(), LogError> {
-    let opts = reader::db_options();
-    let db = rocksdb::DB::open_cf_descriptors(&opts, dir, reader::cf_descriptors()).map_err(|e| open_error(dir, e))?;
+    let db = open_existing(dir)?;
     let read = |e: rocksdb::Error| LogError::Read(e.to_string());
     let events = db.cf_handle(CF_EVENTS).ok_or_else(|| LogError::Corrupt("no events cf".into()))?;
     let chain_cf = db.cf_handle(CF_CHAIN).ok_or_else(|| LogError::Corrupt("no chain cf".into()))?;

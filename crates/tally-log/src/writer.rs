@@ -14,9 +14,10 @@ use rocksdb::{WriteBatch, WriteOptions};
 use tokio::sync::oneshot;
 
 use crate::chain::{BatchHasher, ChainEntry, GENESIS};
-use crate::keys::{self, CF_CHAIN, CF_EVENTS, CF_META, CF_UNIQUE};
-use crate::reader::{self, LogReader};
-use crate::{open_error, Db, LogError, LogMetrics, LogOptions, SyncPolicy};
+use crate::db::{self, cf, open_error, Committed, Db};
+use crate::keys::{self, CF_CHAIN, CF_EVENTS, CF_UNIQUE};
+use crate::reader::LogReader;
+use crate::{LogError, LogMetrics, LogOptions, SyncPolicy};
 
 /// With a park hook, the largest group an appender stages for it; see [`Log::staging_limit`].
 const PARK_GROUP: usize = 64;
@@ -59,16 +60,18 @@ pub struct Appended {
     pub duplicate_of: Option<u64>,
 }
 
-/// What readers in this process can wait on: the newest committed sequence number.
-pub(crate) struct Committed {
-    pub(crate) seq: Mutex<u64>,
-    pub(crate) cond: Condvar,
+/// A stage of appends that a runtime thread about to park commits: an [`crate::Appender`].
+/// A trait so that this layer need not know the appender above it.
+pub(crate) trait Staged: Send + Sync {
+    /// Takes what is staged, leaving the stage empty.
+    fn take_staged(&self) -> Vec<Item>;
 }
 
 pub(crate) struct Shared {
     db: Db,
     committed: Arc<Committed>,
-    writable: AtomicBool,
+    /// The writer runs and its last commit (or probe) succeeded; set by the commit core.
+    writable: Arc<AtomicBool>,
     writer: Mutex<Option<JoinHandle<()>>>,
     options: LogOptions,
     /// Events submitted and not yet taken by the writer: the queue's bound, in events (an
@@ -85,7 +88,7 @@ pub(crate) struct Shared {
     /// so does a runtime thread about to park (see [`Log::park_hook`]).
     core: Arc<Mutex<Core>>,
     /// The appenders whose staged events a parking runtime thread commits.
-    pub(crate) appenders: Mutex<Vec<std::sync::Weak<crate::appender::Inner>>>,
+    pub(crate) appenders: Mutex<Vec<std::sync::Weak<dyn Staged>>>,
     /// Set once [`Log::park_hook`] is installed: appenders then leave small groups for it.
     pub(crate) commits_on_park: AtomicBool,
 }
@@ -160,7 +163,7 @@ impl PendingUnique {
 impl Log {
     /// Opens (creating if needed) the log in `dir` and starts its writer thread.
     pub fn open(dir: &Path, options: LogOptions, metrics: LogMetrics) -> Result<Log, LogError> {
-        let (db, db_options) = open_primary(dir)?;
+        let (db, db_options) = db::open_primary(dir)?;
         let db: Db = Arc::new(db);
         let (next_seq, head) = recover(&db)?;
         let capacity = options.queue_capacity.max(1);
@@ -168,12 +171,13 @@ impl Log {
         let committed = Arc::new(Committed { seq: Mutex::new(next_seq - 1), cond: Condvar::new() });
         let queued = Arc::new(AtomicUsize::new(0));
         let healthy = Arc::new(AtomicBool::new(true));
+        let writable = Arc::new(AtomicBool::new(true));
         metrics.queue_capacity.set(capacity as i64);
         metrics.last_sequence.set(i64::try_from(next_seq - 1).unwrap_or(i64::MAX));
-        let shared = Arc::new_cyclic(|weak| Shared {
+        let shared = Arc::new(Shared {
             db: Arc::clone(&db),
             committed: Arc::clone(&committed),
-            writable: AtomicBool::new(true),
+            writable: Arc::clone(&writable),
             writer: Mutex::new(None),
             options: options.clone(),
             queued: Arc::clone(&queued),
@@ -188,7 +192,7 @@ impl Log {
                 next_seq,
                 head,
                 committed,
-                shared: weak.clone(),
+                writable,
                 healthy: true,
                 healthy_flag: Arc::clone(&healthy),
                 queued,
@@ -208,7 +212,9 @@ impl Log {
     }
 
     /// Enqueues one encoded record without blocking. Fails fast with [`LogError::QueueFull`]
-    /// when the writer is behind, or [`LogError::Closed`] after shutdown.
+    /// when the writer is behind, or [`LogError::Closed`] after shutdown. The way in for plain
+    /// threads (the CLI, the server at start, tests, benchmarks): submit, then
+    /// [`Pending::wait`] (many may be in flight first). Tokio tasks use an [`crate::Appender`].
     pub fn submit(&self, record: Vec<u8>) -> Result<Pending, LogError> {
         self.enqueue(record, None).map(Pending)
     }
@@ -291,26 +297,6 @@ impl Log {
         &self.shared
     }
 
-    /// Appends one record from a plain thread, waiting up to `deadline` for queue space, then
-    /// for the commit. For the CLI and tests; the edge uses [`Log::submit`].
-    pub fn append_blocking(&self, record: Vec<u8>, deadline: Duration) -> Result<u64, LogError> {
-        let (ack, rx) = oneshot::channel();
-        if self.shared.closed.load(Ordering::Relaxed) {
-            return Err(LogError::Closed);
-        }
-        // Counted without the capacity check: this waits for room in the channel instead.
-        self.shared.queued.fetch_add(1, Ordering::Relaxed);
-        let item = Item { record, key: None, ack, pump: None };
-        if let Err(e) = self.tx.send_timeout(Msg::Append(item), deadline) {
-            self.unreserve(1);
-            return Err(match e {
-                crossbeam_channel::SendTimeoutError::Timeout(_) => LogError::QueueFull,
-                crossbeam_channel::SendTimeoutError::Disconnected(_) => LogError::Closed,
-            });
-        }
-        Pending(PendingUnique(rx)).wait()
-    }
-
     /// True while the writer runs and its last commit succeeded.
     pub fn is_writable(&self) -> bool {
         self.shared.writable.load(Ordering::Relaxed)
@@ -345,10 +331,6 @@ impl Log {
         }
     }
 
-    pub fn queue_capacity(&self) -> usize {
-        self.shared.options.queue_capacity.max(1)
-    }
-
     /// The newest committed sequence number (0 for an empty log).
     pub fn last_committed(&self) -> u64 {
         self.shared.committed.seq.lock().map(|s| *s).unwrap_or(0)
@@ -357,18 +339,6 @@ impl Log {
     /// A reader sharing this process's database handle.
     pub fn reader(&self) -> LogReader {
         LogReader::from_primary(Arc::clone(&self.shared.db), Arc::clone(&self.shared.committed))
-    }
-
-    /// Stores a named consumer's checkpoint (the last sequence it has fully processed).
-    /// Synchronous and fsynced: checkpoints are rare and must not go backwards after a crash.
-    pub fn set_checkpoint(&self, name: &str, seq: u64) -> Result<(), LogError> {
-        let cf = reader::cf(&self.shared.db, CF_META)?;
-        let mut opts = WriteOptions::default();
-        opts.set_sync(true);
-        self.shared
-            .db
-            .put_cf_opt(cf, keys::checkpoint_key(name), seq.to_be_bytes(), &opts)
-            .map_err(|e| LogError::Write(e.to_string()))
     }
 
     /// Stops accepting appends, commits everything already queued, and waits for the writer
@@ -388,27 +358,10 @@ impl Log {
     }
 }
 
-fn open_primary(dir: &Path) -> Result<(rocksdb::DB, rocksdb::Options), LogError> {
-    std::fs::create_dir_all(dir).map_err(|e| open_error(dir, e))?;
-    let mut opts = reader::db_options();
-    opts.create_if_missing(true);
-    opts.create_missing_column_families(true);
-    // One writer thread and small records: a larger memtable means fewer, bigger flushes.
-    opts.set_write_buffer_size(64 << 20);
-    opts.set_max_background_jobs(2);
-    opts.set_bytes_per_sync(1 << 20);
-    // Tickers only (no histograms or timers): the write-stall counter for
-    // tally_log_rocksdb_stall_seconds_total, at the cost of a few per-core counters.
-    opts.enable_statistics();
-    opts.set_statistics_level(rocksdb::statistics::StatsLevel::ExceptHistogramOrTimers);
-    let db = rocksdb::DB::open_cf_descriptors(&opts, dir, reader::cf_descriptors()).map_err(|e| open_error(dir, e))?;
-    Ok((db, opts))
-}
-
 /// Finds where the log left off: the next sequence number and the chain head.
 fn recover(db: &Db) -> Result<(u64, [u8; 32]), LogError> {
-    let events = reader::cf(db, CF_EVENTS)?;
-    let chain = reader::cf(db, CF_CHAIN)?;
+    let events = cf(db, CF_EVENTS)?;
+    let chain = cf(db, CF_CHAIN)?;
     let last_event = db
         .iterator_cf(events, rocksdb::IteratorMode::End)
         .next()
@@ -443,7 +396,8 @@ pub(crate) struct Core {
     next_seq: u64,
     head: [u8; 32],
     committed: Arc<Committed>,
-    shared: std::sync::Weak<Shared>,
+    /// `Shared::writable`: what `/readyz` reports.
+    writable: Arc<AtomicBool>,
     /// The last commit (or probe) succeeded.
     healthy: bool,
     /// `healthy`, for the writer thread to read without taking the lock: a park hook that
@@ -600,9 +554,7 @@ impl Core {
     fn set_healthy(&mut self, healthy: bool) {
         self.healthy = healthy;
         self.healthy_flag.store(healthy, Ordering::Relaxed);
-        if let Some(shared) = self.shared.upgrade() {
-            shared.writable.store(healthy, Ordering::Relaxed);
-        }
+        self.writable.store(healthy, Ordering::Relaxed);
     }
 
     /// Commits `batch` and answers its waiters. With `no_slowdown` (a runtime thread
@@ -668,8 +620,8 @@ impl Core {
     /// Writes one batch; returns the new chain head and, per item, the earlier sequence number
     /// of its key if it repeats one (empty when no item carries a key).
     fn write(&self, first: u64, batch: &[Item], no_slowdown: bool) -> Result<([u8; 32], Vec<Option<u64>>), WriteError> {
-        let events = reader::cf(&self.db, CF_EVENTS)?;
-        let chain = reader::cf(&self.db, CF_CHAIN)?;
+        let events = cf(&self.db, CF_EVENTS)?;
+        let chain = cf(&self.db, CF_CHAIN)?;
         let mut wb = WriteBatch::default();
         let mut hasher = BatchHasher::new(&self.head, first);
         let mut duplicates = Vec::new();
@@ -682,7 +634,7 @@ impl Core {
                 if duplicates.is_empty() {
                     duplicates.resize(batch.len(), None);
                 }
-                let unique = reader::cf(&self.db, CF_UNIQUE)?;
+                let unique = cf(&self.db, CF_UNIQUE)?;
                 let earlier = match batch_keys.iter().find(|(k, _)| k == key) {
                     Some((_, s)) => Some(*s),
                     None => self

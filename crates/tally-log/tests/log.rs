@@ -26,7 +26,7 @@ fn concurrent_appends_get_contiguous_unique_sequences() {
             .map(|t| {
                 let log = log.clone();
                 s.spawn(move || {
-                    (0..500).map(|i| log.append_blocking(record(t * 1000 + i), WAIT).unwrap()).collect::<Vec<_>>()
+                    (0..500).map(|i| log.submit(record(t * 1000 + i)).unwrap().wait().unwrap()).collect::<Vec<_>>()
                 })
             })
             .collect();
@@ -49,7 +49,7 @@ fn acknowledged_sequence_points_at_the_record() {
     let dir = tempfile::tempdir().unwrap();
     let log = open(dir.path());
     for i in 0..50 {
-        let seq = log.append_blocking(record(i), WAIT).unwrap();
+        let seq = log.submit(record(i)).unwrap().wait().unwrap();
         assert_eq!(log.reader().read_range(seq, 1).unwrap()[0].1, record(i));
     }
     log.close();
@@ -60,7 +60,7 @@ fn reopening_continues_the_sequence_and_the_chain() {
     let dir = tempfile::tempdir().unwrap();
     let log = open(dir.path());
     for i in 0..10 {
-        log.append_blocking(record(i), WAIT).unwrap();
+        log.submit(record(i)).unwrap().wait().unwrap();
     }
     log.close();
     drop(log);
@@ -68,7 +68,7 @@ fn reopening_continues_the_sequence_and_the_chain() {
         Log::open(dir.path(), LogOptions { sync: SyncPolicy::Batch, ..LogOptions::default() }, LogMetrics::default())
             .unwrap();
     assert_eq!(log.last_committed(), 10);
-    assert_eq!(log.append_blocking(record(10), WAIT).unwrap(), 11);
+    assert_eq!(log.submit(record(10)).unwrap().wait().unwrap(), 11);
     let report = log.reader().verify().unwrap();
     assert!(report.is_ok(), "{report:?}");
     assert_eq!((report.records, report.head_seq), (11, 11));
@@ -127,7 +127,7 @@ fn tail_is_woken_by_commits() {
         let log = log.clone();
         std::thread::spawn(move || {
             for i in 0..5 {
-                log.append_blocking(record(i), WAIT).unwrap();
+                log.submit(record(i)).unwrap().wait().unwrap();
             }
         })
     };
@@ -147,12 +147,12 @@ fn a_secondary_reads_a_running_log() {
     let dir = tempfile::tempdir().unwrap();
     let log = open(dir.path());
     for i in 0..20 {
-        log.append_blocking(record(i), WAIT).unwrap();
+        log.submit(record(i)).unwrap().wait().unwrap();
     }
     let secondary = LogReader::open_secondary(dir.path()).unwrap();
     assert_eq!(secondary.last_seq().unwrap(), Some(20));
     for i in 20..30 {
-        log.append_blocking(record(i), WAIT).unwrap();
+        log.submit(record(i)).unwrap().wait().unwrap();
     }
     secondary.catch_up().unwrap();
     assert_eq!(secondary.last_seq().unwrap(), Some(30));
@@ -170,17 +170,34 @@ fn opening_a_secondary_where_there_is_no_log_fails_clearly() {
     assert!(err.contains("no Tally log here"), "{err}");
 }
 
+/// Logs written before December 2026 have a `meta` column family (consumer checkpoints that
+/// nothing used). RocksDB opens a database for writing only with all of its families, so the
+/// log, its snapshots and the test tools open it too, and leave it alone.
 #[test]
-fn checkpoints_persist() {
+fn a_log_with_the_old_meta_family_opens_appends_and_snapshots() {
     let dir = tempfile::tempdir().unwrap();
-    let log = open(dir.path());
-    assert_eq!(log.reader().checkpoint("attribution").unwrap(), None);
-    log.set_checkpoint("attribution", 42).unwrap();
+    let data = dir.path().join("data");
+    {
+        let mut opts = rocksdb::Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        let db = rocksdb::DB::open_cf(&opts, &data, ["events", "chain", "meta", "unique"]).unwrap();
+        let meta = db.cf_handle("meta").unwrap();
+        db.put_cf(meta, b"ckpt/x", 7u64.to_be_bytes()).unwrap();
+    }
+    let log = open(&data);
+    assert_eq!(log.submit(record(1)).unwrap().wait().unwrap(), 1);
     log.close();
     drop(log);
-    let log = open(dir.path());
-    assert_eq!(log.reader().checkpoint("attribution").unwrap(), Some(42));
+    let log = open(&data);
+    assert_eq!(log.submit(record(2)).unwrap().wait().unwrap(), 2);
     log.close();
+    drop(log);
+    let copy = dir.path().join("copy");
+    assert_eq!(tally_log::snapshot_to(&data, &copy).unwrap(), tally_log::SnapshotMethod::Checkpoint);
+    let reader = LogReader::open_secondary(&copy).unwrap();
+    assert_eq!(reader.last_seq().unwrap(), Some(2));
+    assert!(reader.verify().unwrap().first_bad.is_none());
 }
 
 #[test]
@@ -190,7 +207,7 @@ fn commits_are_counted_in_metrics() {
     let log =
         Log::open(dir.path(), LogOptions { queue_capacity: 7, ..LogOptions::default() }, metrics.clone()).unwrap();
     for i in 0..3 {
-        log.append_blocking(record(i), WAIT).unwrap();
+        log.submit(record(i)).unwrap().wait().unwrap();
     }
     assert_eq!(metrics.events_appended.get(), 3);
     assert_eq!(metrics.queue_capacity.get(), 7);
@@ -273,7 +290,7 @@ fn a_log_with_both_leaf_versions_verifies_and_names_edits_in_either() {
     // The writer recovers its head from a version-1 entry and goes on with version 2.
     let log = open(dir.path());
     for i in 60..70 {
-        log.append_blocking(record(i), WAIT).unwrap();
+        log.submit(record(i)).unwrap().wait().unwrap();
     }
     log.close();
     drop(log);
@@ -319,7 +336,7 @@ fn batched_log(n: u64, batch: u32) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let log = open(dir.path());
     for i in 0..n {
-        log.append_blocking(record(i), WAIT).unwrap();
+        log.submit(record(i)).unwrap().wait().unwrap();
     }
     log.close();
     drop(log);

@@ -103,7 +103,7 @@ impl App {
         // Every start records the program in force, so a replay judges what follows by it.
         let record =
             tally_edge::program_change_record(&program.program).map_err(|e| AppError::ProgramChange(e.to_string()))?;
-        log.append_blocking(record, Duration::from_secs(10)).map_err(|e| AppError::ProgramChange(e.to_string()))?;
+        log.submit(record).and_then(tally_log::Pending::wait).map_err(|e| AppError::ProgramChange(e.to_string()))?;
         let attribution_metrics = AttributionMetrics::default();
         let worker = if config.attribution.in_process {
             let worker = worker::open_worker(&data_dir, &config.attribution, attribution_metrics.clone())?;
@@ -111,9 +111,12 @@ impl App {
         } else {
             None
         };
-        let edge = Edge::with_metrics(config.edge.clone(), program, log.clone(), log_metrics, |registry| {
-            attribution_metrics.register(registry)
-        });
+        // The process's one metrics registry: the log's, the worker's and (added by the
+        // edge) the edge's, served by the admin listener.
+        let mut registry = prometheus_client::registry::Registry::default();
+        log_metrics.register(&mut registry);
+        attribution_metrics.register(&mut registry);
+        let edge = Edge::new(config.edge.clone(), program, log.clone(), registry);
         let hooks =
             AdminHooks { stats: Some(stats_hook(data_dir)), log_level: Some(Arc::new(telemetry::RuntimeLevel)) };
         Ok(App { config, log, edge, hooks, worker })

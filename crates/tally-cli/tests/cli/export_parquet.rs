@@ -1,9 +1,9 @@
-//! `tally export ... --format parquet --out FILE` (cargo feature `parquet`) against a real
-//! `tally serve` and RocksDB in a temp dir: every row read back with the parquet crate's
+//! `tally export ... --format parquet --out FILE` (cargo feature `parquet`) against the server
+//! (in-process) and RocksDB in a temp dir: every row read back with the parquet crate's
 //! reader equals the CSV export's row, column by column; integer columns are INT64 and the
 //! rest UTF-8 strings (money as exact decimals). The default build's refusal is tested in
 //! audit_io.rs. CI runs these with `cargo test -p tally-cli --features parquet --lib
-//! --test export_parquet --test audit_io parquet` (scripts/test).
+//! --test cli parquet` (scripts/test).
 #![cfg(feature = "parquet")]
 #![allow(clippy::unwrap_used)]
 

@@ -1,0 +1,88 @@
+//! The database layer: RocksDB options, column families, opening, and the commit signal
+//! readers in this process wait on. Everything else in the crate sits on this: the commit
+//! core and the writer above it, readers, snapshots and test tools beside them.
+
+use std::path::Path;
+use std::sync::{Arc, Condvar, Mutex};
+
+use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Options};
+
+use crate::keys::ALL_CFS;
+use crate::LogError;
+
+pub(crate) type Db = Arc<rocksdb::DB>;
+
+/// The options every column family of the log is opened with.
+pub(crate) fn db_options() -> Options {
+    let mut opts = Options::default();
+    opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+    opts.set_bottommost_compression_type(rocksdb::DBCompressionType::Zstd);
+    opts.set_keep_log_file_num(4);
+    opts
+}
+
+/// The log's column families.
+pub(crate) fn cf_descriptors() -> Vec<ColumnFamilyDescriptor> {
+    ALL_CFS.iter().map(|name| ColumnFamilyDescriptor::new(*name, db_options())).collect()
+}
+
+/// `descriptors`, plus any other column family the database in `dir` already has: RocksDB
+/// opens a database for writing only with all of its column families. Logs written before
+/// December 2026 have a `meta` family (consumer checkpoints, never used); it is opened,
+/// left as it is, and never read.
+pub(crate) fn with_existing(
+    dir: &Path,
+    options: &Options,
+    mut descriptors: Vec<ColumnFamilyDescriptor>,
+) -> Vec<ColumnFamilyDescriptor> {
+    let existing = rocksdb::DB::list_cf(options, dir).unwrap_or_default();
+    for name in existing {
+        if name != rocksdb::DEFAULT_COLUMN_FAMILY_NAME && !descriptors.iter().any(|d| d.name() == name) {
+            descriptors.push(ColumnFamilyDescriptor::new(name, Options::default()));
+        }
+    }
+    descriptors
+}
+
+pub(crate) fn cf<'a>(db: &'a Db, name: &str) -> Result<&'a ColumnFamily, LogError> {
+    db.cf_handle(name).ok_or_else(|| LogError::Corrupt(format!("column family {name} missing")))
+}
+
+/// Opens (creating if needed) the log's database in `dir` for writing. Also returns the
+/// options, kept for their statistics object (RocksDB's stall counter lives there).
+pub(crate) fn open_primary(dir: &Path) -> Result<(rocksdb::DB, Options), LogError> {
+    std::fs::create_dir_all(dir).map_err(|e| open_error(dir, e))?;
+    let mut opts = db_options();
+    opts.create_if_missing(true);
+    opts.create_missing_column_families(true);
+    // One writer thread and small records: a larger memtable means fewer, bigger flushes.
+    opts.set_write_buffer_size(64 << 20);
+    opts.set_max_background_jobs(2);
+    opts.set_bytes_per_sync(1 << 20);
+    // Tickers only (no histograms or timers): the write-stall counter for
+    // tally_log_rocksdb_stall_seconds_total, at the cost of a few per-core counters.
+    opts.enable_statistics();
+    opts.set_statistics_level(rocksdb::statistics::StatsLevel::ExceptHistogramOrTimers);
+    let descriptors = with_existing(dir, &opts, cf_descriptors());
+    let db = rocksdb::DB::open_cf_descriptors(&opts, dir, descriptors).map_err(|e| open_error(dir, e))?;
+    Ok((db, opts))
+}
+
+/// Opens a log no one else holds, for tools that change it in place (test tools).
+#[cfg(feature = "test-util")]
+pub(crate) fn open_existing(dir: &Path) -> Result<rocksdb::DB, LogError> {
+    let opts = db_options();
+    let descriptors = with_existing(dir, &opts, cf_descriptors());
+    rocksdb::DB::open_cf_descriptors(&opts, dir, descriptors).map_err(|e| open_error(dir, e))
+}
+
+pub(crate) fn open_error(path: &Path, e: impl std::fmt::Display) -> LogError {
+    LogError::Open { path: path.display().to_string(), reason: e.to_string() }
+}
+
+/// What readers in this process can wait on: the newest committed sequence number, set and
+/// signalled by the commit core after every commit.
+pub(crate) struct Committed {
+    pub(crate) seq: Mutex<u64>,
+    pub(crate) cond: Condvar,
+}
