@@ -33,6 +33,7 @@ use std::sync::Arc;
 use tally_model::program::{AttributionModel, Goal, Offer, Payout, Rate};
 use tally_model::{format_minor, ClickId, ClickView, Conversion, ConversionStatus, Currency, Event, Program};
 
+use crate::keys;
 use crate::ledger::{day_of, month_of_day, Entry, EntryId, Kind, Reason, StatsKeyRef, Status, DAY_MS};
 use crate::state::{ClickFacts, ClickFactsRef, FirstClick, State};
 use crate::stats::RowDelta;
@@ -336,14 +337,6 @@ fn join(
     Ok(Err(failure))
 }
 
-fn cap_key(kind: &str, day: u32, c: &Conversion, affiliate: &str) -> Vec<u8> {
-    format!("{kind}\0{day}\0{}\0{}\0{affiliate}", c.offer, c.goal).into_bytes()
-}
-
-fn month_key(month: u32, c: &Conversion, affiliate: &str) -> Vec<u8> {
-    format!("month\0{month}\0{}\0{}\0{affiliate}", c.offer, c.goal).into_bytes()
-}
-
 /// `amount * bps / 10_000`, rounded half to even (banker's rounding), exactly.
 pub fn revshare(amount: i64, bps: u32) -> i64 {
     let n = i128::from(amount) * i128::from(bps);
@@ -410,8 +403,8 @@ fn conversion(state: &mut State, seq: u64, c: &Conversion, out: &mut Outputs) ->
 
     let over = goal.overrides.get(&e.affiliate);
     let day = day_of(c.ts_ms);
-    let goal_cap_key = cap_key("cap", day, c, "");
-    let aff_cap_key = cap_key("cap", day, c, &e.affiliate);
+    let goal_cap_key = keys::cap(day, &c.offer, &c.goal, "");
+    let aff_cap_key = keys::cap(day, &c.offer, &c.goal, &e.affiliate);
     let caps = [
         (goal.daily_cap, &goal_cap_key, Reason::DailyCap, "daily cap"),
         (
@@ -437,7 +430,7 @@ fn conversion(state: &mut State, seq: u64, c: &Conversion, out: &mut Outputs) ->
         None => (&goal.payout, format!("goal {}", goal.id)),
     };
     let month = month_of_day(day);
-    let mkey = month_key(month, c, &e.affiliate);
+    let mkey = keys::month(month, &c.offer, &c.goal, &e.affiliate);
     let rank = state.counter(&mkey)?.saturating_add(1);
     let (rate, tier) = payout.rate_for(u32::try_from(rank.max(1)).unwrap_or(u32::MAX));
     let tier_text = match (tier, payout) {
@@ -489,7 +482,7 @@ fn conversion(state: &mut State, seq: u64, c: &Conversion, out: &mut Outputs) ->
         if i64::from(m.count) != count {
             continue;
         }
-        let fired = format!("milestone\0{month}\0{}\0{}\0{}\0{}", c.offer, c.goal, e.affiliate, m.count).into_bytes();
+        let fired = keys::milestone(month, &c.offer, &c.goal, &e.affiliate, m.count);
         if state.counter(&fired)? != 0 {
             continue;
         }
@@ -594,7 +587,7 @@ fn reversal(state: &mut State, seq: u64, c: &Conversion, out: &mut Outputs) -> R
     }
     original.reversed_by = Some(seq);
     let day = day_of(original.ts_ms);
-    let mkey = month_key(month_of_day(day), c, &original.affiliate);
+    let mkey = keys::month(month_of_day(day), &c.offer, &c.goal, &original.affiliate);
     state.add_counter(&mkey, -1)?;
     // Credited conversions are in the offer's currency, so their sale amount was revenue.
     let revenue = original.sale_amount.unwrap_or(0);

@@ -11,9 +11,11 @@
 
 pub mod config;
 pub mod engine;
+mod keys;
 pub mod ledger;
 pub mod metrics;
 pub mod pipeline;
+mod reader;
 pub mod report;
 mod runs;
 pub mod snapshots;
@@ -29,6 +31,7 @@ pub use config::{AttributionConfig, AttributionSection};
 pub use engine::{apply, apply_click, ClickIn, Outputs};
 pub use ledger::{Counters, Entry, EntryId, Kind, Reason, StatsKey, Status};
 pub use metrics::AttributionMetrics;
+pub use reader::LedgerReader;
 pub use snapshots::SnapshotPolicy;
 pub use state::{Checkpoint, State};
 pub use worker::{Worker, WorkerOptions};

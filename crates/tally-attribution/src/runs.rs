@@ -40,11 +40,6 @@ pub(crate) fn bucket_start(ts_ms: u64) -> ClickId {
     ClickId::new(ts_ms / BUCKET_MS * BUCKET_MS, 0, 0)
 }
 
-/// A click ID from a stored key.
-pub(crate) fn key_id(key: &[u8]) -> Option<ClickId> {
-    Some(ClickId::from_bytes(key.try_into().ok()?))
-}
-
 /// Encodes clicks sorted by ID (no repeats) as one run.
 pub(crate) fn encode<F: AsRef<[u8]>>(clicks: &[(ClickId, F)]) -> Vec<u8> {
     let arena: usize = clicks.iter().map(|(_, f)| f.as_ref().len()).sum();
@@ -102,7 +97,7 @@ impl<'a> Run<'a> {
     }
 
     pub(crate) fn id(&self, i: usize) -> Option<ClickId> {
-        key_id(self.ids.get(i * 16..i * 16 + 16)?)
+        Some(ClickId::from_bytes(self.ids.get(i * 16..i * 16 + 16)?.try_into().ok()?))
     }
 
     fn end(&self, i: usize) -> Option<usize> {

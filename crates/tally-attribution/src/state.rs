@@ -29,6 +29,7 @@ const COUNTER_CACHE_MAX: usize = 100_000;
 /// ([`StatsKeyRef`]) and inserts the owned one only when the row is new.
 type StatsMap = hashbrown::HashMap<StatsKey, RowDelta>;
 
+use crate::keys;
 use crate::ledger::{Counters, Entry, EntryId, StatsKey, StatsKeyRef};
 use crate::runs::{self, Run};
 use crate::stats::{self, RowDelta};
@@ -43,10 +44,6 @@ const CF_STATS: &str = "stats";
 const CF_UNIQUE: &str = "unique";
 const CF_META: &str = "meta";
 const CFS: [&str; 8] = [CF_CLICKS, CF_DEDUP, CF_LEDGER, CF_COUNTERS, CF_HOLDS, CF_STATS, CF_UNIQUE, CF_META];
-
-const META_CHECKPOINT: &[u8] = b"checkpoint";
-const META_PROGRAM: &[u8] = b"program";
-const META_FORMAT: &[u8] = b"format";
 
 /// The layout of the column families. 2: clicks in sorted runs ([`runs`]), stats as one
 /// merged table per day ([`stats`]); 1 (no format key): one key per click and per stats row.
@@ -323,14 +320,15 @@ impl State {
                 db = open()?;
             }
         }
-        db.put_cf(cf(&db, CF_META)?, META_FORMAT, FORMAT.to_be_bytes()).map_err(db_err)?;
+        db.put_cf(cf(&db, CF_META)?, keys::META_FORMAT, FORMAT.to_be_bytes()).map_err(db_err)?;
         let mut state = State::with_db(Some(Arc::new(db)), sync, None);
         state.load()?;
         Ok(state)
     }
 
     /// Opens the state in `dir` read-only, safe while a worker runs (a RocksDB secondary).
-    pub fn open_reader(dir: &Path) -> Result<State, AttributionError> {
+    /// Outside this crate, through [`crate::LedgerReader`], which cannot change it.
+    pub(crate) fn open_reader(dir: &Path) -> Result<State, AttributionError> {
         if !dir.join("CURRENT").exists() {
             return Err(AttributionError::Open {
                 dir: dir.to_path_buf(),
@@ -408,10 +406,10 @@ impl State {
     fn load(&mut self) -> Result<(), AttributionError> {
         let Some(db) = self.db.clone() else { return Ok(()) };
         let meta = cf(&db, CF_META)?;
-        if let Some(v) = db.get_cf(meta, META_CHECKPOINT).map_err(db_err)? {
+        if let Some(v) = db.get_cf(meta, keys::META_CHECKPOINT).map_err(db_err)? {
             self.checkpoint = decode("checkpoint", &v)?;
         }
-        if let Some(v) = db.get_cf(meta, META_PROGRAM).map_err(db_err)? {
+        if let Some(v) = db.get_cf(meta, keys::META_PROGRAM).map_err(db_err)? {
             let source = String::from_utf8(v).map_err(|_| AttributionError::Corrupt("program is not UTF-8".into()))?;
             let program = Program::from_toml(&source)
                 .map_err(|e| AttributionError::Corrupt(format!("stored program no longer parses: {e}")))?;
@@ -420,13 +418,8 @@ impl State {
         }
         for item in db.iterator_cf(cf(&db, CF_HOLDS)?, IteratorMode::Start) {
             let (k, _) = item.map_err(db_err)?;
-            let at = k.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes);
-            match (at, k.get(8..).and_then(EntryId::from_key)) {
-                (Some(at), Some(id)) => {
-                    self.holds.insert((at, id));
-                }
-                _ => return Err(AttributionError::Corrupt("bad hold key".into())),
-            }
+            let (at, id) = keys::parse_hold(&k).ok_or_else(|| AttributionError::Corrupt("bad hold key".into()))?;
+            self.holds.insert((at, id));
         }
         self.purged_to_ms = self.checkpoint.horizon_ms;
         let mut it = db.raw_iterator_cf(cf(&db, CF_CLICKS)?);
@@ -468,12 +461,12 @@ impl State {
         // The run that would hold the click: the one with the greatest first ID not above
         // it, if that run is of the click's hour (see `runs`).
         let mut it = db.raw_iterator_cf(cf(db, CF_CLICKS)?);
-        it.seek_for_prev(id.as_bytes());
+        it.seek_for_prev(keys::click_run(id));
         let (Some(k), Some(v)) = (it.key(), it.value()) else {
             it.status().map_err(db_err)?;
             return Ok(None);
         };
-        let first = runs::key_id(k).ok_or_else(|| AttributionError::Corrupt("click run key".into()))?;
+        let first = keys::parse_click_run(k).ok_or_else(|| AttributionError::Corrupt("click run key".into()))?;
         if runs::bucket(&first) != runs::bucket(id) {
             return Ok(None);
         }
@@ -511,7 +504,7 @@ impl State {
         }
         let Some(db) = &self.db else { return Ok(None) };
         match db.get_pinned_cf(cf(db, CF_DEDUP)?, key).map_err(db_err)? {
-            Some(v) => EntryId::from_key(&v).map(Some).ok_or_else(|| AttributionError::Corrupt("dedup value".into())),
+            Some(v) => keys::parse_entry(&v).map(Some).ok_or_else(|| AttributionError::Corrupt("dedup value".into())),
             None => Ok(None),
         }
     }
@@ -525,7 +518,7 @@ impl State {
             return Ok(Some(e.clone()));
         }
         let Some(db) = &self.db else { return Ok(None) };
-        match db.get_pinned_cf(cf(db, CF_LEDGER)?, id.key()).map_err(db_err)? {
+        match db.get_pinned_cf(cf(db, CF_LEDGER)?, keys::entry(id)).map_err(db_err)? {
             Some(v) => Ok(Some(decode("ledger entry", &v)?)),
             None => Ok(None),
         }
@@ -568,7 +561,7 @@ impl State {
             let mut set = hashbrown::HashSet::new();
             if let Some(db) = &self.db {
                 let cf = cf(db, CF_UNIQUE)?;
-                let prefix = day.to_be_bytes();
+                let prefix = keys::day(day);
                 for item in db.iterator_cf(cf, IteratorMode::From(&prefix, Direction::Forward)) {
                     let (k, v) = item.map_err(db_err)?;
                     if !k.starts_with(&prefix) {
@@ -628,11 +621,11 @@ impl State {
         let clicks_last = self.write_clicks(&db, &mut batch, &o.clicks)?;
         let dedup = cf(&db, CF_DEDUP)?;
         for (k, id) in &o.dedup {
-            batch.put_cf(dedup, k, id.key());
+            batch.put_cf(dedup, k, keys::entry(*id));
         }
         let ledger = cf(&db, CF_LEDGER)?;
         for (id, e) in &o.entries {
-            batch.put_cf(ledger, id.key(), encode(e));
+            batch.put_cf(ledger, keys::entry(*id), encode(e));
         }
         let counters = cf(&db, CF_COUNTERS)?;
         for (k, v) in &o.counters {
@@ -646,7 +639,7 @@ impl State {
         }
         for (day, mut rows) in days {
             rows.sort_unstable_by(|a, b| (a.0, a.1, a.2).cmp(&(b.0, b.1, b.2)));
-            batch.merge_cf(stats, day.to_be_bytes(), stats::encode_day(&rows));
+            batch.merge_cf(stats, keys::day(day), stats::encode_day(&rows));
         }
         // New visitors go in one value per day per commit (key: day, then the position),
         // not one key each: a key per click was a third of all memtable inserts.
@@ -656,15 +649,11 @@ impl State {
             by_day.entry(*day).or_default().extend_from_slice(&h.to_be_bytes());
         }
         for (day, hashes) in by_day {
-            let mut k = [0u8; 12];
-            k[..4].copy_from_slice(&day.to_be_bytes());
-            k[4..].copy_from_slice(&self.checkpoint.position.to_be_bytes());
-            batch.put_cf(unique, k, hashes);
+            batch.put_cf(unique, keys::visitors(day, self.checkpoint.position), hashes);
         }
         let holds = cf(&db, CF_HOLDS)?;
         for ((at, id), present) in &o.holds {
-            let mut k = at.to_be_bytes().to_vec();
-            k.extend_from_slice(&id.key());
+            let k = keys::hold(*at, *id);
             if *present {
                 batch.put_cf(holds, k, []);
             } else {
@@ -673,10 +662,10 @@ impl State {
         }
         let horizon = self.checkpoint.horizon_ms;
         let meta = cf(&db, CF_META)?;
-        batch.put_cf(meta, META_CHECKPOINT, encode(&self.checkpoint));
+        batch.put_cf(meta, keys::META_CHECKPOINT, encode(&self.checkpoint));
         if self.program_dirty {
             if let Some(p) = &self.program {
-                batch.put_cf(meta, META_PROGRAM, p.source.as_bytes());
+                batch.put_cf(meta, keys::META_PROGRAM, p.source.as_bytes());
             }
         }
         let mut wo = WriteOptions::default();
@@ -741,9 +730,9 @@ impl State {
             for (id, facts) in late {
                 let hour = runs::bucket(id);
                 let in_dirty = dirty.range(..=*id).next_back().map(|(k, _)| *k).filter(|k| runs::bucket(k) == hour);
-                it.seek_for_prev(id.as_bytes());
+                it.seek_for_prev(keys::click_run(id));
                 let stored = match it.key() {
-                    Some(k) => runs::key_id(k).filter(|k| runs::bucket(k) == hour),
+                    Some(k) => keys::parse_click_run(k).filter(|k| runs::bucket(k) == hour),
                     None => {
                         it.status().map_err(db_err)?;
                         None
@@ -781,14 +770,14 @@ impl State {
             for (i, part) in runs::split(run).into_iter().enumerate() {
                 let k = if i == 0 { Some(*key) } else { part.first().map(|(id, _)| *id) };
                 if let Some(k) = k {
-                    batch.put_cf(cf, k.as_bytes(), runs::encode(part));
+                    batch.put_cf(cf, keys::click_run(&k), runs::encode(part));
                 }
             }
         }
         for range in runs::chunk(fresh) {
             let run = &fresh[range];
             if let Some((first, _)) = run.first() {
-                batch.put_cf(cf, first.as_bytes(), runs::encode(run));
+                batch.put_cf(cf, keys::click_run(first), runs::encode(run));
             }
         }
         Ok(fresh.last().map(|(id, _)| *id))
@@ -845,9 +834,9 @@ impl State {
         let mut out: BTreeMap<EntryId, Entry> = BTreeMap::new();
         if let Some(db) = &self.db {
             let cf = cf(db, CF_LEDGER)?;
-            for item in db.iterator_cf(cf, IteratorMode::From(&lo.key(), Direction::Forward)) {
+            for item in db.iterator_cf(cf, IteratorMode::From(&keys::entry(lo), Direction::Forward)) {
                 let (k, v) = item.map_err(db_err)?;
-                let id = EntryId::from_key(&k).ok_or_else(|| AttributionError::Corrupt("ledger key".into()))?;
+                let id = keys::parse_entry(&k).ok_or_else(|| AttributionError::Corrupt("ledger key".into()))?;
                 if id.seq > to {
                     break;
                 }
@@ -883,11 +872,11 @@ impl State {
             Some(db) => match cf(db, CF_STATS) {
                 Err(e) => Box::new(std::iter::once(Err(e))),
                 Ok(cf) => {
-                    let start = from.to_be_bytes();
+                    let start = keys::day(from);
                     let mut ro = rocksdb::ReadOptions::default();
                     // Keys are the day, big-endian: the range ends before day `to + 1`.
                     if let Some(end) = to.checked_add(1) {
-                        ro.set_iterate_upper_bound(end.to_be_bytes());
+                        ro.set_iterate_upper_bound(keys::day(end));
                     }
                     Box::new(db.iterator_cf_opt(cf, ro, IteratorMode::From(&start, Direction::Forward)).flat_map(
                         |item| -> Box<dyn Iterator<Item = Result<(StatsKey, Counters), AttributionError>>> {
@@ -909,7 +898,7 @@ impl State {
         for e in self.entries() {
             let e = e?;
             let bytes = encode(&e);
-            h.update(&e.id.key());
+            h.update(&keys::entry(e.id));
             h.update(&(bytes.len() as u64).to_be_bytes());
             h.update(&bytes);
         }
@@ -921,8 +910,8 @@ impl State {
         let db = self.db.as_ref().ok_or_else(|| AttributionError::Store("in-memory state".into()))?;
         let cf = cf(db, CF_LEDGER)?;
         match entry {
-            Some(e) => db.put_cf(cf, id.key(), encode(e)),
-            None => db.delete_cf(cf, id.key()),
+            Some(e) => db.put_cf(cf, keys::entry(id), encode(e)),
+            None => db.delete_cf(cf, keys::entry(id)),
         }
         .map_err(db_err)
     }
@@ -963,12 +952,11 @@ fn drop_expired(db: &DB, horizon: u64) -> Result<(), AttributionError> {
     let hour_ms = runs::bucket_start(horizon).timestamp_ms();
     if let Some(last_ms) = hour_ms.checked_sub(1) {
         let last = ClickId::new(last_ms, u16::MAX, u64::MAX);
-        db.delete_file_in_range_cf(cf(db, CF_CLICKS)?, [0u8; 16], *last.as_bytes()).map_err(db_err)?;
+        db.delete_file_in_range_cf(cf(db, CF_CLICKS)?, [0u8; 16], keys::click_run(&last)).map_err(db_err)?;
     }
     if let Some(last_day) = crate::ledger::day_of(horizon).checked_sub(1) {
-        let mut last = [0xffu8; 12];
-        last[..4].copy_from_slice(&last_day.to_be_bytes());
-        db.delete_file_in_range_cf(cf(db, CF_UNIQUE)?, &[0u8; 4][..], &last[..]).map_err(db_err)?;
+        db.delete_file_in_range_cf(cf(db, CF_UNIQUE)?, &[0u8; 4][..], &keys::visitors_end(last_day)[..])
+            .map_err(db_err)?;
     }
     Ok(())
 }
@@ -979,9 +967,7 @@ type DbItem = Result<(Box<[u8]>, Box<[u8]>), rocksdb::Error>;
 /// The rows of one day's stats table, from a stats column family item.
 fn day_rows(item: DbItem) -> Result<Vec<(StatsKey, Counters)>, AttributionError> {
     let (k, v) = item.map_err(db_err)?;
-    let day = <[u8; 4]>::try_from(k.as_ref())
-        .map(u32::from_be_bytes)
-        .map_err(|_| AttributionError::Corrupt("stats key".into()))?;
+    let day = keys::parse_day(&k).ok_or_else(|| AttributionError::Corrupt("stats key".into()))?;
     let rows = stats::decode_day(&v).map_err(|e| AttributionError::Corrupt(format!("stats of day {day}: {e}")))?;
     Ok(rows
         .into_iter()
@@ -992,7 +978,7 @@ fn day_rows(item: DbItem) -> Result<Vec<(StatsKey, Counters)>, AttributionError>
 }
 
 fn stored_format(db: &DB) -> Result<Option<u32>, AttributionError> {
-    match db.get_cf(cf(db, CF_META)?, META_FORMAT).map_err(db_err)? {
+    match db.get_cf(cf(db, CF_META)?, keys::META_FORMAT).map_err(db_err)? {
         Some(v) => {
             let b: [u8; 4] = v.as_slice().try_into().map_err(|_| AttributionError::Corrupt("format value".into()))?;
             Ok(Some(u32::from_be_bytes(b)))
@@ -1002,7 +988,7 @@ fn stored_format(db: &DB) -> Result<Option<u32>, AttributionError> {
 }
 
 fn has_checkpoint(db: &DB) -> Result<bool, AttributionError> {
-    Ok(db.get_pinned_cf(cf(db, CF_META)?, META_CHECKPOINT).map_err(db_err)?.is_some())
+    Ok(db.get_pinned_cf(cf(db, CF_META)?, keys::META_CHECKPOINT).map_err(db_err)?.is_some())
 }
 
 fn cf<'a>(db: &'a DB, name: &str) -> Result<&'a rocksdb::ColumnFamily, AttributionError> {
@@ -1156,7 +1142,7 @@ mod tests {
         commit_at(&mut state, 7);
         // What a layout-1 state looks like: a checkpoint and no format key.
         let db = state.db.clone().unwrap();
-        db.delete_cf(cf(&db, CF_META).unwrap(), META_FORMAT).unwrap();
+        db.delete_cf(cf(&db, CF_META).unwrap(), keys::META_FORMAT).unwrap();
         drop(db);
         drop(state);
 

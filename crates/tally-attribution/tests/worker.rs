@@ -9,7 +9,7 @@ use std::path::Path;
 
 use common::gen::{self, Rng};
 use tally_attribution::report::{report, GroupBy, ReportRow};
-use tally_attribution::{AttributionMetrics, Entry, State, Worker, WorkerOptions};
+use tally_attribution::{AttributionMetrics, Entry, LedgerReader, State, Worker, WorkerOptions};
 use tally_log::{Log, LogMetrics, LogOptions, LogReader};
 use tally_model::Event;
 
@@ -109,7 +109,7 @@ fn a_reader_sees_the_workers_commits_while_it_runs() {
     let dir = tmp.path().join("state");
     let mut w = Worker::open(&dir, options(100), AttributionMetrics::default()).unwrap();
     w.catch_up(&log.reader(), Some(200)).unwrap();
-    let mut reader = State::open_reader(&dir).unwrap();
+    let mut reader = LedgerReader::open(&dir).unwrap();
     assert_eq!(reader.checkpoint().position, 200);
     w.catch_up(&log.reader(), None).unwrap();
     reader.refresh().unwrap();
@@ -119,7 +119,7 @@ fn a_reader_sees_the_workers_commits_while_it_runs() {
     // A second worker on the same state is refused with a clear error.
     let err = Worker::open(&dir, options(100), AttributionMetrics::default()).unwrap_err().to_string();
     assert!(err.contains("cannot open attribution state"), "{err}");
-    assert!(State::open_reader(&tmp.path().join("nothing")).unwrap_err().to_string().contains("no attribution state"));
+    assert!(LedgerReader::open(&tmp.path().join("nothing")).unwrap_err().to_string().contains("no attribution state"));
 }
 
 #[test]

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use tally_attribution::ledger::format_ts;
-use tally_attribution::{state_dir, Entry, EntryId, State, Status};
+use tally_attribution::{state_dir, Entry, EntryId, LedgerReader, Status};
 use tally_log::LogReader;
 use tally_model::{format_minor, ClickId, Event};
 
@@ -36,7 +36,7 @@ fn resolve(data_dir: &Path, target: &str) -> Result<EntryId, AuditError> {
     }
     let dir = state_dir(data_dir);
     if dir.join("CURRENT").exists() {
-        let live = State::open_reader(&dir)?;
+        let live = LedgerReader::open(&dir)?;
         for e in live.entries() {
             let e = e?;
             if e.txid == target && e.id.sub == 0 {
@@ -75,7 +75,7 @@ pub fn explain(data_dir: &Path, target: &str) -> Result<Explanation, AuditError>
         return Err(AuditError::NotAConversion { seq: id.seq, kind: conversion.kind().as_str() });
     };
     let live_dir = state_dir(data_dir);
-    let live = if live_dir.join("CURRENT").exists() { Some(State::open_reader(&live_dir)?) } else { None };
+    let live = if live_dir.join("CURRENT").exists() { Some(LedgerReader::open(&live_dir)?) } else { None };
     let live_entry = match &live {
         Some(l) => l.entry(id)?,
         None => None,

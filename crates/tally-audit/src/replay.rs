@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use tally_attribution::{apply, snapshots, state_dir, AttributionError, Entry, EntryId, Outputs, State};
+use tally_attribution::{apply, snapshots, state_dir, AttributionError, Entry, EntryId, LedgerReader, Outputs, State};
 use tally_log::LogReader;
 use tally_model::Event;
 
@@ -157,7 +157,7 @@ pub fn replay(
     let reader = LogReader::open_secondary(data_dir)?;
     let log_head = reader.last_seq()?.unwrap_or(0);
     let live_dir = state_dir(data_dir);
-    let live = if live_dir.join("CURRENT").exists() { Some(State::open_reader(&live_dir)?) } else { None };
+    let live = if live_dir.join("CURRENT").exists() { Some(LedgerReader::open(&live_dir)?) } else { None };
     let live_position = live.as_ref().map(|s| s.checkpoint().position);
     let limit = live_position.unwrap_or(log_head).min(log_head);
 

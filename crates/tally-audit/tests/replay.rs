@@ -10,7 +10,7 @@ use std::path::Path;
 
 use common::gen;
 use tally_attribution::{
-    snapshots, state_dir, AttributionMetrics, Entry, EntryId, Kind, SnapshotPolicy, State, Worker, WorkerOptions,
+    snapshots, state_dir, AttributionMetrics, Entry, EntryId, Kind, LedgerReader, SnapshotPolicy, Worker, WorkerOptions,
 };
 use tally_audit::{replay, Bound, Filter, ReplayOptions, ReplayReport};
 use tally_log::{Log, LogMetrics, LogOptions};
@@ -44,7 +44,7 @@ fn run(dir: &Path, options: ReplayOptions) -> ReplayReport {
 }
 
 fn live_entries(dir: &Path) -> Vec<Entry> {
-    State::open_reader(&state_dir(dir)).unwrap().entries().collect::<Result<_, _>>().unwrap()
+    LedgerReader::open(&state_dir(dir)).unwrap().entries().collect::<Result<_, _>>().unwrap()
 }
 
 #[test]
@@ -62,7 +62,7 @@ fn replays_of_the_whole_log_and_of_windows_reproduce_the_live_ledger() {
     assert_eq!(full.compared, live.len() as u64);
     assert!(live.len() > 1_000);
     assert_eq!(full.digest_replayed, full.digest_live);
-    let state = State::open_reader(&state_dir(dir)).unwrap();
+    let state = LedgerReader::open(&state_dir(dir)).unwrap();
     assert_eq!(tally_audit::ledger_digest(&state, &Filter::default()).unwrap().1, full.digest_live);
     assert!(full.totals.values().all(|(r, l)| r == l) && !full.totals.is_empty());
 

@@ -322,7 +322,7 @@ fn run(what: What, data_dir: &Path, range: &Range, target: &mut Target) -> anyho
 }
 
 fn commissions(data_dir: &Path, range: &Range, target: &mut Target) -> anyhow::Result<ExitCode> {
-    let state = tally_attribution::State::open_reader(&tally_attribution::state_dir(data_dir))?;
+    let state = tally_attribution::LedgerReader::open(&tally_attribution::state_dir(data_dir))?;
     let columns = crate::ledger::COMMISSION_COLUMNS;
     let mut sink = target.sink(columns)?;
     for entry in state.entries() {

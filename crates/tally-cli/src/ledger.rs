@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use serde_json::{Map, Value};
 use tally_attribution::report::{report as build_report, GroupBy};
-use tally_attribution::{ledger, State, Status};
+use tally_attribution::{ledger, LedgerReader, Status};
 use tally_audit::Filter;
 use tally_model::format_minor;
 
@@ -78,8 +78,8 @@ fn write_rows(
     Ok(())
 }
 
-fn open_state(data_dir: &Path) -> anyhow::Result<State> {
-    Ok(State::open_reader(&tally_attribution::state_dir(data_dir))?)
+fn open_state(data_dir: &Path) -> anyhow::Result<LedgerReader> {
+    Ok(LedgerReader::open(&tally_attribution::state_dir(data_dir))?)
 }
 
 pub struct CommissionsArgs {

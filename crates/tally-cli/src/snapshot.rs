@@ -91,7 +91,7 @@ fn take(data_dir: &Path, out: &Path) -> anyhow::Result<Summary> {
     let attribution = match attribution {
         Some(method) => {
             let position =
-                tally_attribution::State::open_reader(&tally_attribution::state_dir(out))?.checkpoint().position;
+                tally_attribution::LedgerReader::open(&tally_attribution::state_dir(out))?.checkpoint().position;
             if position > log_seq {
                 anyhow::bail!("inconsistent snapshot: attribution at {position} is ahead of the log's {log_seq}");
             }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 use tally_attribution::report::{report, GroupBy, ReportRow};
-use tally_attribution::{ledger, State};
+use tally_attribution::{ledger, LedgerReader};
 use tally_edge::admin::{HookError, StatsFn};
 
 /// The stats hook for the data directory `data_dir`.
@@ -24,7 +24,7 @@ fn stats(data_dir: &Path, from: Option<&str>, to: Option<&str>) -> Result<Value,
     if from > to {
         return Err(HookError::new(400, "from is after to"));
     }
-    let state = State::open_reader(&tally_attribution::state_dir(data_dir))
+    let state = LedgerReader::open(&tally_attribution::state_dir(data_dir))
         .map_err(|e| HookError::new(503, format!("attribution state unavailable: {e}")))?;
     let rows = |by| {
         report(&state, by, from, to)

@@ -123,7 +123,7 @@ pub fn ledger(data_dir: &Path) -> Vec<serde_json::Value> {
     if !dir.join("CURRENT").exists() {
         return Vec::new();
     }
-    let state = tally_attribution::State::open_reader(&dir).unwrap();
+    let state = tally_attribution::LedgerReader::open(&dir).unwrap();
     state
         .entries()
         .map(|e| {

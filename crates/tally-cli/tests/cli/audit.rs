@@ -137,7 +137,7 @@ fn replay_reproduces_a_ledger_made_over_http_and_catches_edits() {
     // An edited commission: replay names it and fails.
     let s2_entry_id = tally_attribution::EntryId::parse(&s2_seq).unwrap();
     let state_dir = tally_attribution::state_dir(&data);
-    let mut s2 = tally_attribution::State::open_reader(&state_dir).unwrap().entry(s2_entry_id).unwrap().unwrap();
+    let mut s2 = tally_attribution::LedgerReader::open(&state_dir).unwrap().entry(s2_entry_id).unwrap().unwrap();
     s2.amount = 30_000;
     tally_attribution::testing::overwrite_entry(&state_dir, s2_entry_id, Some(&s2)).unwrap();
     let (ok, out, _) = run(&["replay", "--data-dir", d]);
