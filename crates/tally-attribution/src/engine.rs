@@ -509,8 +509,7 @@ fn conversion(state: &mut State, seq: u64, c: &Conversion, out: &mut Outputs) ->
     Ok(())
 }
 
-/// Wrapping, not saturating: rows are summed from per-commit deltas, and only wrapping sums
-/// come out the same however the events were grouped (see `stats`).
+/// Wrapping, as every sum of rows (see `stats::Row::add_counts`).
 fn add_conversion(row: &mut RowDelta, conversions: i64, revenue: i64, payout: i64, currency: Currency) {
     row.conversions = row.conversions.wrapping_add(conversions);
     row.revenue = row.revenue.wrapping_add(revenue);

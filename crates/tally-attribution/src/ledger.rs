@@ -238,25 +238,6 @@ impl Entry {
     }
 }
 
-/// Counters of one stats row: one UTC day × offer × affiliate × sub1.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Counters {
-    /// Clicks by people (HEAD requests, prefetches and unfurlers excluded).
-    pub clicks: u64,
-    /// Clicks by people, counted once per visitor (IP and user agent) per day.
-    pub unique_clicks: u64,
-    /// Clicks flagged as not made by a person.
-    pub non_human_clicks: u64,
-    /// Credited conversions (pending or approved), net of reversals.
-    pub conversions: i64,
-    /// Sale amounts of credited conversions, net of reversals, in minor units.
-    pub revenue: i64,
-    /// Commissions and bonuses owed, net of reversals and clawbacks, in minor units.
-    pub payout: i64,
-    /// The offer's currency; `None` until a conversion or a program names it.
-    pub currency: Option<Currency>,
-}
-
 /// The key of a stats row.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct StatsKey {

@@ -29,11 +29,12 @@ use std::path::PathBuf;
 
 pub use config::{AttributionConfig, AttributionSection};
 pub use engine::{apply, apply_click, ClickIn, Outputs};
-pub use ledger::{Counters, Entry, EntryId, Kind, Reason, StatsKey, Status};
+pub use ledger::{Entry, EntryId, Kind, Reason, StatsKey, Status};
 pub use metrics::AttributionMetrics;
 pub use reader::LedgerReader;
 pub use snapshots::SnapshotPolicy;
 pub use state::{Checkpoint, State};
+pub use stats::{Counters, Row};
 pub use worker::{Worker, WorkerOptions};
 
 /// The directory of the attribution state inside a data directory.

@@ -8,8 +8,9 @@ use std::collections::BTreeMap;
 
 use tally_model::Currency;
 
-use crate::ledger::{format_day, Counters, StatsKey};
+use crate::ledger::{format_day, StatsKey};
 use crate::state::State;
+use crate::stats::Counters;
 use crate::AttributionError;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,28 +42,15 @@ impl GroupBy {
     }
 }
 
+/// One line of a report: the stats rows of a group (an affiliate, an offer, a day or a
+/// sub1 value) summed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ReportRow {
     pub key: String,
-    pub currency: Option<Currency>,
-    pub clicks: u64,
-    pub unique_clicks: u64,
-    pub non_human_clicks: u64,
-    pub conversions: i64,
-    pub revenue: i64,
-    pub payout: i64,
+    pub row: Counters,
 }
 
-impl ReportRow {
-    fn add(&mut self, c: &Counters) {
-        self.clicks += c.clicks;
-        self.unique_clicks += c.unique_clicks;
-        self.non_human_clicks += c.non_human_clicks;
-        self.conversions = self.conversions.saturating_add(c.conversions);
-        self.revenue = self.revenue.saturating_add(c.revenue);
-        self.payout = self.payout.saturating_add(c.payout);
-    }
-
+impl Counters {
     /// Conversions per click, as a percentage; `None` without clicks.
     pub fn conversion_rate_percent(&self) -> Option<f64> {
         (self.clicks > 0).then(|| self.conversions as f64 * 100.0 / self.clicks as f64)
@@ -92,19 +80,19 @@ pub fn report(state: &State, by: GroupBy, from: u32, to: u32) -> Result<Vec<Repo
         let key = by.key(&k);
         groups
             .entry((key.clone(), c.currency))
-            .or_insert_with(|| ReportRow { key, currency: c.currency, ..ReportRow::default() })
-            .add(&c);
+            .or_insert_with(|| ReportRow { key, row: Counters { currency: c.currency, ..Counters::default() } })
+            .row
+            .add_counts(&c);
     }
     // Rows that never learned a currency (clicks before any program named the offer's) join
     // their group's only currency when it has exactly one.
     let mut out: Vec<ReportRow> = Vec::new();
     for ((key, currency), row) in groups {
         match out.last_mut() {
-            Some(last) if last.key == key && last.currency.is_none() && currency.is_some() => {
+            Some(last) if last.key == key && last.row.currency.is_none() && currency.is_some() => {
+                // Such rows hold clicks only: without a currency nothing converted.
                 let mut merged = row;
-                merged.clicks += last.clicks;
-                merged.unique_clicks += last.unique_clicks;
-                merged.non_human_clicks += last.non_human_clicks;
+                merged.row.add_counts(&last.row);
                 *last = merged;
             }
             _ => out.push(row),
@@ -120,14 +108,14 @@ mod tests {
 
     #[test]
     fn epc_rounds_half_to_even() {
-        let row = |payout, clicks| ReportRow { payout, clicks, ..ReportRow::default() };
+        let row = |payout, clicks| Counters { payout, clicks, ..Counters::default() };
         assert_eq!(row(100, 0).epc(), None);
         assert_eq!(row(100, 3).epc(), Some(33));
         assert_eq!(row(5, 2).epc(), Some(2));
         assert_eq!(row(7, 2).epc(), Some(4));
         assert_eq!(row(-5, 2).epc(), Some(-2));
         assert_eq!(row(1, 4).conversion_rate_percent(), Some(0.0));
-        let r = ReportRow { conversions: 1, clicks: 4, ..ReportRow::default() };
+        let r = Counters { conversions: 1, clicks: 4, ..Counters::default() };
         assert_eq!(r.conversion_rate_percent(), Some(25.0));
     }
 }

@@ -30,9 +30,9 @@ const COUNTER_CACHE_MAX: usize = 100_000;
 type StatsMap = hashbrown::HashMap<StatsKey, RowDelta>;
 
 use crate::keys;
-use crate::ledger::{Counters, Entry, EntryId, StatsKey, StatsKeyRef};
+use crate::ledger::{Entry, EntryId, StatsKey, StatsKeyRef};
 use crate::runs::{self, Run};
-use crate::stats::{self, RowDelta};
+use crate::stats::{self, Counters, RowDelta};
 use crate::AttributionError;
 
 const CF_CLICKS: &str = "clicks";

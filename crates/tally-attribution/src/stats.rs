@@ -16,8 +16,6 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use tally_model::Currency;
 
-use crate::ledger::Counters;
-
 /// The merge operator's name, stored by RocksDB in the table files: opening the stats with
 /// another operator (or none) is refused.
 pub(crate) const MERGE_OPERATOR: &str = "tally-stats-day-v1";
@@ -51,27 +49,64 @@ impl CurrencyOp {
     }
 }
 
-/// Changes to one stats row; applied to an empty row, the row itself.
+/// One stats row: one UTC day × offer × affiliate × sub1. The one row type of the crate:
+/// `C` is what the row holds of its currency, so a stored delta ([`RowDelta`]) and the row
+/// it sums to ([`Counters`]) are the same shape, and a report sums rows of it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RowDelta {
+pub struct Row<C> {
+    /// Clicks by people (HEAD requests, prefetches and unfurlers excluded).
     pub clicks: u64,
+    /// Clicks by people, counted once per visitor (IP and user agent) per day.
     pub unique_clicks: u64,
+    /// Clicks flagged as not made by a person.
     pub non_human_clicks: u64,
+    /// Credited conversions (pending or approved), net of reversals.
     pub conversions: i64,
+    /// Sale amounts of credited conversions, net of reversals, in minor units.
     pub revenue: i64,
+    /// Commissions and bonuses owed, net of reversals and clawbacks, in minor units.
     pub payout: i64,
-    pub currency: CurrencyOp,
+    pub currency: C,
+}
+
+/// A stats row as read: its currency is the offer's, `None` until a conversion or a program
+/// names it.
+pub type Counters = Row<Option<Currency>>;
+
+/// Changes to one stats row, as a commit stores them; applied to an empty row, the row
+/// itself. Its encoding (postcard: the fields in order) is the stored format.
+pub type RowDelta = Row<CurrencyOp>;
+
+impl<C> Row<C> {
+    /// Adds `other`'s counts to these. Wrapping: rows are summed from per-commit deltas, and
+    /// only wrapping sums come out the same however events were grouped into commits.
+    pub fn add_counts<D>(&mut self, other: &Row<D>) {
+        self.clicks = self.clicks.wrapping_add(other.clicks);
+        self.unique_clicks = self.unique_clicks.wrapping_add(other.unique_clicks);
+        self.non_human_clicks = self.non_human_clicks.wrapping_add(other.non_human_clicks);
+        self.conversions = self.conversions.wrapping_add(other.conversions);
+        self.revenue = self.revenue.wrapping_add(other.revenue);
+        self.payout = self.payout.wrapping_add(other.payout);
+    }
+
+    /// The same counts with another currency.
+    pub fn with_currency<D>(&self, currency: D) -> Row<D> {
+        Row {
+            clicks: self.clicks,
+            unique_clicks: self.unique_clicks,
+            non_human_clicks: self.non_human_clicks,
+            conversions: self.conversions,
+            revenue: self.revenue,
+            payout: self.payout,
+            currency,
+        }
+    }
 }
 
 impl RowDelta {
     /// This delta followed by `later`.
     pub fn then(&mut self, later: &RowDelta) {
-        self.clicks = self.clicks.wrapping_add(later.clicks);
-        self.unique_clicks = self.unique_clicks.wrapping_add(later.unique_clicks);
-        self.non_human_clicks = self.non_human_clicks.wrapping_add(later.non_human_clicks);
-        self.conversions = self.conversions.wrapping_add(later.conversions);
-        self.revenue = self.revenue.wrapping_add(later.revenue);
-        self.payout = self.payout.wrapping_add(later.payout);
+        self.add_counts(later);
         self.currency = self.currency.then(later.currency);
     }
 
@@ -88,20 +123,12 @@ impl RowDelta {
 
     /// The row this delta makes of an empty one.
     pub fn counters(&self) -> Counters {
-        Counters {
-            clicks: self.clicks,
-            unique_clicks: self.unique_clicks,
-            non_human_clicks: self.non_human_clicks,
-            conversions: self.conversions,
-            revenue: self.revenue,
-            payout: self.payout,
-            currency: self.currency.apply(None),
-        }
+        self.with_currency(self.currency.apply(None))
     }
 }
 
 /// One row of a day table, borrowing its strings from the stored bytes.
-pub(crate) type Row<'a> = (&'a str, &'a str, &'a str, RowDelta);
+pub(crate) type DayRow<'a> = (&'a str, &'a str, &'a str, RowDelta);
 
 /// Encodes rows sorted by (offer, affiliate, sub1).
 pub(crate) fn encode_day(rows: &[(&str, &str, &str, &RowDelta)]) -> Vec<u8> {
@@ -109,7 +136,7 @@ pub(crate) fn encode_day(rows: &[(&str, &str, &str, &RowDelta)]) -> Vec<u8> {
     postcard::to_stdvec(rows).unwrap_or_default()
 }
 
-pub(crate) fn decode_day(bytes: &[u8]) -> Result<Vec<Row<'_>>, postcard::Error> {
+pub(crate) fn decode_day(bytes: &[u8]) -> Result<Vec<DayRow<'_>>, postcard::Error> {
     postcard::from_bytes(bytes)
 }
 

@@ -57,7 +57,7 @@ fn revenue_share_needs_an_amount_in_the_offer_currency() {
     assert_eq!((e.status, e.reason, e.currency.code()), (Status::Rejected, Reason::CurrencyMismatch, "USD"));
     assert_eq!(e.rule, "goal lead: sale reported in EUR, offer pays in USD");
     let rows = report(&d.state, GroupBy::Offer, 0, u32::MAX).unwrap();
-    assert_eq!((rows[0].conversions, rows[0].revenue), (0, 0));
+    assert_eq!((rows[0].row.conversions, rows[0].row.revenue), (0, 0));
 }
 
 #[test]
@@ -359,10 +359,10 @@ fn stats_count_clicks_uniques_conversions_revenue_and_payout() {
     let rows = report(&d.state, GroupBy::Affiliate, 0, u32::MAX).unwrap();
     assert_eq!(rows.len(), 1);
     let r = &rows[0];
-    assert_eq!((r.key.as_str(), r.currency.map(|c| c.code().to_owned())), ("aff1", Some("USD".into())));
-    assert_eq!((r.clicks, r.unique_clicks, r.non_human_clicks), (2, 1, 1));
-    assert_eq!((r.conversions, r.revenue, r.payout), (1, 20_000, 2_000));
-    assert_eq!(r.epc(), Some(1_000));
+    assert_eq!((r.key.as_str(), r.row.currency.map(|c| c.code().to_owned())), ("aff1", Some("USD".into())));
+    assert_eq!((r.row.clicks, r.row.unique_clicks, r.row.non_human_clicks), (2, 1, 1));
+    assert_eq!((r.row.conversions, r.row.revenue, r.row.payout), (1, 20_000, 2_000));
+    assert_eq!(r.row.epc(), Some(1_000));
 
     let by_day = report(&d.state, GroupBy::Day, 0, u32::MAX).unwrap();
     assert_eq!(by_day[0].key, "2025-11-01");

@@ -182,22 +182,22 @@ pub fn report(
         GroupBy::Sub1 => "sub1",
     };
     let lines = rows.into_iter().map(move |r| {
-        let money = |v: i64| match r.currency {
+        let money = |v: i64| match r.row.currency {
             Some(c) => format_minor(v, c),
             None => v.to_string(),
         };
         Ok(vec![
             ("key", r.key.clone().into()),
-            ("currency", r.currency.map(|c| c.code().to_owned()).unwrap_or_default().into()),
-            ("clicks", r.clicks.into()),
-            ("unique_clicks", r.unique_clicks.into()),
-            ("non_human_clicks", r.non_human_clicks.into()),
-            ("conversions", r.conversions.into()),
+            ("currency", r.row.currency.map(|c| c.code().to_owned()).unwrap_or_default().into()),
+            ("clicks", r.row.clicks.into()),
+            ("unique_clicks", r.row.unique_clicks.into()),
+            ("non_human_clicks", r.row.non_human_clicks.into()),
+            ("conversions", r.row.conversions.into()),
             // A display ratio, not money.
-            ("conversion_rate", r.conversion_rate_percent().map(|p| format!("{p:.2}%")).unwrap_or_default().into()),
-            ("revenue", money(r.revenue).into()),
-            ("payout", money(r.payout).into()),
-            ("epc", r.epc().map(money).unwrap_or_default().into()),
+            ("conversion_rate", r.row.conversion_rate_percent().map(|p| format!("{p:.2}%")).unwrap_or_default().into()),
+            ("revenue", money(r.row.revenue).into()),
+            ("payout", money(r.row.payout).into()),
+            ("epc", r.row.epc().map(money).unwrap_or_default().into()),
         ])
     });
     let mut header: Vec<&str> = REPORT_COLUMNS.to_vec();

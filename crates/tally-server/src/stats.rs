@@ -43,19 +43,19 @@ fn stats(data_dir: &Path, from: Option<&str>, to: Option<&str>) -> Result<Value,
 
 fn row_json(r: &ReportRow) -> Value {
     // Money as exact decimal strings, as everywhere else.
-    let money = |v: i64| match r.currency {
+    let money = |v: i64| match r.row.currency {
         Some(c) => tally_model::format_minor(v, c),
         None => v.to_string(),
     };
     json!({
         "key": r.key,
-        "currency": r.currency.map(|c| c.code().to_owned()),
-        "clicks": r.clicks,
-        "unique_clicks": r.unique_clicks,
-        "non_human_clicks": r.non_human_clicks,
-        "conversions": r.conversions,
-        "revenue": money(r.revenue),
-        "payout": money(r.payout),
-        "epc": r.epc().map(money),
+        "currency": r.row.currency.map(|c| c.code().to_owned()),
+        "clicks": r.row.clicks,
+        "unique_clicks": r.row.unique_clicks,
+        "non_human_clicks": r.row.non_human_clicks,
+        "conversions": r.row.conversions,
+        "revenue": money(r.row.revenue),
+        "payout": money(r.row.payout),
+        "epc": r.row.epc().map(money),
     })
 }
