@@ -34,10 +34,11 @@ use tally_model::program::{AttributionModel, Goal, Offer, Payout, Rate};
 use tally_model::{format_minor, ClickId, ClickView, Conversion, ConversionStatus, Currency, Event, Program};
 
 use crate::keys;
-use crate::ledger::{day_of, month_of_day, Entry, EntryId, Kind, Reason, StatsKeyRef, Status, DAY_MS};
+use crate::ledger::{Entry, EntryId, Kind, Reason, StatsKeyRef, Status};
 use crate::state::{ClickFacts, ClickFactsRef, FirstClick, State};
 use crate::stats::RowDelta;
 use crate::AttributionError;
+use tally_model::time::{day_of, month_of_day, DAY_MS};
 
 /// What one event did to the ledger: entries created or changed, in the order it happened.
 #[derive(Debug, Default)]

@@ -8,10 +8,11 @@ use std::collections::BTreeMap;
 
 use tally_model::Currency;
 
-use crate::ledger::{format_day, StatsKey};
+use crate::ledger::StatsKey;
 use crate::state::State;
 use crate::stats::Counters;
 use crate::AttributionError;
+use tally_model::time::format_day;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GroupBy {

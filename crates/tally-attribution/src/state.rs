@@ -240,7 +240,7 @@ fn cf_options(name: &str) -> Options {
 /// A day's grace past the longest window, so a click just outside its window is reported
 /// as that rather than as expired.
 fn reach_ms(program: &Program) -> u64 {
-    (u64::from(program.max_window_days()) + 1) * crate::ledger::DAY_MS
+    (u64::from(program.max_window_days()) + 1) * tally_model::time::DAY_MS
 }
 
 fn db_err(e: rocksdb::Error) -> AttributionError {
@@ -453,7 +453,7 @@ impl State {
     // ---- reads and writes used by the engine ------------------------------------------------
 
     pub(crate) fn click(&self, id: &ClickId) -> Result<Option<ClickFacts>, AttributionError> {
-        let day = crate::ledger::day_of(id.timestamp_ms());
+        let day = tally_model::time::day_of(id.timestamp_ms());
         if let Some(c) = self.overlay.clicks.get(&day).and_then(|d| d.get(id)) {
             return Ok(Some(decode("click", c)?));
         }
@@ -483,7 +483,7 @@ impl State {
         let day = self
             .overlay
             .clicks
-            .entry(crate::ledger::day_of(id.timestamp_ms()))
+            .entry(tally_model::time::day_of(id.timestamp_ms()))
             .or_insert_with(|| spare.pop().unwrap_or_default());
         let at = day.arena.len();
         // Serialising our own struct into a Vec cannot fail; a day's arena stays far below
@@ -703,7 +703,7 @@ impl State {
         self.program_dirty = false;
         // Keep the visitor sets of the last days only; older ones reload on demand (late
         // events are rare).
-        let today = crate::ledger::day_of(self.checkpoint.watermark_ms);
+        let today = tally_model::time::day_of(self.checkpoint.watermark_ms);
         self.unique_days.retain(|d, _| *d + 1 >= today);
         Ok(())
     }
@@ -788,10 +788,10 @@ impl State {
     /// follows the clicks inside the longest window, not the whole log.
     fn purge_in_memory(&mut self) {
         let horizon = self.checkpoint.horizon_ms;
-        if horizon < self.purged_to_ms + crate::ledger::DAY_MS {
+        if horizon < self.purged_to_ms + tally_model::time::DAY_MS {
             return;
         }
-        let old_day = crate::ledger::day_of(horizon);
+        let old_day = tally_model::time::day_of(horizon);
         // Whole days before the horizon's; lookups ignore the rest of the expired clicks.
         self.overlay.clicks.retain(|day, _| *day >= old_day);
         self.unique_days.retain(|d, _| *d >= old_day);
@@ -954,7 +954,7 @@ fn drop_expired(db: &DB, horizon: u64) -> Result<(), AttributionError> {
         let last = ClickId::new(last_ms, u16::MAX, u64::MAX);
         db.delete_file_in_range_cf(cf(db, CF_CLICKS)?, [0u8; 16], keys::click_run(&last)).map_err(db_err)?;
     }
-    if let Some(last_day) = crate::ledger::day_of(horizon).checked_sub(1) {
+    if let Some(last_day) = tally_model::time::day_of(horizon).checked_sub(1) {
         db.delete_file_in_range_cf(cf(db, CF_UNIQUE)?, &[0u8; 4][..], &keys::visitors_end(last_day)[..])
             .map_err(db_err)?;
     }

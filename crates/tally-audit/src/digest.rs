@@ -7,7 +7,7 @@
 //! by one line, and neither has to trust the other's software.
 
 use serde_json::Value;
-use tally_attribution::{ledger, Entry};
+use tally_attribution::Entry;
 use tally_model::format_minor;
 
 /// Version of the canonical form, printed next to every digest; a change of columns is a new
@@ -45,7 +45,7 @@ pub fn row(e: &Entry) -> Vec<(&'static str, Value)> {
     let opt = |v: Option<String>| Value::from(v.unwrap_or_default());
     vec![
         ("id", e.id.to_string().into()),
-        ("date", ledger::format_day(ledger::day_of(e.ts_ms)).into()),
+        ("date", tally_model::time::format_day(tally_model::time::day_of(e.ts_ms)).into()),
         ("ts_ms", e.ts_ms.into()),
         ("kind", e.kind.as_str().into()),
         ("status", e.status.as_str().into()),

@@ -10,9 +10,9 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use tally_attribution::ledger::format_ts;
 use tally_attribution::{state_dir, Entry, EntryId, LedgerReader, Status};
 use tally_log::LogReader;
+use tally_model::time::format_ts;
 use tally_model::{format_minor, ClickId, Event};
 
 use crate::digest::{cells, COLUMNS};

@@ -42,7 +42,7 @@ impl Bound {
         if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
             return s.parse().ok().map(Bound::Seq);
         }
-        tally_attribution::ledger::parse_time(s).map(Bound::Time)
+        tally_model::time::parse_time(s).map(Bound::Time)
     }
 }
 

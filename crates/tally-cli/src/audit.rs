@@ -5,9 +5,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use tally_attribution::ledger::format_ts;
 use tally_audit::{Bound, Filter, ReplayOptions};
 use tally_model::format_minor;
+use tally_model::time::format_ts;
 
 pub struct ReplayArgs {
     pub data_dir: PathBuf,

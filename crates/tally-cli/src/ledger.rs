@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use serde_json::{Map, Value};
 use tally_attribution::report::{report as build_report, GroupBy};
-use tally_attribution::{ledger, LedgerReader, Status};
+use tally_attribution::{LedgerReader, Status};
 use tally_audit::Filter;
 use tally_model::format_minor;
 
@@ -96,10 +96,12 @@ pub struct CommissionsArgs {
 /// Parses `--from`/`--to` dates (inclusive days) into an entry-time filter.
 fn date_filter(from: Option<&str>, to: Option<&str>) -> anyhow::Result<(Option<u64>, Option<u64>)> {
     let day = |flag: &str, v: &str| -> anyhow::Result<u64> {
-        ledger::parse_day(v).map(u64::from).with_context(|| format!("{flag}: \"{v}\" is not a date like 2026-11-23"))
+        tally_model::time::parse_day(v)
+            .map(u64::from)
+            .with_context(|| format!("{flag}: \"{v}\" is not a date like 2026-11-23"))
     };
-    let from_ms = from.map(|v| day("--from", v)).transpose()?.map(|d| d * ledger::DAY_MS);
-    let until_ms = to.map(|v| day("--to", v)).transpose()?.map(|d| (d + 1) * ledger::DAY_MS);
+    let from_ms = from.map(|v| day("--from", v)).transpose()?.map(|d| d * tally_model::time::DAY_MS);
+    let until_ms = to.map(|v| day("--to", v)).transpose()?.map(|d| (d + 1) * tally_model::time::DAY_MS);
     if let (Some(a), Some(b)) = (from_ms, until_ms) {
         if a >= b {
             anyhow::bail!("--from is after --to");
@@ -166,7 +168,8 @@ pub fn report(
     let day = |flag: &str, v: Option<&str>, default: u32| -> anyhow::Result<u32> {
         match v {
             None => Ok(default),
-            Some(s) => ledger::parse_day(s).with_context(|| format!("{flag}: \"{s}\" is not a date like 2026-11-23")),
+            Some(s) => tally_model::time::parse_day(s)
+                .with_context(|| format!("{flag}: \"{s}\" is not a date like 2026-11-23")),
         }
     };
     let (from, to) = (day("--from", from, 0)?, day("--to", to, u32::MAX)?);

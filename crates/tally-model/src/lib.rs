@@ -1,4 +1,5 @@
-//! Tally's domain model: click IDs, events, money, the program, and the record envelope.
+//! Tally's domain model: click IDs, events, money, the program, the record envelope, and
+//! the UTC calendar.
 //!
 //! Architecture invariant: this crate does no I/O. It is shared by the edge, the log, the
 //! attribution worker and the CLI, and everything in it is deterministic given its inputs
@@ -9,6 +10,7 @@ pub mod event;
 pub mod money;
 pub mod program;
 pub mod record;
+pub mod time;
 
 pub use click_id::{ClickId, ClickIdError};
 pub use event::{

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 use tally_attribution::report::{report, GroupBy, ReportRow};
-use tally_attribution::{ledger, LedgerReader};
+use tally_attribution::LedgerReader;
 use tally_edge::admin::{HookError, StatsFn};
 
 /// The stats hook for the data directory `data_dir`.
@@ -17,7 +17,7 @@ pub fn stats_hook(data_dir: PathBuf) -> Arc<StatsFn> {
 fn stats(data_dir: &Path, from: Option<&str>, to: Option<&str>) -> Result<Value, HookError> {
     let day = |name: &str, v: Option<&str>, default: u32| match v {
         None => Ok(default),
-        Some(s) => ledger::parse_day(s)
+        Some(s) => tally_model::time::parse_day(s)
             .ok_or_else(|| HookError::new(400, format!("{name}: \"{s}\" is not a date like 2026-11-23"))),
     };
     let (from, to) = (day("from", from, 0)?, day("to", to, u32::MAX)?);
@@ -31,7 +31,7 @@ fn stats(data_dir: &Path, from: Option<&str>, to: Option<&str>) -> Result<Value,
             .map(|rows| rows.iter().map(row_json).collect::<Vec<_>>())
             .map_err(|e| HookError::new(500, format!("cannot read stats: {e}")))
     };
-    let day_or_null = |d: u32, edge: u32| if d == edge { Value::Null } else { ledger::format_day(d).into() };
+    let day_or_null = |d: u32, edge: u32| if d == edge { Value::Null } else { tally_model::time::format_day(d).into() };
     Ok(json!({
         "from": day_or_null(from, 0),
         "to": day_or_null(to, u32::MAX),
