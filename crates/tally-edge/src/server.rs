@@ -69,7 +69,7 @@ where
                 Ok(x) => x,
                 Err(e) => {
                     // EMFILE and friends: back off briefly rather than spin.
-                    tally_log::warn_limited!(error = %e, "accept failed");
+                    tally_telemetry::warn_limited!(error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(10)).await;
                     continue;
                 }

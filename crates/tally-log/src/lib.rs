@@ -46,7 +46,6 @@ pub mod chain;
 pub mod config;
 mod db;
 mod keys;
-pub mod limit;
 mod metrics;
 mod reader;
 pub mod snapshot;

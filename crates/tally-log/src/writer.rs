@@ -609,7 +609,7 @@ impl Core {
                 });
             }
             Err(e) => {
-                crate::error_limited!(error = %e, events = n, "log commit failed; appends refused");
+                tally_telemetry::error_limited!(error = %e, events = n, "log commit failed; appends refused");
                 self.metrics.commit_errors.inc();
                 deliver(batch, |_| Err(e.clone()));
             }
