@@ -3,17 +3,14 @@
 //! edited, deleted or forged ledger entry is reported; `explain` tells a clawback's story.
 #![allow(clippy::unwrap_used)]
 
-#[path = "../../tally-attribution/tests/common/mod.rs"]
-mod common;
-
 use std::path::Path;
 
-use common::gen;
 use tally_attribution::{
     snapshots, state_dir, AttributionMetrics, Entry, EntryId, Kind, LedgerReader, SnapshotPolicy, Worker, WorkerOptions,
 };
 use tally_audit::{replay, Bound, Filter, ReplayOptions, ReplayReport};
 use tally_log::{Log, LogMetrics, LogOptions};
+use tally_testkit::{fixtures, gen};
 
 const EVENTS: usize = 4_000;
 /// The generator adds the program changes to the events it is asked for.
@@ -22,8 +19,8 @@ const SNAPSHOT_EVERY: u64 = 500;
 
 /// A data directory with the generated log and a live worker's state (with snapshots).
 fn setup(dir: &Path, keep: usize) -> Log {
-    let variant = common::program_variant();
-    let events = gen::log(31, EVENTS, &[common::PROGRAM, &variant]);
+    let variant = fixtures::program_variant();
+    let events = gen::log(31, EVENTS, &[fixtures::ATTRIBUTION_RULES, &variant]);
     let log = Log::open(dir, LogOptions::default(), LogMetrics::default()).unwrap();
     let pending: Vec<_> = events.iter().map(|e| log.submit(tally_model::encode(e).unwrap()).unwrap()).collect();
     for p in pending {

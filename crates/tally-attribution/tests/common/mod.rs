@@ -1,26 +1,15 @@
 //! A small driver for the attribution engine: builds events, applies them in log order and
 //! reads back the entries they produced.
-#![allow(dead_code, clippy::unwrap_used)]
+#![allow(dead_code, unused_imports, clippy::unwrap_used)]
 
-pub mod gen;
+pub use tally_testkit::gen;
 
 use tally_attribution::{apply, Entry, EntryId, State};
 use tally_model::{Click, ClickId, Conversion, ConversionSource, ConversionStatus, Currency, Event, ProgramChange};
 
-pub const DAY: u64 = 86_400_000;
-/// 2025-11-01T00:00:00Z: a month start, so month-boundary tests are easy to read.
-pub const T0: u64 = 1_761_955_200_000;
+pub use tally_testkit::gen::{DAY, T0};
 
-pub const PROGRAM: &str = include_str!("../../../../tests/fixtures/attribution-rules.toml");
-
-/// `PROGRAM` with other payouts, holds and windows: what a mid-log program change switches to.
-pub fn program_variant() -> String {
-    PROGRAM
-        .replace(r#"bps = 1000 }"#, r#"bps = 750 }"#)
-        .replace("hold_days = 10", "hold_days = 3")
-        .replace(r#"amount = "2.50""#, r#"amount = "3.25""#)
-        .replace("window_days = 7", "window_days = 2")
-}
+pub use tally_testkit::fixtures::{program_variant, ATTRIBUTION_RULES as PROGRAM};
 
 pub struct Driver {
     pub state: State,

@@ -24,19 +24,16 @@ fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
-/// xorshift64*: the kill moments only need to vary, and a printed seed makes a run repeatable.
-struct Rng(u64);
+/// The kill moments only need to vary; a printed seed makes a run repeatable.
+struct Rng(rand::rngs::StdRng);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    fn seeded(seed: u64) -> Rng {
+        Rng(rand::SeedableRng::seed_from_u64(seed))
     }
 
     fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
+        rand::Rng::random_range(&mut self.0, 0..n.max(1))
     }
 }
 
@@ -180,7 +177,7 @@ fn check(dir: &Path, history: &[Attempt]) -> Report {
 /// Runs `kills` rounds: start, load until a random number of acknowledgements, SIGKILL.
 fn run(env: &Env, vars: &[(&str, &str)], kills: u64, events: u64, seed: u64) -> (Vec<Attempt>, Duration) {
     let clients = env_u64("TALLY_CRASH_CLIENTS", 4);
-    let mut rng = Rng(seed | 1);
+    let mut rng = Rng::seeded(seed);
     let per_round = (events / kills.max(1)).max(10);
     let mut history = Vec::new();
     let started = Instant::now();
@@ -319,7 +316,7 @@ fn attribution_killed_at_every_crash_point_ends_with_the_uninterrupted_ledger() 
     let _ = std::fs::remove_dir_all(data.join("attribution-snapshots"));
 
     let mut crashes: HashMap<&str, u32> = HashMap::new();
-    let mut rng = Rng(0x5eed_u64);
+    let mut rng = Rng::seeded(0x5eed);
     for round in 0..16 {
         let point = tally_attribution::testing::CRASH_POINTS[round % 4];
         let at = format!("{point}:{}", 1 + rng.below(3));

@@ -6,26 +6,27 @@ use tally_model::{
     click_flags, Click, ClickId, Conversion, ConversionSource, ConversionStatus, Currency, Event, ProgramChange,
 };
 
-use super::{DAY, T0};
+/// A day in milliseconds.
+pub const DAY: u64 = 86_400_000;
+/// 2025-11-01T00:00:00Z: a month start, so month-boundary tests are easy to read.
+pub const T0: u64 = 1_761_955_200_000;
 
-/// SplitMix64: tiny, seedable, good enough to shuffle test inputs.
-pub struct Rng(u64);
+/// The tests' seeded generator: `rand`'s `StdRng`, so a seed names a log exactly, with the
+/// few draws the generator needs.
+#[derive(Debug)]
+pub struct Rng(rand::rngs::StdRng);
 
 impl Rng {
     pub fn new(seed: u64) -> Rng {
-        Rng(seed)
+        Rng(rand::SeedableRng::seed_from_u64(seed))
     }
 
-    pub fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+    pub fn next_u64(&mut self) -> u64 {
+        rand::RngCore::next_u64(&mut self.0)
     }
 
     pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
+        rand::Rng::random_range(&mut self.0, 0..n.max(1))
     }
 
     pub fn chance(&mut self, percent: u64) -> bool {
@@ -89,7 +90,7 @@ pub fn log(seed: u64, n: usize, programs: &[&str]) -> Vec<Event> {
             }
             let click_id = match rng.below(10) {
                 0 => None,
-                1 => Some(ClickId::new(now, 7, rng.next())),
+                1 => Some(ClickId::new(now, 7, rng.next_u64())),
                 _ => clicks.iter().rev().filter(|(_, o)| *o == offer).nth(rng.below(8) as usize).map(|(id, _)| *id),
             };
             let txid = if rng.chance(15) && !txids.is_empty() {
