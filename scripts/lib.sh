@@ -11,6 +11,41 @@ apt_install() {
   "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
 }
 
+# rust-toolchain.toml pins the Rust release (with rustfmt and clippy) so a newer clippy cannot
+# break a clean checkout; rustup installs it on the first cargo call. A machine that cannot
+# reach rustup's servers but whose installed `stable` toolchain is that very release (a CI image
+# or a fresh Debian with only the stable toolchain copied in) gets it offline instead: a symlink
+# under the pinned name in rustup's toolchains directory, which rustup accepts as that release
+# (`rustup toolchain link` refuses release names). A symlink made here whose target has since
+# been updated past the pin is removed. Anything else is rustup's to install, done here so a
+# failure says what is missing. Does nothing where cargo does not come from rustup.
+ensure_toolchain() {
+  command -v rustup >/dev/null 2>&1 || return 0
+  local root pin home dir link
+  root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+  pin=$(sed -n 's/^channel *= *"\([^"]*\)".*/\1/p' "$root/rust-toolchain.toml")
+  home=${RUSTUP_HOME:-$HOME/.rustup}
+  for dir in "$home"/toolchains/stable-*; do
+    [ -x "$dir/bin/rustc" ] || continue
+    link="$home/toolchains/$pin-${dir##*/stable-}"
+    if [ -L "$link" ] && [ "$("$link/bin/rustc" -V | cut -d' ' -f2)" != "$pin" ]; then
+      rm "$link"
+    fi
+    if [ ! -e "$link" ] && [ "$("$dir/bin/rustc" -V | cut -d' ' -f2)" = "$pin" ]; then
+      echo "==> using the installed stable toolchain (Rust $pin) as the pinned $pin"
+      ln -s "$dir" "$link"
+    fi
+  done
+  # `cd /`: outside the project rustup does not act on rust-toolchain.toml.
+  if ! (cd / && rustup toolchain list) | grep -q "^$pin-"; then
+    echo "==> installing Rust $pin (rust-toolchain.toml)"
+    (cd / && rustup toolchain install "$pin" --profile minimal -c rustfmt -c clippy) || {
+      echo "error: Rust $pin (pinned in rust-toolchain.toml) is not installed and rustup could not install it; install it or a stable toolchain of that version" >&2
+      return 1
+    }
+  fi
+}
+
 # `python3 -m venv` needs python3-venv on Debian (ensurepip lives there; without it the venv
 # module is present but cannot create a venv), and a minimal Debian has no python3 at all.
 ensure_python_venv() {
