@@ -96,6 +96,7 @@ command -v wrk >/dev/null 2>&1 || die "wrk not found"
 # --- 2. build ------------------------------------------------------------------------------
 if [[ "$NEED_BUILD" -eq 1 ]]; then
     log "building tally (release) in $REPO"
+    ensure_toolchain
     (cd "$REPO" && cargo build --release -p tally-cli)
     TALLY_BIN="${CARGO_TARGET_DIR:-$REPO/target}/release/tally"
     [[ -x "$TALLY_BIN" ]] || die "build finished but $TALLY_BIN is missing"

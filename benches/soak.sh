@@ -53,6 +53,9 @@ fi
 
 if [[ -z "${TALLY_BIN:-}" ]]; then
     log "building tally (release)"
+    # shellcheck source=scripts/lib.sh
+    source "$REPO/scripts/lib.sh"
+    ensure_toolchain
     (cd "$REPO" && cargo build --release --bin tally)
     TALLY_BIN="${CARGO_TARGET_DIR:-$REPO/target}/release/tally"
 fi

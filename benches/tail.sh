@@ -36,6 +36,7 @@ command -v curl >/dev/null 2>&1 || pkgs+=(curl)
 [[ ${#pkgs[@]} -gt 0 ]] && apt_install "${pkgs[@]}"
 
 if [[ -z "${TALLY_BIN:-}" || ! -x "${TALLY_BIN}" ]]; then
+    ensure_toolchain
     ensure_build_deps
     (cd "$REPO" && cargo build --release -p tally-cli)
     TALLY_BIN="${CARGO_TARGET_DIR:-$REPO/target}/release/tally"

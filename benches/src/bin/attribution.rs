@@ -264,7 +264,7 @@ impl Generator {
         self.recent.push(visit);
         self.visits.push(visit);
         self.mix.clicks += 1;
-        if self.mix.clicks % OLD_SAMPLE_EVERY == 0 {
+        if self.mix.clicks.is_multiple_of(OLD_SAMPLE_EVERY) {
             self.old.push(visit);
         }
         Event::Click(Click {
@@ -276,7 +276,7 @@ impl Generator {
             subs: [
                 format!("s{sub1:03}"),
                 format!("cmp-{campaign}"),
-                if campaign % 3 == 0 { "email".into() } else { String::new() },
+                if campaign.is_multiple_of(3) { "email".into() } else { String::new() },
                 String::new(),
                 String::new(),
             ],

@@ -240,7 +240,7 @@ mod tests {
             referrer: String::new(),
             ip: "203.0.113.0".into(),
             flags,
-            prior_click: (i % 2 == 0).then(|| ClickId::new(1, 1, 1)),
+            prior_click: i.is_multiple_of(2).then(|| ClickId::new(1, 1, 1)),
         }
     }
 

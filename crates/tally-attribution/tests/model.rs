@@ -12,7 +12,7 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::{gen, DAY};
+use common::{generate, DAY};
 use proptest::prelude::*;
 use tally_attribution::{AttributionMetrics, EntryId, Kind, Reason, Status, Worker, WorkerOptions};
 use tally_log::{Log, LogMetrics, LogOptions};
@@ -265,7 +265,7 @@ proptest! {
     #[test]
     fn the_worker_agrees_with_the_reference_model(seed in any::<u64>(), n in 1usize..400, commit_seed in any::<u64>()) {
         let b = model_b();
-        let events = gen::log(seed, n, &[MODEL_A, &b]);
+        let events = generate::log(seed, n, &[MODEL_A, &b]);
         let expected = model(&events);
         let got = worker_ledger(&events, commit_seed);
         prop_assert_eq!(got.len(), expected.len());

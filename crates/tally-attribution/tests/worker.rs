@@ -7,7 +7,7 @@ mod common;
 
 use std::path::Path;
 
-use common::gen::{self, Rng};
+use common::generate::{self, Rng};
 use tally_attribution::report::{report, GroupBy, ReportRow};
 use tally_attribution::{AttributionMetrics, Entry, LedgerReader, State, Worker, WorkerOptions};
 use tally_log::{Log, LogMetrics, LogOptions, LogReader};
@@ -45,7 +45,7 @@ fn run_uninterrupted(dir: &Path, reader: &LogReader, commit_every: usize) -> (St
 #[test]
 fn same_log_same_ledger_in_every_way_of_running_it() {
     let variant = common::program_variant();
-    let events = gen::log(11, 4_000, &[common::PROGRAM, &variant]);
+    let events = generate::log(11, 4_000, &[common::PROGRAM, &variant]);
     let tmp = tempfile::tempdir().unwrap();
     let log = write_log(&tmp.path().join("log"), &events);
     let reader = log.reader();
@@ -103,7 +103,7 @@ fn same_log_same_ledger_in_every_way_of_running_it() {
 
 #[test]
 fn a_reader_sees_the_workers_commits_while_it_runs() {
-    let events = gen::log(5, 500, &[common::PROGRAM]);
+    let events = generate::log(5, 500, &[common::PROGRAM]);
     let tmp = tempfile::tempdir().unwrap();
     let log = write_log(&tmp.path().join("log"), &events);
     let dir = tmp.path().join("state");
@@ -124,7 +124,7 @@ fn a_reader_sees_the_workers_commits_while_it_runs() {
 
 #[test]
 fn an_undecodable_record_stops_the_worker_where_it_is() {
-    let events = gen::log(3, 50, &[common::PROGRAM]);
+    let events = generate::log(3, 50, &[common::PROGRAM]);
     let tmp = tempfile::tempdir().unwrap();
     let log = write_log(&tmp.path().join("log"), &events);
     let mut bad = tally_model::encode(&events[1]).unwrap();
@@ -143,7 +143,7 @@ fn an_undecodable_record_stops_the_worker_where_it_is() {
 #[test]
 fn entries_taken_back_to_a_point_equal_the_ledger_at_that_point() {
     let variant = common::program_variant();
-    let events = gen::log(23, 4_000, &[common::PROGRAM, &variant]);
+    let events = generate::log(23, 4_000, &[common::PROGRAM, &variant]);
     let cuts = [1u64, 400, 1_234, 2_000, 2_999, 3_999];
     let mut state = State::in_memory();
     let mut at_cut = Vec::new();
@@ -169,7 +169,7 @@ fn entries_taken_back_to_a_point_equal_the_ledger_at_that_point() {
 /// never failed, without a restart.
 #[test]
 fn a_worker_whose_commits_fail_retries_from_its_checkpoint_and_ends_with_the_same_ledger() {
-    let events = gen::log(7, 2_000, &[common::PROGRAM]);
+    let events = generate::log(7, 2_000, &[common::PROGRAM]);
     let tmp = tempfile::tempdir().unwrap();
     let log = write_log(&tmp.path().join("log"), &events);
     let reader = log.reader();

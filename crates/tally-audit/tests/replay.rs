@@ -10,7 +10,7 @@ use tally_attribution::{
 };
 use tally_audit::{replay, Bound, Filter, ReplayOptions, ReplayReport};
 use tally_log::{Log, LogMetrics, LogOptions};
-use tally_testkit::{fixtures, gen};
+use tally_testkit::{fixtures, generate};
 
 const EVENTS: usize = 4_000;
 /// The generator adds the program changes to the events it is asked for.
@@ -20,7 +20,7 @@ const SNAPSHOT_EVERY: u64 = 500;
 /// A data directory with the generated log and a live worker's state (with snapshots).
 fn setup(dir: &Path, keep: usize) -> Log {
     let variant = fixtures::program_variant();
-    let events = gen::log(31, EVENTS, &[fixtures::ATTRIBUTION_RULES, &variant]);
+    let events = generate::log(31, EVENTS, &[fixtures::ATTRIBUTION_RULES, &variant]);
     let log = Log::open(dir, LogOptions::default(), LogMetrics::default()).unwrap();
     let pending: Vec<_> = events.iter().map(|e| log.submit(tally_model::encode(e).unwrap()).unwrap()).collect();
     for p in pending {

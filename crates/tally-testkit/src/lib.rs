@@ -10,14 +10,14 @@
 //!   browser or an attacker would; both server kinds dereference to a [`Client`].
 //! - [`events`], [`ledger`]: the log and the commission ledger as `tally export events`
 //!   and `tally commissions --format jsonl` print them, read in-process.
-//! - [`gen`]: the seeded generator of plausible logs (clicks, conversions, repeats,
+//! - [`generate`]: the seeded generator of plausible logs (clicks, conversions, repeats,
 //!   reversals, program changes) that the attribution model check and the replay tests use.
 //! - [`wait_for`]: polling with a deadline, for effects that are asynchronous by design
 //!   (the attribution worker follows the log).
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
 pub mod fixtures;
-pub mod gen;
+pub mod generate;
 mod http;
 mod server;
 

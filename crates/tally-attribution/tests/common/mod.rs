@@ -2,12 +2,12 @@
 //! reads back the entries they produced.
 #![allow(dead_code, unused_imports, clippy::unwrap_used)]
 
-pub use tally_testkit::gen;
+pub use tally_testkit::generate;
 
 use tally_attribution::{apply, Entry, EntryId, State};
 use tally_model::{Click, ClickId, Conversion, ConversionSource, ConversionStatus, Currency, Event, ProgramChange};
 
-pub use tally_testkit::gen::{DAY, T0};
+pub use tally_testkit::generate::{DAY, T0};
 
 pub use tally_testkit::fixtures::{program_variant, ATTRIBUTION_RULES as PROGRAM};
 

@@ -90,7 +90,7 @@ fn client(addr: SocketAddr, prefix: String, stop: Arc<AtomicBool>, acks: Arc<Ato
         let marker = format!("{prefix}-{i}");
         i += 1;
         let (kind, req) = match &cid {
-            Some(c) if i % 2 == 0 => (
+            Some(c) if i.is_multiple_of(2) => (
                 Kind::Conversion,
                 format!("GET /postback?cid={c}&offer=shoes&txid={marker}&token={TOKEN} HTTP/1.1\r\nHost: t\r\n\r\n"),
             ),

@@ -30,13 +30,13 @@ fn event(i: u64) -> Event {
     if i % CONVERSION_EVERY == CONVERSION_EVERY - 1 {
         return Event::Conversion(Conversion {
             ts_ms,
-            source: if i % 3 == 0 { ConversionSource::Pixel } else { ConversionSource::Postback },
-            click_id: (i % 2 == 0).then(|| ClickId::new(ts_ms - 1000, 1, i - 1)),
-            coupon: if i % 5 == 0 { "SPRING".into() } else { String::new() },
+            source: if i.is_multiple_of(3) { ConversionSource::Pixel } else { ConversionSource::Postback },
+            click_id: (i.is_multiple_of(2)).then(|| ClickId::new(ts_ms - 1000, 1, i - 1)),
+            coupon: if i.is_multiple_of(5) { "SPRING".into() } else { String::new() },
             offer: "shoes".into(),
             goal: "sale".into(),
             txid: format!("T{i:08}"),
-            amount: (i % 4 != 0).then_some((i * 37 % 1_000_000) as i64),
+            amount: (!i.is_multiple_of(4)).then_some((i * 37 % 1_000_000) as i64),
             currency: Currency::from_code("USD").unwrap(),
             status: if i % 50 == 39 { ConversionStatus::Refunded } else { ConversionStatus::Approved },
             subs: [format!("c{}", i % 11), String::new(), "x,y".into(), String::new(), String::new()],
@@ -51,13 +51,13 @@ fn event(i: u64) -> Event {
         affiliate: format!("aff{}", i % 1000),
         // Commas, quotes and newlines: the CSV must quote them and read them back intact.
         subs: [format!("s,{i}"), format!("say \"{}\"", i % 9), "line\nbreak".into(), String::new(), "5".into()],
-        source: if i % 4 == 0 { "newsletter".into() } else { String::new() },
+        source: if i.is_multiple_of(4) { "newsletter".into() } else { String::new() },
         deep_link: String::new(),
         user_agent: "Mozilla/5.0 (X11; Linux x86_64)".into(),
         referrer: "https://blog.example/".into(),
         ip: format!("192.0.2.{}", i % 256),
         flags: (i % 3) as u16,
-        prior_click: (i % 7 == 0).then(|| ClickId::new(ts_ms - 5000, 1, i)),
+        prior_click: (i.is_multiple_of(7)).then(|| ClickId::new(ts_ms - 5000, 1, i)),
     })
 }
 
