@@ -359,6 +359,9 @@ fn attribute(
         println!("attributed {n} events; position {}", worker.position());
         return Ok(ExitCode::SUCCESS);
     }
+    println!("tally attribute following {} from sequence {}", config.data_dir().display(), worker.position() + 1);
+    // The last line printed: scripts (and tests) read up to it to learn a `:0` port, and may
+    // stop reading standard output then.
     let metrics = match metrics_listen {
         Some(addr) => {
             let l = worker.bind_metrics(addr)?;
@@ -367,7 +370,6 @@ fn attribute(
         }
         None => None,
     };
-    println!("tally attribute following {} from sequence {}", config.data_dir().display(), worker.position() + 1);
     worker.run(metrics)?;
     Ok(ExitCode::SUCCESS)
 }

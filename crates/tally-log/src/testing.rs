@@ -16,6 +16,17 @@ pub fn overwrite_event(dir: &Path, seq: u64, bytes: &[u8]) -> Result<(), LogErro
     db.put_cf(cf, keys::seq_key(seq), bytes).map_err(|e| LogError::Write(e.to_string()))
 }
 
+/// Flushes every memtable of a log no server has open to table files, so that a reader
+/// opened next replays no WAL: what a test then measures of the reader is the reader's own.
+pub fn flush_memtables(dir: &Path) -> Result<(), LogError> {
+    let db = open_existing(dir)?;
+    for name in crate::keys::ALL_CFS {
+        let cf = db.cf_handle(name).ok_or_else(|| LogError::Corrupt(format!("no {name} cf")))?;
+        db.flush_cf(cf).map_err(|e| LogError::Write(e.to_string()))?;
+    }
+    Ok(())
+}
+
 /// Rewrites every chain entry from the stored records: what a forger with write access would
 /// do after editing a record, so plain `verify` passes again and only a published anchor can
 /// tell. `batch` regroups the records into batches of that many (the last may be shorter),

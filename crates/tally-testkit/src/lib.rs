@@ -78,6 +78,14 @@ impl Env {
         std::fs::write(self.config(), config).unwrap();
     }
 
+    /// Appends `text` (whole tables) to `program.toml`.
+    pub fn append_program(&self, text: &str) {
+        let mut program = std::fs::read_to_string(self.program()).unwrap();
+        program.push('\n');
+        program.push_str(text);
+        std::fs::write(self.program(), program).unwrap();
+    }
+
     pub fn config(&self) -> PathBuf {
         self.tmp.path().join("tally.toml")
     }
@@ -135,6 +143,11 @@ pub fn ledger(data_dir: &Path) -> Vec<serde_json::Value> {
             serde_json::Value::Object(row.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
         })
         .collect()
+}
+
+/// Polls until the attribution worker of `data_dir` has made at least `n` ledger entries.
+pub fn wait_for_ledger(data_dir: &Path, n: usize) {
+    wait_for(&format!("{n} ledger entries"), || ledger(data_dir).len() >= n);
 }
 
 /// The events of one type (`click`, `conversion`, `program_change`).

@@ -220,9 +220,7 @@ fn bad_arguments_are_named() {
 #[test]
 fn a_separate_worker_process_survives_sigkill_and_ends_with_the_same_ledger() {
     let env = Env::new("");
-    let mut config = std::fs::read_to_string(env.config()).unwrap();
-    config.push_str("\n[attribution]\nin_process = false\ncommit_every = 7\n");
-    std::fs::write(env.config(), config).unwrap();
+    env.append_config("[attribution]\nin_process = false\ncommit_every = 7\n");
     let server = env.serve();
     let data = env.data();
     let cfg = env.config();

@@ -29,9 +29,7 @@ fn entry<'a>(entries: &'a [serde_json::Value], txid: &str, kind: &str) -> &'a se
 #[test]
 fn replay_reproduces_a_ledger_made_over_http_and_catches_edits() {
     let env = Env::new("");
-    let mut config = std::fs::read_to_string(env.config()).unwrap();
-    config.push_str("\n[attribution]\nsnapshot_every = 3\nsnapshots_keep = 100\n");
-    std::fs::write(env.config(), config).unwrap();
+    env.append_config("[attribution]\nsnapshot_every = 3\nsnapshots_keep = 100\n");
     let data = env.data();
     let d = data.to_str().unwrap();
     let mut server = env.serve();

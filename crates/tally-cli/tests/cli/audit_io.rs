@@ -93,21 +93,6 @@ fn seqs_of(jsonl: &[String]) -> Vec<u64> {
     jsonl.iter().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"].as_u64().unwrap()).collect()
 }
 
-/// Polls until the worker in `serve` has attributed `n` ledger entries.
-fn wait_for_ledger(dir: &Path, n: usize) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        if dir.join("attribution").join("CURRENT").exists() {
-            let (ok, out, _) = run(&["commissions", "--data-dir", dir.to_str().unwrap(), "--format", "jsonl"]);
-            if ok && out.lines().count() >= n {
-                return;
-            }
-        }
-        assert!(std::time::Instant::now() < deadline, "attribution did not reach {n} entries in 30 s");
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-}
-
 /// Clicks and conversions (one refunded) over HTTP; returns the number of conversions.
 fn traffic(server: &TestServer, tag: &str) -> usize {
     let cids = click_storm(server.addr, 2, 10, tag);

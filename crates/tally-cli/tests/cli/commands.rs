@@ -13,12 +13,7 @@ fn sighup_reloads_and_sigterm_exits_cleanly() {
     let env = Env::new("");
     let mut server = env.spawn();
     assert_eq!(server.get("/c/fresh").status, 404);
-    let program = std::fs::read_to_string(env.program()).unwrap();
-    std::fs::write(
-        env.program(),
-        format!("{program}\n[[links]]\ncode = \"fresh\"\noffer = \"hotels\"\naffiliate = \"aff1\"\n"),
-    )
-    .unwrap();
+    env.append_program("[[links]]\ncode = \"fresh\"\noffer = \"hotels\"\naffiliate = \"aff1\"\n");
     server.signal("HUP");
     wait_for_metric(&server, "tally_program_reloads_total{outcome=\"ok\"} 1");
     assert_eq!(server.get("/c/fresh").status, 302);
@@ -175,9 +170,7 @@ fn tally_health_exits_by_the_answer() {
 #[test]
 fn a_bad_admin_config_is_refused_at_start() {
     let env = Env::new("");
-    let mut config = std::fs::read_to_string(env.config()).unwrap();
-    config.push_str("\n[admin]\ntoken = \"short\"\n");
-    std::fs::write(env.config(), config).unwrap();
+    env.append_config("[admin]\ntoken = \"short\"\n");
     let out = tally(&["serve", "--config", env.config().to_str().unwrap()]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("admin.token"));

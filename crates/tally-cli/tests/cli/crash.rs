@@ -273,9 +273,7 @@ fn crash_harness_reports_loss_when_appends_are_acknowledged_before_commit() {
 #[test]
 fn attribution_killed_at_every_crash_point_ends_with_the_uninterrupted_ledger() {
     let env = Env::new("");
-    let mut config = std::fs::read_to_string(env.config()).unwrap();
-    config.push_str("\n[attribution]\nin_process = false\ncommit_every = 5\nsnapshot_every = 20\n");
-    std::fs::write(env.config(), config).unwrap();
+    env.append_config("[attribution]\nin_process = false\ncommit_every = 5\nsnapshot_every = 20\n");
     let mut server = env.serve();
     let mut conn = Conn::open(server.addr);
     for i in 0..200 {

@@ -62,21 +62,6 @@ fn parquet_of(path: &Path) -> (Schema, Vec<Vec<String>>) {
     (schema, rows)
 }
 
-/// Polls until the worker in `serve` has attributed `n` ledger entries.
-fn wait_for_ledger(dir: &Path, n: usize) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        if dir.join("attribution").join("CURRENT").exists() {
-            let (ok, out, _) = run(&["commissions", "--data-dir", dir.to_str().unwrap(), "--format", "jsonl"]);
-            if ok && out.lines().count() >= n {
-                return;
-            }
-        }
-        assert!(std::time::Instant::now() < deadline, "attribution did not reach {n} entries in 30 s");
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-}
-
 const INTS: &[&str] = &["seq", "ts_ms", "flags", "approve_at_ms", "approved_seq", "reversed_by"];
 
 #[test]

@@ -312,12 +312,7 @@ fn a_reload_puts_a_new_program_in_force_and_keeps_the_old_one_when_invalid() {
     let env = Env::new("");
     let server = env.serve();
     assert_eq!(server.get("/c/fresh").status, 404);
-    let program = std::fs::read_to_string(env.program()).unwrap();
-    std::fs::write(
-        env.program(),
-        format!("{program}\n[[links]]\ncode = \"fresh\"\noffer = \"hotels\"\naffiliate = \"aff1\"\n"),
-    )
-    .unwrap();
+    env.append_program("[[links]]\ncode = \"fresh\"\noffer = \"hotels\"\naffiliate = \"aff1\"\n");
     assert_eq!(server.reload(), Ok(true));
     assert!(server.metrics().contains("tally_program_reloads_total{outcome=\"ok\"} 1"));
     let r = server.get("/c/fresh");

@@ -10,9 +10,7 @@ const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 
 fn env_with_token() -> Env {
     let env = Env::new("");
-    let mut config = std::fs::read_to_string(env.config()).unwrap();
-    config.push_str(&format!("\n[admin]\ntoken = \"{ADMIN_TOKEN}\"\n"));
-    std::fs::write(env.config(), config).unwrap();
+    env.append_config(&format!("[admin]\ntoken = \"{ADMIN_TOKEN}\"\n"));
     env
 }
 
