@@ -7,15 +7,17 @@
 //!   duplicates and reversals, each with its sequence number;
 //! - [`digest`] is the ledger's canonical form: a CSV row per entry and a BLAKE3 digest over
 //!   those rows that anyone can recompute from an export;
-//! - [`export`] is the raw log's export schema: its columns and one event as a row.
+//! - [`export`] is the raw log's export schema: its columns and one event as a row;
+//! - [`snapshot`] copies a whole data directory as of one point in time, for auditors.
 //!
-//! Nothing here writes to the data directory: the log and the live state are opened as
+//! Nothing here writes to the data directory it reads (a snapshot writes only its copy): the log and the live state are opened as
 //! RocksDB secondaries (safe while a server runs), snapshots read-only.
 
 pub mod digest;
 pub mod explain;
 pub mod export;
 pub mod replay;
+pub mod snapshot;
 
 use std::path::PathBuf;
 
@@ -41,4 +43,8 @@ pub enum AuditError {
     NoSuchConversion(String),
     #[error("sequence {seq} is a {kind}, not a conversion")]
     NotAConversion { seq: u64, kind: &'static str },
+    #[error("{}: {source}", .path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("inconsistent snapshot: {0}")]
+    Inconsistent(String),
 }
