@@ -33,9 +33,10 @@ use std::sync::Arc;
 use tally_model::program::{AttributionModel, Goal, Offer, Payout, Rate};
 use tally_model::{format_minor, ClickId, ClickView, Conversion, ConversionStatus, Currency, Event, Program};
 
+use crate::clicks::{ClickFacts, ClickFactsRef, FirstClick};
 use crate::keys;
 use crate::ledger::{Entry, EntryId, Kind, Reason, StatsKeyRef, Status};
-use crate::state::{ClickFacts, ClickFactsRef, FirstClick, State};
+use crate::state::State;
 use crate::stats::RowDelta;
 use crate::AttributionError;
 use tally_model::time::{day_of, month_of_day, DAY_MS};

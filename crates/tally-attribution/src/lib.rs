@@ -9,6 +9,7 @@
 //!   process (a secondary instance of the log), and commits in groups.
 //! - [`report`] aggregates stats rows for `tally report`.
 
+mod clicks;
 pub mod config;
 pub mod engine;
 mod keys;
@@ -21,9 +22,11 @@ mod runs;
 pub mod snapshots;
 pub mod state;
 pub mod stats;
+mod store;
 #[cfg(feature = "test-util")]
 pub mod testing;
 pub mod worker;
+mod write_set;
 
 use std::path::PathBuf;
 
@@ -49,7 +52,7 @@ pub fn snapshot_state_to(
     dir: &std::path::Path,
     out: &std::path::Path,
 ) -> Result<tally_log::SnapshotMethod, AttributionError> {
-    Ok(tally_log::snapshot::copy_db(dir, out, &rocksdb::Options::default, &state::cf_descriptors)?)
+    store::copy(dir, out)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -62,7 +65,7 @@ pub enum AttributionError {
         "attribution state {} has layout {found}; this build reads layout {}: start the worker \
          (`tally serve` or `tally attribute`) to rebuild it from the log",
         .dir.display(),
-        state::FORMAT
+        store::FORMAT
     )]
     Format { dir: PathBuf, found: u32 },
     #[error("attribution state is corrupt: {0}")]

@@ -157,14 +157,6 @@ pub(crate) fn merge_days<'a>(
     Some(encode_day(&flat))
 }
 
-pub(crate) fn merge_operator(
-    _key: &[u8],
-    existing: Option<&[u8]>,
-    operands: &rocksdb::MergeOperands,
-) -> Option<Vec<u8>> {
-    merge_days(existing, operands)
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

@@ -92,7 +92,7 @@ impl Worker {
     /// a write refused by a full disk does.
     #[cfg(feature = "test-util")]
     pub fn fail_next_commits(&mut self, n: u32) {
-        self.state.fail_commits = n;
+        self.state.fail_next_commits(n);
     }
 
     pub fn state(&self) -> &State {
