@@ -27,8 +27,11 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use tokio::sync::{mpsc, oneshot, Notify};
 
-use crate::writer::{Item, PumpTx, Staged};
-use crate::{Log, LogError, Pending, PendingUnique};
+use crate::commit::{Delivery, Item, PumpTx};
+use crate::log::Log;
+use crate::park::Staged;
+use crate::queue::{Pending, PendingUnique};
+use crate::LogError;
 
 /// Acknowledgement groups the writer may have handed over and the task not yet delivered.
 /// Beyond this the writer acknowledges directly (correct, only slower).
@@ -62,7 +65,7 @@ struct Task {
     handle: tokio::task::AbortHandle,
 }
 
-impl crate::writer::Staged for Inner {
+impl Staged for Inner {
     fn take_staged(&self) -> Vec<Item> {
         let mut staged = self.staged.lock().unwrap_or_else(|p| p.into_inner());
         if staged.is_empty() {
@@ -82,7 +85,7 @@ impl Drop for Inner {
         // over now, so their waiters get an answer.
         let items = std::mem::take(self.staged.get_mut().unwrap_or_else(|p| p.into_inner()));
         if !items.is_empty() {
-            self.log.send_batch(items);
+            self.log.queue().send_batch(items);
         }
     }
 }
@@ -99,7 +102,7 @@ impl Log {
         });
         let weak: Weak<Inner> = Arc::downgrade(&inner);
         let staged: Weak<dyn Staged> = weak;
-        self.shared().appenders.lock().unwrap_or_else(|p| p.into_inner()).push(staged);
+        self.park().register(staged);
         Appender { inner }
     }
 }
@@ -121,17 +124,18 @@ impl Appender {
 
     fn enqueue(&self, record: Vec<u8>, key: Option<[u8; 32]>) -> Result<PendingUnique, LogError> {
         let inner = &self.inner;
-        let Some(task) = self.task() else { return inner.log.enqueue(record, key) };
+        let queue = inner.log.queue();
+        let Some(task) = self.task() else { return queue.enqueue(record, key) };
         if task.pump.is_closed() {
             // The task's runtime has shut down: nothing would hand over what we stage. Hand
             // over what it left, and append directly from now on.
             let left = std::mem::take(&mut *inner.staged.lock().unwrap_or_else(|p| p.into_inner()));
             if !left.is_empty() {
-                inner.log.send_batch(left);
+                queue.send_batch(left);
             }
-            return inner.log.enqueue(record, key);
+            return queue.enqueue(record, key);
         }
-        inner.log.reserve(1)?;
+        queue.reserve(1)?;
         let (ack, rx) = oneshot::channel();
         let item = Item { record, key, ack, pump: Some(Arc::clone(&task.pump)) };
         let full = {
@@ -147,7 +151,7 @@ impl Appender {
         };
         // A full batch goes now rather than waiting for the turn to end (or the park).
         if let Some(items) = full {
-            inner.log.send_batch(items);
+            queue.send_batch(items);
         }
         Ok(PendingUnique(rx))
     }
@@ -171,7 +175,7 @@ impl Appender {
 /// With a park hook installed it leaves a group for the hook (the runtime thread commits it
 /// when it runs out of work), and hands it over only if the runtime has not parked within
 /// [`PARK_GRACE`]: under a flood of other requests it may not park for a long time.
-async fn run(inner: Weak<Inner>, flush: Arc<Notify>, mut acks: mpsc::Receiver<Vec<crate::writer::Delivery>>) {
+async fn run(inner: Weak<Inner>, flush: Arc<Notify>, mut acks: mpsc::Receiver<Vec<Delivery>>) {
     let mut late = Box::pin(tokio::time::sleep(PARK_GRACE));
     // The `taken` count when the timer was armed for the group then staged.
     let mut armed: Option<u64> = None;
@@ -186,7 +190,7 @@ async fn run(inner: Weak<Inner>, flush: Arc<Notify>, mut acks: mpsc::Receiver<Ve
             }
             () = flush.notified() => {
                 let Some(inner) = inner.upgrade() else { return };
-                if !inner.log.commits_on_park() {
+                if !inner.log.park().is_installed() {
                     hand_over(&inner);
                 } else if armed.is_none() {
                     late.as_mut().reset(tokio::time::Instant::now() + PARK_GRACE);
@@ -219,6 +223,6 @@ const PARK_GRACE: std::time::Duration = std::time::Duration::from_millis(1);
 fn hand_over(inner: &Inner) {
     let items = inner.take_staged();
     if !items.is_empty() {
-        inner.log.send_batch(items);
+        inner.log.queue().send_batch(items);
     }
 }

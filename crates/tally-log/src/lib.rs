@@ -27,9 +27,11 @@
 //! checkpoints that nothing used; it is opened and ignored.)
 //!
 //! Layers, each using only those before it: `db` (options, column families, open, the
-//! commit signal) → `writer` (the commit core, the queue and `Log`, the writer thread, the
-//! park hook) → `appender` (the front for tokio tasks). Readers (`reader`, `snapshot`) and
-//! the test tools (`testing`) use `db` only.
+//! commit signal) → `commit` (the commit core: one batch, its sequence numbers and chain
+//! entry, its acks) → `queue` (the bounded queue, [`Pending`]) → `writer` (the writer
+//! thread) → `park` (commits at park) → `log` ([`Log`], the handle that ties them together
+//! and the blocking way in) → `appender` (the async way in). Readers (`reader`, `snapshot`)
+//! and the test tools (`testing`) use `db` only; `log` hands out readers.
 //!
 //! A batch's records, its chain entry and its `unique` entries are written in one RocksDB
 //! `WriteBatch`, so a crash leaves either the whole batch or none of it. Sequence numbers
@@ -43,10 +45,14 @@
 
 mod appender;
 pub mod chain;
+mod commit;
 pub mod config;
 mod db;
 mod keys;
+mod log;
 mod metrics;
+mod park;
+mod queue;
 mod reader;
 pub mod snapshot;
 #[cfg(feature = "test-util")]
@@ -58,11 +64,13 @@ use std::time::Duration;
 use thiserror::Error;
 
 pub use appender::Appender;
+pub use commit::Appended;
 pub use config::LogSection;
+pub use log::Log;
 pub use metrics::LogMetrics;
+pub use queue::{Pending, PendingUnique};
 pub use reader::{Anchor, AnchorCheck, LogReader, LogStats, Tail, VerifyReport};
 pub use snapshot::{snapshot_to, SnapshotMethod};
-pub use writer::{Appended, Log, Pending, PendingUnique};
 
 /// How hard a commit tries before its appends are acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
