@@ -335,7 +335,7 @@ impl State {
     /// Pulls in what the worker has committed since (secondary instances only).
     pub fn refresh(&mut self) -> Result<(), AttributionError> {
         if let Some(store) = &self.store {
-            if matches!(store.access(), Access::Secondary { .. }) {
+            if matches!(store.access(), Access::Secondary) {
                 store.catch_up()?;
                 self.holds.clear();
                 self.counter_cache.clear();

@@ -4,10 +4,11 @@
 //! committed ledger and stats, and the commit's one `WriteBatch`.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use rocksdb::{ColumnFamilyDescriptor, DBRawIterator, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
 use serde::{Deserialize, Serialize};
+use tally_log::ScratchDir;
 use tally_model::ClickId;
 
 use crate::clicks::{self, ClickFacts, RunCursor};
@@ -52,8 +53,8 @@ pub struct Checkpoint {
 pub(crate) enum Access {
     /// The worker's: the only one that writes. One process at a time.
     Primary { sync: bool },
-    /// A RocksDB secondary following a running worker, with its scratch directory.
-    Secondary { scratch: PathBuf },
+    /// A RocksDB secondary following a running worker.
+    Secondary,
     /// A snapshot, opened read-only as the starting point of a replay.
     Snapshot,
 }
@@ -61,7 +62,7 @@ pub(crate) enum Access {
 pub(crate) struct Store {
     db: DB,
     access: Access,
-    /// Removed when the store is dropped, after `db` (fields drop in order) has closed.
+    /// A secondary's own directory; after `db`, so it goes once the database closed.
     _scratch: Option<ScratchDir>,
     /// Commits still to refuse, as a full disk would ([`crate::Worker::fail_next_commits`]).
     #[cfg(feature = "test-util")]
@@ -149,11 +150,7 @@ pub(crate) fn copy(dir: &Path, out: &Path) -> Result<tally_log::SnapshotMethod, 
 }
 
 impl Store {
-    fn new(db: DB, access: Access) -> Store {
-        let scratch = match &access {
-            Access::Secondary { scratch } => Some(ScratchDir(scratch.clone())),
-            _ => None,
-        };
+    fn new(db: DB, access: Access, scratch: Option<ScratchDir>) -> Store {
         Store {
             db,
             access,
@@ -176,7 +173,7 @@ impl Store {
         opts.set_db_write_buffer_size(64 << 20);
         opts.set_max_total_wal_size(256 << 20);
         let open = || DB::open_cf_descriptors(&opts, dir, cf_descriptors()).map_err(open_err(dir));
-        let mut store = Store::new(open()?, Access::Primary { sync });
+        let mut store = Store::new(open()?, Access::Primary { sync }, None);
         match store.stored_format()? {
             Some(FORMAT) => {}
             None if !store.has_checkpoint()? => {}
@@ -190,7 +187,7 @@ impl Store {
                 );
                 drop(store);
                 DB::destroy(&opts, dir).map_err(open_err(dir))?;
-                store = Store::new(open()?, Access::Primary { sync });
+                store = Store::new(open()?, Access::Primary { sync }, None);
             }
         }
         store.db.put_cf(store.cf(CF_META)?, keys::META_FORMAT, FORMAT.to_be_bytes()).map_err(db_err)?;
@@ -205,18 +202,13 @@ impl Store {
                 reason: "no attribution state here (has a worker run on this data directory?)".into(),
             });
         }
-        let nanos =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-        let scratch = std::env::temp_dir().join(format!("tally-attr-secondary-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&scratch)
-            .map_err(|e| AttributionError::Open { dir: scratch.clone(), reason: e.to_string() })?;
+        let scratch = ScratchDir::create("tally-attr-secondary")
+            .map_err(|e| AttributionError::Open { dir: std::env::temp_dir(), reason: e.to_string() })?;
         let mut opts = Options::default();
         opts.set_max_open_files(-1);
-        let db = DB::open_cf_descriptors_as_secondary(&opts, dir, &scratch, cf_descriptors()).map_err(|e| {
-            let _ = std::fs::remove_dir_all(&scratch);
-            open_err(dir)(e)
-        })?;
-        let store = Store::new(db, Access::Secondary { scratch });
+        let db = DB::open_cf_descriptors_as_secondary(&opts, dir, scratch.path(), cf_descriptors())
+            .map_err(open_err(dir))?;
+        let store = Store::new(db, Access::Secondary, Some(scratch));
         store.check_format(dir)?;
         Ok(store)
     }
@@ -225,7 +217,7 @@ impl Store {
     pub(crate) fn open_snapshot(dir: &Path) -> Result<Store, AttributionError> {
         let db = DB::open_cf_descriptors_read_only(&Options::default(), dir, cf_descriptors(), false)
             .map_err(open_err(dir))?;
-        let store = Store::new(db, Access::Snapshot);
+        let store = Store::new(db, Access::Snapshot, None);
         store.check_format(dir)?;
         Ok(store)
     }
@@ -296,7 +288,7 @@ impl Store {
     /// Pulls in what the worker has committed since (a secondary only; others are current).
     pub(crate) fn catch_up(&self) -> Result<(), AttributionError> {
         match self.access {
-            Access::Secondary { .. } => self.db.try_catch_up_with_primary().map_err(db_err),
+            Access::Secondary => self.db.try_catch_up_with_primary().map_err(db_err),
             _ => Ok(()),
         }
     }
@@ -550,15 +542,6 @@ impl Store {
     #[cfg(test)]
     pub(crate) fn forget_format(&self) -> Result<(), AttributionError> {
         self.db.delete_cf(self.cf(CF_META)?, keys::META_FORMAT).map_err(db_err)
-    }
-}
-
-/// A secondary's own directory (its logs and manifest), deleted with it.
-struct ScratchDir(PathBuf);
-
-impl Drop for ScratchDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 

@@ -2,7 +2,7 @@
 //! readers in this process wait on. Everything else in the crate sits on this: the commit
 //! core and the writer above it, readers, snapshots and test tools beside them.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 
 use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Options};
@@ -85,4 +85,32 @@ pub(crate) fn open_error(path: &Path, e: impl std::fmt::Display) -> LogError {
 pub(crate) struct Committed {
     pub(crate) seq: Mutex<u64>,
     pub(crate) cond: Condvar,
+}
+
+/// A directory of its own for a RocksDB secondary instance (its info log and manifest), in
+/// the system's temp directory, removed when dropped. Keep it in a field declared after the
+/// database: fields drop in order, and a database writes its info log as it closes, which
+/// recreated the directory when it was removed first (hundreds were left in `/tmp`).
+#[derive(Debug)]
+pub struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    /// Creates `{temp}/{prefix}-{pid}-{nanos}`.
+    pub fn create(prefix: &str) -> std::io::Result<ScratchDir> {
+        let nanos =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        let dir = std::env::temp_dir().join(format!("{prefix}-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        Ok(ScratchDir(dir))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }

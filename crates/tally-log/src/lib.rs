@@ -66,6 +66,7 @@ use thiserror::Error;
 pub use appender::Appender;
 pub use commit::Appended;
 pub use config::LogSection;
+pub use db::ScratchDir;
 pub use log::Log;
 pub use metrics::LogMetrics;
 pub use queue::{Pending, PendingUnique};

@@ -2,7 +2,7 @@
 //! ([`crate::db`]) only: they never go through the writer.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,7 +10,7 @@ use rocksdb::{Direction, IteratorMode};
 use tally_model::EventKind;
 
 use crate::chain::{self, ChainEntry, GENESIS};
-use crate::db::{cf, cf_descriptors, db_options, open_error, Committed, Db};
+use crate::db::{cf, cf_descriptors, db_options, open_error, Committed, Db, ScratchDir};
 use crate::keys::{self, CF_CHAIN, CF_EVENTS};
 use crate::LogError;
 
@@ -23,20 +23,13 @@ fn read_err(e: rocksdb::Error) -> LogError {
 pub struct LogReader {
     db: Db,
     committed: Option<Arc<Committed>>,
-    secondary_dir: Option<PathBuf>,
+    /// A secondary instance's own directory; after `db`, so it goes once the database closed.
+    secondary_dir: Option<ScratchDir>,
 }
 
 impl std::fmt::Debug for LogReader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LogReader").field("secondary_dir", &self.secondary_dir).finish_non_exhaustive()
-    }
-}
-
-impl Drop for LogReader {
-    fn drop(&mut self) {
-        if let Some(dir) = &self.secondary_dir {
-            let _ = std::fs::remove_dir_all(dir);
-        }
     }
 }
 
@@ -133,21 +126,18 @@ impl LogReader {
         if !dir.join("CURRENT").exists() {
             return Err(open_error(dir, "no Tally log here (no RocksDB CURRENT file)"));
         }
-        let nanos =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-        let secondary = std::env::temp_dir().join(format!("tally-secondary-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&secondary).map_err(|e| open_error(&secondary, e))?;
+        let secondary = ScratchDir::create("tally-secondary").map_err(|e| open_error(&std::env::temp_dir(), e))?;
         let mut opts = db_options();
         // A secondary must keep every file open: the primary may delete ones it compacts away.
         opts.set_max_open_files(-1);
-        let db = rocksdb::DB::open_cf_descriptors_as_secondary(&opts, dir, &secondary, cf_descriptors());
-        match db {
-            Ok(db) => Ok(LogReader { db: Arc::new(db), committed: None, secondary_dir: Some(secondary) }),
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(&secondary);
-                Err(open_error(dir, e))
-            }
-        }
+        let db = rocksdb::DB::open_cf_descriptors_as_secondary(&opts, dir, secondary.path(), cf_descriptors())
+            .map_err(|e| open_error(dir, e))?;
+        Ok(LogReader { db: Arc::new(db), committed: None, secondary_dir: Some(secondary) })
+    }
+
+    /// A secondary instance's own directory (removed when the reader is dropped).
+    pub fn scratch_dir(&self) -> Option<&Path> {
+        self.secondary_dir.as_ref().map(ScratchDir::path)
     }
 
     /// For a secondary instance, pulls in what the primary has committed since; a no-op for

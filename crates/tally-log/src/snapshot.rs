@@ -14,7 +14,7 @@ use std::path::Path;
 
 use rocksdb::{checkpoint::Checkpoint, ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch, WriteOptions};
 
-use crate::db::{open_error, with_existing};
+use crate::db::{open_error, with_existing, ScratchDir};
 use crate::LogError;
 
 /// How [`copy_db`] made its copy.
@@ -72,14 +72,14 @@ fn logical_copy(
     options: &dyn Fn() -> Options,
     descriptors: &dyn Fn() -> Vec<ColumnFamilyDescriptor>,
 ) -> Result<(), LogError> {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-    let secondary_dir = std::env::temp_dir().join(format!("tally-snapshot-{}-{nanos}", std::process::id()));
-    std::fs::create_dir_all(&secondary_dir).map_err(|e| open_error(&secondary_dir, e))?;
-    let result = (|| {
+    let scratch = ScratchDir::create("tally-snapshot").map_err(|e| open_error(&std::env::temp_dir(), e))?;
+    let secondary_dir = scratch.path();
+    // `scratch` outlives the closure, so both databases are closed before it goes.
+    (|| {
         let mut opts = options();
         // A secondary must keep every file open: the primary may delete ones it compacts away.
         opts.set_max_open_files(-1);
-        let source = rocksdb::DB::open_cf_descriptors_as_secondary(&opts, src, &secondary_dir, descriptors())
+        let source = rocksdb::DB::open_cf_descriptors_as_secondary(&opts, src, secondary_dir, descriptors())
             .map_err(|e| open_error(src, e))?;
         source.try_catch_up_with_primary().map_err(|e| LogError::Read(e.to_string()))?;
 
@@ -107,9 +107,7 @@ fn logical_copy(
             target.flush_cf(to).map_err(write)?;
         }
         Ok(())
-    })();
-    let _ = std::fs::remove_dir_all(&secondary_dir);
-    result
+    })()
 }
 
 /// Snapshots the log in `data_dir` into `out` (which must not exist): a database that

@@ -160,6 +160,12 @@ fn a_secondary_reads_a_running_log() {
     let stats = secondary.stats(dir.path()).unwrap();
     assert_eq!(stats.events_by_kind["program_change"], 30);
     assert!(stats.bytes_on_disk > 0);
+    // Its own directory goes with it, after the database closed (closing writes RocksDB's
+    // info log there, which used to recreate a directory removed first).
+    let scratch = secondary.scratch_dir().unwrap().to_path_buf();
+    assert!(scratch.exists());
+    drop(secondary);
+    assert!(!scratch.exists(), "{} left behind", scratch.display());
     log.close();
 }
 
