@@ -469,6 +469,11 @@ impl Store {
         }
         let meta = self.cf(CF_META)?;
         batch.put_cf(meta, keys::META_CHECKPOINT, encode(commit.checkpoint));
+        // The layout with every checkpoint, in the same batch: a secondary that sees a
+        // checkpoint sees the layout too. Written only at open, a secondary could catch the
+        // primary between a flush and its manifest and see a checkpoint without it, which is
+        // what a layout-1 state looks like, and refuse a good state.
+        batch.put_cf(meta, keys::META_FORMAT, FORMAT.to_be_bytes());
         if let Some(source) = commit.program {
             batch.put_cf(meta, keys::META_PROGRAM, source.as_bytes());
         }
