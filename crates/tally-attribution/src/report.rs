@@ -2,11 +2,13 @@
 //!
 //! Money is summed per currency: an affiliate promoting a USD and a EUR offer gets two rows.
 //! Conversion rate is a ratio for display; EPC (payout per click) is money, computed exactly
-//! in minor units and rounded half to even.
+//! in minor units and rounded half to even. [`ReportRow::render`] is the one way a row is
+//! shown: `tally report` prints it, and the admin API's stats serialize it.
 
 use std::collections::BTreeMap;
 
-use tally_model::Currency;
+use serde::Serialize;
+use tally_model::{format_minor, Currency};
 
 use crate::ledger::StatsKey;
 use crate::state::State;
@@ -73,6 +75,50 @@ impl Counters {
     }
 }
 
+/// A report row as shown: counts as numbers, money as exact decimal strings in the row's
+/// currency (in minor units while the row has none), `None` where a value does not exist
+/// (no currency yet; no clicks, so no rate or EPC). `tally report` prints `None` as an empty
+/// cell; serialized (the admin API's stats rows) it is `null`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RenderedRow {
+    pub key: String,
+    pub currency: Option<String>,
+    pub clicks: u64,
+    pub unique_clicks: u64,
+    pub non_human_clicks: u64,
+    pub conversions: i64,
+    /// A percentage with two decimals, `66.67%`. Not serialized: the admin stats rows predate
+    /// it, and API clients compute their own from the counts.
+    #[serde(skip)]
+    pub conversion_rate: Option<String>,
+    pub revenue: String,
+    pub payout: String,
+    pub epc: Option<String>,
+}
+
+impl ReportRow {
+    pub fn render(&self) -> RenderedRow {
+        let r = &self.row;
+        let money = |v: i64| match r.currency {
+            Some(c) => format_minor(v, c),
+            None => v.to_string(),
+        };
+        RenderedRow {
+            key: self.key.clone(),
+            currency: r.currency.map(|c| c.code().to_owned()),
+            clicks: r.clicks,
+            unique_clicks: r.unique_clicks,
+            non_human_clicks: r.non_human_clicks,
+            conversions: r.conversions,
+            // A display ratio, not money.
+            conversion_rate: r.conversion_rate_percent().map(|p| format!("{p:.2}%")),
+            revenue: money(r.revenue),
+            payout: money(r.payout),
+            epc: r.epc().map(money),
+        }
+    }
+}
+
 /// Sums the stats rows of days `from..=to` by `by`.
 pub fn report(state: &State, by: GroupBy, from: u32, to: u32) -> Result<Vec<ReportRow>, AttributionError> {
     let mut groups: BTreeMap<(String, Option<Currency>), ReportRow> = BTreeMap::new();
@@ -118,5 +164,21 @@ mod tests {
         assert_eq!(row(1, 4).conversion_rate_percent(), Some(0.0));
         let r = Counters { conversions: 1, clicks: 4, ..Counters::default() };
         assert_eq!(r.conversion_rate_percent(), Some(25.0));
+    }
+
+    #[test]
+    fn rows_render_money_in_their_currency_and_leave_what_does_not_exist_empty() {
+        let usd = Currency::from_code("USD").unwrap();
+        let counts = Counters { clicks: 3, conversions: 2, revenue: 10005, payout: 1050, ..Counters::default() };
+        let row = ReportRow { key: "aff1".into(), row: Counters { currency: Some(usd), ..counts.clone() } };
+        let r = row.render();
+        assert_eq!((r.key.as_str(), r.currency.as_deref()), ("aff1", Some("USD")));
+        assert_eq!((r.revenue.as_str(), r.payout.as_str(), r.epc.as_deref()), ("100.05", "10.50", Some("3.50")));
+        assert_eq!(r.conversion_rate.as_deref(), Some("66.67%"));
+        // No currency yet: minor units, as stored.
+        let r = ReportRow { key: "k".into(), row: counts }.render();
+        assert_eq!((r.currency, r.revenue.as_str(), r.epc.as_deref()), (None, "10005", Some("350")));
+        let r = ReportRow { key: "k".into(), row: Counters { currency: Some(usd), ..Counters::default() } }.render();
+        assert_eq!((r.conversion_rate, r.epc, r.payout.as_str()), (None, None, "0.00"));
     }
 }

@@ -1,12 +1,41 @@
-//! The export schema: the columns of `tally export events|clicks|conversions`, and one event
-//! as `(column, value)` pairs. The CLI's sinks (JSON lines, CSV, Parquet) write these rows;
-//! tests read the log through the same rows, so what a test sees is what an auditor exports.
+//! Exports: the raw log (`events`, or only `clicks` or `conversions`) or the commission ledger
+//! (`commissions`) as CSV, JSON lines or Parquet, streamed in constant memory from secondary
+//! instances, so they work on a running server's directory. `tally export` is flags around
+//! this module.
 //!
-//! A field that does not apply to an event's type is absent from its row. Changing a column's
-//! name or meaning changes what auditors' scripts read: add columns at the end.
+//! - the schema, here: [`COLUMNS`] and [`row`] (one event as `(column, value)` pairs), and the
+//!   typed exports' columns ([`CLICK_COLUMNS`], [`CONVERSION_COLUMNS`],
+//!   [`crate::digest::COLUMNS`] for commissions), so no column of a typed export is always
+//!   empty. Tests read the log through the same rows, so what a test sees is what an auditor
+//!   exports;
+//! - [`Range`]: the half-open range `from <= x < to` selected;
+//! - [`Sink`]: the writers: CSV, JSON lines, and behind the cargo feature `parquet`, Parquet
+//!   (the `parquet` module);
+//! - [`Source`]: the log or ledger opened, and [`Source::export`], which streams the rows of a
+//!   range into a sink.
+//!
+//! A field that does not apply to an event's type is absent from its row: empty in CSV, absent
+//! in JSON, null in Parquet. Changing a column's name or meaning changes what auditors' scripts
+//! read: add columns at the end.
+
+#[cfg(feature = "parquet")]
+pub mod parquet;
+mod range;
+mod sink;
+
+use std::io::Write;
+use std::path::Path;
 
 use serde_json::Value;
-use tally_model::{format_minor, Event};
+use tally_attribution::LedgerReader;
+use tally_log::LogReader;
+use tally_model::{format_minor, Event, EventKind, RecordError};
+
+pub use range::Range;
+pub use sink::Sink;
+
+/// Whether [`Sink::parquet`] can write Parquet: the cargo feature `parquet` is on.
+pub const PARQUET: bool = cfg!(feature = "parquet");
 
 pub const COLUMNS: &[&str] = &[
     "seq",
@@ -127,6 +156,197 @@ pub const CONVERSION_COLUMNS: &[&str] = &[
     "status",
 ];
 
+/// What to export.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum What {
+    Events,
+    Clicks,
+    Conversions,
+    Commissions,
+}
+
+impl What {
+    /// The export's name: `tally export`'s subcommand, and a Parquet file's schema name.
+    pub fn name(self) -> &'static str {
+        match self {
+            What::Events => "events",
+            What::Clicks => "clicks",
+            What::Conversions => "conversions",
+            What::Commissions => "commissions",
+        }
+    }
+
+    /// The export's columns, in order.
+    pub fn columns(self) -> &'static [&'static str] {
+        match self {
+            What::Events => COLUMNS,
+            What::Clicks => CLICK_COLUMNS,
+            What::Conversions => CONVERSION_COLUMNS,
+            What::Commissions => crate::digest::COLUMNS,
+        }
+    }
+
+    /// The one event type of a typed log export.
+    fn only(self) -> Option<EventKind> {
+        match self {
+            What::Clicks => Some(EventKind::Click),
+            What::Conversions => Some(EventKind::Conversion),
+            What::Events | What::Commissions => None,
+        }
+    }
+}
+
+/// What an export reads, opened: the log, or for commissions the attribution state, each as a
+/// secondary (safe while a server runs).
+pub struct Source {
+    what: What,
+    reader: Reader,
+}
+
+enum Reader {
+    Log(LogReader),
+    // Boxed: a ledger reader is over ten times the size of a log reader.
+    Ledger(Box<LedgerReader>),
+}
+
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Source").field("what", &self.what).finish_non_exhaustive()
+    }
+}
+
+/// What an export wrote.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Exported {
+    pub rows: u64,
+    /// Log records skipped because they do not decode (`tally verify` finds why).
+    pub undecodable: u64,
+}
+
+impl Source {
+    /// Opens what `what` reads in `data_dir`. Open it before creating the output, so a bad
+    /// data directory leaves an existing output file untouched.
+    pub fn open(what: What, data_dir: &Path) -> Result<Source, ExportError> {
+        let reader = match what {
+            What::Commissions => Reader::Ledger(Box::new(LedgerReader::open(&tally_attribution::state_dir(data_dir))?)),
+            What::Events | What::Clicks | What::Conversions => Reader::Log(LogReader::open_secondary(data_dir)?),
+        };
+        Ok(Source { what, reader })
+    }
+
+    pub fn what(&self) -> What {
+        self.what
+    }
+
+    /// Writes the rows in `range`, in sequence order, to `sink` and finishes it. A log record
+    /// that does not decode is passed to `undecodable` and skipped, so one bad record does not
+    /// hide the rest; the count is in the result.
+    pub fn export<W: Write>(
+        &self,
+        range: &Range,
+        mut sink: Sink<W>,
+        mut undecodable: impl FnMut(u64, &RecordError),
+    ) -> Result<Exported, ExportError> {
+        let mut done = Exported::default();
+        match &self.reader {
+            Reader::Log(reader) => {
+                let only = self.what.only();
+                for item in reader.iter_from(range.first_seq()) {
+                    let (seq, record) = item?;
+                    if range.ended(seq) {
+                        break;
+                    }
+                    // The kind byte is enough to skip other types without decoding them.
+                    if let (Some(kind), Ok(got)) = (only, tally_model::record::peek_kind(&record)) {
+                        if got != kind {
+                            continue;
+                        }
+                    }
+                    match tally_model::decode(&record) {
+                        Ok(event) if range.contains(seq, event.ts_ms()) => {
+                            sink.write(&row(seq, &event))?;
+                            done.rows += 1;
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            done.undecodable += 1;
+                            undecodable(seq, &e);
+                        }
+                    }
+                }
+            }
+            Reader::Ledger(state) => {
+                for entry in state.entries() {
+                    let entry = entry?;
+                    // Entries iterate in sequence order, so a sequence bound can stop early.
+                    if range.ended(entry.id.seq) {
+                        break;
+                    }
+                    if range.contains(entry.id.seq, entry.ts_ms) {
+                        sink.write(&crate::digest::row(&entry))?;
+                        done.rows += 1;
+                    }
+                }
+            }
+        }
+        sink.finish()?;
+        Ok(done)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error(transparent)]
+    Log(#[from] tally_log::LogError),
+    #[error(transparent)]
+    Attribution(#[from] tally_attribution::AttributionError),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+    #[error(transparent)]
+    Csv(#[from] csv::Error),
+    #[cfg(feature = "parquet")]
+    #[error(transparent)]
+    Parquet(#[from] ::parquet::errors::ParquetError),
+    #[cfg(feature = "parquet")]
+    #[error("Parquet schema")]
+    ParquetSchema(#[source] ::parquet::errors::ParquetError),
+    #[cfg(feature = "parquet")]
+    #[error("the Parquet schema has fewer columns than the export")]
+    ParquetColumns,
+    /// A row a Parquet file's schema cannot hold (`row` counts from 1); the export stops.
+    #[error("row {row}: {reason}")]
+    Row { row: u64, reason: String },
+    #[error("this build has no Parquet support (cargo feature `parquet` of tally-audit)")]
+    NoParquet,
+}
+
+/// Whether `e` comes from writing to a pipe whose reader has closed it (`tally export events |
+/// head`), under whichever encoder was writing. Rust ignores SIGPIPE, so this arrives as an
+/// error; walk an error's chain with it.
+pub fn is_broken_pipe(e: &(dyn std::error::Error + 'static)) -> bool {
+    use std::io::ErrorKind::BrokenPipe;
+    // Transparent variants leave their inner error out of the chain: look inside.
+    let e: &(dyn std::error::Error + 'static) = match e.downcast_ref::<ExportError>() {
+        Some(ExportError::Io(io)) => io,
+        Some(ExportError::Json(json)) => json,
+        Some(ExportError::Csv(csv)) => csv,
+        Some(_) => return false,
+        None => e,
+    };
+    if let Some(io) = e.downcast_ref::<std::io::Error>() {
+        return io.kind() == BrokenPipe;
+    }
+    if let Some(json) = e.downcast_ref::<serde_json::Error>() {
+        return json.io_error_kind() == Some(BrokenPipe);
+    }
+    if let Some(csv) = e.downcast_ref::<csv::Error>() {
+        return matches!(csv.kind(), csv::ErrorKind::Io(io) if io.kind() == BrokenPipe);
+    }
+    false
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -171,5 +391,21 @@ mod tests {
             let in_order: Vec<&str> = COLUMNS.iter().copied().filter(|c| columns.contains(c)).collect();
             assert_eq!(in_order, columns);
         }
+    }
+
+    #[test]
+    fn a_broken_pipe_is_found_inside_export_errors_and_alone() {
+        use std::io::{Error, ErrorKind};
+        let pipe = || Error::from(ErrorKind::BrokenPipe);
+        for e in [
+            ExportError::Io(pipe()),
+            ExportError::Json(serde_json::Error::io(pipe())),
+            ExportError::Csv(csv::Error::from(pipe())),
+        ] {
+            assert!(is_broken_pipe(&e), "{e:?}");
+        }
+        assert!(is_broken_pipe(&pipe()) && is_broken_pipe(&csv::Error::from(pipe())));
+        assert!(!is_broken_pipe(&ExportError::Io(Error::from(ErrorKind::PermissionDenied))));
+        assert!(!is_broken_pipe(&ExportError::Row { row: 1, reason: "broken pipe".into() }));
     }
 }

@@ -7,7 +7,8 @@
 //!   duplicates and reversals, each with its sequence number;
 //! - [`digest`] is the ledger's canonical form: a CSV row per entry and a BLAKE3 digest over
 //!   those rows that anyone can recompute from an export;
-//! - [`export`] is the raw log's export schema: its columns and one event as a row;
+//! - [`export`] streams the raw log or the ledger, over a half-open range, as CSV, JSON lines
+//!   or (cargo feature `parquet`) Parquet, by one schema: its columns and one event as a row;
 //! - [`snapshot`] copies a whole data directory as of one point in time, for auditors.
 //!
 //! Nothing here writes to the data directory it reads (a snapshot writes only its copy): the log and the live state are opened as

@@ -10,7 +10,6 @@ use serde_json::{Map, Value};
 use tally_attribution::report::{report as build_report, GroupBy};
 use tally_attribution::{LedgerReader, Status};
 use tally_audit::Filter;
-use tally_model::format_minor;
 
 /// Output formats of the ledger commands.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -184,34 +183,24 @@ pub fn report(
         GroupBy::Day => "day",
         GroupBy::Sub1 => "sub1",
     };
-    let lines = rows.into_iter().map(move |r| {
-        let money = |v: i64| match r.row.currency {
-            Some(c) => format_minor(v, c),
-            None => v.to_string(),
-        };
+    // The key column is named after the grouping in every format.
+    let lines = rows.iter().map(|r| {
+        let r = r.render();
         Ok(vec![
-            ("key", r.key.clone().into()),
-            ("currency", r.row.currency.map(|c| c.code().to_owned()).unwrap_or_default().into()),
-            ("clicks", r.row.clicks.into()),
-            ("unique_clicks", r.row.unique_clicks.into()),
-            ("non_human_clicks", r.row.non_human_clicks.into()),
-            ("conversions", r.row.conversions.into()),
-            // A display ratio, not money.
-            ("conversion_rate", r.row.conversion_rate_percent().map(|p| format!("{p:.2}%")).unwrap_or_default().into()),
-            ("revenue", money(r.row.revenue).into()),
-            ("payout", money(r.row.payout).into()),
-            ("epc", r.row.epc().map(money).unwrap_or_default().into()),
+            (by_name, r.key.into()),
+            ("currency", r.currency.unwrap_or_default().into()),
+            ("clicks", r.clicks.into()),
+            ("unique_clicks", r.unique_clicks.into()),
+            ("non_human_clicks", r.non_human_clicks.into()),
+            ("conversions", r.conversions.into()),
+            ("conversion_rate", r.conversion_rate.unwrap_or_default().into()),
+            ("revenue", r.revenue.into()),
+            ("payout", r.payout.into()),
+            ("epc", r.epc.unwrap_or_default().into()),
         ])
     });
     let mut header: Vec<&str> = REPORT_COLUMNS.to_vec();
     header[0] = by_name;
-    // Rename the key column in every format.
-    let renamed = lines.map(move |r: anyhow::Result<Vec<(&'static str, Value)>>| {
-        r.map(|mut v| {
-            v[0].0 = by_name;
-            v
-        })
-    });
-    write_rows(format, &header, &header, renamed)?;
+    write_rows(format, &header, &header, lines)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -6,15 +6,13 @@ mod audit;
 mod export;
 mod ledger;
 mod ops;
-#[cfg(feature = "parquet")]
-mod parquet_out;
 mod snapshot;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use tally_log::LogReader;
 use tally_server::{App, Config};
 
@@ -220,18 +218,11 @@ struct ExportArgs {
     #[arg(long)]
     to: Option<String>,
     /// parquet needs a binary built with `--features tally-cli/parquet`, and --out.
-    #[arg(long, value_enum, default_value_t = Format::Jsonl)]
-    format: Format,
+    #[arg(long, value_enum, default_value_t = export::Format::Jsonl)]
+    format: export::Format,
     /// Write to this file instead of standard output (required for parquet).
     #[arg(long)]
     out: Option<PathBuf>,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum Format {
-    Jsonl,
-    Csv,
-    Parquet,
 }
 
 /// Parses the command line and runs the command; errors are printed, not panicked.
@@ -246,20 +237,15 @@ pub fn main() -> ExitCode {
         Command::Config { command: ConfigCommand::Check { config } } => config_check(&config),
         Command::Log { command: LogCommand::Stats { data_dir } } => log_stats(&data_dir),
         Command::Export { what } => {
+            use tally_audit::export::What;
             let (what, args) = match what {
-                ExportWhat::Events(a) => (export::What::Events, a),
-                ExportWhat::Clicks(a) => (export::What::Clicks, a),
-                ExportWhat::Conversions(a) => (export::What::Conversions, a),
-                ExportWhat::Commissions(a) => (export::What::Commissions, a),
+                ExportWhat::Events(a) => (What::Events, a),
+                ExportWhat::Clicks(a) => (What::Clicks, a),
+                ExportWhat::Conversions(a) => (What::Conversions, a),
+                ExportWhat::Commissions(a) => (What::Commissions, a),
             };
-            export::Range::parse(args.from.as_deref(), args.to.as_deref()).and_then(|range| {
-                let format = match args.format {
-                    Format::Jsonl => export::Format::Jsonl,
-                    Format::Csv => export::Format::Csv,
-                    Format::Parquet => export::Format::Parquet,
-                };
-                export::export(what, &args.data_dir, &range, format, args.out.as_deref())
-            })
+            export::range(args.from.as_deref(), args.to.as_deref())
+                .and_then(|range| export::export(what, &args.data_dir, &range, args.format, args.out.as_deref()))
         }
         Command::Verify { data_dir, anchor } => verify(&data_dir, anchor.as_ref()),
         Command::Snapshot { data_dir, out } => snapshot::snapshot(&data_dir, &out),
@@ -296,22 +282,9 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// Whether `e` comes from writing to a pipe whose reader has closed it. Rust ignores
-/// SIGPIPE, so this arrives as an error, wrapped by whichever encoder was writing.
+/// Whether `e` comes from writing to a pipe whose reader has closed it, under any context.
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
-    use std::io::ErrorKind::BrokenPipe;
-    e.chain().any(|cause| {
-        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
-            return io.kind() == BrokenPipe;
-        }
-        if let Some(json) = cause.downcast_ref::<serde_json::Error>() {
-            return json.io_error_kind() == Some(BrokenPipe);
-        }
-        if let Some(csv) = cause.downcast_ref::<csv::Error>() {
-            return matches!(csv.kind(), csv::ErrorKind::Io(io) if io.kind() == BrokenPipe);
-        }
-        false
-    })
+    e.chain().any(tally_audit::export::is_broken_pipe)
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde_json::{json, Value};
-use tally_attribution::report::{report, GroupBy, ReportRow};
+use tally_attribution::report::{report, GroupBy};
 use tally_attribution::LedgerReader;
 use tally_edge::admin::{HookError, StatsFn};
 
@@ -27,9 +27,11 @@ fn stats(data_dir: &Path, from: Option<&str>, to: Option<&str>) -> Result<Value,
     let state = LedgerReader::open(&tally_attribution::state_dir(data_dir))
         .map_err(|e| HookError::new(503, format!("attribution state unavailable: {e}")))?;
     let rows = |by| {
-        report(&state, by, from, to)
-            .map(|rows| rows.iter().map(row_json).collect::<Vec<_>>())
-            .map_err(|e| HookError::new(500, format!("cannot read stats: {e}")))
+        let rows = report(&state, by, from, to).map_err(|e| HookError::new(500, format!("cannot read stats: {e}")))?;
+        rows.iter()
+            .map(|r| serde_json::to_value(r.render()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| HookError::new(500, format!("cannot render stats: {e}")))
     };
     let day_or_null = |d: u32, edge: u32| if d == edge { Value::Null } else { tally_model::time::format_day(d).into() };
     Ok(json!({
@@ -41,21 +43,38 @@ fn stats(data_dir: &Path, from: Option<&str>, to: Option<&str>) -> Result<Value,
     }))
 }
 
-fn row_json(r: &ReportRow) -> Value {
-    // Money as exact decimal strings, as everywhere else.
-    let money = |v: i64| match r.row.currency {
-        Some(c) => tally_model::format_minor(v, c),
-        None => v.to_string(),
-    };
-    json!({
-        "key": r.key,
-        "currency": r.row.currency.map(|c| c.code().to_owned()),
-        "clicks": r.row.clicks,
-        "unique_clicks": r.row.unique_clicks,
-        "non_human_clicks": r.row.non_human_clicks,
-        "conversions": r.row.conversions,
-        "revenue": money(r.row.revenue),
-        "payout": money(r.row.payout),
-        "epc": r.row.epc().map(money),
-    })
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use tally_attribution::report::ReportRow;
+    use tally_attribution::Counters;
+    use tally_model::Currency;
+
+    /// API clients read these rows: their keys, and `null` where a value does not exist.
+    #[test]
+    fn stats_rows_keep_their_json_shape() {
+        let row = Counters {
+            clicks: 3,
+            unique_clicks: 2,
+            conversions: 2,
+            revenue: 10005,
+            payout: 1050,
+            ..Counters::default()
+        };
+        let usd = ReportRow {
+            key: "aff1".into(),
+            row: Counters { currency: Currency::from_code("USD").ok(), ..row.clone() },
+        };
+        let json = serde_json::to_value(usd.render()).unwrap().to_string();
+        assert_eq!(
+            json,
+            r#"{"clicks":3,"conversions":2,"currency":"USD","epc":"3.50","key":"aff1","non_human_clicks":0,"payout":"10.50","revenue":"100.05","unique_clicks":2}"#
+        );
+        let none = ReportRow { key: "k".into(), row: Counters { clicks: 0, ..row } };
+        let json = serde_json::to_value(none.render()).unwrap().to_string();
+        assert_eq!(
+            json,
+            r#"{"clicks":0,"conversions":2,"currency":null,"epc":null,"key":"k","non_human_clicks":0,"payout":"1050","revenue":"10005","unique_clicks":2}"#
+        );
+    }
 }

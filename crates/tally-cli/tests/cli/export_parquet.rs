@@ -2,8 +2,9 @@
 //! (in-process) and RocksDB in a temp dir: every row read back with the parquet crate's
 //! reader equals the CSV export's row, column by column; integer columns are INT64 and the
 //! rest UTF-8 strings (money as exact decimals). The default build's refusal is tested in
-//! audit_io.rs. CI runs these with `cargo test -p tally-cli --features parquet --lib
-//! --test cli parquet` (scripts/test).
+//! audit_io.rs. CI runs these with `cargo test -p tally-cli --features parquet --test cli
+//! parquet`, and the writer's unit tests with `cargo test -p tally-audit --features parquet
+//! --lib parquet` (scripts/test).
 #![cfg(feature = "parquet")]
 #![allow(clippy::unwrap_used)]
 

@@ -1,5 +1,5 @@
-//! `tally export ... --format parquet --out FILE` (cargo feature `parquet`): the same columns,
-//! in the same order, as the CSV of each export, written through the `parquet` crate's
+//! Parquet exports (cargo feature `parquet`; `tally export ... --format parquet --out FILE`):
+//! the same columns, in the same order, as the CSV of each export, written through the `parquet` crate's
 //! low-level column API (no Arrow; see docs/decisions/0031-parquet-without-arrow-behind-a-feature.md).
 //!
 //! Types: the integer columns ([`int_column`]) are INT64; every other column is a UTF-8
@@ -15,7 +15,6 @@ use std::fs::File;
 use std::io::BufWriter;
 use std::sync::Arc;
 
-use anyhow::Context;
 use parquet::basic::Compression;
 use parquet::data_type::{ByteArray, ByteArrayType, Int64Type};
 use parquet::file::metadata::KeyValue;
@@ -23,6 +22,8 @@ use parquet::file::properties::WriterProperties;
 use parquet::file::writer::SerializedFileWriter;
 use parquet::schema::parser::parse_message_type;
 use serde_json::Value;
+
+use super::{ExportError, What};
 
 /// Rows per row group: large enough for good compression and scans, small enough that a
 /// group of clicks (a few hundred bytes each) stays in the tens of megabytes.
@@ -32,11 +33,11 @@ pub const ROW_GROUP_BYTES: usize = 64 << 20;
 
 /// Whether `name` is an integer column of the export `what`, and if so whether every row has
 /// it (REQUIRED) or it may be empty (OPTIONAL).
-pub fn int_column(what: &str, name: &str) -> Option<Required> {
+pub fn int_column(what: What, name: &str) -> Option<Required> {
     match name {
         "seq" | "ts_ms" => Some(Required::Yes),
         // Every click has flags; in the events export, other types leave it empty.
-        "flags" if what == "clicks" => Some(Required::Yes),
+        "flags" if what == What::Clicks => Some(Required::Yes),
         "flags" | "approve_at_ms" | "approved_seq" | "reversed_by" => Some(Required::No),
         _ => None,
     }
@@ -49,8 +50,8 @@ pub enum Required {
 }
 
 /// The Parquet schema (message type) of an export with `columns`.
-pub fn schema(what: &str, columns: &[&str]) -> String {
-    let mut s = format!("message {what} {{\n");
+pub fn schema(what: What, columns: &[&str]) -> String {
+    let mut s = format!("message {} {{\n", what.name());
     for c in columns {
         match int_column(what, c) {
             Some(Required::Yes) => s.push_str(&format!("  REQUIRED INT64 {c};\n")),
@@ -95,14 +96,14 @@ impl std::fmt::Debug for Writer {
 }
 
 impl Writer {
-    /// `what` names the export (clicks, conversions, commissions, events): the schema's name.
-    pub fn new(out: File, what: &str, columns: &[&'static str]) -> anyhow::Result<Writer> {
-        let schema = Arc::new(parse_message_type(&schema(what, columns)).context("Parquet schema")?);
+    /// `what` names the schema and decides which columns are REQUIRED ([`int_column`]).
+    pub fn new(out: File, what: What, columns: &[&'static str]) -> Result<Writer, ExportError> {
+        let schema = Arc::new(parse_message_type(&schema(what, columns)).map_err(ExportError::ParquetSchema)?);
         let props = WriterProperties::builder()
             // Snappy: pure Rust, fast, and read by every Parquet reader.
             .set_compression(Compression::SNAPPY)
             .set_created_by(format!("tally {}", env!("CARGO_PKG_VERSION")))
-            .set_key_value_metadata(Some(vec![KeyValue::new("tally.export".to_owned(), what.to_owned())]))
+            .set_key_value_metadata(Some(vec![KeyValue::new("tally.export".to_owned(), what.name().to_owned())]))
             .build();
         let file = SerializedFileWriter::new(BufWriter::with_capacity(1 << 20, out), schema, Arc::new(props))?;
         let columns = columns
@@ -121,7 +122,7 @@ impl Writer {
     }
 
     /// Adds one row: `cells` has one entry per column, in order (`None` for a missing cell).
-    pub fn push<'a>(&mut self, cells: impl Iterator<Item = Option<&'a Value>>) -> anyhow::Result<()> {
+    pub fn push<'a>(&mut self, cells: impl Iterator<Item = Option<&'a Value>>) -> Result<(), ExportError> {
         self.written += 1;
         let row = self.written;
         let mut n = 0;
@@ -134,7 +135,7 @@ impl Writer {
                         true
                     }
                     Some(None) => false,
-                    None => anyhow::bail!("row {row}: {} is not an integer: {cell}", col.name),
+                    None => return Err(bad(row, format!("{} is not an integer: {cell}", col.name))),
                 },
                 (Values::Str(v), Some(Value::String(s))) if !s.is_empty() => {
                     self.bytes += s.len();
@@ -148,13 +149,17 @@ impl Writer {
                 (_, _) => false,
             };
             if col.required {
-                anyhow::ensure!(present, "row {row}: the required column {} is empty", col.name);
+                if !present {
+                    return Err(bad(row, format!("the required column {} is empty", col.name)));
+                }
             } else {
                 col.defs.push(i16::from(present));
             }
             self.bytes += 8;
         }
-        anyhow::ensure!(n == self.columns.len(), "row {row}: {n} cells for {} columns", self.columns.len());
+        if n != self.columns.len() {
+            return Err(bad(row, format!("{n} cells for {} columns", self.columns.len())));
+        }
         self.rows += 1;
         if self.rows >= self.group_rows || self.bytes >= ROW_GROUP_BYTES {
             self.flush()?;
@@ -163,13 +168,13 @@ impl Writer {
     }
 
     /// Writes the buffered rows as one row group.
-    fn flush(&mut self) -> anyhow::Result<()> {
+    fn flush(&mut self) -> Result<(), ExportError> {
         if self.rows == 0 {
             return Ok(());
         }
         let mut group = self.file.next_row_group()?;
         for col in &mut self.columns {
-            let mut w = group.next_column()?.context("the Parquet schema has fewer columns than the export")?;
+            let mut w = group.next_column()?.ok_or(ExportError::ParquetColumns)?;
             let defs = (!col.required).then_some(col.defs.as_slice());
             match &mut col.values {
                 Values::Int(v) => {
@@ -191,12 +196,16 @@ impl Writer {
     }
 
     /// Writes the last row group and the footer; the file is complete only after this.
-    pub fn finish(mut self) -> anyhow::Result<()> {
+    pub fn finish(mut self) -> Result<(), ExportError> {
         self.flush()?;
         let mut out = self.file.into_inner()?;
         std::io::Write::flush(&mut out)?;
         Ok(())
     }
+}
+
+fn bad(row: u64, reason: String) -> ExportError {
+    ExportError::Row { row, reason }
 }
 
 /// An integer cell: a JSON number, or a decimal string (optional ledger fields); `Some(None)`
@@ -217,15 +226,15 @@ mod tests {
 
     #[test]
     fn parquet_schema_types_integers_and_strings() {
-        let s = schema("clicks", &["seq", "ts_ms", "click_id", "flags"]);
+        let s = schema(What::Clicks, &["seq", "ts_ms", "click_id", "flags"]);
         assert_eq!(
             s,
             "message clicks {\n  REQUIRED INT64 seq;\n  REQUIRED INT64 ts_ms;\n  OPTIONAL BYTE_ARRAY click_id (STRING);\n  REQUIRED INT64 flags;\n}"
         );
         assert!(parse_message_type(&s).is_ok());
-        assert_eq!(int_column("events", "flags"), Some(Required::No));
-        assert_eq!(int_column("commissions", "approved_seq"), Some(Required::No));
-        assert_eq!(int_column("commissions", "amount"), None);
+        assert_eq!(int_column(What::Events, "flags"), Some(Required::No));
+        assert_eq!(int_column(What::Commissions, "approved_seq"), Some(Required::No));
+        assert_eq!(int_column(What::Commissions, "amount"), None);
         assert_eq!(int_of(&Value::from("12")), Some(Some(12)));
         assert_eq!(int_of(&Value::from("")), Some(None));
         assert_eq!(int_of(&Value::from("1.5")), None);
@@ -238,7 +247,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.parquet");
         let columns: &[&'static str] = &["seq", "ts_ms", "amount", "approved_seq"];
-        let mut w = Writer::new(File::create(&path).unwrap(), "commissions", columns).unwrap();
+        let mut w = Writer::new(File::create(&path).unwrap(), What::Commissions, columns).unwrap();
         w.group_rows = 3;
         for seq in 1..=7u64 {
             let row = [
@@ -265,7 +274,8 @@ mod tests {
 
         // A required column left empty is refused, naming it (the export then fails and its
         // file is removed).
-        let mut w = Writer::new(File::create(dir.path().join("bad.parquet")).unwrap(), "commissions", columns).unwrap();
+        let mut w =
+            Writer::new(File::create(dir.path().join("bad.parquet")).unwrap(), What::Commissions, columns).unwrap();
         let bad = [Value::from(8), Value::from(""), Value::from(""), Value::from("")];
         let e = w.push(bad.iter().map(Some)).unwrap_err().to_string();
         assert!(e.contains("ts_ms"), "{e}");
