@@ -14,7 +14,7 @@
 
 use http::{HeaderMap, HeaderValue};
 use libfuzzer_sys::fuzz_target;
-use tally_protocol::auth::{authenticate, sign, AuthError, SIGNATURE_HEADER};
+use tally_protocol::auth::{authenticate, sign, AuthError, Authenticated, SIGNATURE_HEADER};
 use tally_protocol::params::{validate, Field, RawParams, MAX_COUPON, MAX_SUB, MAX_TXID};
 use tally_fuzz::{advertiser, HMAC_SECRET, TOKEN};
 use tally_model::program::is_valid_id;
@@ -56,8 +56,12 @@ fuzz_target!(|data: &[u8]| {
     let t = if data.len() % 2 == 0 { NOW - skew } else { NOW + skew };
     let mut headers = HeaderMap::new();
     headers.insert(SIGNATURE_HEADER, HeaderValue::from_str(&sign(HMAC_SECRET, t, raw)).unwrap());
-    let expected = if skew <= MAX_AGE { Ok(()) } else { Err(AuthError::Stale) };
-    assert_eq!(authenticate(adv, &headers, None, raw, NOW, MAX_AGE), expected);
+    let r = authenticate(adv, &headers, None, raw, NOW, MAX_AGE);
+    if skew <= MAX_AGE {
+        assert!(matches!(r, Ok(Authenticated::Signature { ref name, .. }) if name == "acme-hmac"), "{r:?}");
+    } else {
+        assert_eq!(r, Err(AuthError::Stale));
+    }
     if !raw.is_empty() && skew <= MAX_AGE {
         let mut tampered = raw.to_vec();
         let i = usize::from(data[0]) % tampered.len();
@@ -68,7 +72,7 @@ fuzz_target!(|data: &[u8]| {
     let r = authenticate(adv, &HeaderMap::new(), token, raw, NOW, MAX_AGE);
     match token {
         None => assert_eq!(r, Err(AuthError::Missing)),
-        Some(t) if t == TOKEN => assert_eq!(r, Ok(())),
+        Some(t) if t == TOKEN => assert_eq!(r, Ok(Authenticated::Token { name: "acme-token".into() })),
         Some(_) => assert_eq!(r, Err(AuthError::Wrong)),
     }
 });

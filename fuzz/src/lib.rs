@@ -14,7 +14,17 @@ pub const HMAC_SECRET: &str = "fedcba9876543210";
 
 fn program() -> &'static Program {
     static PROGRAM_: OnceLock<Program> = OnceLock::new();
-    PROGRAM_.get_or_init(|| Program::from_toml(PROGRAM).unwrap())
+    PROGRAM_.get_or_init(|| {
+        let mut p = Program::from_toml(PROGRAM).unwrap();
+        // The secrets store, as a server resolves the program's named credentials.
+        p.resolve_credentials(|name| match name {
+            "acme-token" => Some(TOKEN.to_owned()),
+            "acme-hmac" => Some(HMAC_SECRET.to_owned()),
+            _ => None,
+        })
+        .unwrap();
+        p
+    })
 }
 
 /// The offer `all`: every macro in its destination, the same allowed hosts as [`offer`].

@@ -8,7 +8,11 @@
 //!    made: hard links when on the same filesystem, else copies; one that disappears while
 //!    being copied (pruned) is skipped;
 //! 2. `attribution/` — the attribution state;
-//! 3. the log itself, at the top of the directory.
+//! 3. the log itself, at the top of the directory;
+//! 4. the files the server keeps beside the log (`beside`, e.g. the links the admin API
+//!    added, `links.toml`), after the log: such a file is written before the program
+//!    change that records it is logged, so one copied after the log is never older than the
+//!    log's last program; a restored server that finds it newer logs it as a change.
 //!
 //! The two databases are each copied by a RocksDB checkpoint when nobody holds them, or
 //! through a secondary instance when a server or worker does (see `tally_log::snapshot`).
@@ -28,7 +32,7 @@ fn io(path: &Path, source: std::io::Error) -> AuditError {
 }
 
 /// What [`take`] made.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Summary {
     /// How the log was copied, and the last sequence in the copy.
     pub log: tally_log::SnapshotMethod,
@@ -38,11 +42,13 @@ pub struct Summary {
     /// Periodic attribution snapshots copied, and skipped because they vanished (pruned).
     pub copied: usize,
     pub skipped: usize,
+    /// The files of `beside` that existed and were copied.
+    pub files: Vec<String>,
 }
 
-/// Copies `data_dir` into `out` (which must exist and be empty) as of one point in time;
-/// see the module doc for the order.
-pub fn take(data_dir: &Path, out: &Path) -> Result<Summary, AuditError> {
+/// Copies `data_dir` into `out` (which must exist and be empty) as of one point in time,
+/// with the files named in `beside` that exist at its top; see the module doc for the order.
+pub fn take(data_dir: &Path, out: &Path, beside: &[&str]) -> Result<Summary, AuditError> {
     let (copied, skipped) = copy_attribution_snapshots(
         &tally_attribution::snapshots::dir(data_dir),
         &tally_attribution::snapshots::dir(out),
@@ -62,6 +68,15 @@ pub fn take(data_dir: &Path, out: &Path) -> Result<Summary, AuditError> {
         std::fs::rename(entry.path(), &to).map_err(|e| io(&to, e))?;
     }
     std::fs::remove_dir(&staging).map_err(|e| io(&staging, e))?;
+    let mut files = Vec::new();
+    for name in beside {
+        let from = data_dir.join(name);
+        match std::fs::copy(&from, out.join(name)) {
+            Ok(_) => files.push((*name).to_owned()),
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(io(&from, e)),
+        }
+    }
 
     // Read the copy back: it must open like a data directory, and attribution must not be
     // ahead of the log in it.
@@ -80,7 +95,7 @@ pub fn take(data_dir: &Path, out: &Path) -> Result<Summary, AuditError> {
         }
         None => None,
     };
-    Ok(Summary { log, log_seq, attribution, copied, skipped })
+    Ok(Summary { log, log_seq, attribution, copied, skipped, files })
 }
 
 /// Copies every `<20-digit position>/` directory; returns (copied, skipped because it

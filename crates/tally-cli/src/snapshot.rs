@@ -24,7 +24,7 @@ pub fn snapshot(data_dir: &Path, out: &Path) -> anyhow::Result<ExitCode> {
         Err(e) => return Err(e).with_context(|| format!("--out {}", out.display())),
     }
     std::fs::create_dir_all(out).with_context(|| format!("--out {}: cannot create it", out.display()))?;
-    let made = tally_audit::snapshot::take(data_dir, out);
+    let made = tally_audit::snapshot::take(data_dir, out, &[tally_edge::links::OVERLAY_FILE]);
     if made.is_err() {
         // Leave nothing half-made that a later command could mistake for a snapshot.
         let _ = std::fs::remove_dir_all(out);
@@ -38,5 +38,8 @@ pub fn snapshot(data_dir: &Path, out: &Path) -> anyhow::Result<ExitCode> {
         None => println!("attribution    none (no worker has run on this data directory)"),
     }
     println!("attribution snapshots {} copied, {} skipped (removed while copying)", summary.copied, summary.skipped);
+    if !summary.files.is_empty() {
+        println!("files          {}", summary.files.join(", "));
+    }
     Ok(ExitCode::SUCCESS)
 }

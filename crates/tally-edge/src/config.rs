@@ -1,5 +1,5 @@
 //! The edge's sections of `tally.toml`: `[server]` (listener and HTTP limits), `[program]`,
-//! `[privacy]`, `[postback]` and `[admin]`. The application crate composes them with the
+//! `[privacy]`, `[postback]`, `[admin]` and `[secrets]`. The application crate composes them with the
 //! other crates' sections and the data directory; this module owns their keys, defaults and
 //! validation. Parse-all-then-fail: [`Config::validate`] reports every bad value at once,
 //! naming each.
@@ -12,6 +12,8 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use tally_protocol::ip::{IpMode, IpPolicy};
+
+use crate::secrets::{SecretsConfig, SecretsSection};
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -156,6 +158,8 @@ pub struct Config {
     pub cookie_secure: bool,
     pub signature_max_age: Duration,
     pub admin: AdminConfig,
+    /// Where advertisers' credentials are looked up ([`crate::secrets`]).
+    pub secrets: SecretsConfig,
 }
 
 /// The edge's sections as parsed, for [`Config::validate`].
@@ -166,6 +170,7 @@ pub struct Sections<'a> {
     pub privacy: &'a PrivacySection,
     pub postback: &'a PostbackSection,
     pub admin: &'a AdminSection,
+    pub secrets: &'a SecretsSection,
 }
 
 impl Config {
@@ -296,6 +301,9 @@ impl Config {
             cookie_secure: pr.cookie_secure,
             signature_max_age: Duration::from_secs(sections.postback.signature_max_age_secs),
             admin: AdminConfig { listen: admin_listen, token: admin_token },
+            secrets: sections
+                .secrets
+                .validate(base, std::env::var_os(crate::secrets::CREDENTIALS_DIRECTORY).map(PathBuf::from)),
         })
     }
 }
@@ -314,6 +322,7 @@ mod tests {
         privacy: PrivacySection,
         postback: PostbackSection,
         admin: AdminSection,
+        secrets: SecretsSection,
     }
 
     fn validate(text: &str, base: &Path) -> Result<Config, Vec<String>> {
@@ -324,6 +333,7 @@ mod tests {
             privacy: &d.privacy,
             postback: &d.postback,
             admin: &d.admin,
+            secrets: &d.secrets,
         };
         let mut problems = Vec::new();
         Config::validate(sections, base, base.join("data"), &mut problems).ok_or(problems)

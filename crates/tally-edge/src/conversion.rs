@@ -12,6 +12,7 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use tally_log::LogError;
 use tally_model::{Conversion, ConversionSource, Event, Program};
+use tally_protocol::auth::Authenticated;
 use tally_protocol::headers::cookie_click_id;
 use tally_protocol::params::{self, Field, FieldError, RawParams};
 
@@ -140,6 +141,12 @@ pub(crate) async fn postback(edge: &Edge, req: Request<Incoming>, peer: SocketAd
         }
         Err(e) => {
             edge.metrics.conversion(ConvSource::postback, outcome_of(&e));
+            // An advertiser whose postbacks are all refused is losing conversions: say why,
+            // rate-limited, naming the field, never a credential (authentication failures
+            // are logged where the advertiser is known).
+            if let EdgeError::Field(f) = &e {
+                tally_telemetry::warn_limited!(field = f.field, reason = %f.reason, "postback refused");
+            }
             if let EdgeError::MethodNotAllowed(allow) = e {
                 return method_not_allowed(allow, true);
             }
@@ -206,7 +213,7 @@ async fn postback_inner(
         })?;
         let advertiser =
             program.advertiser_of(offer).ok_or_else(|| EdgeError::Internal("offer has no advertiser".into()))?;
-        tally_protocol::auth::authenticate(
+        let auth = tally_protocol::auth::authenticate(
             advertiser,
             &parts.headers,
             params.get(Field::Token),
@@ -214,10 +221,32 @@ async fn postback_inner(
             now / 1000,
             edge.config.signature_max_age.as_secs(),
         )
-        .map_err(EdgeError::Auth)?;
-        build_conversion(&program, &params, ConversionSource::Postback, ip)?
+        .map_err(|e| {
+            tally_telemetry::warn_limited!(
+                advertiser = %advertiser.id,
+                offer = %offer.id,
+                reason = e.reason(),
+                "postback refused"
+            );
+            EdgeError::Auth(e)
+        })?;
+        let mut conversion = build_conversion(&program, &params, ConversionSource::Postback, ip)?;
+        if let (Authenticated::Signature { mac, .. }, true) = (&auth, conversion.txid.is_empty()) {
+            // A signature covers the time and the exact request, so a second request with it
+            // is a replay (captured, or a sender's retry): the transaction ID derived from it
+            // makes attribution pay it once, as it would a repeated txid, and the answer say
+            // `duplicate`.
+            conversion.txid = signature_txid(mac);
+        }
+        conversion
     };
     append_conversion(edge, conversion).await.map_err(EdgeError::Unavailable)
+}
+
+/// The transaction ID of a signed postback that names none: `sig:` and the first 16 bytes of
+/// its signature in hex.
+fn signature_txid(mac: &[u8]) -> String {
+    format!("sig:{}", hex::encode(mac.get(..16).unwrap_or(mac)))
 }
 
 /// Commits a conversion, learning whether it repeats an earlier report (its

@@ -25,6 +25,7 @@ mod handlers;
 pub mod links;
 pub mod metrics;
 mod respond;
+pub mod secrets;
 mod server;
 mod timer;
 
@@ -77,6 +78,18 @@ pub enum ReloadError {
     Encode(#[from] tally_model::RecordError),
     #[error(transparent)]
     Overlay(#[from] links::OverlayError),
+    #[error(transparent)]
+    Secrets(#[from] secrets::SecretsError),
+}
+
+impl ReloadError {
+    /// Every problem, one line each.
+    pub fn problems(&self) -> Vec<String> {
+        match self {
+            ReloadError::Program(e) => e.problems(),
+            other => vec![other.to_string()],
+        }
+    }
 }
 
 /// A program as loaded from its file and the link overlay.
@@ -122,14 +135,16 @@ impl Edge {
     /// by the new rules.
     pub async fn reload(&self) -> Result<bool, ReloadError> {
         let _serial = self.changes.lock().await;
-        let program_path = self.config.program_path.clone();
-        let overlay_path = Overlay::path(&self.config.data_dir);
-        let result = tokio::task::spawn_blocking(move || load_with_overlay(&program_path, &overlay_path))
+        let config = self.config.clone();
+        let result = tokio::task::spawn_blocking(move || load_for(&config))
             .await
             .unwrap_or_else(|e| Err(ReloadError::Read { path: String::new(), reason: e.to_string() }));
         let outcome = match result {
             Ok(loaded) if loaded.program.digest == self.program.load().digest => {
+                // The same rules, so nothing to log; but credential values may have been
+                // rotated in the secrets store, so the freshly resolved program goes in.
                 self.set_base(loaded.base);
+                self.program.store(Arc::new(loaded.program));
                 Ok(false)
             }
             Ok(loaded) => self.log_and_swap(loaded).await.map(|_| true),
@@ -149,13 +164,15 @@ impl Edge {
     {
         let _serial = self.changes.lock().await;
         let path = Overlay::path(&self.config.data_dir);
+        let secrets = self.config.secrets.clone();
         let base = self.base();
         let current = self.program();
         let prepared = tokio::task::spawn_blocking(move || -> Result<_, EditError> {
             let old = Overlay::load(&path)?;
             let mut new = old.clone();
             edit(&current, &mut new)?;
-            let program = Program::from_toml(&new.compose(&base)?).map_err(|e| EditError::Invalid(e.problems()))?;
+            let program =
+                serving_program(&new.compose(&base)?, &secrets).map_err(|e| EditError::Invalid(e.problems()))?;
             new.save(&path)?;
             Ok((old, path, Loaded { base, program }))
         })
@@ -211,25 +228,50 @@ pub enum EditError {
     Internal(String),
 }
 
-/// Reads the program file and the link overlay, and validates their composition.
-pub fn load_with_overlay(program_path: &Path, overlay_path: &Path) -> Result<Loaded, ReloadError> {
+/// Reads the program file and the link overlay, validates their composition, and resolves
+/// its credentials from the secrets store `secrets` describes.
+pub fn load_with_overlay(
+    program_path: &Path,
+    overlay_path: &Path,
+    secrets: &secrets::SecretsConfig,
+) -> Result<Loaded, ReloadError> {
     let base = std::fs::read_to_string(program_path)
         .map_err(|e| ReloadError::Read { path: program_path.display().to_string(), reason: e.to_string() })?;
     let overlay = Overlay::load(overlay_path)?;
-    let program = Program::from_toml(&overlay.compose(&base)?)?;
+    let program = serving_program(&overlay.compose(&base)?, secrets)?;
     Ok(Loaded { base, program })
 }
 
 /// What `tally serve` loads: `config`'s program file with the overlay in its data directory.
 pub fn load_for(config: &Config) -> Result<Loaded, ReloadError> {
-    load_with_overlay(&config.program_path, &Overlay::path(&config.data_dir))
+    load_with_overlay(&config.program_path, &Overlay::path(&config.data_dir), &config.secrets)
 }
 
-/// Reads and validates a program file.
-pub fn load_program(path: &Path) -> Result<Program, ReloadError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ReloadError::Read { path: path.display().to_string(), reason: e.to_string() })?;
-    Ok(Program::from_toml(&text)?)
+/// Parses a program to serve: as [`Program::from_toml`], and also refusing credentials
+/// written inline (the log would record them) and resolving the named ones from the store.
+pub fn serving_program(source: &str, secrets: &secrets::SecretsConfig) -> Result<Program, ReloadError> {
+    let mut program = Program::from_toml(source)?;
+    let inline = program.inline_credentials();
+    if !inline.is_empty() {
+        let problems = inline
+            .iter()
+            .map(|field| {
+                format!(
+                    "{field}: a credential may not be written in the program, which the log records \
+                     verbatim for every auditor; put its value in the secrets store and name it in \
+                     postback_tokens or hmac_secrets (README: Secrets)"
+                )
+            })
+            .collect();
+        return Err(tally_model::ProgramError::Invalid(problems).into());
+    }
+    let store = secrets::Secrets::load(secrets)?;
+    program.resolve_credentials(|name| store.get(name)).map_err(|e| {
+        let mut problems = e.problems();
+        problems.push(format!("(the secrets store looks in: {})", store.sources()));
+        tally_model::ProgramError::Invalid(problems)
+    })?;
+    Ok(program)
 }
 
 /// The log record announcing `program` as the rules in force from here on.

@@ -66,6 +66,15 @@ struct RawAdvertiser {
     id: String,
     #[serde(default)]
     name: String,
+    /// Names of tokens in the secrets store; any one authenticates.
+    #[serde(default)]
+    postback_tokens: Vec<String>,
+    /// Names of HMAC keys in the secrets store; a signature by any one authenticates.
+    #[serde(default)]
+    hmac_secrets: Vec<String>,
+    /// A credential written inline, as before secrets were named: still read, so logs
+    /// holding such programs replay, but never used, and refused where a program is served
+    /// ([`Program::inline_credentials`]).
     #[serde(default)]
     postback_token: Option<String>,
     #[serde(default)]
@@ -189,25 +198,50 @@ pub struct Program {
     links: HashMap<String, Link, Xxh3DefaultBuilder>,
     /// Keyed by the code in ASCII upper case: shoppers type coupons in any case.
     coupons: BTreeMap<String, Coupon>,
+    /// Where the source writes a credential inline (`advertisers[acme].postback_token`).
+    inline_credentials: Vec<String>,
 }
 
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct Advertiser {
     pub id: String,
     pub name: String,
-    pub postback_token: Option<String>,
-    pub hmac_secret: Option<String>,
+    /// Tokens a postback may present (`token=` or a bearer token); any one authenticates.
+    pub postback_tokens: Vec<Credential>,
+    /// Keys a postback may be signed with; a signature by any one authenticates.
+    pub hmac_secrets: Vec<Credential>,
+}
+
+/// A credential as the program names it. The program (which the log records verbatim) holds
+/// only the name; the value comes from the secrets store when a server loads the program
+/// ([`Program::resolve_credentials`]), and a program read back from the log has none.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credential {
+    pub name: String,
+    value: Option<String>,
+}
+
+impl Credential {
+    pub fn named(name: &str) -> Credential {
+        Credential { name: name.to_owned(), value: None }
+    }
+
+    /// A credential with its value, as the secrets store resolves it.
+    pub fn resolved(name: &str, value: &str) -> Credential {
+        Credential { name: name.to_owned(), value: Some(value.to_owned()) }
+    }
+
+    /// The secret, once resolved.
+    pub fn value(&self) -> Option<&str> {
+        self.value.as_deref()
+    }
 }
 
 // Secrets stay out of logs and panics.
-impl fmt::Debug for Advertiser {
+impl fmt::Debug for Credential {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Advertiser")
-            .field("id", &self.id)
-            .field("name", &self.name)
-            .field("postback_token", &self.postback_token.as_ref().map(|_| "<redacted>"))
-            .field("hmac_secret", &self.hmac_secret.as_ref().map(|_| "<redacted>"))
-            .finish()
+        let value = if self.value.is_some() { "<redacted>" } else { "<unresolved>" };
+        write!(f, "Credential({}: {value})", self.name)
     }
 }
 
@@ -333,26 +367,39 @@ impl Program {
         let mut problems = Vec::new();
 
         let mut advertisers = BTreeMap::new();
+        let mut inline_credentials = Vec::new();
         for a in raw.advertisers {
             check_id(&mut problems, "advertisers", &a.id);
-            if a.postback_token.is_none() && a.hmac_secret.is_none() {
+            let inline = [("postback_token", &a.postback_token), ("hmac_secret", &a.hmac_secret)];
+            for (field, _) in inline.iter().filter(|(_, v)| v.is_some()) {
+                inline_credentials.push(format!("advertisers[{}].{field}", a.id));
+            }
+            if a.postback_tokens.is_empty() && a.hmac_secrets.is_empty() && inline.iter().all(|(_, v)| v.is_none()) {
                 problems.push(format!(
-                    "advertisers[{}]: needs postback_token or hmac_secret, or its postbacks can never be authenticated",
+                    "advertisers[{}]: needs postback_tokens or hmac_secrets (names in the secrets store), or its \
+                     postbacks can never be authenticated",
                     a.id
                 ));
             }
-            for (name, v) in [("postback_token", &a.postback_token), ("hmac_secret", &a.hmac_secret)] {
-                if let Some(v) = v {
-                    if v.len() < 16 {
-                        problems.push(format!("advertisers[{}].{name}: must be at least 16 characters", a.id));
+            let mut names = std::collections::BTreeSet::new();
+            for (field, list) in [("postback_tokens", &a.postback_tokens), ("hmac_secrets", &a.hmac_secrets)] {
+                for name in list {
+                    if !is_credential_name(name) {
+                        problems.push(format!(
+                            "advertisers[{}].{field}: \"{name}\" is not a secret name (1-64 of A-Z a-z 0-9 _ . -)",
+                            a.id
+                        ));
+                    } else if !names.insert(name.as_str()) {
+                        problems.push(format!("advertisers[{}].{field}: \"{name}\" named twice", a.id));
                     }
                 }
             }
+            let named = |list: &[String]| list.iter().map(|n| Credential::named(n)).collect();
             let advertiser = Advertiser {
                 id: a.id.clone(),
                 name: a.name,
-                postback_token: a.postback_token,
-                hmac_secret: a.hmac_secret,
+                postback_tokens: named(&a.postback_tokens),
+                hmac_secrets: named(&a.hmac_secrets),
             };
             if advertisers.insert(a.id.clone(), advertiser).is_some() {
                 problems.push(format!("advertisers[{}]: duplicate id", a.id));
@@ -423,6 +470,7 @@ impl Program {
             offers,
             links,
             coupons,
+            inline_credentials,
         })
     }
 
@@ -456,6 +504,49 @@ impl Program {
     pub fn advertiser_of(&self, offer: &Offer) -> Option<&Advertiser> {
         self.advertisers.get(&offer.advertiser)
     }
+
+    /// Where the source writes a credential's value inline, as programs did before secrets
+    /// were named. Such a program still replays from a log (the values are never used), but
+    /// a server must refuse it: it would log the credential for every auditor to read.
+    pub fn inline_credentials(&self) -> &[String] {
+        &self.inline_credentials
+    }
+
+    /// Fills every credential's value from `lookup` (the secrets store). Reports every name
+    /// `lookup` does not know, as `advertisers[acme].postback_tokens: "name" ...` lines.
+    pub fn resolve_credentials(&mut self, lookup: impl Fn(&str) -> Option<String>) -> Result<(), ProgramError> {
+        let mut problems = Vec::new();
+        for a in self.advertisers.values_mut() {
+            for (field, list) in [("postback_tokens", &mut a.postback_tokens), ("hmac_secrets", &mut a.hmac_secrets)] {
+                for c in list.iter_mut() {
+                    match lookup(&c.name) {
+                        Some(v) if v.len() >= MIN_SECRET_LEN => c.value = Some(v),
+                        Some(_) => problems.push(format!(
+                            "advertisers[{}].{field}: secret \"{}\" is shorter than {MIN_SECRET_LEN} characters",
+                            a.id, c.name
+                        )),
+                        None => problems.push(format!(
+                            "advertisers[{}].{field}: secret \"{}\" is not in the secrets store",
+                            a.id, c.name
+                        )),
+                    }
+                }
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ProgramError::Invalid(problems))
+        }
+    }
+}
+
+/// Shortest secret value accepted: a token or key any shorter is guessable.
+pub const MIN_SECRET_LEN: usize = 16;
+
+/// Secret names: short, and safe as a file name and (upper-cased) in an environment variable.
+pub fn is_credential_name(name: &str) -> bool {
+    (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
 }
 
 fn check_id(problems: &mut Vec<String>, section: &str, id: &str) {
@@ -889,7 +980,7 @@ affiliate = "ghost"
         let problems = Program::from_toml(bad).unwrap_err().problems();
         let all = problems.join("\n");
         for needle in [
-            "advertisers[acme]: needs postback_token",
+            "advertisers[acme]: needs postback_tokens or hmac_secrets",
             "affiliates[bad id!]",
             "offers[o1].advertiser: unknown advertiser",
             "offers[o1].destination: macros may only appear after the host",
@@ -1083,5 +1174,52 @@ affiliate = "aff9""#,
         for bad in ["", "*.", "a..b", "a b", "evil.example/", "*.*.x"] {
             assert!(HostPattern::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn credentials_are_named_and_resolved_from_the_store_never_read_from_the_source() {
+        let src = "[[advertisers]]\nid = \"acme\"\npostback_tokens = [\"t-new\", \"t-old\"]\nhmac_secrets = [\"k\"]\n";
+        let mut p = Program::from_toml(src).unwrap();
+        let a = &p.advertisers["acme"];
+        assert_eq!(a.postback_tokens, vec![Credential::named("t-new"), Credential::named("t-old")]);
+        assert!(p.inline_credentials().is_empty());
+        let store = |name: &str| match name {
+            "t-new" => Some("0123456789abcdef-new".to_owned()),
+            "k" => Some("short".to_owned()),
+            _ => None,
+        };
+        let problems = p.resolve_credentials(store).unwrap_err().problems();
+        assert_eq!(
+            problems,
+            [
+                "advertisers[acme].postback_tokens: secret \"t-old\" is not in the secrets store",
+                "advertisers[acme].hmac_secrets: secret \"k\" is shorter than 16 characters",
+            ]
+        );
+        p.resolve_credentials(|n| Some(format!("{n}-0123456789abcdef"))).unwrap();
+        assert_eq!(p.advertisers["acme"].postback_tokens[1].value(), Some("t-old-0123456789abcdef"));
+        // Debug output names credentials and never shows a value.
+        assert!(!format!("{:?}", p.advertisers["acme"]).contains("0123456789abcdef"));
+    }
+
+    #[test]
+    fn inline_credentials_of_old_programs_still_parse_and_are_reported_never_kept() {
+        let src = "[[advertisers]]\nid = \"acme\"\npostback_token = \"0123456789abcdef\"\nhmac_secret = \"x\"\n";
+        let p = Program::from_toml(src).unwrap();
+        assert_eq!(p.inline_credentials(), ["advertisers[acme].postback_token", "advertisers[acme].hmac_secret"]);
+        let a = &p.advertisers["acme"];
+        assert!(a.postback_tokens.is_empty() && a.hmac_secrets.is_empty());
+    }
+
+    #[test]
+    fn credential_names_are_checked() {
+        let src =
+            "[[advertisers]]\nid = \"acme\"\npostback_tokens = [\"a b\", \"../x\", \"ok\"]\nhmac_secrets = [\"ok\"]\n";
+        let all = Program::from_toml(src).unwrap_err().problems().join("\n");
+        assert!(all.contains("\"a b\" is not a secret name") && all.contains("\"../x\" is not a secret name"), "{all}");
+        assert!(all.contains("advertisers[acme].hmac_secrets: \"ok\" named twice"), "{all}");
+        assert!(
+            is_credential_name("acme-token.v2_1") && !is_credential_name("") && !is_credential_name(&"x".repeat(65))
+        );
     }
 }

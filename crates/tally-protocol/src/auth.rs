@@ -1,9 +1,15 @@
-//! Postback authentication: the advertiser's token, or an HMAC-SHA256 signature.
+//! Postback authentication: one of the advertiser's tokens, or an HMAC-SHA256 signature by
+//! one of its keys. An advertiser may hold several of each (the program names them, the
+//! secrets store holds their values), so a credential is rotated without downtime: add the
+//! new one, move the advertiser over, remove the old one.
 //!
-//! Signature scheme: header `X-Tally-Signature: t=<unix seconds>,v1=<hex>` where `v1` is
-//! HMAC-SHA256(advertiser's `hmac_secret`, `"{t}." ‖ raw`), and `raw` is the raw query string
-//! (GET) or the raw body (POST), exactly as sent. `t` must be within the configured max age of
-//! the server's clock, which stops replays of captured requests. Comparisons are constant-time.
+//! Signature scheme: header `X-Tally-Signature: t=<unix seconds>,v1=<hex>[,v1=<hex>…]` where
+//! a `v1` is HMAC-SHA256(key, `"{t}." ‖ raw`), and `raw` is the raw query string (GET) or the
+//! raw body (POST), exactly as sent. Several `v1` (one per key, as Stripe sends while a key
+//! rolls) are allowed; any one matching any key authenticates. `t` must be within the
+//! configured max age of the server's clock, which stops replays of captured requests after
+//! the window; inside it, the edge dedups by the signature ([`Authenticated::Signature`]).
+//! Comparisons are constant-time.
 
 use hmac::{Hmac, Mac};
 use http::HeaderMap;
@@ -43,8 +49,26 @@ impl AuthError {
     }
 }
 
-/// Checks a postback's credentials for `advertiser`. `token` is the `token` parameter (or the
-/// bearer token); `raw` is what the signature covers.
+/// Which credential authenticated a postback: the name the program gives it, never its value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Authenticated {
+    Token {
+        name: String,
+    },
+    /// A signature by key `name`. `mac` is the matching signature: it covers the time and the
+    /// exact bytes, so a second request with it is a replay of the first.
+    Signature {
+        name: String,
+        mac: Vec<u8>,
+    },
+}
+
+/// Most `v1` signatures one header may carry: one per key being rolled, and a few spare.
+const MAX_SIGNATURES: usize = 4;
+
+/// Checks a postback's credentials for `advertiser`, whose credentials must be resolved
+/// (unresolved ones never match). `token` is the `token` parameter (or the bearer token);
+/// `raw` is what the signature covers.
 pub fn authenticate(
     advertiser: &Advertiser,
     headers: &HeaderMap,
@@ -52,42 +76,56 @@ pub fn authenticate(
     raw: &[u8],
     now_secs: u64,
     max_age_secs: u64,
-) -> Result<(), AuthError> {
+) -> Result<Authenticated, AuthError> {
     if let Some(sig) = headers.get(SIGNATURE_HEADER) {
-        let secret = advertiser.hmac_secret.as_deref().ok_or(AuthError::Wrong)?;
-        let (t, mac) = parse_signature(sig.as_bytes()).ok_or(AuthError::Malformed)?;
+        let (t, macs) = parse_signature(sig.as_bytes()).ok_or(AuthError::Malformed)?;
         if t.abs_diff(now_secs) > max_age_secs {
             return Err(AuthError::Stale);
         }
-        let mut m = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).map_err(|_| AuthError::Wrong)?;
-        m.update(t.to_string().as_bytes());
-        m.update(b".");
-        m.update(raw);
-        return m.verify_slice(&mac).map_err(|_| AuthError::Wrong);
+        for key in &advertiser.hmac_secrets {
+            let Some(secret) = key.value() else { continue };
+            let Ok(mut m) = Hmac::<Sha256>::new_from_slice(secret.as_bytes()) else { continue };
+            m.update(t.to_string().as_bytes());
+            m.update(b".");
+            m.update(raw);
+            let expected = m.finalize().into_bytes();
+            if let Some(mac) = macs.iter().find(|mac| bool::from(expected.as_slice().ct_eq(mac))) {
+                return Ok(Authenticated::Signature { name: key.name.clone(), mac: mac.clone() });
+            }
+        }
+        return Err(AuthError::Wrong);
     }
     let bearer =
         headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
     let given = token.or(bearer).ok_or(AuthError::Missing)?;
-    let expected = advertiser.postback_token.as_deref().ok_or(AuthError::Wrong)?;
-    if bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
-        Ok(())
-    } else {
-        Err(AuthError::Wrong)
+    // Every token is compared, matched or not, so the time taken says nothing of which.
+    let mut matched = None;
+    for c in &advertiser.postback_tokens {
+        if let Some(expected) = c.value() {
+            if bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
+                matched = Some(c.name.clone());
+            }
+        }
     }
+    matched.map(|name| Authenticated::Token { name }).ok_or(AuthError::Wrong)
 }
 
-fn parse_signature(v: &[u8]) -> Option<(u64, Vec<u8>)> {
+fn parse_signature(v: &[u8]) -> Option<(u64, Vec<Vec<u8>>)> {
     let s = std::str::from_utf8(v).ok()?;
     let mut t = None;
-    let mut mac = None;
+    let mut macs = Vec::new();
     for part in s.split(',') {
         match part.trim().split_once('=')? {
             ("t", v) => t = v.parse::<u64>().ok(),
-            ("v1", v) => mac = hex::decode(v).ok(),
+            ("v1", v) if macs.len() < MAX_SIGNATURES => macs.push(hex::decode(v).ok()?),
+            ("v1", _) => return None,
             _ => {}
         }
     }
-    Some((t?, mac?))
+    if macs.is_empty() {
+        return None;
+    }
+    Some((t?, macs))
 }
 
 /// Computes a signature header value; for clients, tests and docs.
@@ -106,14 +144,31 @@ pub fn sign(secret: &str, t: u64, raw: &[u8]) -> String {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use tally_model::program::Credential;
 
     fn adv() -> Advertiser {
         Advertiser {
             id: "acme".into(),
             name: String::new(),
-            postback_token: Some("token-0123456789abcdef".into()),
-            hmac_secret: Some("secret-0123456789abcdef".into()),
+            postback_tokens: vec![
+                Credential::resolved("t1", "token-0123456789abcdef"),
+                Credential::resolved("t2", "token-fedcba9876543210"),
+                Credential::named("unresolved"),
+            ],
+            hmac_secrets: vec![
+                Credential::resolved("k1", "secret-0123456789abcdef"),
+                Credential::resolved("k2", "secret-fedcba9876543210"),
+            ],
         }
+    }
+
+    fn token(name: &str) -> Result<Authenticated, AuthError> {
+        Ok(Authenticated::Token { name: name.into() })
+    }
+
+    fn signed_by(name: &str, header: &str) -> Result<Authenticated, AuthError> {
+        let mac = hex::decode(header.rsplit_once("v1=").unwrap().1).unwrap();
+        Ok(Authenticated::Signature { name: name.into(), mac })
     }
 
     fn sig(v: &str) -> HeaderMap {
@@ -125,13 +180,21 @@ mod tests {
     #[test]
     fn tokens() {
         let none = HeaderMap::new();
-        assert_eq!(authenticate(&adv(), &none, Some("token-0123456789abcdef"), b"", 0, 300), Ok(()));
+        assert_eq!(authenticate(&adv(), &none, Some("token-0123456789abcdef"), b"", 0, 300), token("t1"));
+        assert_eq!(authenticate(&adv(), &none, Some("token-fedcba9876543210"), b"", 0, 300), token("t2"));
         assert_eq!(authenticate(&adv(), &none, Some("token-0123456789abcdeX"), b"", 0, 300), Err(AuthError::Wrong));
         assert_eq!(authenticate(&adv(), &none, Some("short"), b"", 0, 300), Err(AuthError::Wrong));
         assert_eq!(authenticate(&adv(), &none, None, b"", 0, 300), Err(AuthError::Missing));
         let mut bearer = HeaderMap::new();
         bearer.insert("authorization", "Bearer token-0123456789abcdef".parse().unwrap());
-        assert_eq!(authenticate(&adv(), &bearer, None, b"", 0, 300), Ok(()));
+        assert_eq!(authenticate(&adv(), &bearer, None, b"", 0, 300), token("t1"));
+        // An advertiser whose tokens are not resolved (a program read from the log) admits none.
+        let mut unresolved = adv();
+        unresolved.postback_tokens = vec![Credential::named("t1")];
+        assert_eq!(
+            authenticate(&unresolved, &none, Some("token-0123456789abcdef"), b"", 0, 300),
+            Err(AuthError::Wrong)
+        );
     }
 
     #[test]
@@ -139,7 +202,13 @@ mod tests {
         let raw = b"cid=x&offer=o";
         let now = 1_700_000_000;
         let good = sign("secret-0123456789abcdef", now - 10, raw);
-        assert_eq!(authenticate(&adv(), &sig(&good), None, raw, now, 300), Ok(()));
+        assert_eq!(authenticate(&adv(), &sig(&good), None, raw, now, 300), signed_by("k1", &good));
+        let second = sign("secret-fedcba9876543210", now, raw);
+        assert_eq!(authenticate(&adv(), &sig(&second), None, raw, now, 300), signed_by("k2", &second));
+        // While a key rolls, the sender signs with both; either matching is enough.
+        let wrong = sign("another-secret-0123456", now, raw);
+        let both = format!("{wrong},v1={}", second.rsplit_once("v1=").unwrap().1);
+        assert_eq!(authenticate(&adv(), &sig(&both), None, raw, now, 300), signed_by("k2", &second));
         assert_eq!(authenticate(&adv(), &sig(&good), None, b"cid=x&offer=p", now, 300), Err(AuthError::Wrong));
         let old = sign("secret-0123456789abcdef", now - 301, raw);
         assert_eq!(authenticate(&adv(), &sig(&old), None, raw, now, 300), Err(AuthError::Stale));
@@ -147,7 +216,8 @@ mod tests {
         assert_eq!(authenticate(&adv(), &sig(&future), None, raw, now, 300), Err(AuthError::Stale));
         let wrong_key = sign("another-secret-0123456", now, raw);
         assert_eq!(authenticate(&adv(), &sig(&wrong_key), None, raw, now, 300), Err(AuthError::Wrong));
-        for bad in ["t=abc,v1=00", "v1=00", "t=1", "t=1,v1=zz", "garbage"] {
+        let many = format!("t={now}{}", ",v1=00".repeat(MAX_SIGNATURES + 1));
+        for bad in ["t=abc,v1=00", "v1=00", "t=1", "t=1,v1=zz", "garbage", many.as_str()] {
             assert_eq!(authenticate(&adv(), &sig(bad), None, raw, now, 300), Err(AuthError::Malformed), "{bad}");
         }
     }

@@ -2,7 +2,7 @@
 //!
 //! | section | owner | validated into |
 //! |---|---|---|
-//! | `[server]`, `[program]`, `[privacy]`, `[postback]`, `[admin]` | `tally-edge` | [`tally_edge::Config`] |
+//! | `[server]`, `[program]`, `[privacy]`, `[postback]`, `[admin]`, `[secrets]` | `tally-edge` | [`tally_edge::Config`] |
 //! | `[log]` | `tally-log` | the data directory and [`LogOptions`] |
 //! | `[attribution]` | `tally-attribution` | [`AttributionConfig`] |
 //! | `[logging]` | this crate ([`crate::telemetry`]) | [`LoggingConfig`] |
@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use tally_attribution::{AttributionConfig, AttributionSection};
 use tally_edge::config::{AdminSection, PostbackSection, PrivacySection, ProgramSection, Sections, ServerSection};
+use tally_edge::secrets::SecretsSection;
 use tally_log::{LogOptions, LogSection};
 
 use crate::telemetry::{LoggingConfig, LoggingSection};
@@ -43,6 +44,7 @@ struct RawConfig {
     logging: LoggingSection,
     attribution: AttributionSection,
     admin: AdminSection,
+    secrets: SecretsSection,
 }
 
 /// The validated deployment config.
@@ -132,6 +134,7 @@ impl RawConfig {
             privacy: &self.privacy,
             postback: &self.postback,
             admin: &self.admin,
+            secrets: &self.secrets,
         };
         let edge = tally_edge::Config::validate(sections, base, data_dir, problems)?;
         Some(Config { edge, log, attribution, logging })

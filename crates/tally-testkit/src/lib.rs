@@ -27,9 +27,16 @@ pub use server::{Process, TestServer};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// The example program's advertiser credentials (`config/program.toml`).
+/// The values an [`Env`]'s secrets file gives the example program's credentials
+/// (`config/program.toml` names them: `acme-token`, `acme-hmac`, `globex-token`).
 pub const TOKEN: &str = "demo-acme-token-change-me";
 pub const HMAC_SECRET: &str = "demo-acme-hmac-secret-change-me";
+pub const GLOBEX_TOKEN: &str = "demo-globex-token-change-me";
+
+/// A secrets file for the example program, as [`Env`] writes it.
+pub fn example_secrets() -> String {
+    format!("acme-token = \"{TOKEN}\"\nacme-hmac = \"{HMAC_SECRET}\"\nglobex-token = \"{GLOBEX_TOKEN}\"\n")
+}
 
 /// A file of the repository's `config/` directory.
 pub fn repo_config(name: &str) -> PathBuf {
@@ -41,7 +48,8 @@ pub fn repo_file(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(path)
 }
 
-/// A temp directory holding `tally.toml` and `program.toml`; removed on drop.
+/// A temp directory holding `tally.toml`, `program.toml` and `secrets.toml` (the example
+/// program's credentials, [`example_secrets`]); removed on drop.
 #[derive(Debug)]
 pub struct Env {
     pub tmp: tempfile::TempDir,
@@ -63,8 +71,9 @@ impl Env {
         } else {
             format!("header_read_timeout_ms = 2000\ndrain_timeout_ms = 5000\n{server_extra}")
         };
+        std::fs::write(tmp.path().join("secrets.toml"), example_secrets()).unwrap();
         let config = format!(
-            "[server]\n{server}\n[log]\ndata_dir = \"data\"\n{log_extra}\n[program]\npath = \"program.toml\"\n[privacy]\n{privacy_extra}\n[logging]\nlevel = \"warn\"\n"
+            "[server]\n{server}\n[log]\ndata_dir = \"data\"\n{log_extra}\n[program]\npath = \"program.toml\"\n[privacy]\n{privacy_extra}\n[logging]\nlevel = \"warn\"\n[secrets]\nfile = \"secrets.toml\"\n"
         );
         std::fs::write(tmp.path().join("tally.toml"), config).unwrap();
         Env { tmp }

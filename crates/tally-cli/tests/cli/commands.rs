@@ -37,9 +37,36 @@ fn wait_for_metric(server: &Process, needle: &str) {
 
 #[test]
 fn config_check_reports_every_problem() {
-    let good = tally(&["config", "check", "--config", repo_config("tally.toml").to_str().unwrap()]);
+    let repo = repo_config("tally.toml");
+    let check = ["config", "check", "--config", repo.to_str().unwrap()];
+    // The example program names its credentials; without a secrets store it cannot serve.
+    let (ok, _, err) = run(&check);
+    assert!(!ok);
+    for needle in [
+        "advertisers[acme].postback_tokens: secret \"acme-token\" is not in the secrets store",
+        "advertisers[acme].hmac_secrets: secret \"acme-hmac\"",
+        "advertisers[globex].postback_tokens: secret \"globex-token\"",
+        "TALLY_SECRET_<NAME>",
+    ] {
+        assert!(err.contains(needle), "{needle} missing from:\n{err}");
+    }
+    let secrets = [
+        ("TALLY_SECRET_ACME_TOKEN", TOKEN),
+        ("TALLY_SECRET_ACME_HMAC", HMAC_SECRET),
+        ("TALLY_SECRET_GLOBEX_TOKEN", GLOBEX_TOKEN),
+    ];
+    let good = std::process::Command::new(BIN).args(check).envs(secrets).output().unwrap();
     assert!(good.status.success(), "{}", String::from_utf8_lossy(&good.stderr));
     assert!(String::from_utf8_lossy(&good.stdout).contains("2 offers"));
+    // Nor does a program that writes a credential inline, which the log would record.
+    let env = Env::new("");
+    let program = std::fs::read_to_string(env.program()).unwrap();
+    std::fs::write(env.program(), program.replace("postback_tokens = [\"acme-token\"]", "postback_token = \"x\""))
+        .unwrap();
+    let (ok, _, err) = run(&["config", "check", "--config", env.config().to_str().unwrap()]);
+    assert!(!ok);
+    assert!(err.contains("advertisers[acme].postback_token: a credential may not be written in the program"), "{err}");
+    assert!(!err.contains("\"x\""), "{err}");
 
     let env = Env::new("");
     std::fs::write(env.config(), "[server]\nlisten = \"x\"\nmax_headers = 0\n[log]\nsync = \"often\"\n").unwrap();

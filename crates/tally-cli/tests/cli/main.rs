@@ -15,3 +15,4 @@ mod crash;
 mod export_parquet;
 mod export_scale;
 mod overload;
+mod secrets;

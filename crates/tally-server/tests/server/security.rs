@@ -374,6 +374,15 @@ fn forged_postbacks_are_refused_and_store_nothing() {
     assert_eq!(replay.json()["duplicate_of"], first.json()["seq"]);
     let stale = sign(now - 301, &signed);
     assert_eq!(server.send(&get(&signed, &sig_header(stale))).status, 401);
+    // Without a txid as well: the signature names the transaction (`sig:` and its first 16
+    // bytes), so the replay is a duplicate, and attribution pays it once.
+    let untagged = format!("cid={cid}&offer=shoes&goal=signup");
+    let sig = sign(now, &untagged);
+    let first_untagged = server.send(&get(&untagged, &sig_header(sig.clone())));
+    assert_eq!(first_untagged.json()["status"], "accepted", "{}", first_untagged.text());
+    let replay_untagged = server.send(&get(&untagged, &sig_header(sig.clone())));
+    assert_eq!(replay_untagged.json()["status"], "duplicate", "{}", replay_untagged.text());
+    let sig_txid = format!("sig:{}", &sig.rsplit_once("v1=").unwrap().1[..32]);
 
     // The click ID of another offer is authenticated (acme owns shoes) and logged, but
     // attribution refuses to credit it.
@@ -383,7 +392,7 @@ fn forged_postbacks_are_refused_and_store_nothing() {
     let events = events(&env.data());
     let conversions = of_type(&events, "conversion");
     let txids: Vec<&str> = conversions.iter().map(|c| c["txid"].as_str().unwrap()).collect();
-    assert_eq!(txids, ["R1", "R1", "X1"], "only the genuine reports are stored");
+    assert_eq!(txids, ["R1", "R1", &sig_txid, &sig_txid, "X1"], "only the genuine reports are stored");
 
     let ledger = ledger_with(&env, "X1");
     let x1 = ledger.iter().find(|e| e["txid"] == "X1").unwrap();
@@ -394,6 +403,46 @@ fn forged_postbacks_are_refused_and_store_nothing() {
     assert_eq!(paid.len(), 1, "a replay was paid twice: {r1:#?}");
     assert_eq!(paid[0]["amount"], "2.50");
     assert!(r1.iter().filter(|e| e["status"] == "duplicate").all(|e| e["amount"] == "0.00"), "{r1:#?}");
+    let untagged_paid = ledger.iter().filter(|e| e["txid"] == sig_txid.as_str() && e["status"] != "duplicate");
+    assert_eq!(untagged_paid.count(), 1, "a replayed signature without txid was paid twice: {ledger:#?}");
+}
+
+#[test]
+fn credentials_rotate_without_downtime_and_a_missing_secret_keeps_the_old_program() {
+    let env = Env::new("");
+    let server = env.serve();
+    let cid = server.get("/c/demo").click_id();
+    let postback = |txid: &str, token: &str| {
+        server.get(&format!("/postback?cid={cid}&offer=shoes&txid={txid}&token={token}")).status
+    };
+    let new_token = "acme-rotated-token-0123456789";
+    let secrets = env.tmp.path().join("secrets.toml");
+    let program = std::fs::read_to_string(env.program()).unwrap();
+    let with_tokens =
+        |names: &str| program.replace("postback_tokens = [\"acme-token\"]", &format!("postback_tokens = [{names}]"));
+
+    // 1. Both tokens at once: the advertiser moves over while the old one still works.
+    std::fs::write(&secrets, format!("{}acme-token-2 = \"{new_token}\"\n", example_secrets())).unwrap();
+    std::fs::write(env.program(), with_tokens("\"acme-token\", \"acme-token-2\"")).unwrap();
+    assert_eq!(server.reload(), Ok(true));
+    assert_eq!(postback("ROT1", TOKEN), 200);
+    assert_eq!(postback("ROT2", new_token), 200);
+    // 2. The old one removed.
+    std::fs::write(env.program(), with_tokens("\"acme-token-2\"")).unwrap();
+    assert_eq!(server.reload(), Ok(true));
+    assert_eq!(postback("ROT3", TOKEN), 403);
+    assert_eq!(postback("ROT4", new_token), 200);
+    // 3. A value changed in the store takes effect on reload, though the program did not change.
+    let newer = "acme-newer-token-0123456789";
+    std::fs::write(&secrets, format!("{}acme-token-2 = \"{newer}\"\n", example_secrets())).unwrap();
+    assert_eq!(server.reload(), Ok(false), "the program itself is unchanged");
+    assert_eq!(postback("ROT5", newer), 200);
+    assert_eq!(postback("ROT6", new_token), 403);
+    // 4. A program naming a secret the store lacks is refused; the old program stays in force.
+    std::fs::write(env.program(), with_tokens("\"acme-token-3\"")).unwrap();
+    let err = server.reload().unwrap_err();
+    assert!(err.contains("secret \"acme-token-3\" is not in the secrets store"), "{err}");
+    assert_eq!(postback("ROT7", newer), 200);
 }
 
 /// The ledger once the attribution worker has booked `txid`.
