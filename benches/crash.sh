@@ -12,7 +12,7 @@
 #   KILLS    kills per sync policy                          (default 200)
 #   EVENTS   acknowledged events to aim for, per policy     (default 1000000)
 #   CLIENTS  concurrent keep-alive clients                  (default 8)
-#   SEED     xorshift seed for the kill moments             (default: the clock)
+#   SEED     seed for the kill moments                      (default: the clock)
 #
 # Prints one line per policy: kills, seconds, attempted / acknowledged / failed / timed out /
 # stored, and lost / duplicated / gaps / unexpected (all must be 0; the test fails otherwise).

@@ -28,9 +28,9 @@ use std::time::Instant;
 
 use tally_attribution::{state_dir, AttributionMetrics, Worker, WorkerOptions};
 use tally_log::{Log, LogMetrics, LogOptions, LogReader, Pending};
-use tally_model::{
-    click_flags, Click, ClickId, Conversion, ConversionSource, ConversionStatus, Currency, Event, ProgramChange,
-};
+use tally_testkit::fixtures::bench_program;
+use tally_testkit::generate::{Generator, Schedule, Shape, DAY};
+use tally_testkit::Rng;
 
 type Res<T> = Result<T, Box<dyn Error>>;
 
@@ -41,31 +41,17 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const TARGET_EVENTS_PER_SEC: f64 = 500_000.0;
 const TARGET_PEAK_RSS_MIB: f64 = 512.0;
 
-const DAY_MS: u64 = 86_400_000;
-/// 2025-11-01T00:00:00Z.
-const T0: u64 = 1_761_955_200_000;
 /// Appends kept in flight while writing (below the log's default queue capacity of 65,536).
 const IN_FLIGHT: usize = 16_384;
 const AFFILIATES: u64 = 1_000;
-/// Distinct sub1 values over all affiliates; each affiliate uses `SUBS_PER_AFFILIATE` of them.
-const SUB1_VALUES: u64 = 1_000;
-const SUBS_PER_AFFILIATE: u64 = 20;
-/// Recent clicks remembered by the generator (conversions mostly refer to these).
-const RECENT_CLICKS: usize = 100_000;
-/// Every `OLD_SAMPLE_EVERY`-th click is also kept in a second ring of `RECENT_CLICKS`, so
-/// some conversions refer to clicks days old (some expired or outside their window).
-const OLD_SAMPLE_EVERY: u64 = 64;
-/// Recent click "visits" that a returning visitor may repeat (same visitor, offer, affiliate).
-const RECENT_VISITS: usize = 4_096;
-/// Recent transactions that duplicates and refunds refer to.
-const RECENT_TXIDS: usize = 50_000;
 
-// ---- deterministic randomness ------------------------------------------------------------------
+/// SplitMix64: the stream the printed ledger digest was taken on (19d80811... at the default
+/// sizes and seed), so it stays rather than the test kit's `StdRng`: any other stream would
+/// generate another log and make the digest useless for comparing builds.
+#[derive(Debug)]
+struct SplitMix64(u64);
 
-/// SplitMix64: tiny, fast and good enough for synthetic traffic.
-struct Rng(u64);
-
-impl Rng {
+impl rand::RngCore for SplitMix64 {
     fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
@@ -74,327 +60,12 @@ impl Rng {
         z ^ (z >> 31)
     }
 
-    /// Uniform in `0..n` (`n > 0`).
-    fn below(&mut self, n: u64) -> u64 {
-        ((u128::from(self.next_u64()) * u128::from(n)) >> 64) as u64
+    fn next_u32(&mut self) -> u32 {
+        (self.next_u64() >> 32) as u32
     }
 
-    /// True with probability `per_mille / 1000`.
-    fn chance(&mut self, per_mille: u64) -> bool {
-        self.below(1_000) < per_mille
-    }
-
-    /// In `0..n`, skewed towards 0 (the minimum of three uniform draws): a few big
-    /// affiliates and popular sub IDs, a long tail of small ones.
-    fn skewed(&mut self, n: u64) -> u64 {
-        self.below(n).min(self.below(n)).min(self.below(n))
-    }
-
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len() as u64) as usize]
-    }
-}
-
-/// A fixed-capacity ring of the most recent items.
-struct Ring<T> {
-    items: VecDeque<T>,
-    cap: usize,
-}
-
-impl<T> Ring<T> {
-    fn new(cap: usize) -> Ring<T> {
-        Ring { items: VecDeque::with_capacity(cap), cap }
-    }
-
-    fn push(&mut self, item: T) {
-        if self.items.len() == self.cap {
-            self.items.pop_front();
-        }
-        self.items.push_back(item);
-    }
-
-    /// A random item, biased towards the newest half when `recent`.
-    fn sample(&self, rng: &mut Rng, recent: bool) -> Option<&T> {
-        let n = self.items.len() as u64;
-        if n == 0 {
-            return None;
-        }
-        let back = if recent { rng.skewed(n) } else { rng.below(n) };
-        self.items.get((n - 1 - back) as usize)
-    }
-}
-
-// ---- the program -------------------------------------------------------------------------------
-
-const OFFERS: [&str; 3] = ["shoes", "hotels", "apps"];
-const CURRENCIES: [&str; 3] = ["USD", "EUR", "USD"];
-
-/// Goals of each offer with their relative weight among that offer's conversions, and
-/// whether the payout is a revenue share (so the conversion needs an amount).
-const GOALS: [&[(&str, u64, bool)]; 3] = [
-    &[("sale", 60, true), ("lead", 30, false), ("tiered", 10, false)],
-    &[("booking", 100, false)],
-    &[("install", 70, false), ("purchase", 30, true)],
-];
-
-fn program_toml() -> String {
-    let mut s = String::from(include_str!("../../../tests/fixtures/bench-program.toml"));
-    for a in 0..AFFILIATES {
-        s.push_str(&format!("\n[[affiliates]]\nid = \"aff{a:04}\"\n"));
-    }
-    s
-}
-
-// ---- traffic -----------------------------------------------------------------------------------
-
-const USER_AGENTS: [&str; 8] = [
-    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.0 Mobile/15E148 Safari/604.1",
-    "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Mobile Safari/537.36",
-    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36",
-    "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.4 Safari/605.1.15",
-    "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:125.0) Gecko/20100101 Firefox/125.0",
-    "Mozilla/5.0 (Linux; Android 13; SM-S911B) AppleWebKit/537.36 (KHTML, like Gecko) SamsungBrowser/24.0 Chrome/117.0.0.0 Mobile Safari/537.36",
-    "Mozilla/5.0 (iPad; CPU OS 16_6 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) CriOS/124.0.6367.88 Mobile/15E148 Safari/604.1",
-    "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/123.0.0.0 Safari/537.36",
-];
-const REFERRERS: [&str; 5] = [
-    "",
-    "https://blog.example/best-running-shoes",
-    "https://www.google.com/",
-    "https://news.example/deals/today",
-    "https://m.facebook.com/",
-];
-const SOURCES: [&str; 5] = ["", "newsletter", "facebook", "google", "tiktok"];
-
-/// A click as far as later events need it: a repeat visit copies it, a conversion joins it.
-#[derive(Clone, Copy)]
-struct Visit {
-    id: ClickId,
-    offer: u8,
-    affiliate: u16,
-    sub1: u16,
-    visitor: u32,
-}
-
-/// A transaction a duplicate report or a refund can refer to.
-#[derive(Clone, Copy)]
-struct Txn {
-    no: u64,
-    offer: u8,
-    goal: u8,
-    click: Option<ClickId>,
-}
-
-#[derive(Default)]
-struct Mix {
-    clicks: u64,
-    non_human: u64,
-    repeat_visits: u64,
-    prior_click: u64,
-    conversions: u64,
-    recent_click: u64,
-    old_click: u64,
-    unknown_click: u64,
-    coupon: u64,
-    duplicate: u64,
-    refund: u64,
-    currency_mismatch: u64,
-}
-
-struct Generator {
-    rng: Rng,
-    recent: Ring<Visit>,
-    old: Ring<Visit>,
-    visits: Ring<Visit>,
-    txids: Ring<Txn>,
-    next_txid: u64,
-    mix: Mix,
-}
-
-impl Generator {
-    fn new(seed: u64) -> Generator {
-        Generator {
-            rng: Rng(seed),
-            recent: Ring::new(RECENT_CLICKS),
-            old: Ring::new(RECENT_CLICKS),
-            visits: Ring::new(RECENT_VISITS),
-            txids: Ring::new(RECENT_TXIDS),
-            next_txid: 0,
-            mix: Mix::default(),
-        }
-    }
-
-    fn click(&mut self, ts_ms: u64) -> Event {
-        let rng = &mut self.rng;
-        let repeat = if rng.chance(150) { self.visits.sample(rng, true).copied() } else { None };
-        let (offer, affiliate, sub1, visitor, prior) = match repeat {
-            Some(v) => {
-                self.mix.repeat_visits += 1;
-                // A third of returning visitors still carry the cookie of their last click.
-                let prior = rng.chance(333).then_some(v.id);
-                (v.offer, v.affiliate, v.sub1, v.visitor, prior)
-            }
-            None => {
-                let offer = match rng.below(100) {
-                    0..50 => 0u8,
-                    50..75 => 1,
-                    _ => 2,
-                };
-                let affiliate = rng.skewed(AFFILIATES) as u16;
-                let sub1 = ((u64::from(affiliate) * 37 + rng.skewed(SUBS_PER_AFFILIATE) * 53) % SUB1_VALUES) as u16;
-                // A long tail of one-time visitors and a core that comes back.
-                let visitor = if rng.chance(300) { rng.below(20_000) } else { 20_000 + rng.below(50_000_000) } as u32;
-                (offer, affiliate, sub1, visitor, None)
-            }
-        };
-        self.mix.prior_click += u64::from(prior.is_some());
-        let id = ClickId::new(ts_ms, 1, rng.next_u64());
-        let flags = match rng.below(1_000) {
-            0..15 => click_flags::PREFETCH,
-            15..25 => click_flags::UNFURLER,
-            25..30 => click_flags::HEAD,
-            _ => 0,
-        };
-        self.mix.non_human += u64::from(flags != 0);
-        let v = u64::from(visitor).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        let ip = format!("{}.{}.{}.{}", 1 + (v >> 56) % 223, (v >> 48) & 0xff, (v >> 40) & 0xff, (v >> 32) & 0xff);
-        let user_agent = USER_AGENTS[(v % USER_AGENTS.len() as u64) as usize];
-        let campaign = rng.below(50);
-        let visit = Visit { id, offer, affiliate, sub1, visitor };
-        self.recent.push(visit);
-        self.visits.push(visit);
-        self.mix.clicks += 1;
-        if self.mix.clicks.is_multiple_of(OLD_SAMPLE_EVERY) {
-            self.old.push(visit);
-        }
-        Event::Click(Click {
-            click_id: id,
-            ts_ms,
-            link: format!("l{affiliate}o{offer}"),
-            offer: OFFERS[usize::from(offer)].into(),
-            affiliate: format!("aff{affiliate:04}"),
-            subs: [
-                format!("s{sub1:03}"),
-                format!("cmp-{campaign}"),
-                if campaign.is_multiple_of(3) { "email".into() } else { String::new() },
-                String::new(),
-                String::new(),
-            ],
-            source: (*rng.pick(&SOURCES)).into(),
-            deep_link: if rng.chance(50) {
-                format!("https://shop.example/p/{}", rng.below(10_000))
-            } else {
-                String::new()
-            },
-            user_agent: user_agent.into(),
-            referrer: (*rng.pick(&REFERRERS)).into(),
-            ip,
-            flags,
-            prior_click: prior,
-        })
-    }
-
-    fn goal_of(&mut self, offer: u8) -> u8 {
-        let goals = GOALS[usize::from(offer)];
-        let mut r = self.rng.below(goals.iter().map(|g| g.1).sum());
-        for (i, g) in goals.iter().enumerate() {
-            if r < g.1 {
-                return i as u8;
-            }
-            r -= g.1;
-        }
-        0
-    }
-
-    fn conversion(&mut self, ts_ms: u64) -> Event {
-        self.mix.conversions += 1;
-        let r = self.rng.below(1_000);
-        if r < 50 {
-            if let Some(t) = self.txids.sample(&mut self.rng, false).copied() {
-                // ~2% refunds/chargebacks, ~3% repeated reports of a transaction.
-                let reversal = r < 20;
-                let status = match (reversal, self.rng.chance(100)) {
-                    (false, _) => ConversionStatus::Approved,
-                    (true, true) => ConversionStatus::Chargeback,
-                    (true, false) => ConversionStatus::Refunded,
-                };
-                if reversal {
-                    self.mix.refund += 1;
-                } else {
-                    self.mix.duplicate += 1;
-                }
-                let click = if reversal { None } else { t.click };
-                return self.conversion_event(ts_ms, t.offer, t.goal, click, t.no, status, "");
-            }
-        }
-        let (offer, click, coupon) = if r < 80 {
-            // A click ID the log never saw (another node's, mistyped, or forged).
-            self.mix.unknown_click += 1;
-            let offer = self.rng.below(3) as u8;
-            let age = self.rng.below(DAY_MS);
-            (offer, Some(ClickId::new(ts_ms.saturating_sub(age), 2, self.rng.next_u64())), "")
-        } else if r < 100 {
-            self.mix.coupon += 1;
-            if self.rng.chance(500) {
-                (0, None, "SPRING")
-            } else {
-                (1, None, "TRAVEL10")
-            }
-        } else {
-            let old = self.rng.chance(250);
-            let ring = if old { &self.old } else { &self.recent };
-            match ring.sample(&mut self.rng, !old).copied() {
-                Some(v) => {
-                    if old {
-                        self.mix.old_click += 1;
-                    } else {
-                        self.mix.recent_click += 1;
-                    }
-                    (v.offer, Some(v.id), "")
-                }
-                None => (0, None, ""),
-            }
-        };
-        let goal = self.goal_of(offer);
-        let no = self.next_txid;
-        self.next_txid += 1;
-        self.txids.push(Txn { no, offer, goal, click });
-        self.conversion_event(ts_ms, offer, goal, click, no, ConversionStatus::Approved, coupon)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn conversion_event(
-        &mut self,
-        ts_ms: u64,
-        offer: u8,
-        goal: u8,
-        click_id: Option<ClickId>,
-        txid: u64,
-        status: ConversionStatus,
-        coupon: &str,
-    ) -> Event {
-        let (goal, _, revshare) = GOALS[usize::from(offer)][usize::from(goal)];
-        let mut currency = CURRENCIES[usize::from(offer)];
-        if revshare && self.rng.chance(5) {
-            self.mix.currency_mismatch += 1;
-            currency = if currency == "USD" { "GBP" } else { "USD" };
-        }
-        let amount = (revshare || self.rng.chance(300)).then(|| 500 + self.rng.skewed(50_000) as i64);
-        Event::Conversion(Conversion {
-            ts_ms,
-            source: if coupon.is_empty() { ConversionSource::Postback } else { ConversionSource::Pixel },
-            click_id,
-            coupon: coupon.into(),
-            offer: OFFERS[usize::from(offer)].into(),
-            goal: goal.into(),
-            txid: format!("T{txid:010}"),
-            amount,
-            // The codes above are all valid ISO 4217 codes.
-            currency: Currency::from_code(currency).unwrap_or_else(|e| panic!("currency {currency}: {e}")),
-            status,
-            subs: Default::default(),
-            ip: String::new(),
-        })
+    fn fill_bytes(&mut self, dst: &mut [u8]) {
+        rand::rand_core::impls::fill_bytes_via_next(self, dst);
     }
 }
 
@@ -474,8 +145,6 @@ fn generate(dir: &Path) -> Res<()> {
     }
     std::fs::create_dir_all(dir)?;
     let total = 1 + clicks + conversions;
-    let span = days * DAY_MS;
-    let ts = |i: u64| T0 + (u128::from(i) * u128::from(span) / u128::from(total)) as u64;
     println!(
         "gen: {clicks} clicks + {conversions} conversions over {days} days into {} (seed {seed:#x})",
         dir.display()
@@ -483,31 +152,22 @@ fn generate(dir: &Path) -> Res<()> {
 
     let started = Instant::now();
     let log = Log::open(dir, LogOptions::default(), LogMetrics::default())?;
-    let source = program_toml();
-    let digest = blake3::hash(source.as_bytes()).to_hex().to_string();
-    let program = Event::ProgramChange(ProgramChange { ts_ms: T0, digest, source });
-    log.submit(tally_model::encode(&program)?)?.wait()?;
-
-    let mut g = Generator::new(seed);
+    let program = bench_program(AFFILIATES);
+    let schedule = Schedule::Interleaved { clicks, conversions, span_ms: days * DAY };
+    let mut g = Generator::new(Shape::bench(AFFILIATES), schedule, &[&program], Rng::with_source(SplitMix64(seed)));
+    // The program is committed before any traffic is submitted.
+    if let Some(program) = g.next() {
+        log.submit(tally_model::encode(&program)?)?.wait()?;
+    }
     let mut inflight = VecDeque::with_capacity(IN_FLIGHT);
     let mut i = 1u64;
-    let mut done_conversions = 0u64;
     let mut bytes = 0u64;
     let mut last_report = Instant::now();
-    for c in 0..clicks {
-        let record = tally_model::encode(&g.click(ts(i)))?;
+    for event in g.by_ref() {
+        let record = tally_model::encode(&event)?;
         bytes += record.len() as u64;
         append(&log, &mut inflight, record)?;
         i += 1;
-        // Interleave conversions evenly: after click c, `(c + 1) * conversions / clicks` are due.
-        let due = u128::from(c + 1) * u128::from(conversions) / u128::from(clicks);
-        while u128::from(done_conversions) < due {
-            let record = tally_model::encode(&g.conversion(ts(i)))?;
-            bytes += record.len() as u64;
-            append(&log, &mut inflight, record)?;
-            i += 1;
-            done_conversions += 1;
-        }
         if last_report.elapsed().as_secs() >= 10 {
             last_report = Instant::now();
             eprintln!("gen: {i}/{total} events, {:.0}s", started.elapsed().as_secs_f64());
@@ -519,7 +179,7 @@ fn generate(dir: &Path) -> Res<()> {
     let last = log.last_committed();
     log.close();
     let secs = started.elapsed().as_secs_f64();
-    let m = &g.mix;
+    let m = g.mix();
     println!(
         "gen: appended {last} events ({:.0} MiB of records) in {secs:.1}s: {:.0} events/s (generate + encode + append, sync=none)",
         mib(bytes),

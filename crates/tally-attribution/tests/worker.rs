@@ -7,11 +7,12 @@ mod common;
 
 use std::path::Path;
 
-use common::generate::{self, Rng};
+use common::generate;
 use tally_attribution::report::{report, GroupBy, ReportRow};
 use tally_attribution::{AttributionMetrics, Entry, LedgerReader, State, Worker, WorkerOptions};
 use tally_log::{Log, LogMetrics, LogOptions, LogReader};
 use tally_model::Event;
+use tally_testkit::Rng;
 
 fn write_log(dir: &Path, events: &[Event]) -> Log {
     let log = Log::open(dir, LogOptions::default(), LogMetrics::default()).unwrap();
@@ -84,11 +85,11 @@ fn same_log_same_ledger_in_every_way_of_running_it() {
         let records = reader.read_range(start + 1, (stop_at - start) as usize).unwrap();
         for (seq, bytes) in records {
             w.apply_record(seq, &bytes).unwrap();
-            if rng.chance(2) {
+            if rng.per_mille(20) {
                 w.commit().unwrap();
             }
         }
-        if rng.chance(50) {
+        if rng.per_mille(500) {
             w.commit().unwrap();
         }
         drop(w); // the kill: whatever was not committed is gone

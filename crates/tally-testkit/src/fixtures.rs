@@ -1,4 +1,5 @@
-//! The fixture programs under `tests/fixtures/` that more than one crate's tests use.
+//! The fixture programs under `tests/fixtures/` that more than one crate's tests (or a
+//! benchmark) use.
 
 /// The attribution rules tests' program: two offers (USD shoes with revenue share, a capped
 /// lead and a tiered goal with a milestone; EUR hotels, first click), a coupon and a link.
@@ -12,4 +13,14 @@ pub fn program_variant() -> String {
         .replace("hold_days = 10", "hold_days = 3")
         .replace(r#"amount = "2.50""#, r#"amount = "3.25""#)
         .replace("window_days = 7", "window_days = 2")
+}
+
+/// The attribution benchmark's program with `affiliates` affiliates (`aff0000`...), for
+/// [`crate::generate::Shape::bench`]'s traffic.
+pub fn bench_program(affiliates: u64) -> String {
+    let mut s = String::from(include_str!("../../../tests/fixtures/bench-program.toml"));
+    for a in 0..affiliates {
+        s.push_str(&format!("\n[[affiliates]]\nid = \"aff{a:04}\"\n"));
+    }
+    s
 }

@@ -10,18 +10,25 @@
 //!   browser or an attacker would; both server kinds dereference to a [`Client`].
 //! - [`events`], [`ledger`]: the log and the commission ledger as `tally export events`
 //!   and `tally commissions --format jsonl` print them, read in-process.
-//! - [`generate`]: the seeded generator of plausible logs (clicks, conversions, repeats,
-//!   reversals, program changes) that the attribution model check and the replay tests use.
+//! - [`generate`]: the one generator of plausible logs (clicks, conversions, repeats,
+//!   reversals, program changes), shaped by parameters: the attribution model check, the
+//!   worker and replay tests and the attribution benchmark all use it.
+//! - [`Rng`]: the one seeded RNG (`StdRng` under a few draws), for tests that need chance.
+//! - [`ClickBuilder`], [`ConversionBuilder`]: events for tests that build them by hand.
 //! - [`wait_for`]: polling with a deadline, for effects that are asynchronous by design
 //!   (the attribution worker follows the log).
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
+mod build;
 pub mod fixtures;
 pub mod generate;
 mod http;
+mod rng;
 mod server;
 
+pub use build::{ClickBuilder, ConversionBuilder};
 pub use http::{click_storm, Client, Conn, Resp};
+pub use rng::Rng;
 pub use server::{Process, TestServer};
 
 use std::path::{Path, PathBuf};

@@ -5,7 +5,8 @@
 pub use tally_testkit::generate;
 
 use tally_attribution::{apply, Entry, EntryId, State};
-use tally_model::{Click, ClickId, Conversion, ConversionSource, ConversionStatus, Currency, Event, ProgramChange};
+use tally_model::{Click, ClickId, Conversion, ConversionStatus, Event};
+use tally_testkit::{ClickBuilder, ConversionBuilder};
 
 pub use tally_testkit::generate::{DAY, T0};
 
@@ -40,8 +41,7 @@ impl Driver {
     }
 
     pub fn program(&mut self, source: &str) {
-        let digest = blake3::hash(source.as_bytes()).to_hex().to_string();
-        self.apply(Event::ProgramChange(ProgramChange { ts_ms: self.now, digest, source: source.into() }));
+        self.apply(generate::program_event(self.now, source));
     }
 
     /// Moves event time forward by `ms`.
@@ -51,21 +51,15 @@ impl Driver {
 
     pub fn click_event(&mut self, offer: &str, affiliate: &str, prior: Option<ClickId>) -> Click {
         self.nonce += 1;
-        Click {
-            click_id: ClickId::new(self.now, 1, self.nonce),
-            ts_ms: self.now,
-            link: "l1".into(),
-            offer: offer.into(),
-            affiliate: affiliate.into(),
-            subs: [format!("s-{affiliate}"), String::new(), String::new(), String::new(), String::new()],
-            source: String::new(),
-            deep_link: String::new(),
-            user_agent: "Mozilla/5.0".into(),
-            referrer: String::new(),
-            ip: format!("203.0.113.{}", self.nonce % 250),
-            flags: 0,
-            prior_click: prior,
-        }
+        ClickBuilder::new()
+            .at(self.now)
+            .nonce(self.nonce)
+            .offer(offer)
+            .affiliate(affiliate)
+            .sub(1, &format!("s-{affiliate}"))
+            .ip(&format!("203.0.113.{}", self.nonce % 250))
+            .prior(prior)
+            .build()
     }
 
     pub fn click(&mut self, offer: &str, affiliate: &str) -> ClickId {
@@ -91,21 +85,16 @@ impl Driver {
         amount: Option<i64>,
         status: ConversionStatus,
     ) -> Conversion {
-        let currency = if offer == "hotels" { "EUR" } else { "USD" };
-        Conversion {
-            ts_ms: self.now,
-            source: ConversionSource::Postback,
-            click_id: cid,
-            coupon: String::new(),
-            offer: offer.into(),
-            goal: goal.into(),
-            txid: txid.into(),
-            amount,
-            currency: Currency::from_code(currency).unwrap(),
-            status,
-            subs: Default::default(),
-            ip: String::new(),
-        }
+        ConversionBuilder::new()
+            .at(self.now)
+            .click(cid)
+            .offer(offer)
+            .goal(goal)
+            .txid(txid)
+            .amount(amount)
+            .currency(if offer == "hotels" { "EUR" } else { "USD" })
+            .status(status)
+            .build()
     }
 
     /// An approved conversion; returns its own entry (and any bonuses after it).

@@ -118,23 +118,14 @@ fn verify_passes_then_names_the_edited_sequence() {
     // Forge a record that decodes fine: only the chain can tell.
     let events = events(&dir);
     let victim = events.iter().find(|e| e["seq"] == 57).unwrap().clone();
-    let mut forged = tally_model::Click {
-        click_id: victim["click_id"].as_str().unwrap().parse().unwrap(),
-        ts_ms: victim["ts_ms"].as_u64().unwrap(),
-        link: "demo".into(),
-        offer: "shoes".into(),
-        affiliate: "aff2".into(), // credit someone else
-        subs: Default::default(),
-        source: String::new(),
-        deep_link: String::new(),
-        user_agent: String::new(),
-        referrer: String::new(),
-        ip: String::new(),
-        flags: 0,
-        prior_click: None,
-    };
-    forged.subs[0] = victim["sub1"].as_str().unwrap().to_owned();
-    let bytes = tally_model::encode(&tally_model::Event::Click(forged)).unwrap();
+    let forged = ClickBuilder::new()
+        .id(victim["click_id"].as_str().unwrap().parse().unwrap())
+        .at(victim["ts_ms"].as_u64().unwrap())
+        .link("demo")
+        .affiliate("aff2") // credit someone else
+        .sub(1, victim["sub1"].as_str().unwrap())
+        .event();
+    let bytes = tally_model::encode(&forged).unwrap();
     tally_log::testing::overwrite_event(&dir, 57, &bytes).unwrap();
     let bad = tally(&["verify", "--data-dir", d]);
     assert!(!bad.status.success());

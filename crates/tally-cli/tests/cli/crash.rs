@@ -24,19 +24,6 @@ fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
-/// The kill moments only need to vary; a printed seed makes a run repeatable.
-struct Rng(rand::rngs::StdRng);
-
-impl Rng {
-    fn seeded(seed: u64) -> Rng {
-        Rng(rand::SeedableRng::seed_from_u64(seed))
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        rand::Rng::random_range(&mut self.0, 0..n.max(1))
-    }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Click,
@@ -177,7 +164,7 @@ fn check(dir: &Path, history: &[Attempt]) -> Report {
 /// Runs `kills` rounds: start, load until a random number of acknowledgements, SIGKILL.
 fn run(env: &Env, vars: &[(&str, &str)], kills: u64, events: u64, seed: u64) -> (Vec<Attempt>, Duration) {
     let clients = env_u64("TALLY_CRASH_CLIENTS", 4);
-    let mut rng = Rng::seeded(seed);
+    let mut rng = Rng::new(seed);
     let per_round = (events / kills.max(1)).max(10);
     let mut history = Vec::new();
     let started = Instant::now();
@@ -314,7 +301,7 @@ fn attribution_killed_at_every_crash_point_ends_with_the_uninterrupted_ledger() 
     let _ = std::fs::remove_dir_all(data.join("attribution-snapshots"));
 
     let mut crashes: HashMap<&str, u32> = HashMap::new();
-    let mut rng = Rng::seeded(0x5eed);
+    let mut rng = Rng::new(0x5eed);
     for round in 0..16 {
         let point = tally_attribution::testing::CRASH_POINTS[round % 4];
         let at = format!("{point}:{}", 1 + rng.below(3));
