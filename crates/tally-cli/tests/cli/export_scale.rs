@@ -136,7 +136,7 @@ fn export_and_check(dir: &std::path::Path, kind: &str, extra: &[&str], want: imp
     let mut record = csv::StringRecord::new();
     let mut peak_kb = 0;
     while csv.read_record(&mut record).unwrap() {
-        if rows % 4096 == 0 {
+        if rows.is_multiple_of(4096) {
             peak_kb = peak_kb.max(peak_rss_kb(child.id()));
         }
         let i = want.next().unwrap_or_else(|| panic!("{kind}: extra row {record:?}"));
