@@ -152,6 +152,10 @@ grep -q "^in_process = $in_process\$" "$TMP/config/tally.toml" ||
 grep -q "^commit_on_park = $COMMIT_ON_PARK\$" "$TMP/config/tally.toml" ||
     die "could not set [log] commit_on_park in the copy of $TALLY_CONFIG"
 TALLY_CONFIG="$TMP/config/tally.toml"
+# The example program names its advertisers' credentials and the server resolves them at
+# start; this load never posts back, so any values do.
+export TALLY_SECRET_ACME_TOKEN=bench-acme-token-0123456789 TALLY_SECRET_ACME_HMAC=bench-acme-hmac-0123456789 \
+    TALLY_SECRET_GLOBEX_TOKEN=bench-globex-token-0123456789
 
 # Start "$@" in the background in its own session/process group, so the cleanup can
 # signal the whole group. setsid does not fork here (a `&` child is not a group leader),

@@ -32,7 +32,10 @@ CONNECTIONS="${CONNECTIONS:-32}"
 THREADS="${THREADS:-2}"
 MIX="${MIX:-80,10,10}"
 KEEP_TMP="${KEEP_TMP:-0}"
-TOKEN=demo-acme-token-change-me
+TOKEN=soak-acme-token-0123456789
+# The example program names its advertisers' credentials; the server resolves them from these.
+export TALLY_SECRET_ACME_TOKEN=$TOKEN TALLY_SECRET_ACME_HMAC=soak-acme-hmac-0123456789 \
+    TALLY_SECRET_GLOBEX_TOKEN=soak-globex-token-0123456789
 
 log() { printf '[soak] %s\n' "$*" >&2; }
 die() { printf '[soak] error: %s\n' "$*" >&2; exit 2; }

@@ -62,6 +62,9 @@ sed -e 's/^in_process = .*/in_process = false/' -e 's/^level = .*/level = "warn"
     -e "s/^listen = \"127.0.0.1:9464\"/listen = \"127.0.0.1:$ADMIN\"/" \
     "$REPO/config/tally.toml" >"$TMP/config/tally.toml"
 grep -q "127.0.0.1:$ADMIN" "$TMP/config/tally.toml" || die "could not move the admin listener in the config copy"
+# The example program names its advertisers' credentials; clicks only here, so any values do.
+export TALLY_SECRET_ACME_TOKEN=bench-acme-token-0123456789 TALLY_SECRET_ACME_HMAC=bench-acme-hmac-0123456789 \
+    TALLY_SECRET_GLOBEX_TOKEN=bench-globex-token-0123456789
 
 ulimit -n 65536 2>/dev/null || true
 TALLY_WORKER_THREADS="$TALLY_WORKERS" "$TALLY_BIN" serve --config "$TMP/config/tally.toml" \

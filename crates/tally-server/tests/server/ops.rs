@@ -347,3 +347,20 @@ fn without_a_token_the_api_is_off_but_metrics_and_health_answer() {
     assert_eq!(server.get("/healthz").status, 200);
     assert_eq!(server.get("/metrics").status, 404);
 }
+
+#[test]
+fn the_container_config_is_valid_and_the_image_holds_no_working_credentials() {
+    let config = tally_server::Config::from_toml(&repo("deploy/docker/tally.toml"), Path::new("/etc/tally")).unwrap();
+    let dir = Path::new("/run/secrets");
+    assert_eq!(config.edge.secrets.dir.as_deref(), Some(dir));
+    // The image ships the example program, which only names credentials; with nothing
+    // mounted where the image's config looks, it refuses to start, naming each one.
+    let env = Env::new("");
+    let empty = env.tmp.path().join("run-secrets");
+    std::fs::create_dir(&empty).unwrap();
+    let secrets = tally_edge::secrets::SecretsConfig { dir: Some(empty), file: None };
+    let err = tally_edge::serving_program(&repo("config/program.toml"), &secrets).unwrap_err().to_string();
+    for name in ["acme-token", "acme-hmac", "globex-token"] {
+        assert!(err.contains(&format!("secret \"{name}\" is not in the secrets store")), "{err}");
+    }
+}
