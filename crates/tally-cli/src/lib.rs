@@ -108,14 +108,8 @@ enum Command {
     Replay {
         #[arg(long, env = "TALLY_DATA_DIR")]
         data_dir: PathBuf,
-        /// First event of the window: a sequence number, or a UTC time (YYYY-MM-DD or
-        /// YYYY-MM-DDTHH:MM:SSZ) meaning the first event at or after it.
-        #[arg(long)]
-        from: Option<String>,
-        /// End of the window, exclusive: a sequence number or a UTC time; the window holds the
-        /// events before it (half-open, like `tally export`).
-        #[arg(long)]
-        to: Option<String>,
+        #[command(flatten)]
+        window: Window,
         /// Compare only this affiliate's entries.
         #[arg(long)]
         affiliate: Option<String>,
@@ -207,16 +201,24 @@ enum ExportWhat {
     Commissions(ExportArgs),
 }
 
+/// A window of the log, half-open: the events from `--from` up to, not including, `--to`.
 #[derive(Debug, clap::Args)]
-struct ExportArgs {
-    #[arg(long, env = "TALLY_DATA_DIR")]
-    data_dir: PathBuf,
-    /// Start, inclusive: a sequence number, a UTC date (2026-11-23) or time (2026-11-23T14:05:00Z).
+struct Window {
+    /// Start, inclusive: a sequence number, or a UTC date (2026-11-23) or time
+    /// (2026-11-23T14:05:00Z) meaning the first event at or after it.
     #[arg(long)]
     from: Option<String>,
     /// End, exclusive: a sequence number, a UTC date or time, as for --from.
     #[arg(long)]
     to: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+struct ExportArgs {
+    #[arg(long, env = "TALLY_DATA_DIR")]
+    data_dir: PathBuf,
+    #[command(flatten)]
+    window: Window,
     /// parquet needs a binary built with `--features tally-cli/parquet`, and --out.
     #[arg(long, value_enum, default_value_t = export::Format::Jsonl)]
     format: export::Format,
@@ -244,7 +246,7 @@ pub fn main() -> ExitCode {
                 ExportWhat::Conversions(a) => (What::Conversions, a),
                 ExportWhat::Commissions(a) => (What::Commissions, a),
             };
-            export::range(args.from.as_deref(), args.to.as_deref())
+            export::range(args.window.from.as_deref(), args.window.to.as_deref())
                 .and_then(|range| export::export(what, &args.data_dir, &range, args.format, args.out.as_deref()))
         }
         Command::Verify { data_dir, anchor } => verify(&data_dir, anchor.as_ref()),
@@ -264,7 +266,7 @@ pub fn main() -> ExitCode {
                 digest,
             })
         }
-        Command::Replay { data_dir, from, to, affiliate, offer, explain, no_snapshots } => {
+        Command::Replay { data_dir, window: Window { from, to }, affiliate, offer, explain, no_snapshots } => {
             audit::replay(audit::ReplayArgs { data_dir, from, to, affiliate, offer, explain, no_snapshots })
         }
         Command::Report { data_dir, by, from, to, format } => {
