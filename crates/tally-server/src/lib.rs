@@ -16,6 +16,7 @@
 //! does both. It owns no storage format and no rule: it wires the libraries together.
 
 pub mod config;
+pub mod notify;
 pub mod process_metrics;
 mod stats;
 pub mod telemetry;
@@ -195,6 +196,13 @@ impl App {
                 tracing::info!(%local, data_dir = %config.data_dir().display(), sync = config.log.sync.as_str(), "serving");
             }
             let shutdown = shutdown(Arc::clone(&edge)).map_err(|e| AppError::io("cannot install the shutdown signal", e))?;
+            // Ready once the log is open, the listeners bound (connections already queue) and
+            // the signal handlers in place, so systemd's first SIGTERM drains rather than kills.
+            notify::ready();
+            let shutdown = async {
+                shutdown.await;
+                notify::stopping();
+            };
             serve(Arc::clone(&edge), hooks, public, admin, shutdown).await.map_err(|e| AppError::io("serving failed", e))
         });
         // The worker stops after its current commit; whatever it has not reached it attributes

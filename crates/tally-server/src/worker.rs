@@ -116,10 +116,14 @@ impl Standalone {
                     if let Some(l) = metrics.and_then(|l| tokio::net::TcpListener::from_std(l).ok()) {
                         tokio::spawn(serve_metrics(l, registry));
                     }
+                    // The worker is open and follows the log from here; the metrics listener
+                    // is bound and a SIGTERM now stops it cleanly.
+                    crate::notify::ready();
                     tokio::select! {
                         _ = term.recv() => {}
                         _ = int.recv() => {}
                     }
+                    crate::notify::stopping();
                     flag.store(true, Ordering::Relaxed);
                 })
             })
