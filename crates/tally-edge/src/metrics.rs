@@ -7,7 +7,6 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
-use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
 
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
@@ -195,7 +194,6 @@ impl EdgeMetrics {
         r.register("http_connections", "HTTP connections accepted", connections_total.clone());
         let program_links = Gauge::default();
         r.register("program_links", "Links in the loaded program", program_links.clone());
-        r.register("build", "Build information", Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]));
 
         let mut req_handles = Vec::new();
         for route in ROUTES {

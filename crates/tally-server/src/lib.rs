@@ -16,6 +16,8 @@
 //! does both. It owns no storage format and no rule: it wires the libraries together.
 
 pub mod config;
+pub mod notify;
+pub mod process_metrics;
 mod stats;
 pub mod telemetry;
 pub mod worker;
@@ -104,18 +106,21 @@ impl App {
         let record =
             tally_edge::program_change_record(&program.program).map_err(|e| AppError::ProgramChange(e.to_string()))?;
         log.submit(record).and_then(tally_log::Pending::wait).map_err(|e| AppError::ProgramChange(e.to_string()))?;
-        let attribution_metrics = AttributionMetrics::default();
+        // The process's one metrics registry: build, process and disk; the log's, the
+        // worker's and (added by the edge) the edge's, served by the admin listener.
+        let mut registry = prometheus_client::registry::Registry::default();
+        process_metrics::register(&mut registry, &data_dir);
+        log_metrics.register(&mut registry);
         let worker = if config.attribution.in_process {
+            let attribution_metrics = AttributionMetrics::default();
             let worker = worker::open_worker(&data_dir, &config.attribution, attribution_metrics.clone())?;
+            attribution_metrics.register(&mut registry);
             Some(InProcess::start(worker, log.reader())?)
         } else {
+            // `tally attribute` exports the worker's metrics; a never-running copy here would
+            // report `tally_attribution_up 0` and raise TallyAttributionDown.
             None
         };
-        // The process's one metrics registry: the log's, the worker's and (added by the
-        // edge) the edge's, served by the admin listener.
-        let mut registry = prometheus_client::registry::Registry::default();
-        log_metrics.register(&mut registry);
-        attribution_metrics.register(&mut registry);
         let edge = Edge::new(config.edge.clone(), program, log.clone(), registry);
         let hooks =
             AdminHooks { stats: Some(stats_hook(data_dir)), log_level: Some(Arc::new(telemetry::RuntimeLevel)) };
@@ -191,6 +196,13 @@ impl App {
                 tracing::info!(%local, data_dir = %config.data_dir().display(), sync = config.log.sync.as_str(), "serving");
             }
             let shutdown = shutdown(Arc::clone(&edge)).map_err(|e| AppError::io("cannot install the shutdown signal", e))?;
+            // Ready once the log is open, the listeners bound (connections already queue) and
+            // the signal handlers in place, so systemd's first SIGTERM drains rather than kills.
+            notify::ready();
+            let shutdown = async {
+                shutdown.await;
+                notify::stopping();
+            };
             serve(Arc::clone(&edge), hooks, public, admin, shutdown).await.map_err(|e| AppError::io("serving failed", e))
         });
         // The worker stops after its current commit; whatever it has not reached it attributes

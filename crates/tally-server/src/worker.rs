@@ -4,7 +4,7 @@
 //! only starts, stops and exposes it.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -59,6 +59,7 @@ pub struct Standalone {
     worker: Worker,
     reader: LogReader,
     metrics: AttributionMetrics,
+    data_dir: PathBuf,
 }
 
 impl Standalone {
@@ -66,7 +67,7 @@ impl Standalone {
         let metrics = AttributionMetrics::default();
         let worker = open_worker(data_dir, config, metrics.clone())?;
         let reader = LogReader::open_secondary(data_dir)?;
-        Ok(Standalone { worker, reader, metrics })
+        Ok(Standalone { worker, reader, metrics, data_dir: data_dir.to_owned() })
     }
 
     /// The last event attributed and committed.
@@ -98,6 +99,7 @@ impl Standalone {
         let flag = Arc::clone(&stop);
         let registry = {
             let mut registry = prometheus_client::registry::Registry::default();
+            crate::process_metrics::register(&mut registry, &self.data_dir);
             self.metrics.register(&mut registry);
             Arc::new(registry)
         };
@@ -114,10 +116,14 @@ impl Standalone {
                     if let Some(l) = metrics.and_then(|l| tokio::net::TcpListener::from_std(l).ok()) {
                         tokio::spawn(serve_metrics(l, registry));
                     }
+                    // The worker is open and follows the log from here; the metrics listener
+                    // is bound and a SIGTERM now stops it cleanly.
+                    crate::notify::ready();
                     tokio::select! {
                         _ = term.recv() => {}
                         _ = int.recv() => {}
                     }
+                    crate::notify::stopping();
                     flag.store(true, Ordering::Relaxed);
                 })
             })

@@ -283,6 +283,14 @@ fn a_separate_worker_process_survives_sigkill_and_ends_with_the_same_ledger() {
         assert!(Instant::now() < deadline, "no lag metric: {m}");
         std::thread::sleep(Duration::from_millis(100));
     }
+    // Like the server, it says what build it is and watches its process and disk.
+    let m = Conn::open(addr).send("GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n").text();
+    let build = format!("tally_build_info{{version=\"{}\",revision=\"", env!("CARGO_PKG_VERSION"));
+    for needle in
+        [&build, "process_start_time_seconds ", "process_resident_memory_bytes ", "tally_data_dir_free_bytes "]
+    {
+        assert!(m.contains(needle), "no {needle} in {m}");
+    }
     let _ = std::process::Command::new("kill").args(["-TERM", &worker.id().to_string()]).status();
     assert!(worker.wait().unwrap().success(), "SIGTERM stops the worker cleanly");
 }

@@ -16,3 +16,4 @@ mod export_parquet;
 mod export_scale;
 mod overload;
 mod secrets;
+mod systemd;

@@ -45,13 +45,18 @@ fn exported_names(metrics: &str) -> BTreeSet<String> {
         .collect()
 }
 
-/// Every `tally_...` identifier in `text` (recording rules are named `tally:...`, so they
-/// are not picked up), with histogram series suffixes mapped to their family.
+/// Every `tally_...` and `process_...` identifier in `text` (recording rules are named
+/// `tally:...`, so they are not picked up), with histogram series suffixes mapped to their
+/// family.
 fn referenced_names(text: &str, histograms: &BTreeSet<String>) -> BTreeSet<String> {
+    ["tally_", "process_"].iter().flat_map(|prefix| names_with(text, prefix, histograms)).collect()
+}
+
+fn names_with(text: &str, prefix: &str, histograms: &BTreeSet<String>) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     let bytes = text.as_bytes();
     let mut i = 0;
-    while let Some(pos) = text[i..].find("tally_") {
+    while let Some(pos) = text[i..].find(prefix) {
         let start = i + pos;
         let boundary = start == 0 || !(bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'_');
         let mut end = start;
@@ -133,8 +138,12 @@ fn metrics_count_the_traffic_sent() {
     assert_eq!(sample(&m, "tally_attribution_ledger_entries_total{status=\"pending\"}"), 2.0);
     assert_eq!(sample(&m, "tally_attribution_pending_holds"), 2.0);
     assert_eq!(sample(&m, "tally_attribution_ledger_entries_total{status=\"duplicate\"}"), 1.0);
-    let version = format!("tally_build_info{{version=\"{}\"}}", env!("CARGO_PKG_VERSION"));
-    assert_eq!(sample(&m, &version), 1.0);
+    let build = format!(
+        "tally_build_info{{version=\"{}\",revision=\"{}\"}}",
+        env!("CARGO_PKG_VERSION"),
+        tally_server::process_metrics::REVISION
+    );
+    assert_eq!(sample(&m, &build), 1.0);
 
     // Labels never carry link codes, click IDs, sub IDs or IPs.
     for line in m.lines().filter(|l| !l.starts_with('#')) {
@@ -155,6 +164,45 @@ fn metrics_count_the_traffic_sent() {
 }
 
 #[test]
+fn build_process_and_disk_metrics_are_exported_and_sane() {
+    let env = Env::new("");
+    let server = env.serve();
+    let m = server.metrics();
+
+    let build = m.lines().find(|l| l.starts_with("tally_build_info{")).expect("tally_build_info");
+    let label = |name: &str| {
+        let start =
+            build.find(&format!("{name}=\"")).unwrap_or_else(|| panic!("no {name} in {build}")) + name.len() + 2;
+        build[start..].split('"').next().unwrap().to_owned()
+    };
+    assert_eq!(label("version"), env!("CARGO_PKG_VERSION"));
+    let revision = label("revision");
+    assert!(
+        revision == "unknown" || (revision.len() == 12 && revision.bytes().all(|b| b.is_ascii_hexdigit())),
+        "revision {revision:?}"
+    );
+    assert!(build.ends_with(" 1"), "{build}");
+
+    let free = sample(&m, "tally_data_dir_free_bytes");
+    let size = sample(&m, "tally_data_dir_size_bytes");
+    assert!(free > 0.0 && free <= size, "free {free} of {size}");
+
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    let start = sample(&m, "process_start_time_seconds");
+    // This test process started the server, and not long ago.
+    assert!(start <= now && start > now - 6.0 * 3600.0, "start {start}, now {now}");
+    assert!(sample(&m, "process_cpu_seconds_total") > 0.0);
+    let rss = sample(&m, "process_resident_memory_bytes");
+    assert!(rss > 1e6 && rss <= sample(&m, "process_virtual_memory_bytes"), "rss {rss}");
+    let open = sample(&m, "process_open_fds");
+    assert!(open >= 3.0 && open <= sample(&m, "process_max_fds"), "open fds {open}");
+    // Counters only grow; the start time stays put.
+    let later = server.metrics();
+    assert!(sample(&later, "process_cpu_seconds_total") >= sample(&m, "process_cpu_seconds_total"));
+    assert_eq!(sample(&later, "process_start_time_seconds"), start);
+}
+
+#[test]
 fn readme_dashboard_rules_and_alerts_name_only_exported_metrics() {
     let env = Env::new("");
     let server = env.serve();
@@ -172,7 +220,7 @@ fn readme_dashboard_rules_and_alerts_name_only_exported_metrics() {
     let section = readme.split("## Metrics").nth(1).unwrap().split("\n## ").next().unwrap();
     let documented: BTreeSet<String> = section
         .lines()
-        .filter(|l| l.starts_with("| `tally_"))
+        .filter(|l| l.starts_with("| `tally_") || l.starts_with("| `process_"))
         .flat_map(|l| referenced_names(l.split('|').nth(1).unwrap(), &histograms))
         .collect();
     assert_eq!(documented, exported, "README metrics table vs /metrics");
