@@ -132,7 +132,7 @@ enum Command {
         digest: bool,
     },
     /// Re-run attribution over the raw log into a scratch state and compare it with the live
-    /// ledger; exits non-zero on any difference. Works while a server is running.
+    /// ledger; exits 1 on any difference. Works while a server is running.
     Replay {
         #[arg(long, env = "TALLY_DATA_DIR")]
         data_dir: PathBuf,
