@@ -244,8 +244,20 @@ impl Source {
     pub fn export<W: Write>(
         &self,
         range: &Range,
+        sink: Sink<W>,
+        undecodable: impl FnMut(u64, &RecordError),
+    ) -> Result<Exported, ExportError> {
+        self.export_progress(range, sink, undecodable, |_| {})
+    }
+
+    /// [`Source::export`], calling `progress(seq)` with the sequence number of each record or
+    /// entry read (written or not), for a caller that shows how far a long export has got.
+    pub fn export_progress<W: Write>(
+        &self,
+        range: &Range,
         mut sink: Sink<W>,
         mut undecodable: impl FnMut(u64, &RecordError),
+        mut progress: impl FnMut(u64),
     ) -> Result<Exported, ExportError> {
         let mut done = Exported::default();
         match &self.reader {
@@ -256,6 +268,7 @@ impl Source {
                     if range.ended(seq) {
                         break;
                     }
+                    progress(seq);
                     // The kind byte is enough to skip other types without decoding them.
                     if let (Some(kind), Ok(got)) = (only, tally_model::record::peek_kind(&record)) {
                         if got != kind {
@@ -282,6 +295,7 @@ impl Source {
                     if range.ended(entry.id.seq) {
                         break;
                     }
+                    progress(entry.id.seq);
                     if range.contains(entry.id.seq, entry.ts_ms) {
                         sink.write(&crate::digest::row(&entry))?;
                         done.rows += 1;

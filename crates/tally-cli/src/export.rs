@@ -16,6 +16,8 @@ use anyhow::Context;
 use tally_audit::export::{Range, Sink, Source, What};
 use tally_audit::Bound;
 
+use crate::progress::Progress;
+
 /// The output format of an export.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -73,7 +75,7 @@ pub fn export(
     // Opened before the output is created, so a bad data directory leaves an existing file.
     let source = Source::open(what, data_dir)?;
     let mut created = false;
-    let result = write(&source, range, format, out, &mut created);
+    let result = write(&source, data_dir, range, format, out, &mut created);
     if let (Err(_), true, Some(path)) = (&result, created, out) {
         if path.is_file() {
             let _ = std::fs::remove_file(path);
@@ -85,6 +87,7 @@ pub fn export(
 /// Creates the output (setting `created` once a file exists) and streams the export into it.
 fn write(
     source: &Source,
+    data_dir: &Path,
     range: &Range,
     format: Format,
     out: Option<&Path>,
@@ -117,10 +120,20 @@ fn write(
             }
         }
     };
-    let done = source.export(range, sink, |seq, e| eprintln!("tally: sequence {seq} does not decode: {e}"))?;
+    let mut progress = Progress::for_log(data_dir, "export");
+    let done = source.export_progress(
+        range,
+        sink,
+        |seq, e| eprintln!("tally: sequence {seq} does not decode: {e}"),
+        |seq| progress.at(seq),
+    );
+    progress.finish();
+    let done = done?;
     if done.undecodable > 0 {
+        // Trouble, not a finding: the output is incomplete, which a script must not take
+        // for a whole export.
         eprintln!("tally: {} record(s) could not be decoded; run `tally verify`", done.undecodable);
-        return Ok(ExitCode::FAILURE);
+        return Ok(ExitCode::from(crate::output::TROUBLE));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -6,18 +6,42 @@ mod audit;
 mod export;
 mod ledger;
 mod ops;
+mod output;
+mod progress;
 mod snapshot;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
+use serde_json::json;
 use tally_log::LogReader;
 use tally_server::{App, Config};
 
+use output::{found, hex, print_json, OutputFormat};
+use progress::Progress;
+
+/// Shown under `tally --help` and in the man page; the README's "Exit codes" says the same.
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  ok
+  1  a check found a difference: verify (broken chain, edited record, anchor not proven),
+     replay (the replay differs from the live ledger), config check (problems found),
+     health (not answering 200)
+  2  trouble: cannot open or read the data, a bad argument or usage, an I/O error
+
+With --format json (verify, replay, log stats, snapshot, config check) standard output holds
+one JSON object, with \"ok\"; on trouble it is {\"ok\":false,\"error\":\"...\"}, and the error is
+on standard error as well.";
+
 #[derive(Debug, Parser)]
-#[command(name = "tally", version, about = "Click and conversion tracking for affiliate programs")]
+#[command(
+    name = "tally",
+    version,
+    about = "Click and conversion tracking for affiliate programs",
+    after_help = EXIT_CODES
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -50,6 +74,8 @@ enum Command {
         /// SEQ is unchanged since then.
         #[arg(long, value_name = "SEQ:HEAD")]
         anchor: Option<tally_log::Anchor>,
+        #[arg(long, value_enum, default_value_t)]
+        format: OutputFormat,
     },
     /// Copy a data directory as of now (log, attribution state and its snapshots) into a new
     /// directory that every read command accepts; works while a server is running.
@@ -59,6 +85,8 @@ enum Command {
         /// The new data directory: must not exist, or be empty.
         #[arg(long)]
         out: PathBuf,
+        #[arg(long, value_enum, default_value_t)]
+        format: OutputFormat,
     },
     /// Run the attribution worker as its own process (set attribution.in_process = false for
     /// `tally serve`); follows the server's log until SIGTERM/SIGINT.
@@ -104,7 +132,7 @@ enum Command {
         digest: bool,
     },
     /// Re-run attribution over the raw log into a scratch state and compare it with the live
-    /// ledger; exits non-zero on any difference. Works while a server is running.
+    /// ledger; exits 1 on any difference. Works while a server is running.
     Replay {
         #[arg(long, env = "TALLY_DATA_DIR")]
         data_dir: PathBuf,
@@ -123,6 +151,8 @@ enum Command {
         /// Start from the log's first event even when a snapshot before the window exists.
         #[arg(long)]
         no_snapshots: bool,
+        #[arg(long, value_enum, default_value_t)]
+        format: OutputFormat,
     },
     /// Clicks, unique clicks, conversions, conversion rate, revenue, payout and EPC.
     Report {
@@ -149,6 +179,18 @@ enum Command {
         /// Give up after this many milliseconds.
         #[arg(long, default_value_t = 2000)]
         timeout_ms: u64,
+    },
+    /// Print a shell completion script, generated from these very flags.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), generated from these very flags: `tally man | man -l -`.
+    Man {
+        /// Write a page per command (tally.1, tally-verify.1, ...) into this directory
+        /// instead.
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
     },
 }
 
@@ -177,6 +219,8 @@ enum ConfigCommand {
     Check {
         #[arg(long, env = "TALLY_CONFIG")]
         config: PathBuf,
+        #[arg(long, value_enum, default_value_t)]
+        format: OutputFormat,
     },
 }
 
@@ -186,6 +230,8 @@ enum LogCommand {
     Stats {
         #[arg(long, env = "TALLY_DATA_DIR")]
         data_dir: PathBuf,
+        #[arg(long, value_enum, default_value_t)]
+        format: OutputFormat,
     },
 }
 
@@ -227,17 +273,34 @@ struct ExportArgs {
     out: Option<PathBuf>,
 }
 
-/// Parses the command line and runs the command; errors are printed, not panicked.
+impl Command {
+    /// Whether the command was asked for `--format json`, so its errors are JSON too.
+    fn json(&self) -> bool {
+        let format = match self {
+            Command::Verify { format, .. }
+            | Command::Snapshot { format, .. }
+            | Command::Replay { format, .. }
+            | Command::Config { command: ConfigCommand::Check { format, .. } }
+            | Command::Log { command: LogCommand::Stats { format, .. } } => *format,
+            _ => OutputFormat::Text,
+        };
+        format == OutputFormat::Json
+    }
+}
+
+/// Parses the command line and runs the command; errors are printed, not panicked. Exit
+/// codes are [`EXIT_CODES`]; clap exits 2 on usage errors itself.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    let json = cli.command.json();
     // Commands that print their result: when the reader of their standard output goes away
     // (`tally export events | head`), they stop there, as `cat` would. The others talk to
     // sockets, where a broken pipe is a real error.
     let prints = !matches!(cli.command, Command::Serve(_) | Command::Attribute { .. } | Command::Health { .. });
     let result = match cli.command {
         Command::Serve(args) => serve(args),
-        Command::Config { command: ConfigCommand::Check { config } } => config_check(&config),
-        Command::Log { command: LogCommand::Stats { data_dir } } => log_stats(&data_dir),
+        Command::Config { command: ConfigCommand::Check { config, format } } => config_check(&config, format),
+        Command::Log { command: LogCommand::Stats { data_dir, format } } => log_stats(&data_dir, format),
         Command::Export { what } => {
             use tally_audit::export::What;
             let (what, args) = match what {
@@ -249,8 +312,8 @@ pub fn main() -> ExitCode {
             export::range(args.window.from.as_deref(), args.window.to.as_deref())
                 .and_then(|range| export::export(what, &args.data_dir, &range, args.format, args.out.as_deref()))
         }
-        Command::Verify { data_dir, anchor } => verify(&data_dir, anchor.as_ref()),
-        Command::Snapshot { data_dir, out } => snapshot::snapshot(&data_dir, &out),
+        Command::Verify { data_dir, anchor, format } => verify(&data_dir, anchor.as_ref(), format),
+        Command::Snapshot { data_dir, out, format } => snapshot::snapshot(&data_dir, &out, format),
         Command::Attribute { config, data_dir, once, metrics_listen } => {
             attribute(&config, data_dir, once, metrics_listen)
         }
@@ -266,22 +329,62 @@ pub fn main() -> ExitCode {
                 digest,
             })
         }
-        Command::Replay { data_dir, window: Window { from, to }, affiliate, offer, explain, no_snapshots } => {
-            audit::replay(audit::ReplayArgs { data_dir, from, to, affiliate, offer, explain, no_snapshots })
+        Command::Replay { data_dir, window: Window { from, to }, affiliate, offer, explain, no_snapshots, format } => {
+            audit::replay(audit::ReplayArgs { data_dir, from, to, affiliate, offer, explain, no_snapshots, format })
         }
         Command::Report { data_dir, by, from, to, format } => {
             ledger::report(&data_dir, &by, from.as_deref(), to.as_deref(), format)
         }
         Command::Health { url, timeout_ms } => ops::health(&url, Duration::from_millis(timeout_ms)),
+        Command::Completions { shell } => completions(shell),
+        Command::Man { out_dir } => man(out_dir.as_deref()),
     };
     match result {
         Ok(code) => code,
         Err(e) if prints && is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("tally: error: {e:#}");
-            ExitCode::FAILURE
+            if json {
+                // A script reading standard output gets an object to parse either way; the
+                // exit code already says what kind of failure it is.
+                let _ = print_json(&json!({ "ok": false, "error": format!("{e:#}") }));
+            }
+            ExitCode::from(output::TROUBLE)
         }
     }
+}
+
+/// `tally completions SHELL`. Generated into memory first: the generator panics on a write
+/// error, and `tally completions bash | head` must not.
+fn completions(shell: clap_complete::Shell) -> anyhow::Result<ExitCode> {
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "tally", &mut script);
+    write_stdout(&script)
+}
+
+/// `tally man [--out-dir DIR]`.
+fn man(out_dir: Option<&Path>) -> anyhow::Result<ExitCode> {
+    use anyhow::Context;
+    match out_dir {
+        Some(dir) => {
+            clap_mangen::generate_to(Cli::command(), dir)
+                .with_context(|| format!("--out-dir {}: cannot write the man pages", dir.display()))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        None => {
+            let mut page = Vec::new();
+            clap_mangen::Man::new(Cli::command()).render(&mut page)?;
+            write_stdout(&page)
+        }
+    }
+}
+
+fn write_stdout(bytes: &[u8]) -> anyhow::Result<ExitCode> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_all(bytes)?;
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Whether `e` comes from writing to a pipe whose reader has closed it, under any context.
@@ -349,48 +452,80 @@ fn attribute(
     Ok(ExitCode::SUCCESS)
 }
 
-fn config_check(path: &Path) -> anyhow::Result<ExitCode> {
+fn config_check(path: &Path, format: OutputFormat) -> anyhow::Result<ExitCode> {
     let mut problems = Vec::new();
+    let mut summary = None;
     match Config::load(path) {
         Ok(config) => match tally_edge::load_for(&config.edge) {
             Ok(tally_edge::Loaded { program, .. }) => {
-                println!(
-                    "ok: {} ({} offers, {} affiliates, {} links; program {})",
-                    path.display(),
+                summary = Some((
+                    config.edge.program_path.clone(),
                     program.offers.len(),
                     program.affiliates.len(),
                     program.links().count(),
-                    config.edge.program_path.display()
-                );
-                return Ok(ExitCode::SUCCESS);
+                ))
             }
             Err(tally_edge::ReloadError::Program(e)) => problems
                 .extend(e.problems().into_iter().map(|p| format!("{}: {p}", config.edge.program_path.display()))),
             Err(e) => problems.push(e.to_string()),
         },
+        // A config that cannot be read is not one with problems: there was nothing to check.
+        Err(e @ tally_server::ConfigError::Read { .. }) => return Err(e.into()),
         Err(tally_server::ConfigError::Invalid(ps)) => {
             problems.extend(ps.into_iter().map(|p| format!("{}: {p}", path.display())))
         }
         Err(e) => problems.push(e.to_string()),
     }
+    if format == OutputFormat::Json {
+        let program = summary.as_ref().map(|(program, offers, affiliates, links)| {
+            json!({ "path": program.display().to_string(), "offers": offers, "affiliates": affiliates, "links": links })
+        });
+        print_json(&json!({
+            "ok": problems.is_empty(),
+            "config": path.display().to_string(),
+            "problems": problems,
+            "program": program,
+        }))?;
+        return Ok(found(problems.is_empty()));
+    }
+    if let Some((program, offers, affiliates, links)) = summary {
+        println!(
+            "ok: {} ({offers} offers, {affiliates} affiliates, {links} links; program {})",
+            path.display(),
+            program.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     for p in &problems {
         eprintln!("{p}");
     }
     eprintln!("{} problem(s) found", problems.len());
-    Ok(ExitCode::FAILURE)
+    Ok(output::FOUND_DIFFERENCE)
 }
 
 fn open_reader(data_dir: &Path) -> anyhow::Result<LogReader> {
     Ok(LogReader::open_secondary(data_dir)?)
 }
 
-fn log_stats(data_dir: &Path) -> anyhow::Result<ExitCode> {
+fn log_stats(data_dir: &Path, format: OutputFormat) -> anyhow::Result<ExitCode> {
     let reader = open_reader(data_dir)?;
     let stats = reader.stats(data_dir)?;
+    let total: u64 = stats.events_by_kind.values().sum();
+    if format == OutputFormat::Json {
+        print_json(&json!({
+            "ok": true,
+            "first_seq": stats.first_seq,
+            "last_seq": stats.last_seq,
+            "events": total,
+            "events_by_kind": stats.events_by_kind,
+            "unreadable": stats.unreadable,
+            "bytes_on_disk": stats.bytes_on_disk,
+        }))?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let or_dash = |s: Option<u64>| s.map(|s| s.to_string()).unwrap_or_else(|| "-".into());
     println!("first_seq       {}", or_dash(stats.first_seq));
     println!("last_seq        {}", or_dash(stats.last_seq));
-    let total: u64 = stats.events_by_kind.values().sum();
     println!("events          {total}");
     for (kind, n) in &stats.events_by_kind {
         println!("  {kind:<14}{n}");
@@ -402,64 +537,94 @@ fn log_stats(data_dir: &Path) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn verify(data_dir: &Path, anchor: Option<&tally_log::Anchor>) -> anyhow::Result<ExitCode> {
+/// What `--anchor` came to: whether it holds, a name for the outcome, and the sentence the
+/// text output prints.
+fn anchor_outcome(anchor: &tally_log::Anchor, check: &tally_log::AnchorCheck) -> (bool, &'static str, String) {
+    use tally_log::AnchorCheck;
+    let seq = anchor.seq;
+    match check {
+        AnchorCheck::Matches => {
+            (true, "matches", format!("anchor ok: the log up to sequence {seq} is unchanged since {anchor}"))
+        }
+        AnchorCheck::Differs { recomputed } => (
+            false,
+            "differs",
+            format!(
+                "anchor FAILED: the records up to sequence {seq} hash to {}, not to the anchor's head: the log before it was changed",
+                hex(recomputed)
+            ),
+        ),
+        AnchorCheck::NotABatchBoundary { before, after } => {
+            let near: Vec<String> = [before, after].into_iter().flatten().map(|s| s.to_string()).collect();
+            (
+                false,
+                "not_a_batch_boundary",
+                format!(
+                    "anchor FAILED: no batch ends at sequence {seq} (nearest batch ends: {}); anchors are the `head SEQ:HEX` lines `tally verify` prints",
+                    near.join(", ")
+                ),
+            )
+        }
+        AnchorCheck::BeyondHead { head_seq } => (
+            false,
+            "beyond_head",
+            format!("anchor FAILED: sequence {seq} is beyond the log's head {head_seq}"),
+        ),
+        AnchorCheck::Unreached { failed_at } => (
+            false,
+            "unreached",
+            format!("anchor FAILED: the chain cannot be recomputed past sequence {failed_at}, before the anchor's {seq}"),
+        ),
+    }
+}
+
+fn verify(data_dir: &Path, anchor: Option<&tally_log::Anchor>, format: OutputFormat) -> anyhow::Result<ExitCode> {
     let reader = open_reader(data_dir)?;
+    let mut progress = Progress::for_log(data_dir, "verify");
     let (report, check) = match anchor {
-        None => (reader.verify()?, None),
+        None => (reader.verify_progress(|seq| progress.at(seq))?, None),
         Some(a) => {
-            let (report, check) = reader.verify_anchor(a)?;
+            let (report, check) = reader.verify_anchor_progress(a, |seq| progress.at(seq))?;
             (report, Some(check))
         }
     };
-    let head = tally_model_hex(&report.head);
-    let mut ok = match &report.first_bad {
+    progress.finish();
+    let head = hex(&report.head);
+    let anchored = match (anchor, &check) {
+        (Some(anchor), Some(check)) => Some((anchor, anchor_outcome(anchor, check))),
+        _ => None,
+    };
+    let ok = report.is_ok() && anchored.as_ref().is_none_or(|(_, (holds, _, _))| *holds);
+    if format == OutputFormat::Json {
+        let anchor = anchored.map(|(anchor, (holds, outcome, message))| {
+            json!({ "anchor": anchor.to_string(), "ok": holds, "outcome": outcome, "message": message })
+        });
+        print_json(&json!({
+            "ok": ok,
+            "events": report.records,
+            "batches": report.batches,
+            "head_seq": report.head_seq,
+            "head": head,
+            "first_bad_seq": report.first_bad.as_ref().map(|(seq, _)| seq),
+            "reason": report.first_bad.as_ref().map(|(_, why)| why),
+            "anchor": anchor,
+        }))?;
+        return Ok(found(ok));
+    }
+    match &report.first_bad {
         None => {
             println!("ok: {} events in {} batches verified", report.records, report.batches);
             println!("head {}:{head}", report.head_seq);
-            true
         }
         Some((seq, why)) => {
             println!("FAILED at sequence {seq}: {why}");
             println!("verified before it: {} events; last good head {}:{head}", report.records, report.head_seq);
-            false
-        }
-    };
-    if let (Some(anchor), Some(check)) = (anchor, check) {
-        let seq = anchor.seq;
-        match check {
-            tally_log::AnchorCheck::Matches => {
-                println!("anchor ok: the log up to sequence {seq} is unchanged since {anchor}")
-            }
-            tally_log::AnchorCheck::Differs { recomputed } => {
-                ok = false;
-                println!(
-                    "anchor FAILED: the records up to sequence {seq} hash to {}, not to the anchor's head: the log before it was changed",
-                    tally_model_hex(&recomputed)
-                );
-            }
-            tally_log::AnchorCheck::NotABatchBoundary { before, after } => {
-                ok = false;
-                let near: Vec<String> = [before, after].into_iter().flatten().map(|s| s.to_string()).collect();
-                println!(
-                    "anchor FAILED: no batch ends at sequence {seq} (nearest batch ends: {}); anchors are the `head SEQ:HEX` lines `tally verify` prints",
-                    near.join(", ")
-                );
-            }
-            tally_log::AnchorCheck::BeyondHead { head_seq } => {
-                ok = false;
-                println!("anchor FAILED: sequence {seq} is beyond the log's head {head_seq}");
-            }
-            tally_log::AnchorCheck::Unreached { failed_at } => {
-                ok = false;
-                println!("anchor FAILED: the chain cannot be recomputed past sequence {failed_at}, before the anchor's {seq}");
-            }
         }
     }
-    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
-}
-
-fn tally_model_hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    if let Some((_, (_, _, message))) = anchored {
+        println!("{message}");
+    }
+    Ok(found(ok))
 }
 
 #[cfg(test)]

@@ -9,8 +9,11 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use serde_json::json;
 
-pub fn snapshot(data_dir: &Path, out: &Path) -> anyhow::Result<ExitCode> {
+use crate::output::{print_json, OutputFormat};
+
+pub fn snapshot(data_dir: &Path, out: &Path, format: OutputFormat) -> anyhow::Result<ExitCode> {
     if !data_dir.join("CURRENT").exists() {
         anyhow::bail!("--data-dir {}: no Tally log here (no RocksDB CURRENT file)", data_dir.display());
     }
@@ -31,6 +34,21 @@ pub fn snapshot(data_dir: &Path, out: &Path) -> anyhow::Result<ExitCode> {
         let _ = std::fs::create_dir_all(out);
     }
     let summary = made?;
+    if format == OutputFormat::Json {
+        let attribution =
+            summary.attribution.map(|(method, position)| json!({ "method": method.as_str(), "position": position }));
+        print_json(&json!({
+            "ok": true,
+            "data_dir": data_dir.display().to_string(),
+            "out": out.display().to_string(),
+            "log": { "method": summary.log.as_str(), "seq": summary.log_seq },
+            "attribution": attribution,
+            "snapshots_copied": summary.copied,
+            "snapshots_skipped": summary.skipped,
+            "files": summary.files,
+        }))?;
+        return Ok(ExitCode::SUCCESS);
+    }
     println!("snapshot of {} in {}", data_dir.display(), out.display());
     println!("log            {} (up to sequence {})", summary.log.as_str(), summary.log_seq);
     match summary.attribution {

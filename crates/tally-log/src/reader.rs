@@ -211,7 +211,13 @@ impl LogReader {
     /// Recomputes the hash chain from the first batch and reports the first sequence number
     /// that does not match: an edited, inserted or deleted record, or an edited chain entry.
     pub fn verify(&self) -> Result<VerifyReport, LogError> {
-        self.verify_with(0, |_, _| {})
+        self.verify_progress(|_| {})
+    }
+
+    /// [`LogReader::verify`], calling `progress(last_seq)` after each batch, for a caller
+    /// that shows how far a long walk has got.
+    pub fn verify_progress(&self, mut progress: impl FnMut(u64)) -> Result<VerifyReport, LogError> {
+        self.verify_with(0, |last, _| progress(last))
     }
 
     /// [`LogReader::verify`], and checks `anchor` against the head *recomputed* from the raw
@@ -219,10 +225,20 @@ impl LogReader {
     /// anchor: someone who edited a record and rewrote every later chain entry passes plain
     /// `verify`, but cannot make the recomputed head equal a head published before the edit.
     pub fn verify_anchor(&self, anchor: &Anchor) -> Result<(VerifyReport, AnchorCheck), LogError> {
+        self.verify_anchor_progress(anchor, |_| {})
+    }
+
+    /// [`LogReader::verify_anchor`], calling `progress` as [`LogReader::verify_progress`] does.
+    pub fn verify_anchor_progress(
+        &self,
+        anchor: &Anchor,
+        mut progress: impl FnMut(u64),
+    ) -> Result<(VerifyReport, AnchorCheck), LogError> {
         let mut at_anchor: Option<[u8; 32]> = None;
         let mut before: Option<u64> = None;
         let mut after: Option<u64> = None;
         let report = self.verify_with(anchor.seq, |last, head| {
+            progress(last);
             if last == anchor.seq {
                 at_anchor = Some(*head);
             } else if last < anchor.seq {

@@ -74,9 +74,24 @@ fn replay_reproduces_a_ledger_made_over_http_and_catches_edits() {
     assert!(entries.iter().any(|e| e["txid"] == "S1" && e["status"] == "duplicate"));
 
     // The whole log: every entry matches, and the digest is the one `commissions` prints.
-    let (ok, out, err) = run(&["replay", "--data-dir", d]);
-    assert!(ok, "{out}{err}");
+    let (code, out, err) = run_code(&["replay", "--data-dir", d]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(err.is_empty(), "no progress bar without a terminal: {err}");
     assert!(out.contains("compared        8 entries") && out.contains("ok: the replay reproduces"), "{out}");
+    let (code, v) = run_json(&["replay", "--data-dir", d, "--format", "json"]);
+    assert_eq!(code, 0);
+    assert_eq!((v["ok"].as_bool(), v["compared"].as_u64(), v["matched"].as_u64()), (Some(true), Some(8), Some(8)));
+    assert_eq!((v["missing"].as_u64(), v["extra"].as_u64(), v["differing"].as_u64()), (Some(0), Some(0), Some(0)));
+    assert_eq!(v["digest_replay"], v["digest_live"]);
+    assert!(
+        out.contains(&format!(
+            "digest live     {} {}",
+            v["digest_form"].as_str().unwrap(),
+            v["digest_live"].as_str().unwrap()
+        )),
+        "{v}"
+    );
+    assert!(v["differences"].as_array().unwrap().is_empty() && !v["totals"].as_array().unwrap().is_empty(), "{v}");
     let (_, digest, _) = run(&["commissions", "--data-dir", d, "--digest"]);
     let ledger_line = digest.lines().nth(1).unwrap().trim_start_matches("ledger ").to_owned();
     assert!(out.contains(&format!("digest live     {ledger_line}")), "{out}\n{digest}");
@@ -114,23 +129,34 @@ fn replay_reproduces_a_ledger_made_over_http_and_catches_edits() {
     }
     let (ok, by_txid, _) = run(&["replay", "--data-dir", d, "--explain", "S1"]);
     assert!(ok && by_txid == out);
+    let (code, v) = run_json(&["replay", "--data-dir", d, "--explain", "S1", "--format", "json"]);
+    assert_eq!((code, v["ok"].as_bool(), v["id"].as_str()), (0, Some(true), Some(s1_id)), "{v}");
+    let lines: Vec<&str> = v["lines"].as_array().unwrap().iter().map(|l| l.as_str().unwrap()).collect();
+    assert_eq!(lines.join("\n") + "\n", out);
 
     // A snapshot handed to an auditor replays the same, whole and from mid-log.
     let copy = env.tmp.path().join("for-the-auditor");
-    let (ok, out, err) = run(&["snapshot", "--data-dir", d, "--out", copy.to_str().unwrap()]);
-    assert!(ok, "{out}{err}");
+    let (code, v) = run_json(&["snapshot", "--data-dir", d, "--out", copy.to_str().unwrap(), "--format", "json"]);
+    assert_eq!((code, v["ok"].as_bool()), (0, Some(true)), "{v}");
+    assert_eq!(v["out"], copy.to_str().unwrap());
+    assert!(v["log"]["seq"].as_u64().unwrap() > 0 && v["log"]["method"].is_string(), "{v}");
+    assert!(v["attribution"]["position"].as_u64().unwrap() > 0, "{v}");
+    assert!(v["snapshots_copied"].as_u64().unwrap() >= 1 && v["snapshots_skipped"].is_u64(), "{v}");
+    assert!(v["files"].is_array(), "{v}");
     let (ok, out, err) = run(&["replay", "--data-dir", copy.to_str().unwrap()]);
     assert!(ok && out.contains(&format!("digest live     {ledger_line}")), "{out}{err}");
     let (ok, out, err) = run(&["replay", "--data-dir", copy.to_str().unwrap(), "--from", &s2_seq]);
     assert!(ok && out.contains("from the snapshot at sequence"), "{out}{err}");
 
     // Bad input names itself.
-    let (ok, _, err) = run(&["replay", "--data-dir", d, "--from", "yesterday"]);
-    assert!(!ok && err.contains("--from: \"yesterday\""), "{err}");
-    let (ok, _, err) = run(&["replay", "--data-dir", d, "--explain", "NOPE"]);
-    assert!(!ok && err.contains("no conversion \"NOPE\""), "{err}");
-    let (ok, _, err) = run(&["replay", "--data-dir", d, "--from", "999999"]);
-    assert!(!ok && err.contains("window is empty"), "{err}");
+    let (code, _, err) = run_code(&["replay", "--data-dir", d, "--from", "yesterday"]);
+    assert!(code == 2 && err.contains("--from: \"yesterday\""), "{err}");
+    let (code, _, err) = run_code(&["replay", "--data-dir", d, "--explain", "NOPE"]);
+    assert!(code == 2 && err.contains("no conversion \"NOPE\""), "{err}");
+    let (code, _, err) = run_code(&["replay", "--data-dir", d, "--from", "999999"]);
+    assert!(code == 2 && err.contains("window is empty"), "{err}");
+    let (code, v) = run_json(&["replay", "--data-dir", d, "--from", "999999", "--format", "json"]);
+    assert!(code == 2 && v["error"].as_str().unwrap().contains("window is empty"), "{v}");
 
     // An edited commission: replay names it and fails.
     let s2_entry_id = tally_attribution::EntryId::parse(&s2_seq).unwrap();
@@ -138,8 +164,15 @@ fn replay_reproduces_a_ledger_made_over_http_and_catches_edits() {
     let mut s2 = tally_attribution::LedgerReader::open(&state_dir).unwrap().entry(s2_entry_id).unwrap().unwrap();
     s2.amount = 30_000;
     tally_attribution::testing::overwrite_entry(&state_dir, s2_entry_id, Some(&s2)).unwrap();
-    let (ok, out, _) = run(&["replay", "--data-dir", d]);
-    assert!(!ok, "{out}");
+    let (code, out, _) = run_code(&["replay", "--data-dir", d]);
+    assert_eq!(code, 1, "a ledger difference is a finding: {out}");
+    let (code, v) = run_json(&["replay", "--data-dir", d, "--format", "json"]);
+    assert_eq!((code, v["ok"].as_bool(), v["differing"].as_u64()), (1, Some(false), Some(1)), "{v}");
+    let d0 = &v["differences"][0];
+    assert_eq!((d0["id"].as_str(), d0["kind"].as_str()), (Some(s2_seq.as_str()), Some("differing")), "{v}");
+    assert_eq!((d0["live"]["amount"].as_str(), d0["replayed"]["amount"].as_str()), (Some("300.00"), Some("3.00")));
+    assert!(d0["fields"][0].as_str().unwrap().contains("amount: live \"300.00\""), "{v}");
+    assert_ne!(v["digest_replay"], v["digest_live"]);
     assert!(out.contains("differing       1") && out.contains(&format!("differing {s2_seq}:")), "{out}");
     assert!(out.contains("amount: live \"300.00\", replay \"3.00\""), "{out}");
     assert!(out.contains("<- differs"), "{out}");
@@ -157,6 +190,6 @@ fn replay_reproduces_a_ledger_made_over_http_and_catches_edits() {
     let n = bytes.len();
     bytes[n - 1] ^= 1;
     tally_log::testing::overwrite_event(&data, seq, &bytes).unwrap();
-    let (ok, out, _) = run(&["verify", "--data-dir", d]);
-    assert!(!ok && out.contains(&format!("FAILED at sequence {seq}")), "{out}");
+    let (code, out, _) = run_code(&["verify", "--data-dir", d]);
+    assert!(code == 1 && out.contains(&format!("FAILED at sequence {seq}")), "{out}");
 }

@@ -40,14 +40,18 @@ fn verify_anchor_proves_the_log_up_to_a_published_head() {
     let (ok, out, err) = run(&["verify", "--data-dir", d, "--anchor", &anchor]);
     assert!(ok, "{out}{err}");
     assert!(out.contains(&format!("anchor ok: the log up to sequence {anchor_seq} is unchanged")), "{out}");
+    let (code, v) = run_json(&["verify", "--data-dir", d, "--anchor", &anchor, "--format", "json"]);
+    assert_eq!((code, v["ok"].as_bool()), (0, Some(true)), "{v}");
+    assert_eq!((v["anchor"]["ok"].as_bool(), v["anchor"]["outcome"].as_str()), (Some(true), Some("matches")), "{v}");
+    assert_eq!(v["anchor"]["anchor"], anchor.as_str());
 
     // Beyond the head, and malformed anchors, are refused naming the value.
     let beyond = format!("99999:{}", anchor.split(':').nth(1).unwrap());
-    let (ok, out, _) = run(&["verify", "--data-dir", d, "--anchor", &beyond]);
-    assert!(!ok && out.contains("sequence 99999 is beyond the log's head"), "{out}");
+    let (code, out, _) = run_code(&["verify", "--data-dir", d, "--anchor", &beyond]);
+    assert!(code == 1 && out.contains("sequence 99999 is beyond the log's head"), "{out}");
     for bad in ["12", "12:xyz", "abc:00"] {
-        let (ok, _, err) = run(&["verify", "--data-dir", d, "--anchor", bad]);
-        assert!(!ok && err.contains(&format!("\"{bad}\"")), "{bad}: {err}");
+        let (code, _, err) = run_code(&["verify", "--data-dir", d, "--anchor", bad]);
+        assert!(code == 2 && err.contains(&format!("\"{bad}\"")), "{bad}: {err}");
     }
 
     // A record before the anchor is edited and the chain rewritten to hide it: plain verify
@@ -56,9 +60,13 @@ fn verify_anchor_proves_the_log_up_to_a_published_head() {
     tally_log::testing::rechain(&dir, None).unwrap();
     let (ok, out, _) = run(&["verify", "--data-dir", d]);
     assert!(ok, "{out}");
-    let (ok, out, _) = run(&["verify", "--data-dir", d, "--anchor", &anchor]);
-    assert!(!ok, "{out}");
+    let (code, out, _) = run_code(&["verify", "--data-dir", d, "--anchor", &anchor]);
+    assert_eq!(code, 1, "{out}");
     assert!(out.contains(&format!("anchor FAILED: the records up to sequence {anchor_seq} hash to")), "{out}");
+    let (code, v) = run_json(&["verify", "--data-dir", d, "--anchor", &anchor, "--format", "json"]);
+    assert_eq!((code, v["ok"].as_bool(), v["first_bad_seq"].as_u64()), (1, Some(false), None), "{v}");
+    assert_eq!((v["anchor"]["ok"].as_bool(), v["anchor"]["outcome"].as_str()), (Some(false), Some("differs")), "{v}");
+    assert!(v["anchor"]["message"].as_str().unwrap().contains("anchor FAILED"), "{v}");
 }
 
 #[test]

@@ -40,8 +40,8 @@ fn config_check_reports_every_problem() {
     let repo = repo_config("tally.toml");
     let check = ["config", "check", "--config", repo.to_str().unwrap()];
     // The example program names its credentials; without a secrets store it cannot serve.
-    let (ok, _, err) = run(&check);
-    assert!(!ok);
+    let (code, _, err) = run_code(&check);
+    assert_eq!(code, 1, "problems found: {err}");
     for needle in [
         "advertisers[acme].postback_tokens: secret \"acme-token\" is not in the secrets store",
         "advertisers[acme].hmac_secrets: secret \"acme-hmac\"",
@@ -56,8 +56,23 @@ fn config_check_reports_every_problem() {
         ("TALLY_SECRET_GLOBEX_TOKEN", GLOBEX_TOKEN),
     ];
     let good = std::process::Command::new(BIN).args(check).envs(secrets).output().unwrap();
-    assert!(good.status.success(), "{}", String::from_utf8_lossy(&good.stderr));
+    assert_eq!(good.status.code(), Some(0), "{}", String::from_utf8_lossy(&good.stderr));
     assert!(String::from_utf8_lossy(&good.stdout).contains("2 offers"));
+    let good = std::process::Command::new(BIN).args(check).args(["--format", "json"]).envs(secrets).output().unwrap();
+    assert_eq!(good.status.code(), Some(0));
+    let v: serde_json::Value = serde_json::from_slice(&good.stdout).unwrap();
+    assert_eq!((v["ok"].as_bool(), v["problems"].as_array().map(Vec::len)), (Some(true), Some(0)), "{v}");
+    assert_eq!((v["program"]["offers"].as_u64(), v["program"]["affiliates"].as_u64()), (Some(2), Some(2)), "{v}");
+    assert!(v["program"]["links"].as_u64().is_some() && v["program"]["path"].is_string(), "{v}");
+    assert_eq!(v["config"], repo.to_str().unwrap());
+    // Problems, as JSON: every one listed, and nothing on stderr to scrape.
+    let mut json_check = check.to_vec();
+    json_check.extend(["--format", "json"]);
+    let (code, v) = run_json(&json_check);
+    assert_eq!(code, 1);
+    assert_eq!((v["ok"].as_bool(), v["program"].is_null()), (Some(false), true), "{v}");
+    let problems: Vec<&str> = v["problems"].as_array().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
+    assert!(problems.iter().any(|p| p.contains("secret \"acme-token\" is not in the secrets store")), "{v}");
     // Nor does a program that writes a credential inline, which the log would record.
     let env = Env::new("");
     let program = std::fs::read_to_string(env.program()).unwrap();
@@ -71,7 +86,7 @@ fn config_check_reports_every_problem() {
     let env = Env::new("");
     std::fs::write(env.config(), "[server]\nlisten = \"x\"\nmax_headers = 0\n[log]\nsync = \"often\"\n").unwrap();
     let bad = tally(&["config", "check", "--config", env.config().to_str().unwrap()]);
-    assert!(!bad.status.success());
+    assert_eq!(bad.status.code(), Some(1));
     let err = String::from_utf8_lossy(&bad.stderr);
     for key in ["server.listen", "server.max_headers", "log.sync", "3 problem(s)"] {
         assert!(err.contains(key), "{key} missing from:\n{err}");
@@ -84,9 +99,13 @@ fn config_check_reports_every_problem() {
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(err.contains("links[x].offer") && err.contains("links[x].affiliate"), "{err}");
 
+    // A config that cannot be read is trouble, not a finding.
     let missing = tally(&["config", "check", "--config", "/nonexistent/tally.toml"]);
-    assert!(!missing.status.success());
+    assert_eq!(missing.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/tally.toml"));
+    let (code, v) = run_json(&["config", "check", "--config", "/nonexistent/tally.toml", "--format", "json"]);
+    assert_eq!(code, 2);
+    assert!(v["ok"] == false && v["error"].as_str().unwrap().contains("/nonexistent/tally.toml"), "{v}");
 }
 
 #[test]
@@ -105,15 +124,32 @@ fn verify_passes_then_names_the_edited_sequence() {
     let dir = env.data();
     let d = dir.to_str().unwrap();
     let ok = tally(&["verify", "--data-dir", d]);
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stdout));
+    assert_eq!(ok.status.code(), Some(0), "{}", String::from_utf8_lossy(&ok.stdout));
     let out = String::from_utf8_lossy(&ok.stdout);
     assert!(out.contains("101 events"), "{out}");
     assert!(out.contains("head 101:"), "{out}");
+    // Standard error is not a terminal here: no progress bar, nothing at all.
+    assert!(ok.stderr.is_empty(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let (code, v) = run_json(&["verify", "--data-dir", d, "--format", "json"]);
+    assert_eq!(code, 0);
+    assert_eq!((v["ok"].as_bool(), v["events"].as_u64(), v["head_seq"].as_u64()), (Some(true), Some(101), Some(101)));
+    assert!(out.contains(&format!("head 101:{}", v["head"].as_str().unwrap())), "{v}\n{out}");
+    assert!(v["first_bad_seq"].is_null() && v["reason"].is_null() && v["anchor"].is_null(), "{v}");
+    assert!(v["batches"].as_u64().unwrap() >= 1, "{v}");
     assert!(server.stop());
 
     let stats = tally(&["log", "stats", "--data-dir", d]);
+    assert_eq!(stats.status.code(), Some(0));
     let s = String::from_utf8_lossy(&stats.stdout);
     assert!(s.contains("click         100") && s.contains("last_seq        101"), "{s}");
+    let (code, v) = run_json(&["log", "stats", "--data-dir", d, "--format", "json"]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        (v["first_seq"].as_u64(), v["last_seq"].as_u64(), v["events"].as_u64()),
+        (Some(1), Some(101), Some(101))
+    );
+    assert_eq!((v["events_by_kind"]["click"].as_u64(), v["unreadable"].as_u64()), (Some(100), Some(0)), "{v}");
+    assert!(v["bytes_on_disk"].as_u64().unwrap() > 0, "{v}");
 
     // Forge a record that decodes fine: only the chain can tell.
     let events = events(&dir);
@@ -128,25 +164,101 @@ fn verify_passes_then_names_the_edited_sequence() {
     let bytes = tally_model::encode(&forged).unwrap();
     tally_log::testing::overwrite_event(&dir, 57, &bytes).unwrap();
     let bad = tally(&["verify", "--data-dir", d]);
-    assert!(!bad.status.success());
+    assert_eq!(bad.status.code(), Some(1), "a broken chain is a finding");
     let out = String::from_utf8_lossy(&bad.stdout);
     assert!(out.contains("FAILED at sequence 57"), "{out}");
+    let (code, v) = run_json(&["verify", "--data-dir", d, "--format", "json"]);
+    assert_eq!(code, 1);
+    assert_eq!((v["ok"].as_bool(), v["first_bad_seq"].as_u64()), (Some(false), Some(57)), "{v}");
+    assert!(v["reason"].as_str().unwrap().contains("differs from what was committed"), "{v}");
 }
 
 #[test]
 fn read_commands_name_a_missing_data_dir() {
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = out_dir.path().join("copy");
+    let out = out.to_str().unwrap();
     for args in [
         vec!["verify", "--data-dir", "/nonexistent/tally-data"],
         vec!["log", "stats", "--data-dir", "/nonexistent/tally-data"],
         vec!["export", "events", "--data-dir", "/nonexistent/tally-data"],
+        vec!["replay", "--data-dir", "/nonexistent/tally-data"],
+        vec!["snapshot", "--data-dir", "/nonexistent/tally-data", "--out", out],
     ] {
         let out = tally(&args);
-        assert!(!out.status.success(), "{args:?}");
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(out.stdout.is_empty(), "{args:?}");
         assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/tally-data"), "{args:?}");
+        // With --format json the error is also the one object on standard output.
+        if args[0] != "export" {
+            let mut args = args.clone();
+            args.extend(["--format", "json"]);
+            let (code, v) = run_json(&args);
+            assert_eq!(code, 2, "{args:?}");
+            assert!(v["ok"] == false && v["error"].as_str().unwrap().contains("/nonexistent/tally-data"), "{v}");
+        }
+    }
+    // Usage errors are clap's, with the same code.
+    for args in [
+        vec!["export", "events", "--data-dir", "/tmp", "--format", "xml"],
+        vec!["verify", "--data-dir", "/tmp", "--format", "yaml"],
+        vec!["verify"],
+        vec!["no-such-command"],
+    ] {
+        let out = tally(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(!out.stderr.is_empty(), "{args:?}");
     }
     let out = tally(&["export", "events", "--data-dir", "/tmp", "--format", "xml"]);
-    assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("xml"));
+}
+
+/// `tally --help` documents the exit codes; completions and the man page come from the same
+/// clap definitions, so they list every command.
+#[test]
+fn help_completions_and_man_page_come_from_the_flags() {
+    let (code, help, _) = run_code(&["--help"]);
+    assert_eq!(code, 0);
+    assert!(help.contains("Exit codes:") && help.contains("2  trouble"), "{help}");
+    for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
+        let (code, script, err) = run_code(&["completions", shell]);
+        assert_eq!(code, 0, "{shell}: {err}");
+        for command in ["verify", "replay", "snapshot", "completions"] {
+            assert!(script.contains(command), "{shell} completions lack {command}");
+        }
+    }
+    let (code, _, err) = run_code(&["completions", "tcsh"]);
+    assert!(code == 2 && err.contains("tcsh"), "{err}");
+
+    let (code, page, _) = run_code(&["man"]);
+    assert_eq!(code, 0);
+    // roff's prologue defines the apostrophe string first; the title comes right after it.
+    assert!(page.lines().take(5).any(|l| l.starts_with(".TH tally 1")), "{page}");
+    assert!(page.contains("verify") && page.contains("Exit codes"), "{page}");
+    let dir = tempfile::tempdir().unwrap();
+    let (code, _, err) = run_code(&["man", "--out-dir", dir.path().to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    for page in ["tally.1", "tally-verify.1", "tally-log-stats.1"] {
+        assert!(dir.path().join(page).is_file(), "{page} not written");
+    }
+    let (code, _, err) = run_code(&["man", "--out-dir", "/nonexistent/man1"]);
+    assert!(code == 2 && err.contains("/nonexistent/man1"), "{err}");
+}
+
+/// An export that had to skip records that do not decode is incomplete: trouble (2), so a
+/// script cannot take it for the whole log.
+#[test]
+fn an_export_that_skips_undecodable_records_exits_2() {
+    let env = Env::new("");
+    let mut server = env.serve();
+    click_storm(server.addr, 1, 5, "undecodable");
+    assert!(server.stop());
+    let dir = env.data();
+    tally_log::testing::overwrite_event(&dir, 3, b"not a record").unwrap();
+    let (code, out, err) = run_code(&["export", "events", "--data-dir", dir.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("sequence 3 does not decode") && err.contains("1 record(s) could not be decoded"), "{err}");
+    assert_eq!(out.lines().count(), 5, "the other records are still exported: {out}");
 }
 
 /// The CSV export has the documented header and quotes what it must: one record per click
@@ -160,7 +272,8 @@ fn csv_export_has_the_documented_header_and_one_record_per_click() {
         assert_eq!(server.get(&format!("/c/demo?sub1={v}")).status, 302);
     }
     let out = tally(&["export", "events", "--data-dir", env.data().to_str().unwrap(), "--format", "csv"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.stderr.is_empty(), "no progress bar without a terminal");
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.lines().next().unwrap().starts_with("seq,type,ts_ms,click_id,link,offer,affiliate,sub1"));
     assert!(text.contains("\"a,b\""), "{text}");
@@ -181,8 +294,10 @@ fn tally_health_exits_by_the_answer() {
     let ok = tally(&["health", "--url", &format!("http://{}/readyz", server.admin)]);
     assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
     let missing = tally(&["health", "--url", &format!("http://{}/nope", server.admin)]);
-    assert!(!missing.status.success());
+    assert_eq!(missing.status.code(), Some(1), "unhealthy is a finding");
     assert!(String::from_utf8_lossy(&missing.stderr).contains("404"));
+    let bad = tally(&["health", "--url", "https://127.0.0.1:1/healthz"]);
+    assert_eq!(bad.status.code(), Some(2), "a bad --url is trouble");
 }
 
 #[test]

@@ -36,3 +36,23 @@ impl Spawn for Env {
         Process::start(BIN, &self.config(), &self.data(), vars)
     }
 }
+
+/// Runs a `tally` subcommand to completion: (exit code, stdout, stderr).
+pub fn run_code(args: &[&str]) -> (i32, String, String) {
+    let out = tally(args);
+    (
+        out.status.code().unwrap(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Runs a `tally ... --format json` command: (exit code, the one JSON object it printed).
+/// Its standard output must be exactly that object on one line.
+pub fn run_json(args: &[&str]) -> (i32, serde_json::Value) {
+    let (code, out, err) = run_code(args);
+    assert_eq!(out.lines().count(), 1, "{args:?}: not one line of JSON:\n{out}\nstderr: {err}");
+    let value: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: {e}: {out}"));
+    assert!(value.is_object() && value["ok"].is_boolean(), "{args:?}: {value}");
+    (code, value)
+}
