@@ -5,7 +5,19 @@
 # from the environment otherwise.
 apt_install() {
   local sudo=()
-  [ "$(id -u)" -eq 0 ] || sudo=(sudo)
+  if [ "$(id -u)" -ne 0 ]; then
+    # Without root, only a sudo that works without asking (or after asking once, on a
+    # terminal) can install anything: say which packages are missing and stop.
+    local can=false
+    if command -v sudo >/dev/null 2>&1; then
+      if sudo -n true 2>/dev/null || { [ -t 0 ] && sudo -v; }; then can=true; fi
+    fi
+    if ! $can; then
+      echo "error: need root or a working sudo to install $* (install them, or rerun as root)" >&2
+      exit 2
+    fi
+    sudo=(sudo)
+  fi
   echo "==> installing $*"
   "${sudo[@]}" apt-get update -qq
   "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
