@@ -66,6 +66,9 @@ pub const COLUMNS: &[&str] = &[
     "program_digest",
     // Last, so adding it (record format 2) moved no existing CSV column.
     "prior_click",
+    // The event time as RFC 3339 UTC (`2026-11-23T14:05:00.123Z`) beside `ts_ms`, for people
+    // and tools that read dates; last, for the same reason.
+    "time",
 ];
 
 /// One event as `(column, value)` pairs, in [`COLUMNS`] order, for the columns it has.
@@ -110,6 +113,7 @@ pub fn row(seq: u64, event: &Event) -> Vec<(&'static str, Value)> {
             r.push(("program_digest", p.digest.as_str().into()));
         }
     }
+    r.push(("time", tally_model::time::format_ts(event.ts_ms()).into()));
     r
 }
 
@@ -133,6 +137,7 @@ pub const CLICK_COLUMNS: &[&str] = &[
     "ip",
     "flags",
     "prior_click",
+    "time",
 ];
 
 /// Conversion reports only (refunds and chargebacks included, by `status`).
@@ -154,6 +159,7 @@ pub const CONVERSION_COLUMNS: &[&str] = &[
     "amount",
     "currency",
     "status",
+    "time",
 ];
 
 /// What to export.

@@ -70,6 +70,7 @@ fn expected_row(i: u64) -> Vec<String> {
             r.extend(c.subs);
             r.extend([c.source, c.deep_link, c.user_agent, c.referrer, c.ip, c.flags.to_string()]);
             r.push(c.prior_click.map(|p| p.to_string()).unwrap_or_default());
+            r.push(tally_model::time::format_ts(c.ts_ms));
             r
         }
         Event::Conversion(c) => {
@@ -78,7 +79,7 @@ fn expected_row(i: u64) -> Vec<String> {
             r.extend(c.subs);
             let amount = c.amount.map(|a| format!("{}.{:02}", a / 100, a % 100)).unwrap_or_default();
             r.extend([c.ip, c.source.as_str().into(), c.coupon, c.goal, c.txid, amount]);
-            r.extend(["USD".into(), c.status.as_str().into()]);
+            r.extend(["USD".into(), c.status.as_str().into(), tally_model::time::format_ts(c.ts_ms)]);
             r
         }
         Event::ProgramChange(_) => unreachable!(),
