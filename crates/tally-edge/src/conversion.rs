@@ -105,6 +105,10 @@ pub(crate) async fn pixel(edge: &Edge, req: &Request<Incoming>, peer: SocketAddr
         }
         Err(e) => {
             edge.metrics.conversion(ConvSource::pixel, outcome_of(&e));
+            if let EdgeError::Field(f) = &e {
+                // A merchant's tag that sends a bad field loses every conversion: say which.
+                tally_telemetry::warn_limited!(field = f.field, reason = %f.reason, offer = raw.get(Field::Offer).unwrap_or(""), "pixel refused");
+            }
             respond_error(e, false)
         }
     }
@@ -142,10 +146,13 @@ pub(crate) async fn postback(edge: &Edge, req: Request<Incoming>, peer: SocketAd
         Err(e) => {
             edge.metrics.conversion(ConvSource::postback, outcome_of(&e));
             // An advertiser whose postbacks are all refused is losing conversions: say why,
-            // rate-limited, naming the field, never a credential (authentication failures
-            // are logged where the advertiser is known).
+            // rate-limited, naming the field, never a credential. Refusals once the advertiser
+            // is known are logged where it is, with it; these are the ones before (no or an
+            // unknown offer, a bad body).
             if let EdgeError::Field(f) = &e {
-                tally_telemetry::warn_limited!(field = f.field, reason = %f.reason, "postback refused");
+                if f.field == Field::Offer.name() {
+                    tally_telemetry::warn_limited!(field = f.field, reason = %f.reason, "postback refused");
+                }
             }
             if let EdgeError::MethodNotAllowed(allow) = e {
                 return method_not_allowed(allow, true);
@@ -230,7 +237,17 @@ async fn postback_inner(
             );
             EdgeError::Auth(e)
         })?;
-        let mut conversion = build_conversion(&program, &params, ConversionSource::Postback, ip)?;
+        let mut conversion = build_conversion(&program, &params, ConversionSource::Postback, ip).inspect_err(|e| {
+            if let EdgeError::Field(f) = e {
+                tally_telemetry::warn_limited!(
+                    advertiser = %advertiser.id,
+                    offer = %offer.id,
+                    field = f.field,
+                    reason = %f.reason,
+                    "postback refused"
+                );
+            }
+        })?;
         if let (Authenticated::Signature { mac, .. }, true) = (&auth, conversion.txid.is_empty()) {
             // A signature covers the time and the exact request, so a second request with it
             // is a replay (captured, or a sender's retry): the transaction ID derived from it

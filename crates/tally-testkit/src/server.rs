@@ -130,6 +130,11 @@ pub struct Process {
 impl Process {
     /// Starts `bin serve --config config` on `127.0.0.1:0` with `vars` in its environment.
     pub fn start(bin: &str, config: &Path, data: &Path, vars: &[(&str, &str)]) -> Process {
+        Process::start_with_stderr(bin, config, data, vars, Stdio::inherit())
+    }
+
+    /// Like [`Process::start`], with the server's standard error (its log) going to `stderr`.
+    pub fn start_with_stderr(bin: &str, config: &Path, data: &Path, vars: &[(&str, &str)], stderr: Stdio) -> Process {
         let mut child = Command::new(bin)
             .envs(vars.iter().copied())
             .args(["serve", "--config"])
@@ -138,7 +143,7 @@ impl Process {
             .arg("--data-dir")
             .arg(data)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();

@@ -308,3 +308,43 @@ fn a_bad_admin_config_is_refused_at_start() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("admin.token"));
 }
+
+#[test]
+fn refused_postbacks_and_pixels_are_logged_with_what_failed_never_the_secret() {
+    let env = Env::new("");
+    let log = env.tmp.path().join("server.log");
+    let stderr = std::fs::File::create(&log).unwrap();
+    let vars = [("TALLY_LOGGING_FORMAT", "json")];
+    let mut server = Process::start_with_stderr(BIN, &env.config(), &env.data(), &vars, stderr.into());
+    let cid = server.get("/c/demo").click_id();
+    let wrong = format!("{TOKEN}-wrong");
+    for (target, status) in [
+        (format!("/postback?cid={cid}&offer=shoes&txid=L1&token={wrong}"), 403),
+        (format!("/postback?cid={cid}&offer=shoes&txid=L2&amount=abc&token={TOKEN}"), 400),
+        ("/postback?cid=x&offer=nosuch&token=whatever".to_owned(), 400),
+        (format!("/px.gif?cid={cid}&offer=shoes&amount=abc"), 400),
+    ] {
+        assert_eq!(server.get(&target).status, status, "{target}");
+    }
+    assert!(server.stop());
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter(|l: &serde_json::Value| l["fields"]["message"].as_str().is_some_and(|m| m.ends_with("refused")))
+        .collect();
+    let find = |what: &str, key: &str, value: &str| {
+        lines
+            .iter()
+            .find(|l| l["fields"]["message"] == what && l["fields"][key] == value)
+            .unwrap_or_else(|| panic!("no {what} with {key}={value} in {lines:#?}"))
+    };
+    let auth = find("postback refused", "reason", "bad credentials");
+    assert_eq!((auth["fields"]["advertiser"].as_str(), auth["fields"]["offer"].as_str()), (Some("acme"), Some("shoes")));
+    let amount = find("postback refused", "field", "amount");
+    assert_eq!(amount["fields"]["advertiser"], "acme");
+    find("postback refused", "field", "offer");
+    find("pixel refused", "field", "amount");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!text.contains(TOKEN), "a credential reached the log:\n{text}");
+}
