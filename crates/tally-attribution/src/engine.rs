@@ -158,6 +158,11 @@ fn advance(state: &mut State, seq: u64, ts: u64, out: &mut Outputs) -> Result<()
     Ok(())
 }
 
+/// The day number of `ts_ms` in the calendar of the program in force (UTC without one).
+fn local_day(state: &State, ts_ms: u64) -> u32 {
+    state.program.as_ref().map_or_else(|| day_of(ts_ms), |p| p.calendar.day_of(ts_ms))
+}
+
 fn window_ms(offer: &Offer) -> u64 {
     u64::from(offer.window_days) * DAY_MS
 }
@@ -188,10 +193,10 @@ fn click(state: &mut State, c: &ClickIn<'_>) -> Result<(), AttributionError> {
         c.click_id,
         &ClickFactsRef { ts_ms: c.ts_ms, offer: c.offer, affiliate: c.affiliate, sub1, human, first: first.as_ref() },
     );
-    let day = day_of(c.ts_ms);
+    let day = local_day(state, c.ts_ms);
     // Visitor sets of days before the horizon are deleted (when, depends on commit timing), so
     // a click that late is never counted unique: the answer must not depend on deletion.
-    let live_day = day >= day_of(state.checkpoint.horizon_ms);
+    let live_day = day >= local_day(state, state.checkpoint.horizon_ms);
     let unique = human && live_day && state.first_visit(day, c.visitor)?;
     let currency = offer.as_ref().map(|o| o.currency);
     let row = state.stats_mut(StatsKeyRef { day, offer: c.offer, affiliate: c.affiliate, sub1 });
@@ -404,7 +409,7 @@ fn conversion(state: &mut State, seq: u64, c: &Conversion, out: &mut Outputs) ->
     }
 
     let over = goal.overrides.get(&e.affiliate);
-    let day = day_of(c.ts_ms);
+    let day = local_day(state, c.ts_ms);
     let goal_cap_key = keys::cap(day, &c.offer, &c.goal, "");
     let aff_cap_key = keys::cap(day, &c.offer, &c.goal, &e.affiliate);
     let caps = [
@@ -587,7 +592,10 @@ fn reversal(state: &mut State, seq: u64, c: &Conversion, out: &mut Outputs) -> R
         }
     }
     original.reversed_by = Some(seq);
-    let day = day_of(original.ts_ms);
+    // The month as the program in force names it. Had the program's time zone changed since
+    // the original was credited, a conversion within hours of a month's end could be counted
+    // in one month and taken back from the other (README, The program file: time_zone).
+    let day = local_day(state, original.ts_ms);
     let mkey = keys::month(month_of_day(day), &c.offer, &c.goal, &original.affiliate);
     state.add_counter(&mkey, -1)?;
     // Credited conversions are in the offer's currency, so their sale amount was revenue.

@@ -327,8 +327,11 @@ impl State {
         }
         let old_day = tally_model::time::day_of(horizon);
         // Whole days before the horizon's; lookups ignore the rest of the expired clicks.
+        // Visitor sets are by the program's local day, up to a day behind the UTC one: one
+        // more day of them stays, so a live local day's set is never dropped.
         self.writes.drop_days_before(old_day);
-        self.unique_days.retain(|d, _| *d >= old_day);
+        let visitors_from = old_day.saturating_sub(1);
+        self.unique_days.retain(|d, _| *d >= visitors_from);
         self.purged_to_ms = horizon;
     }
 

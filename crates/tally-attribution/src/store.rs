@@ -507,7 +507,9 @@ impl Store {
             let last = ClickId::new(last_ms, u16::MAX, u64::MAX);
             self.db.delete_file_in_range_cf(self.cf(CF_CLICKS)?, [0u8; 16], keys::click_run(&last)).map_err(db_err)?;
         }
-        if let Some(last_day) = tally_model::time::day_of(horizon).checked_sub(1) {
+        // Visitor sets by local day (a program's time zone) can be a day behind the UTC one:
+        // keep the day before the horizon's too, so a live local day's set is never deleted.
+        if let Some(last_day) = tally_model::time::day_of(horizon).checked_sub(2) {
             self.db
                 .delete_file_in_range_cf(self.cf(CF_UNIQUE)?, &[0u8; 4][..], &keys::visitors_end(last_day)[..])
                 .map_err(db_err)?;

@@ -83,6 +83,6 @@ impl WriteSet {
     /// Drops whole days before `day` (a state without a store, once they expired).
     pub(crate) fn drop_days_before(&mut self, day: u32) {
         self.clicks.retain(|d, _| *d >= day);
-        self.unique.retain(|(d, _)| *d >= day);
+        self.unique.retain(|(d, _)| *d + 1 >= day);
     }
 }

@@ -370,3 +370,39 @@ fn stats_count_clicks_uniques_conversions_revenue_and_payout() {
     assert_eq!(by_sub[0].key, "s-aff1");
     assert!(report(&d.state, GroupBy::Day, 0, 10).unwrap().is_empty(), "date range filters rows");
 }
+
+#[test]
+fn a_program_time_zone_moves_the_days_of_caps_and_stats() {
+    const HOUR: u64 = 3_600_000;
+    // T0 is 2025-11-01T00:00Z; New York is on daylight time (UTC-4) until November 2.
+    let run = |time_zone: &str| {
+        let mut d = Driver::bare(tally_attribution::State::in_memory());
+        d.program(&format!("{time_zone}{PROGRAM}"));
+        d.wait(3 * HOUR); // 23:00 on October 31 in New York
+        let cid = d.click("shoes", "aff1");
+        let mut got = Vec::new();
+        for i in 0..3 {
+            got.push(d.convert("shoes", "lead", Some(cid), &format!("A{i}"), None).status);
+        }
+        d.wait(HOUR); // midnight in New York: a new day there, not in UTC
+        got.push(d.convert("shoes", "lead", Some(cid), "B0", None).status);
+        let days: Vec<String> = d
+            .state
+            .stats(0, u32::MAX)
+            .map(|r| tally_model::time::format_day(r.unwrap().0.day))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        (got, days)
+    };
+    use Status::{Approved, RejectedCap};
+    let (got, days) = run("time_zone = \"America/New_York\"\n");
+    assert_eq!(got, [Approved, Approved, RejectedCap, Approved], "aff1's cap of 2 a day, by New York days");
+    assert_eq!(days, ["2025-10-31", "2025-11-01"]);
+    let (got, days) = run("");
+    assert_eq!(got, [Approved, Approved, RejectedCap, RejectedCap], "one UTC day");
+    assert_eq!(days, ["2025-11-01"]);
+    // A zone the database does not know is refused with the program.
+    let err = tally_model::Program::from_toml(&format!("time_zone = \"Mars/Base\"\n{PROGRAM}")).unwrap_err();
+    assert!(err.to_string().contains("time_zone: \"Mars/Base\" is not a time zone"), "{err}");
+}

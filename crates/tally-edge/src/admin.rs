@@ -320,6 +320,7 @@ fn program_info(edge: &Edge) -> Response<Body> {
             "path": edge.config.program_path.display().to_string(),
             "overlay": crate::Overlay::path(&edge.config.data_dir).display().to_string(),
             "advertisers": p.advertisers.len(),
+            "time_zone": p.calendar.name(),
             "affiliates": p.affiliates.keys().collect::<Vec<_>>(),
             "offers": offers,
             "links": p.links().count(),

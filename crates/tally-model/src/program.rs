@@ -48,6 +48,9 @@ impl ProgramError {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawProgram {
+    /// The calendar of daily caps, monthly tiers and milestones, and stats days.
+    #[serde(default)]
+    time_zone: Option<String>,
     #[serde(default)]
     advertisers: Vec<RawAdvertiser>,
     #[serde(default)]
@@ -200,6 +203,8 @@ pub struct Program {
     coupons: BTreeMap<String, Coupon>,
     /// Where the source writes a credential inline (`advertisers[acme].postback_token`).
     inline_credentials: Vec<String>,
+    /// The calendar its days and months are counted in: `time_zone`, UTC by default.
+    pub calendar: crate::time::Calendar,
 }
 
 #[derive(Debug, Clone)]
@@ -366,6 +371,15 @@ impl Program {
             toml::from_str(source).map_err(|e| ProgramError::Syntax(e.to_string().trim().to_owned()))?;
         let mut problems = Vec::new();
 
+        let calendar = match raw.time_zone.as_deref() {
+            None => crate::time::Calendar::Utc,
+            Some(name) => crate::time::Calendar::named(name).unwrap_or_else(|| {
+                problems.push(format!(
+                    "time_zone: \"{name}\" is not a time zone (an IANA name such as Europe/Berlin, or UTC)"
+                ));
+                crate::time::Calendar::Utc
+            }),
+        };
         let mut advertisers = BTreeMap::new();
         let mut inline_credentials = Vec::new();
         for a in raw.advertisers {
@@ -471,6 +485,7 @@ impl Program {
             links,
             coupons,
             inline_credentials,
+            calendar,
         })
     }
 

@@ -1,9 +1,55 @@
-//! UTC calendar arithmetic on millisecond timestamps and day numbers (days since the Unix
-//! epoch): the one calendar of the workspace. Attribution names days and months with it
+//! Calendar arithmetic on millisecond timestamps and day numbers (days since the Unix epoch),
+//! in UTC or a program's time zone ([`Calendar`]): the one calendar of the workspace. Attribution names days and months with it
 //! (daily caps, monthly tiers, stats rows), and the CLI, admin API and audits parse and print
 //! dates and times with it. Pure and exact; the proleptic Gregorian calendar, years 1970-9999.
 
 pub const DAY_MS: u64 = 86_400_000;
+
+/// The calendar a program counts its days and months in (daily caps, monthly tiers and
+/// milestones, stats rows): UTC, the default, or an IANA time zone (`time_zone =
+/// "Europe/Berlin"` in the program). Zones come from the copy of the IANA database compiled
+/// into the binary (jiff's bundle), never the host's `zoneinfo`, so a replay on an auditor's
+/// machine counts days by the same rules as the live worker did.
+#[derive(Clone, Debug, Default)]
+pub enum Calendar {
+    #[default]
+    Utc,
+    Zone(jiff::tz::TimeZone),
+}
+
+impl Calendar {
+    /// The calendar named `name` (an IANA name such as `America/New_York`, or `UTC`).
+    pub fn named(name: &str) -> Option<Calendar> {
+        if name == "UTC" {
+            return Some(Calendar::Utc);
+        }
+        static DB: std::sync::OnceLock<jiff::tz::TimeZoneDatabase> = std::sync::OnceLock::new();
+        let zone = DB.get_or_init(jiff::tz::TimeZoneDatabase::bundled).get(name).ok()?;
+        Some(Calendar::Zone(zone))
+    }
+
+    /// The day number of the local date at `ts_ms`: days since 1970-01-01 of the calendar's
+    /// wall-clock date, so [`format_day`] and [`month_of_day`] name it as the zone does.
+    pub fn day_of(&self, ts_ms: u64) -> u32 {
+        match self {
+            Calendar::Utc => day_of(ts_ms),
+            Calendar::Zone(tz) => {
+                let Ok(ms) = i64::try_from(ts_ms) else { return day_of(ts_ms) };
+                let Ok(t) = jiff::Timestamp::from_millisecond(ms) else { return day_of(ts_ms) };
+                let local = ms.saturating_add(i64::from(tz.to_offset(t).seconds()) * 1000);
+                u32::try_from(local.div_euclid(DAY_MS as i64)).unwrap_or(0)
+            }
+        }
+    }
+
+    /// The IANA name, `UTC` for the default.
+    pub fn name(&self) -> &str {
+        match self {
+            Calendar::Utc => "UTC",
+            Calendar::Zone(tz) => tz.iana_name().unwrap_or("UTC"),
+        }
+    }
+}
 
 /// Days since the epoch of a millisecond timestamp.
 pub fn day_of(ts_ms: u64) -> u32 {
@@ -139,5 +185,28 @@ mod tests {
         {
             assert_eq!(parse_time(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn a_zone_calendar_counts_local_days_across_daylight_saving() {
+        let ny = Calendar::named("America/New_York").unwrap();
+        assert_eq!(ny.name(), "America/New_York");
+        let at = |s: &str| parse_time(s).unwrap();
+        // 03:00 UTC on the 23rd is 22:00 on the 22nd in New York (UTC-5 in November).
+        assert_eq!(format_day(ny.day_of(at("2026-11-23T03:00:00Z"))), "2026-11-22");
+        assert_eq!(format_day(ny.day_of(at("2026-11-23T05:00:00Z"))), "2026-11-23");
+        // In July it is UTC-4: 03:59 UTC is still the previous day, 04:00 the next.
+        assert_eq!(format_day(ny.day_of(at("2026-07-02T03:59:59.999Z"))), "2026-07-01");
+        assert_eq!(format_day(ny.day_of(at("2026-07-02T04:00:00Z"))), "2026-07-02");
+        // East of UTC the local day starts earlier.
+        let tokyo = Calendar::named("Asia/Tokyo").unwrap();
+        assert_eq!(format_day(tokyo.day_of(at("2026-11-22T15:00:00Z"))), "2026-11-23");
+        assert_eq!(month_of_day(tokyo.day_of(at("2026-11-30T15:00:00Z"))), 202612);
+        // UTC is the default and the plain day.
+        let utc = Calendar::named("UTC").unwrap();
+        assert_eq!(utc.day_of(at("2026-11-23T03:00:00Z")), day_of(at("2026-11-23T03:00:00Z")));
+        assert!(matches!(Calendar::default(), Calendar::Utc));
+        assert!(Calendar::named("Mars/Olympus_Mons").is_none());
+        assert!(Calendar::named("").is_none());
     }
 }

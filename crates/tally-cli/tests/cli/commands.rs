@@ -340,7 +340,10 @@ fn refused_postbacks_and_pixels_are_logged_with_what_failed_never_the_secret() {
             .unwrap_or_else(|| panic!("no {what} with {key}={value} in {lines:#?}"))
     };
     let auth = find("postback refused", "reason", "bad credentials");
-    assert_eq!((auth["fields"]["advertiser"].as_str(), auth["fields"]["offer"].as_str()), (Some("acme"), Some("shoes")));
+    assert_eq!(
+        (auth["fields"]["advertiser"].as_str(), auth["fields"]["offer"].as_str()),
+        (Some("acme"), Some("shoes"))
+    );
     let amount = find("postback refused", "field", "amount");
     assert_eq!(amount["fields"]["advertiser"], "acme");
     find("postback refused", "field", "offer");
