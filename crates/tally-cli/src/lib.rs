@@ -161,10 +161,11 @@ enum Command {
         /// affiliate, offer, day or sub1.
         #[arg(long)]
         by: String,
-        /// First day (UTC, YYYY-MM-DD), inclusive.
+        /// First day (YYYY-MM-DD), inclusive: a day of the program's calendar (its
+        /// time_zone, UTC by default), as stats rows are kept.
         #[arg(long)]
         from: Option<String>,
-        /// Last day (UTC, YYYY-MM-DD), inclusive.
+        /// Last day (YYYY-MM-DD), inclusive, as for --from.
         #[arg(long)]
         to: Option<String>,
         #[arg(long, value_enum, default_value_t = ledger::TableFormat::Table)]
