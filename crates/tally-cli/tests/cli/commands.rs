@@ -141,7 +141,9 @@ fn verify_passes_then_names_the_edited_sequence() {
     let stats = tally(&["log", "stats", "--data-dir", d]);
     assert_eq!(stats.status.code(), Some(0));
     let s = String::from_utf8_lossy(&stats.stdout);
-    assert!(s.contains("click         100") && s.contains("last_seq        101"), "{s}");
+    assert!(s.contains("  click           100\n") && s.contains("last_seq          101\n"), "{s}");
+    // The longest kind keeps a space before its count.
+    assert!(s.contains("  program_change  1\n"), "{s}");
     let (code, v) = run_json(&["log", "stats", "--data-dir", d, "--format", "json"]);
     assert_eq!(code, 0);
     assert_eq!(
