@@ -1,26 +1,29 @@
-//! `record::decode` never panics, `record::decode_view` agrees with it on every input, and
-//! the format is canonical, so any record it accepts must re-encode to exactly the same
-//! bytes, and `peek_kind` must agree with the decoded event.
-//! A version-1 record re-encodes as the current version; it must then equal the record with its
-//! version byte set back to 1 and, for a click, the `prior_click` `None` byte (`00`, the last
-//! payload byte) dropped: version 2 changed nothing else.
+//! `record::decode` never panics, `record::decode_view` agrees with it on every input (a
+//! version-3 click in place has no personal fields), and the format is canonical: a
+//! version-3 record it accepts re-encodes, with the salt of its trailer, to exactly the same
+//! bytes (an erased one to the same bytes but for its seal), an older record re-encodes to a
+//! version-3 record of the same event, and `peek_kind` and `personal` agree with the decode.
 //!
 //! The first input byte picks the mode by its low bit:
 //! - 0, "raw": the rest of the input is the record, as is (exercises the envelope checks).
 //! - 1, "wrap": the second byte picks the kind (mapped into 1..=3) and the rest is the payload,
 //!   wrapped in a valid envelope (version, kind, length, xxh3 checksum) so the fuzzer reaches
-//!   the payload decoder instead of dying on the checksum. Bit 1 of the first byte picks the
-//!   envelope's version: 0 the current one (`FORMAT_VERSION`), 1 version 1.
+//!   the payload decoder instead of dying on the checksum. The first byte's other bits pick
+//!   the envelope's version: the current one (`FORMAT_VERSION`), 1 or 2.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tally_model::record::{decode, decode_view, encode, peek_kind, EventView, FORMAT_VERSION};
-use tally_model::{ClickView, Event, EventKind};
+use tally_model::record::{
+    chained_len, decode, decode_personal, decode_view, encode_salted, peek_kind, personal, EventView, Personal,
+    FORMAT_VERSION,
+};
+use tally_model::{ClickView, Event};
 
 /// The first format, before `Click::prior_click`; still decoded.
 const VERSION_1: u8 = 1;
 const HEADER_LEN: usize = 6;
 const CHECKSUM_LEN: usize = 4;
+const SEAL_LEN: usize = 16;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else {
@@ -29,7 +32,7 @@ fuzz_target!(|data: &[u8]| {
     if mode & 1 == 0 {
         check(rest);
     } else if let Some((&kind, payload)) = rest.split_first() {
-        let version = if mode & 2 == 0 { FORMAT_VERSION } else { VERSION_1 };
+        let version = [FORMAT_VERSION, VERSION_1, 2][usize::from(mode >> 1) % 3];
         check(&wrap(version, kind % 3 + 1, payload));
     }
 });
@@ -51,40 +54,50 @@ fn wrap(version: u8, kind: u8, payload: &[u8]) -> Vec<u8> {
 }
 
 fn check(record: &[u8]) {
-    let decoded = decode(record);
-    // The in-place decoder accepts exactly the same records, as the same events.
+    let decoded = decode_personal(record);
+    assert_eq!(decoded.clone().map(|(e, _)| e), decode(record));
+    // The in-place decoder accepts the same chained bytes, as the same events; it does not
+    // read a trailer, so it may accept a record whose trailer `decode` refuses.
     match (&decoded, decode_view(record)) {
-        (Ok(Event::Click(c)), Ok(EventView::Click(view))) => assert_eq!(view, ClickView::from(c)),
-        (Ok(event), Ok(EventView::Owned(owned))) => assert_eq!(&owned, event),
+        (Ok((Event::Click(c), p)), Ok(EventView::Click(view))) => {
+            let mut expected = ClickView::from(c);
+            if *p != Personal::Chained {
+                (expected.ip, expected.user_agent, expected.referrer) = ("", "", "");
+            }
+            assert_eq!(view, expected);
+        }
+        (Ok((event, _)), Ok(EventView::Owned(owned))) => assert_eq!(&owned, event),
         (Err(a), Err(b)) => assert_eq!(a, &b),
+        (Err(_), Ok(_)) if chained_len(record) < record.len() => {}
         (a, b) => panic!("decode and decode_view disagree on {}: {a:?} / {b:?}", hex(record)),
     }
-    let Ok(event) = decoded else {
+    let Ok((event, held)) = decoded else {
         return;
     };
-    let bytes = match encode(&event) {
-        Ok(bytes) => bytes,
-        Err(e) => panic!("decoded event does not re-encode ({e}): {event:?}"),
-    };
-    assert_eq!(bytes[0], FORMAT_VERSION, "encode wrote an old version");
-    let expected = match record[0] {
-        FORMAT_VERSION => bytes,
-        VERSION_1 => {
-            let mut payload = bytes[HEADER_LEN..bytes.len() - CHECKSUM_LEN].to_vec();
-            if event.kind() == EventKind::Click {
-                assert_eq!(payload.pop(), Some(0), "a version-1 click decoded with a prior click: {event:?}");
-            }
-            wrap(VERSION_1, event.kind() as u8, &payload)
-        }
-        v => panic!("decode accepted unknown version {v}: {event:?}"),
-    };
-    assert!(
-        expected == record,
-        "decode accepted a non-canonical record\n  input:     {}\n  re-encode: {}\n  event: {event:?}",
-        hex(record),
-        hex(&expected),
-    );
+    assert_eq!(personal(record), Ok(held));
     assert_eq!(peek_kind(record), Ok(event.kind()));
+    let chained = chained_len(record);
+    let salt: [u8; 16] = record.get(chained..chained + 16).and_then(|s| s.try_into().ok()).unwrap_or([0; 16]);
+    let mut bytes = Vec::new();
+    if let Err(e) = encode_salted(&event, salt, &mut bytes) {
+        panic!("decoded event does not re-encode ({e}): {event:?}");
+    }
+    assert_eq!(bytes[0], FORMAT_VERSION, "encode wrote an old version");
+    match (record[0], held) {
+        (FORMAT_VERSION, Personal::Erased) => {
+            // Re-encoded without personal fields, the seal is zeros; all else is the same.
+            let seal_at = chained - CHECKSUM_LEN - SEAL_LEN;
+            assert!(bytes.len() == chained && bytes[..seal_at] == record[..seal_at], "{}", hex(record));
+        }
+        (FORMAT_VERSION, _) => assert!(
+            bytes == record,
+            "decode accepted a non-canonical record\n  input:     {}\n  re-encode: {}\n  event: {event:?}",
+            hex(record),
+            hex(&bytes),
+        ),
+        (VERSION_1 | 2, _) => assert_eq!(decode(&bytes).as_ref(), Ok(&event), "{}", hex(record)),
+        (v, _) => panic!("decode accepted unknown version {v}: {event:?}"),
+    }
 }
 
 fn hex(b: &[u8]) -> String {

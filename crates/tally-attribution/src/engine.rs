@@ -52,10 +52,7 @@ pub struct Outputs {
 /// Applies the event at `seq`. Events must come in log order, each exactly once per state.
 pub fn apply(state: &mut State, seq: u64, event: &Event) -> Result<Outputs, AttributionError> {
     if let Event::Click(c) = event {
-        let mut scratch = std::mem::take(&mut state.scratch);
-        let input = ClickIn::of(&ClickView::from(c), &mut scratch);
-        state.scratch = scratch;
-        return apply_click(state, seq, &input);
+        return apply_click(state, seq, &ClickIn::of(&ClickView::from(c)));
     }
     step(state, seq, event.ts_ms(), |state, out| {
         match event {
@@ -95,13 +92,13 @@ pub struct ClickIn<'a> {
     pub sub1: &'a str,
     pub human: bool,
     pub prior_click: Option<ClickId>,
-    /// [`visitor_key`] of the click.
+    /// The click's visitor key (see [`tally_model::Click::visitor`]): stored by the edge, so
+    /// unique clicks never depend on personal fields, which may have been erased.
     pub visitor: u128,
 }
 
 impl<'a> ClickIn<'a> {
-    /// `scratch` is a reused buffer for hashing the visitor key.
-    pub fn of(c: &ClickView<'a>, scratch: &mut Vec<u8>) -> ClickIn<'a> {
+    pub fn of(c: &ClickView<'a>) -> ClickIn<'a> {
         ClickIn {
             click_id: c.click_id,
             ts_ms: c.ts_ms,
@@ -110,7 +107,7 @@ impl<'a> ClickIn<'a> {
             sub1: c.subs[0],
             human: c.is_human(),
             prior_click: c.prior_click,
-            visitor: visitor_key(c, scratch),
+            visitor: u128::from(c.visitor),
         }
     }
 }
@@ -208,20 +205,6 @@ fn click(state: &mut State, c: &ClickIn<'_>) -> Result<(), AttributionError> {
     }
     row.set_currency_if_none(currency);
     Ok(())
-}
-
-/// One visitor of one offer through one affiliate: the IP (as stored under the privacy
-/// policy) and user agent.
-pub fn visitor_key(c: &ClickView<'_>, buf: &mut Vec<u8>) -> u128 {
-    // The length-prefixed parts hashed in one go, in a reused buffer: the same value as
-    // feeding them to xxh3's streaming state (XXH3 is defined so), which copied every part
-    // into its own buffer and cost 3% of attribution.
-    buf.clear();
-    for part in [c.offer, c.affiliate, c.ip, c.user_agent] {
-        buf.extend_from_slice(&(part.len() as u64).to_le_bytes());
-        buf.extend_from_slice(part.as_bytes());
-    }
-    xxhash_rust::xxh3::xxh3_128(buf)
 }
 
 /// A click from the index, unless it is older than the expiry horizon. The horizon, not
@@ -614,36 +597,7 @@ fn reversal(state: &mut State, seq: u64, c: &Conversion, out: &mut Outputs) -> R
 
 #[cfg(test)]
 mod tests {
-    use super::{revshare, visitor_key};
-    use tally_model::{Click, ClickId, ClickView};
-
-    #[test]
-    fn visitor_keys_are_the_streaming_xxh3_of_the_length_prefixed_parts() {
-        let c = Click {
-            click_id: ClickId::new(1, 1, 1),
-            ts_ms: 1,
-            link: "l".into(),
-            offer: "shoes".into(),
-            affiliate: "aff0001".into(),
-            subs: Default::default(),
-            source: String::new(),
-            deep_link: String::new(),
-            user_agent: "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 ".repeat(6),
-            referrer: String::new(),
-            ip: "203.0.113.0".into(),
-            flags: 0,
-            prior_click: None,
-        };
-        let mut h = xxhash_rust::xxh3::Xxh3::new();
-        for part in [&c.offer, &c.affiliate, &c.ip, &c.user_agent] {
-            h.update(&(part.len() as u64).to_le_bytes());
-            h.update(part.as_bytes());
-        }
-        let mut buf = b"left over".to_vec();
-        assert_eq!(visitor_key(&ClickView::from(&c), &mut buf), h.digest128());
-        let other = Click { ip: "203.0.113.1".into(), ..c.clone() };
-        assert_ne!(visitor_key(&ClickView::from(&other), &mut buf), visitor_key(&ClickView::from(&c), &mut buf));
-    }
+    use super::revshare;
 
     #[test]
     fn revshare_rounds_half_to_even() {

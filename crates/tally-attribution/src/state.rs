@@ -56,8 +56,6 @@ pub struct State {
     /// stale; it holds nothing uncommitted, and is emptied when it grows past
     /// [`COUNTER_CACHE_MAX`].
     counter_cache: FastMap<Vec<u8>, i64>,
-    /// A buffer the engine reuses (hashing a visitor's key).
-    pub(crate) scratch: Vec<u8>,
     /// Horizon up to which expired clicks were physically deleted.
     purged_to_ms: u64,
 }
@@ -88,7 +86,6 @@ impl State {
             clicks_last: None,
             batch_bytes: 0,
             counter_cache: FastMap::default(),
-            scratch: Vec::new(),
             purged_to_ms: 0,
         }
     }

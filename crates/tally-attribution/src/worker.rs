@@ -65,8 +65,6 @@ pub struct Worker {
     uncommitted: usize,
     /// Position of the newest snapshot (0 when none).
     snapshot_at: u64,
-    /// Reused for hashing visitor keys of clicks read in place.
-    scratch: Vec<u8>,
 }
 
 impl Worker {
@@ -85,7 +83,7 @@ impl Worker {
             .and_then(|p| snapshots::list(&p.dir).ok())
             .and_then(|l| l.last().map(|(pos, _)| *pos))
             .unwrap_or(0);
-        Worker { state, metrics, options, uncommitted: 0, snapshot_at, scratch: Vec::new() }
+        Worker { state, metrics, options, uncommitted: 0, snapshot_at }
     }
 
     /// Makes the next `n` commits fail after the state has handed over its overlay, the way
@@ -112,7 +110,7 @@ impl Worker {
     pub fn apply_record(&mut self, seq: u64, bytes: &[u8]) -> Result<(), AttributionError> {
         match tally_model::decode_view(bytes).map_err(|error| AttributionError::Record { seq, error })? {
             EventView::Click(view) => {
-                let click = ClickIn::of(&view, &mut self.scratch);
+                let click = ClickIn::of(&view);
                 self.apply_click(seq, &click)
             }
             EventView::Owned(event) => self.apply_event(seq, &event),

@@ -129,7 +129,7 @@ fn an_undecodable_record_stops_the_worker_where_it_is() {
     let tmp = tempfile::tempdir().unwrap();
     let log = write_log(&tmp.path().join("log"), &events);
     let mut bad = tally_model::encode(&events[1]).unwrap();
-    let n = bad.len();
+    let n = tally_model::record::chained_len(&bad);
     bad[n - 1] ^= 1;
     log.submit(bad).unwrap().wait().unwrap();
     let mut w = Worker::open(&tmp.path().join("state"), options(10), AttributionMetrics::default()).unwrap();

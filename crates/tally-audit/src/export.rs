@@ -29,7 +29,7 @@ use std::path::Path;
 use serde_json::Value;
 use tally_attribution::LedgerReader;
 use tally_log::LogReader;
-use tally_model::{format_minor, Event, EventKind, RecordError};
+use tally_model::{format_minor, Event, EventKind, Personal, RecordError};
 
 pub use range::Range;
 pub use sink::Sink;
@@ -69,10 +69,18 @@ pub const COLUMNS: &[&str] = &[
     // The event time as RFC 3339 UTC (`2026-11-23T14:05:00.123Z`) beside `ts_ms`, for people
     // and tools that read dates; last, for the same reason.
     "time",
+    // A click's visitor key (16 hex digits), by which unique clicks are counted; record
+    // format 3 added it, and `personal` beside it.
+    "visitor",
+    // What the record holds of the event's personal fields (`user_agent`, `referrer`, `ip`):
+    // `present`, `erased` (by request or retention: the fields are empty), `none`
+    // (nothing recorded), or `chained` (a record older than format 3, not erasable).
+    "personal",
 ];
 
 /// One event as `(column, value)` pairs, in [`COLUMNS`] order, for the columns it has.
-pub fn row(seq: u64, event: &Event) -> Vec<(&'static str, Value)> {
+/// `personal` is what its record holds of its personal fields.
+pub fn row(seq: u64, event: &Event, personal: Personal) -> Vec<(&'static str, Value)> {
     let mut r: Vec<(&'static str, Value)> =
         vec![("seq", seq.into()), ("type", event.kind().as_str().into()), ("ts_ms", event.ts_ms().into())];
     let subs = |r: &mut Vec<(&'static str, Value)>, subs: &[String; 5]| {
@@ -114,6 +122,14 @@ pub fn row(seq: u64, event: &Event) -> Vec<(&'static str, Value)> {
         }
     }
     r.push(("time", tally_model::time::format_ts(event.ts_ms()).into()));
+    match event {
+        Event::Click(c) => {
+            r.push(("visitor", format!("{:016x}", c.visitor).into()));
+            r.push(("personal", personal.as_str().into()));
+        }
+        Event::Conversion(_) => r.push(("personal", personal.as_str().into())),
+        Event::ProgramChange(_) => {}
+    }
     r
 }
 
@@ -138,6 +154,8 @@ pub const CLICK_COLUMNS: &[&str] = &[
     "flags",
     "prior_click",
     "time",
+    "visitor",
+    "personal",
 ];
 
 /// Conversion reports only (refunds and chargebacks included, by `status`).
@@ -160,6 +178,7 @@ pub const CONVERSION_COLUMNS: &[&str] = &[
     "currency",
     "status",
     "time",
+    "personal",
 ];
 
 /// What to export.
@@ -281,9 +300,9 @@ impl Source {
                             continue;
                         }
                     }
-                    match tally_model::decode(&record) {
-                        Ok(event) if range.contains(seq, event.ts_ms()) => {
-                            sink.write(&row(seq, &event))?;
+                    match tally_model::decode_personal(&record) {
+                        Ok((event, personal)) if range.contains(seq, event.ts_ms()) => {
+                            sink.write(&row(seq, &event, personal))?;
                             done.rows += 1;
                         }
                         Ok(_) => {}
@@ -389,6 +408,7 @@ mod tests {
             ip: String::new(),
             flags: 0,
             prior_click: None,
+            visitor: 0,
         });
         let conversion = Event::Conversion(Conversion {
             ts_ms: 1,
@@ -405,7 +425,8 @@ mod tests {
             ip: String::new(),
         });
         for (event, columns) in [(click, CLICK_COLUMNS), (conversion, CONVERSION_COLUMNS)] {
-            let keys: Vec<&str> = row(7, &event).into_iter().map(|(k, _)| k).filter(|k| *k != "type").collect();
+            let keys: Vec<&str> =
+                row(7, &event, Personal::Present).into_iter().map(|(k, _)| k).filter(|k| *k != "type").collect();
             assert_eq!(keys, columns);
             // In COLUMNS order, so the CSV writer's single forward walk finds every cell.
             let in_order: Vec<&str> = COLUMNS.iter().copied().filter(|c| columns.contains(c)).collect();

@@ -7,6 +7,7 @@ mod export;
 mod ledger;
 mod ops;
 mod output;
+mod privacy;
 mod progress;
 mod snapshot;
 
@@ -31,7 +32,8 @@ Exit codes:
      health (not answering 200)
   2  trouble: cannot open or read the data, a bad argument or usage, an I/O error
 
-With --format json (verify, replay, log stats, snapshot, config check) standard output holds
+With --format json (verify, replay, log stats, snapshot, config check, erase, retention)
+standard output holds
 one JSON object, with \"ok\"; on trouble it is {\"ok\":false,\"error\":\"...\"}, and the error is
 on standard error as well.";
 
@@ -151,6 +153,34 @@ enum Command {
         /// Start from the log's first event even when a snapshot before the window exists.
         #[arg(long)]
         no_snapshots: bool,
+        #[arg(long, value_enum, default_value_t)]
+        format: OutputFormat,
+    },
+    /// Erase the personal fields (IP, user agent, referrer) of clicks and conversions, for an
+    /// erasure request; verify, replay and the ledger are unaffected. The server must be
+    /// stopped (a running one: POST /admin/erase).
+    Erase {
+        #[arg(long, env = "TALLY_DATA_DIR")]
+        data_dir: PathBuf,
+        /// A click ID: the click and every conversion that claims it. Repeatable.
+        #[arg(long = "click", value_name = "CLICK_ID")]
+        clicks: Vec<tally_model::ClickId>,
+        /// An IP as stored (after privacy.ip_mode): every click and conversion from it.
+        /// Repeatable.
+        #[arg(long = "ip", value_name = "IP")]
+        ips: Vec<String>,
+        #[arg(long, value_enum, default_value_t)]
+        format: OutputFormat,
+    },
+    /// Erase the personal fields of events older than --days, and the day keys of visitor
+    /// pseudonyms of those days (what the server does hourly with privacy.retention_days).
+    /// The server must be stopped (a running one: POST /admin/retention).
+    Retention {
+        #[arg(long, env = "TALLY_DATA_DIR")]
+        data_dir: PathBuf,
+        /// Keep this many days of personal fields (at least 1).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=36_500))]
+        days: u32,
         #[arg(long, value_enum, default_value_t)]
         format: OutputFormat,
     },
@@ -281,6 +311,8 @@ impl Command {
             Command::Verify { format, .. }
             | Command::Snapshot { format, .. }
             | Command::Replay { format, .. }
+            | Command::Erase { format, .. }
+            | Command::Retention { format, .. }
             | Command::Config { command: ConfigCommand::Check { format, .. } }
             | Command::Log { command: LogCommand::Stats { format, .. } } => *format,
             _ => OutputFormat::Text,
@@ -336,6 +368,8 @@ pub fn main() -> ExitCode {
         Command::Report { data_dir, by, from, to, format } => {
             ledger::report(&data_dir, &by, from.as_deref(), to.as_deref(), format)
         }
+        Command::Erase { data_dir, clicks, ips, format } => privacy::erase(&data_dir, clicks, ips, format),
+        Command::Retention { data_dir, days, format } => privacy::retention(&data_dir, days, format),
         Command::Health { url, timeout_ms } => ops::health(&url, Duration::from_millis(timeout_ms)),
         Command::Completions { shell } => completions(shell),
         Command::Man { out_dir } => man(out_dir.as_deref()),
@@ -610,6 +644,7 @@ fn verify(data_dir: &Path, anchor: Option<&tally_log::Anchor>, format: OutputFor
             "first_bad_seq": report.first_bad.as_ref().map(|(seq, _)| seq),
             "reason": report.first_bad.as_ref().map(|(_, why)| why),
             "anchor": anchor,
+            "personal": { "present": report.personal.present, "erased": report.personal.erased },
         }))?;
         return Ok(found(ok));
     }
@@ -617,6 +652,10 @@ fn verify(data_dir: &Path, anchor: Option<&tally_log::Anchor>, format: OutputFor
         None => {
             println!("ok: {} events in {} batches verified", report.records, report.batches);
             println!("head {}:{head}", report.head_seq);
+            let p = report.personal;
+            if p.present + p.erased > 0 {
+                println!("personal fields: held by {} records, erased from {}", p.present, p.erased);
+            }
         }
         Some((seq, why)) => {
             println!("FAILED at sequence {seq}: {why}");

@@ -180,9 +180,25 @@ async fn api(edge: &Arc<Edge>, hooks: &AdminHooks, req: Request<Incoming>) -> Re
             Ok(n) => set_level(hooks, &n.level),
             Err(r) => *r,
         },
-        (_, ["links"] | ["links", _, "disable" | "enable"] | ["program"] | ["reload"] | ["stats"] | ["log-level"]) => {
-            error(405, &format!("method {method} not allowed here"))
-        }
+        (&Method::POST, ["erase"]) => match read_json::<EraseRequest>(req).await {
+            Ok(e) => erase(edge, e).await,
+            Err(r) => *r,
+        },
+        (&Method::POST, ["retention"]) => match read_json::<RetentionRequest>(req).await {
+            Ok(r) => retention(edge, r).await,
+            Err(r) => *r,
+        },
+        (
+            _,
+            ["links"]
+            | ["links", _, "disable" | "enable"]
+            | ["program"]
+            | ["reload"]
+            | ["stats"]
+            | ["log-level"]
+            | ["erase"]
+            | ["retention"],
+        ) => error(405, &format!("method {method} not allowed here")),
         _ => error(404, "no such admin endpoint"),
     }
 }
@@ -210,6 +226,56 @@ struct NewLink {
 #[serde(deny_unknown_fields)]
 struct NewLevel {
     level: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EraseRequest {
+    #[serde(default)]
+    click_ids: Vec<String>,
+    #[serde(default)]
+    ips: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetentionRequest {
+    /// Defaults to `privacy.retention_days`.
+    days: Option<u32>,
+}
+
+/// `POST /admin/erase`: an erasure request, by click IDs and/or stored IPs.
+async fn erase(edge: &Arc<Edge>, req: EraseRequest) -> Response<Body> {
+    let mut click_ids = Vec::with_capacity(req.click_ids.len());
+    for id in &req.click_ids {
+        match id.parse::<tally_model::ClickId>() {
+            Ok(c) => click_ids.push(c),
+            Err(e) => return error(400, &format!("click_ids: \"{id}\" is not a click ID: {e}")),
+        }
+    }
+    if let Some(ip) = req.ips.iter().find(|ip| ip.is_empty()) {
+        return error(400, &format!("ips: \"{ip}\" is empty"));
+    }
+    let what = tally_log::Erasure { click_ids, ips: req.ips };
+    if what.is_empty() {
+        return error(400, "nothing to erase: give click_ids and/or ips");
+    }
+    match edge.erase(what).await {
+        Ok(report) => json_response(200, &json!(report)),
+        Err(e) => error(500, &format!("erasure failed: {e}")),
+    }
+}
+
+/// `POST /admin/retention`: a retention pass now, for `days` or the configured days.
+async fn retention(edge: &Arc<Edge>, req: RetentionRequest) -> Response<Body> {
+    let days = req.days.unwrap_or(edge.config.retention_days);
+    if days == 0 || days > 36_500 {
+        return error(400, "days: give 1-36500 (privacy.retention_days is 0: personal fields are kept)");
+    }
+    match edge.apply_retention(days).await {
+        Ok(report) => json_response(200, &json!(report)),
+        Err(e) => error(500, &format!("retention failed: {e}")),
+    }
 }
 
 fn link_json(edge: &Edge, program: &Program, code: &str) -> Value {

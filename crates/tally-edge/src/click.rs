@@ -97,6 +97,10 @@ pub(crate) fn prepare(edge: &Edge, code: &str, req: ClickRequest<'_>) -> Prepare
     let prior_click = headers.cookie_click_id.filter(|_| edge.config.cookies).and_then(|c| ClickId::parse(c).ok());
     // The record is encoded from borrowed fields (the same bytes as an owned `Click`): no
     // copy of the link, offer, affiliate, sub IDs, user agent or referrer.
+    // Unique clicks are counted by this pseudonym, not by the personal fields, which may be
+    // erased later (see `privacy`).
+    let day_key = edge.day_keys.get(&edge.log, program.calendar.day_of(now));
+    let visitor = tally_model::visitor_key(&day_key, &offer.id, &link.affiliate, &ip, user_agent);
     let click = ClickView {
         click_id,
         ts_ms: now,
@@ -111,9 +115,10 @@ pub(crate) fn prepare(edge: &Edge, code: &str, req: ClickRequest<'_>) -> Prepare
         ip: &ip,
         flags,
         prior_click,
+        visitor,
     };
     let mut record = Vec::with_capacity(RECORD_CAPACITY);
-    let submitted = match tally_model::encode_click_into(&click, &mut record) {
+    let submitted = match tally_model::encode_click_into(&click, rand::random(), &mut record) {
         Ok(()) => edge.appender.submit(record),
         Err(e) => Err(LogError::Write(e.to_string())),
     };

@@ -69,6 +69,7 @@ pub struct PrivacySection {
     pub cookies: bool,
     pub cookie_secure: bool,
     pub trusted_proxies: Vec<String>,
+    pub retention_days: u32,
 }
 
 impl Default for PrivacySection {
@@ -79,6 +80,7 @@ impl Default for PrivacySection {
             cookies: true,
             cookie_secure: false,
             trusted_proxies: Vec::new(),
+            retention_days: 0,
         }
     }
 }
@@ -156,6 +158,8 @@ pub struct Config {
     pub ip: IpPolicy,
     pub cookies: bool,
     pub cookie_secure: bool,
+    /// Personal fields older than this many days are erased; 0 keeps them.
+    pub retention_days: u32,
     pub signature_max_age: Duration,
     pub admin: AdminConfig,
     /// Where advertisers' credentials are looked up ([`crate::secrets`]).
@@ -237,6 +241,9 @@ impl Config {
         if ip_mode == IpMode::Hash && !pr.ip_hash_key.is_empty() && pr.ip_hash_key.len() < 16 {
             p.push("privacy.ip_hash_key: must be at least 16 characters".into());
         }
+        if pr.retention_days > 36_500 {
+            p.push(format!("privacy.retention_days: must be 0 (keep) to 36500, got {}", pr.retention_days));
+        }
         let mut trusted = Vec::new();
         for cidr in &pr.trusted_proxies {
             match cidr.parse::<IpNet>().or_else(|_| cidr.parse::<std::net::IpAddr>().map(IpNet::from)) {
@@ -299,6 +306,7 @@ impl Config {
             ip: IpPolicy::new(ip_mode, &pr.ip_hash_key, trusted),
             cookies: pr.cookies,
             cookie_secure: pr.cookie_secure,
+            retention_days: pr.retention_days,
             signature_max_age: Duration::from_secs(sections.postback.signature_max_age_secs),
             admin: AdminConfig { listen: admin_listen, token: admin_token },
             secrets: sections

@@ -24,6 +24,7 @@ mod fast;
 mod handlers;
 pub mod links;
 pub mod metrics;
+mod privacy;
 mod respond;
 pub mod secrets;
 mod server;
@@ -58,6 +59,8 @@ pub struct Edge {
     appender: Appender,
     registry: Registry,
     pub metrics: EdgeMetrics,
+    /// Day keys of visitor pseudonyms ([`privacy`]).
+    day_keys: privacy::DayKeys,
 }
 
 impl std::fmt::Debug for Edge {
@@ -109,6 +112,9 @@ impl Edge {
         let Loaded { base, program } = loaded;
         let metrics = EdgeMetrics::new(&mut registry);
         metrics.program_links.set(program.links().count() as i64);
+        // Before the first click: the day keys around now (blocking, as opening the log is).
+        let day_keys = privacy::DayKeys::new();
+        day_keys.prepare(&log, &program, now_ms());
         Arc::new(Edge {
             config,
             program: ArcSwap::from_pointee(program),
@@ -118,6 +124,7 @@ impl Edge {
             log,
             registry,
             metrics,
+            day_keys,
         })
     }
 

@@ -147,6 +147,7 @@ pub struct EdgeMetrics {
     clicks: [Counter; 2],
     unrecorded: [Counter; 3],
     deep_link_rejected: Counter,
+    personal_erased: Counter,
     conversions: Vec<Counter>,
     reloads: [Counter; 2],
     pub connections_open: Gauge,
@@ -184,6 +185,12 @@ impl EdgeMetrics {
             "Clicks whose deep link was refused (the offer's default destination was used)",
             deep_link_rejected.clone(),
         );
+        let personal_erased = Counter::default();
+        r.register(
+            "personal_fields_erased",
+            "Records whose personal fields (IP, user agent, referrer) were erased, by request or retention",
+            personal_erased.clone(),
+        );
         let conversions = Family::<ConvLabels, Counter>::default();
         r.register("conversions", "Conversions reported, by source and outcome", conversions.clone());
         let reloads = Family::<ReloadLabel, Counter>::default();
@@ -216,6 +223,7 @@ impl EdgeMetrics {
             unrecorded: [UnrecordedCause::queue_full, UnrecordedCause::write_error, UnrecordedCause::closed]
                 .map(|cause| unrecorded.get_or_create(&CauseLabel { cause }).clone()),
             deep_link_rejected,
+            personal_erased,
             conversions: conv,
             reloads: [ReloadOutcome::ok, ReloadOutcome::error]
                 .map(|outcome| reloads.get_or_create(&ReloadLabel { outcome }).clone()),
@@ -251,6 +259,10 @@ impl EdgeMetrics {
 
     pub fn deep_link_rejected(&self) {
         self.deep_link_rejected.inc();
+    }
+
+    pub fn personal_erased(&self, records: u64) {
+        self.personal_erased.inc_by(records);
     }
 
     pub fn conversion(&self, source: ConvSource, outcome: ConvOutcome) {

@@ -198,7 +198,8 @@ impl Core {
         let mut batch_keys: Vec<([u8; 32], u64)> = Vec::new();
         for (i, item) in batch.iter().enumerate() {
             let seq = first + i as u64;
-            hasher.add(seq, &item.record);
+            // The chain covers the chained bytes; a personal trailer stays outside it.
+            hasher.add(seq, &item.record[..tally_model::record::chained_len(&item.record)]);
             wb.put_cf(events, keys::seq_key(seq), &item.record);
             if let Some(key) = &item.key {
                 if duplicates.is_empty() {

@@ -7,7 +7,7 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Options};
 
-use crate::keys::ALL_CFS;
+use crate::keys::{ALL_CFS, CF_PRIVACY};
 use crate::LogError;
 
 pub(crate) type Db = Arc<rocksdb::DB>;
@@ -21,9 +21,16 @@ pub(crate) fn db_options() -> Options {
     opts
 }
 
-/// The log's column families.
+/// The log's column families every reader opens.
 pub(crate) fn cf_descriptors() -> Vec<ColumnFamilyDescriptor> {
     ALL_CFS.iter().map(|name| ColumnFamilyDescriptor::new(*name, db_options())).collect()
+}
+
+/// Every column family the primary opens: the readers' and `privacy`.
+fn primary_descriptors() -> Vec<ColumnFamilyDescriptor> {
+    let mut d = cf_descriptors();
+    d.push(ColumnFamilyDescriptor::new(CF_PRIVACY, db_options()));
+    d
 }
 
 /// `descriptors`, plus any other column family the database in `dir` already has: RocksDB
@@ -63,7 +70,7 @@ pub(crate) fn open_primary(dir: &Path) -> Result<(rocksdb::DB, Options), LogErro
     // tally_log_rocksdb_stall_seconds_total, at the cost of a few per-core counters.
     opts.enable_statistics();
     opts.set_statistics_level(rocksdb::statistics::StatsLevel::ExceptHistogramOrTimers);
-    let descriptors = with_existing(dir, &opts, cf_descriptors());
+    let descriptors = with_existing(dir, &opts, primary_descriptors());
     let db = rocksdb::DB::open_cf_descriptors(&opts, dir, descriptors).map_err(|e| open_error(dir, e))?;
     Ok((db, opts))
 }
@@ -71,8 +78,9 @@ pub(crate) fn open_primary(dir: &Path) -> Result<(rocksdb::DB, Options), LogErro
 /// Opens a log no one else holds, for tools that change it in place (test tools).
 #[cfg(feature = "test-util")]
 pub(crate) fn open_existing(dir: &Path) -> Result<rocksdb::DB, LogError> {
-    let opts = db_options();
-    let descriptors = with_existing(dir, &opts, cf_descriptors());
+    let mut opts = db_options();
+    opts.create_missing_column_families(true);
+    let descriptors = with_existing(dir, &opts, primary_descriptors());
     rocksdb::DB::open_cf_descriptors(&opts, dir, descriptors).map_err(|e| open_error(dir, e))
 }
 

@@ -7,6 +7,10 @@ pub const CF_EVENTS: &str = "events";
 pub const CF_CHAIN: &str = "chain";
 /// Column family holding `BLAKE3(uniqueness key) -> seq of the first event with that key`.
 pub const CF_UNIQUE: &str = "unique";
+/// Column family holding the day keys and the retention floor (see `privacy`). Only the
+/// primary opens it: readers never need it.
+pub const CF_PRIVACY: &str = "privacy";
+/// The families every reader opens.
 pub const ALL_CFS: [&str; 3] = [CF_EVENTS, CF_CHAIN, CF_UNIQUE];
 
 pub fn seq_key(seq: u64) -> [u8; 8] {

@@ -15,13 +15,17 @@
 //! - the tamper-evident **hash chain** ([`chain`]) and [`LogReader::verify`];
 //! - point-in-time copies ([`snapshot`]) for `tally snapshot`.
 //!
-//! On-disk layout, three column families:
+//! On-disk layout, four column families:
 //!
-//! | CF       | key                       | value                                  |
-//! |----------|---------------------------|----------------------------------------|
-//! | `events` | seq, u64 big-endian       | one record (see `tally_model::record`) |
-//! | `chain`  | last seq of a batch, u64 BE | chain entry (see [`chain`])          |
-//! | `unique` | BLAKE3 of a caller's key  | seq of the first event with that key   |
+//! | CF        | key                       | value                                  |
+//! |-----------|---------------------------|----------------------------------------|
+//! | `events`  | seq, u64 big-endian       | one record (see `tally_model::record`) |
+//! | `chain`   | last seq of a batch, u64 BE | chain entry (see [`chain`])          |
+//! | `unique`  | BLAKE3 of a caller's key  | seq of the first event with that key   |
+//! | `privacy` | day keys, retention floor | see `privacy`                          |
+//!
+//! The chain covers each record's chained bytes, not a format-3 record's personal trailer:
+//! [`Log::erase`] and [`Log::apply_retention`] cut trailers off and `verify` still passes.
 //!
 //! (Logs written before December 2026 also have an empty `meta` family, for consumer
 //! checkpoints that nothing used; it is opened and ignored.)
@@ -52,6 +56,7 @@ mod keys;
 mod log;
 mod metrics;
 mod park;
+mod privacy;
 mod queue;
 mod reader;
 pub mod snapshot;
@@ -69,8 +74,9 @@ pub use config::LogSection;
 pub use db::ScratchDir;
 pub use log::Log;
 pub use metrics::LogMetrics;
+pub use privacy::{Erasure, ErasureReport, RetentionReport};
 pub use queue::{Pending, PendingUnique};
-pub use reader::{Anchor, AnchorCheck, LogReader, LogStats, Tail, VerifyReport};
+pub use reader::{Anchor, AnchorCheck, LogReader, LogStats, PersonalCounts, Tail, VerifyReport};
 pub use snapshot::{snapshot_to, SnapshotMethod};
 
 /// How hard a commit tries before its appends are acknowledged.

@@ -178,6 +178,27 @@ impl Log {
         self.shared.committed.seq.lock().map(|s| *s).unwrap_or(0)
     }
 
+    /// The key of visitor pseudonyms for program day `day` (days since 1970-01-01 in the
+    /// program's calendar): random, created and stored durably on first use, deleted by
+    /// [`Log::apply_retention`] once the day is past retention. Reads (and on a day's first
+    /// use, syncs) the database: call it off the runtime's threads.
+    pub fn day_key(&self, day: u32) -> Result<[u8; 32], LogError> {
+        crate::privacy::day_key(&self.shared.db, day)
+    }
+
+    /// Erases the personal fields of the records `what` matches (see [`crate::Erasure`]),
+    /// leaving their chained bytes, so `verify` and replay are unaffected. Reads the whole
+    /// log; blocking.
+    pub fn erase(&self, what: &crate::Erasure) -> Result<crate::ErasureReport, LogError> {
+        crate::privacy::erase(&self.shared.db, what)
+    }
+
+    /// Erases the personal fields of records stamped before `cutoff_ms` and deletes the day
+    /// keys of days before it. Resumes where the previous pass stopped; blocking.
+    pub fn apply_retention(&self, cutoff_ms: u64) -> Result<crate::RetentionReport, LogError> {
+        crate::privacy::retain(&self.shared.db, cutoff_ms)
+    }
+
     /// A reader sharing this process's database handle.
     pub fn reader(&self) -> LogReader {
         LogReader::from_primary(Arc::clone(&self.shared.db), Arc::clone(&self.shared.committed))

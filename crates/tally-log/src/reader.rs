@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rocksdb::{Direction, IteratorMode};
-use tally_model::EventKind;
+use tally_model::{EventKind, Personal};
 
 use crate::chain::{self, ChainEntry, GENESIS};
 use crate::db::{cf, cf_descriptors, db_options, open_error, Committed, Db, ScratchDir};
@@ -53,6 +53,15 @@ pub struct VerifyReport {
     pub head_seq: u64,
     /// The first sequence number that fails, and why.
     pub first_bad: Option<(u64, String)>,
+    /// Format-3 records read with their personal fields, and with them erased.
+    pub personal: PersonalCounts,
+}
+
+/// Records by what they hold of personal fields (see `tally_model::record::Personal`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PersonalCounts {
+    pub present: u64,
+    pub erased: u64,
 }
 
 impl VerifyReport {
@@ -267,7 +276,15 @@ impl LogReader {
     fn verify_with(&self, walk_to: u64, mut on_batch: impl FnMut(u64, &[u8; 32])) -> Result<VerifyReport, LogError> {
         let chain_cf = cf(&self.db, CF_CHAIN)?;
         let mut events = self.iter_from(0).peekable();
-        let mut report = VerifyReport { records: 0, batches: 0, head: GENESIS, head_seq: 0, first_bad: None };
+        let mut report = VerifyReport {
+            records: 0,
+            batches: 0,
+            head: GENESIS,
+            head_seq: 0,
+            first_bad: None,
+            personal: PersonalCounts::default(),
+        };
+        let personal = &mut report.personal;
         // Differs from `report.head` only after a failure: the head the records hash to.
         let mut recomputed = GENESIS;
         let mut expected_first = 1u64;
@@ -292,14 +309,19 @@ impl LogReader {
                 let seq = entry.first + i as u64;
                 match events.next() {
                     Some(Ok((got, record))) if got == seq => {
+                        let chained = &record[..tally_model::record::chained_len(&record)];
                         if bad_leaf.is_none() {
-                            if let Err(e) = tally_model::record::decode(&record) {
-                                bad_leaf = Some((seq, format!("record does not decode: {e}")));
-                            } else if chain::leaf(entry.version, seq, &record) != *want_leaf {
-                                bad_leaf = Some((seq, "record differs from what was committed".into()));
+                            match tally_model::record::decode_personal(&record) {
+                                Err(e) => bad_leaf = Some((seq, format!("record does not decode: {e}"))),
+                                Ok(_) if chain::leaf(entry.version, seq, chained) != *want_leaf => {
+                                    bad_leaf = Some((seq, "record differs from what was committed".into()));
+                                }
+                                Ok((_, Personal::Present)) => personal.present += 1,
+                                Ok((_, Personal::Erased)) => personal.erased += 1,
+                                Ok(_) => {}
                             }
                         }
-                        hasher.add(seq, &record);
+                        hasher.add(seq, chained);
                     }
                     Some(Ok((got, _))) if got > seq => {
                         fail(&mut report, seq, "record is missing".into());

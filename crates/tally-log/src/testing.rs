@@ -57,7 +57,7 @@ pub fn rechain(dir: &Path, batch: Option<u32>) -> Result<(), LogError> {
                 .get_cf(events, keys::seq_key(seq))
                 .map_err(read)?
                 .ok_or_else(|| LogError::Corrupt(format!("record {seq} missing")))?;
-            hasher.add(seq, &record);
+            hasher.add(seq, &record[..tally_model::record::chained_len(&record)]);
         }
         let (new_head, bytes) = hasher.finish();
         head = new_head;
@@ -90,7 +90,11 @@ pub fn store_v1_leaves(dir: &Path, up_to: u64) -> Result<(), LogError> {
                 .get_cf(events, keys::seq_key(seq))
                 .map_err(read)?
                 .ok_or_else(|| LogError::Corrupt(format!("record {seq} missing")))?;
-            bytes.extend_from_slice(&chain::leaf(chain::LEAF_BLAKE3, seq, &record));
+            bytes.extend_from_slice(&chain::leaf(
+                chain::LEAF_BLAKE3,
+                seq,
+                &record[..tally_model::record::chained_len(&record)],
+            ));
         }
         rewritten.push((k, bytes));
     }

@@ -1,9 +1,10 @@
 //! The events Tally appends to its log.
 //!
-//! These structs are serialised with postcard inside the envelope of [`crate::record`], so
-//! **field order is the on-disk format**: never reorder, remove or retype a field. Add a new
-//! event kind or bump the envelope version instead; the golden-byte tests in `record.rs` fail
-//! on any accidental change.
+//! [`crate::record`] lays them out on disk (postcard inside its envelope; conversions and
+//! program changes through these structs' serde derives, so **their field order is part of
+//! the on-disk format**: never reorder, remove or retype a field). Add a new event kind or
+//! bump the envelope version instead; the golden-byte tests in `record.rs` fail on any
+//! accidental change.
 
 use serde::{Deserialize, Serialize};
 
@@ -31,7 +32,11 @@ pub mod click_flags {
 }
 
 /// A click on an affiliate link.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// `user_agent`, `referrer` and `ip` are personal data: from format 3 on they are stored
+/// outside the hash-chained bytes (see [`crate::record`]) so they can be erased, and are
+/// empty in a click whose personal fields were erased.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Click {
     pub click_id: ClickId,
     /// Milliseconds since the Unix epoch, from the edge's clock when the click arrived.
@@ -55,6 +60,12 @@ pub struct Click {
     /// this one on this redirect host), if it parsed as a click ID. Lets attribution apply
     /// first-click rules without a user identity.
     pub prior_click: Option<ClickId>,
+    /// Who clicked, as a pseudonym: a keyed hash of offer, affiliate, IP and user agent that
+    /// is the same for one visitor during one day of the program's calendar. Unique clicks
+    /// are counted by it, so they do not depend on personal fields that may be erased later.
+    /// The edge computes it (see [`visitor_key`]); clicks of formats 1 and 2 get
+    /// [`legacy_visitor_key`] when decoded.
+    pub visitor: u64,
 }
 
 impl Click {
@@ -73,14 +84,13 @@ impl Click {
 /// ID, an option tag), which is what lets [`crate::record::decode_view`] check canonical
 /// form by length alone. A field type that normalises on decode (as [`Currency`] accepts
 /// `usd`) would break that: keep such types out of clicks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ClickView<'a> {
     pub click_id: ClickId,
     pub ts_ms: u64,
     pub link: &'a str,
     pub offer: &'a str,
     pub affiliate: &'a str,
-    #[serde(borrow)]
     pub subs: [&'a str; 5],
     pub source: &'a str,
     pub deep_link: &'a str,
@@ -89,6 +99,7 @@ pub struct ClickView<'a> {
     pub ip: &'a str,
     pub flags: u16,
     pub prior_click: Option<ClickId>,
+    pub visitor: u64,
 }
 
 impl ClickView<'_> {
@@ -114,8 +125,38 @@ impl<'a> From<&'a Click> for ClickView<'a> {
             ip: &c.ip,
             flags: c.flags,
             prior_click: c.prior_click,
+            visitor: c.visitor,
         }
     }
+}
+
+/// The visitor key the edge stores on a click (format 3 on): keyed BLAKE3 of the
+/// length-prefixed offer, affiliate, IP (as stored under the privacy policy) and user agent,
+/// under `day_key`, a random key per day of the program's calendar that the log keeps only
+/// as long as it keeps personal fields. Without that key the stored value reveals nothing
+/// and cannot be checked against a guessed IP and user agent.
+pub fn visitor_key(day_key: &[u8; 32], offer: &str, affiliate: &str, ip: &str, user_agent: &str) -> u64 {
+    let mut h = blake3::Hasher::new_keyed(day_key);
+    for part in [offer, affiliate, ip, user_agent] {
+        h.update(&(part.len() as u64).to_le_bytes());
+        h.update(part.as_bytes());
+    }
+    let mut out = [0u8; 8];
+    out.copy_from_slice(&h.finalize().as_bytes()[..8]);
+    u64::from_le_bytes(out)
+}
+
+/// The visitor key of a click stored before format 3, which kept its personal fields in the
+/// chained bytes: the low 64 bits of XXH3-128 of the same length-prefixed parts, the key
+/// attribution computed for such clicks before the edge stored one. Personal fields of those
+/// records cannot be erased, so the key stays computable.
+pub fn legacy_visitor_key(offer: &str, affiliate: &str, ip: &str, user_agent: &str) -> u64 {
+    let mut buf = Vec::with_capacity(32 + offer.len() + affiliate.len() + ip.len() + user_agent.len());
+    for part in [offer, affiliate, ip, user_agent] {
+        buf.extend_from_slice(&(part.len() as u64).to_le_bytes());
+        buf.extend_from_slice(part.as_bytes());
+    }
+    xxhash_rust::xxh3::xxh3_128(&buf) as u64
 }
 
 /// Where a conversion was reported from.
@@ -167,7 +208,8 @@ impl ConversionStatus {
     }
 }
 
-/// A conversion reported by a pixel or a server-to-server postback.
+/// A conversion reported by a pixel or a server-to-server postback. `ip` is personal data,
+/// stored outside the chained bytes from format 3 on, as a click's.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Conversion {
     /// Milliseconds since the Unix epoch, from the edge's clock when the report arrived.

@@ -14,8 +14,12 @@ pub mod time;
 
 pub use click_id::{ClickId, ClickIdError};
 pub use event::{
-    click_flags, Click, ClickView, Conversion, ConversionSource, ConversionStatus, Event, EventKind, ProgramChange,
+    click_flags, legacy_visitor_key, visitor_key, Click, ClickView, Conversion, ConversionSource, ConversionStatus,
+    Event, EventKind, ProgramChange,
 };
 pub use money::{format_minor, parse_minor, Currency, MoneyError};
 pub use program::{Program, ProgramError};
-pub use record::{decode, decode_view, encode, encode_click_into, encode_into, EventView, RecordError};
+pub use record::{
+    decode, decode_personal, decode_view, encode, encode_click_into, encode_into, encode_salted, EventView, Personal,
+    RecordError,
+};

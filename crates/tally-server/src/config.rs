@@ -249,6 +249,7 @@ sync = "sometimes"
 max_batch = 0
 [privacy]
 ip_mode = "blur"
+retention_days = 99999
 [logging]
 format = "xml"
 [attribution]
@@ -263,6 +264,7 @@ token = "short"
             "log.sync",
             "log.max_batch",
             "privacy.ip_mode",
+            "privacy.retention_days",
             "logging.format",
             "attribution.commit_every",
             "admin.token",

@@ -229,6 +229,8 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    // Day keys of visitor pseudonyms, and retention: for the server's life.
+    let privacy = tokio::spawn(Arc::clone(&edge).privacy_task());
     let admin_task = admin.map(|a| {
         let mut rx = stop_rx.clone();
         tokio::spawn(tally_edge::serve_admin(Arc::clone(&edge), a, hooks, async move {
@@ -236,6 +238,7 @@ pub async fn serve(
         }))
     });
     let served = tally_edge::serve(edge, public, shutdown).await;
+    privacy.abort();
     let _ = stop_tx.send(true);
     if let Some(t) = admin_task {
         let _ = t.await;

@@ -38,6 +38,7 @@ impl ClickBuilder {
                 ip: String::new(),
                 flags: 0,
                 prior_click: None,
+                visitor: 0,
             },
             id: None,
             nonce: 0,
@@ -121,6 +122,8 @@ impl ClickBuilder {
     pub fn build(self) -> Click {
         let mut click = self.click;
         click.click_id = self.id.unwrap_or_else(|| ClickId::new(click.ts_ms, 1, self.nonce));
+        // The key older formats decode to: tests count unique visitors by IP and user agent.
+        click.visitor = tally_model::legacy_visitor_key(&click.offer, &click.affiliate, &click.ip, &click.user_agent);
         click
     }
 

@@ -129,6 +129,20 @@ pub fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
     }
 }
 
+/// Every file under `dir`, recursively (for tests that scan a data directory's bytes).
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
 /// Every event in the log of `data_dir`, as the JSON objects `tally export events` prints
 /// (read through a secondary instance, so the server may be running).
 pub fn events(data_dir: &Path) -> Vec<serde_json::Value> {
@@ -137,8 +151,8 @@ pub fn events(data_dir: &Path) -> Vec<serde_json::Value> {
         .iter_from(1)
         .map(|item| {
             let (seq, record) = item.unwrap();
-            let event = tally_model::decode(&record).unwrap();
-            let row = tally_audit::export::row(seq, &event);
+            let (event, personal) = tally_model::decode_personal(&record).unwrap();
+            let row = tally_audit::export::row(seq, &event, personal);
             serde_json::Value::Object(row.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
         })
         .collect()

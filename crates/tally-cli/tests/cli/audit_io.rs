@@ -126,14 +126,14 @@ fn typed_exports_have_their_own_columns_and_honour_ranges() {
     let clicks = lines_of(&["export", "clicks", "--data-dir", d, "--format", "csv"]);
     assert_eq!(
         clicks[0],
-        "seq,ts_ms,click_id,link,offer,affiliate,sub1,sub2,sub3,sub4,sub5,source,deep_link,user_agent,referrer,ip,flags,prior_click,time"
+        "seq,ts_ms,click_id,link,offer,affiliate,sub1,sub2,sub3,sub4,sub5,source,deep_link,user_agent,referrer,ip,flags,prior_click,time,visitor,personal"
     );
     assert_eq!(clicks.len(), 1 + 20);
     let convs = lines_of(&["export", "conversions", "--data-dir", d]);
     assert_eq!(convs.len(), conversions);
     let first: serde_json::Value = serde_json::from_str(&convs[0]).unwrap();
     let keys: Vec<&str> = first.as_object().unwrap().keys().map(String::as_str).collect();
-    assert_eq!(keys.len(), 18, "{keys:?}");
+    assert_eq!(keys.len(), 19, "{keys:?}");
     assert!(!keys.contains(&"type") && !keys.contains(&"user_agent") && keys.contains(&"txid"), "{keys:?}");
     assert_eq!(first["amount"], "10.00");
     // The event time twice: milliseconds for programs, RFC 3339 UTC for people, the same instant.

@@ -58,6 +58,7 @@ fn event(i: u64) -> Event {
         ip: format!("192.0.2.{}", i % 256),
         flags: (i % 3) as u16,
         prior_click: (i.is_multiple_of(7)).then(|| ClickId::new(ts_ms - 5000, 1, i)),
+        visitor: i % 97,
     })
 }
 
@@ -71,15 +72,19 @@ fn expected_row(i: u64) -> Vec<String> {
             r.extend([c.source, c.deep_link, c.user_agent, c.referrer, c.ip, c.flags.to_string()]);
             r.push(c.prior_click.map(|p| p.to_string()).unwrap_or_default());
             r.push(tally_model::time::format_ts(c.ts_ms));
+            r.push(format!("{:016x}", c.visitor));
+            r.push("present".into());
             r
         }
         Event::Conversion(c) => {
             let click_id = c.click_id.map(|p| p.to_string()).unwrap_or_default();
+            let personal = if c.ip.is_empty() { "none" } else { "present" };
             let mut r = vec![seq, c.ts_ms.to_string(), click_id, c.offer];
             r.extend(c.subs);
             let amount = c.amount.map(|a| format!("{}.{:02}", a / 100, a % 100)).unwrap_or_default();
             r.extend([c.ip, c.source.as_str().into(), c.coupon, c.goal, c.txid, amount]);
             r.extend(["USD".into(), c.status.as_str().into(), tally_model::time::format_ts(c.ts_ms)]);
+            r.push(personal.into());
             r
         }
         Event::ProgramChange(_) => unreachable!(),

@@ -15,5 +15,6 @@ mod crash;
 mod export_parquet;
 mod export_scale;
 mod overload;
+mod privacy;
 mod secrets;
 mod systemd;

@@ -4,8 +4,6 @@
 //! the program the attribution state keeps. And a snapshot restores what the admin API added.
 #![allow(clippy::unwrap_used)]
 
-use std::path::Path;
-
 use crate::common::*;
 
 const ADMIN: &str = "scan-admin-token-0123456789";
@@ -13,20 +11,6 @@ const IP_KEY: &str = "scan-ip-hash-key-0123456789";
 
 fn now_secs() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
-}
-
-/// Every file under `dir`, recursively.
-fn files(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            out.extend(files(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out
 }
 
 fn assert_no_secret(what: &str, bytes: &[u8]) {
@@ -69,7 +53,7 @@ fn no_credential_reaches_the_data_directory_a_snapshot_or_an_export() {
     let (ok, out, err) = run(&["snapshot", "--data-dir", d, "--out", snap.to_str().unwrap()]);
     assert!(ok, "{out}{err}");
     for dir in [&data, &snap] {
-        for file in files(dir) {
+        for file in files_under(dir) {
             assert_no_secret(&file.display().to_string(), &std::fs::read(&file).unwrap());
         }
     }
