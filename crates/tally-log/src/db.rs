@@ -66,6 +66,12 @@ pub(crate) fn open_primary(dir: &Path) -> Result<(rocksdb::DB, Options), LogErro
     opts.set_write_buffer_size(64 << 20);
     opts.set_max_background_jobs(2);
     opts.set_bytes_per_sync(1 << 20);
+    // Every family's memtable must flush before RocksDB may delete a WAL file, and `chain`
+    // (8 bytes a record) and `privacy` (a few writes a day) fill theirs slowly: left alone,
+    // they held every WAL file until RocksDB's own bound (4 × all write buffers, 2 GiB with
+    // four families), a gigabyte of WAL after five million clicks. Past this size RocksDB
+    // flushes the families that hold the oldest file.
+    opts.set_max_total_wal_size(256 << 20);
     // Tickers only (no histograms or timers): the write-stall counter for
     // tally_log_rocksdb_stall_seconds_total, at the cost of a few per-core counters.
     opts.enable_statistics();
