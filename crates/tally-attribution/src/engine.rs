@@ -160,6 +160,15 @@ fn local_day(state: &State, ts_ms: u64) -> u32 {
     state.program.as_ref().map_or_else(|| day_of(ts_ms), |p| p.calendar.day_of(ts_ms))
 }
 
+/// The stats day of `ts_ms`: [`local_day`], unless the state counts stats in another
+/// calendar (a report in another time zone). Caps and months never use this.
+fn stats_day(state: &State, ts_ms: u64) -> u32 {
+    match &state.stats_calendar {
+        Some(c) => c.day_of(ts_ms),
+        None => local_day(state, ts_ms),
+    }
+}
+
 fn window_ms(offer: &Offer) -> u64 {
     u64::from(offer.window_days) * DAY_MS
 }
@@ -190,10 +199,10 @@ fn click(state: &mut State, c: &ClickIn<'_>) -> Result<(), AttributionError> {
         c.click_id,
         &ClickFactsRef { ts_ms: c.ts_ms, offer: c.offer, affiliate: c.affiliate, sub1, human, first: first.as_ref() },
     );
-    let day = local_day(state, c.ts_ms);
+    let day = stats_day(state, c.ts_ms);
     // Visitor sets of days before the horizon are deleted (when, depends on commit timing), so
     // a click that late is never counted unique: the answer must not depend on deletion.
-    let live_day = day >= local_day(state, state.checkpoint.horizon_ms);
+    let live_day = day >= stats_day(state, state.checkpoint.horizon_ms);
     let unique = human && live_day && state.first_visit(day, c.visitor)?;
     let currency = offer.as_ref().map(|o| o.currency);
     let row = state.stats_mut(StatsKeyRef { day, offer: c.offer, affiliate: c.affiliate, sub1 });
@@ -464,6 +473,7 @@ fn conversion(state: &mut State, seq: u64, c: &Conversion, out: &mut Outputs) ->
         state.add_hold(approve_at, e.id);
     }
     let revenue = c.amount.unwrap_or(0);
+    let day = stats_day(state, c.ts_ms);
     let row = state.stats_mut(StatsKeyRef { day, offer: &c.offer, affiliate: &e.affiliate, sub1: &e.sub1 });
     add_conversion(row, 1, revenue, e.amount, currency);
 
@@ -584,7 +594,7 @@ fn reversal(state: &mut State, seq: u64, c: &Conversion, out: &mut Outputs) -> R
     // Credited conversions are in the offer's currency, so their sale amount was revenue.
     let revenue = original.sale_amount.unwrap_or(0);
     let row = state.stats_mut(StatsKeyRef {
-        day,
+        day: stats_day(state, original.ts_ms),
         offer: &original.offer,
         affiliate: &original.affiliate,
         sub1: &original.sub1,

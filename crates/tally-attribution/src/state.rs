@@ -58,6 +58,10 @@ pub struct State {
     counter_cache: FastMap<Vec<u8>, i64>,
     /// Horizon up to which expired clicks were physically deleted.
     purged_to_ms: u64,
+    /// Counts stats (rows and unique visitors) by the days of this calendar instead of the
+    /// program's: for a report in another time zone. Caps, tiers and the ledger still follow
+    /// the program's calendar.
+    pub(crate) stats_calendar: Option<tally_model::time::Calendar>,
 }
 
 /// A day's grace past the longest window, so a click just outside its window is reported
@@ -87,7 +91,14 @@ impl State {
             batch_bytes: 0,
             counter_cache: FastMap::default(),
             purged_to_ms: 0,
+            stats_calendar: None,
         }
+    }
+
+    /// Counts stats by the days of `calendar` from now on (see `stats_calendar`): the
+    /// ledger is unaffected, only which day a stats row is.
+    pub fn count_stats_in(&mut self, calendar: tally_model::time::Calendar) {
+        self.stats_calendar = Some(calendar);
     }
 
     /// Opens (creating if needed) the state in `dir` for a worker. Only one process may.

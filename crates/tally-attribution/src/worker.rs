@@ -190,6 +190,17 @@ impl Worker {
     /// commits. Returns the number of events applied. The log is read and decoded on a
     /// second thread ([`pipeline`]).
     pub fn catch_up(&mut self, reader: &LogReader, upto: Option<u64>) -> Result<u64, AttributionError> {
+        self.catch_up_progress(reader, upto, |_| {})
+    }
+
+    /// [`Worker::catch_up`], calling `progress(seq)` after each batch read, for a caller that
+    /// shows how far a long catch-up has got.
+    pub fn catch_up_progress(
+        &mut self,
+        reader: &LogReader,
+        upto: Option<u64>,
+        mut progress: impl FnMut(u64),
+    ) -> Result<u64, AttributionError> {
         reader.catch_up()?;
         let head = reader.last_seq()?.unwrap_or(0);
         let end = upto.unwrap_or(head).min(head);
@@ -206,6 +217,7 @@ impl Worker {
                         self.commit()?;
                     }
                 }
+                progress(self.position());
                 Ok::<(), AttributionError>(())
             })?;
         }

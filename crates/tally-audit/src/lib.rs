@@ -19,6 +19,7 @@ pub mod explain;
 pub mod export;
 pub mod replay;
 pub mod snapshot;
+pub mod zone_report;
 
 use std::path::PathBuf;
 

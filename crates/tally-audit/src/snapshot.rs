@@ -48,7 +48,14 @@ pub struct Summary {
 
 /// Copies `data_dir` into `out` (which must exist and be empty) as of one point in time,
 /// with the files named in `beside` that exist at its top; see the module doc for the order.
-pub fn take(data_dir: &Path, out: &Path, beside: &[&str]) -> Result<Summary, AuditError> {
+/// `progress(seq)` is called now and then while the log is copied record by record (when a
+/// server holds it).
+pub fn take(
+    data_dir: &Path,
+    out: &Path,
+    beside: &[&str],
+    progress: &mut dyn FnMut(u64),
+) -> Result<Summary, AuditError> {
     let (copied, skipped) = copy_attribution_snapshots(
         &tally_attribution::snapshots::dir(data_dir),
         &tally_attribution::snapshots::dir(out),
@@ -61,7 +68,7 @@ pub fn take(data_dir: &Path, out: &Path, beside: &[&str]) -> Result<Summary, Aud
         None
     };
     let staging = out.join(LOG_STAGING);
-    let log = tally_log::snapshot_to(data_dir, &staging)?;
+    let log = tally_log::snapshot::snapshot_to_progress(data_dir, &staging, progress)?;
     for entry in std::fs::read_dir(&staging).map_err(|e| io(&staging, e))? {
         let entry = entry.map_err(|e| io(&staging, e))?;
         let to = out.join(entry.file_name());

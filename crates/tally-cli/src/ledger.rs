@@ -160,6 +160,7 @@ pub fn report(
     by: &str,
     from: Option<&str>,
     to: Option<&str>,
+    tz: Option<&str>,
     format: TableFormat,
 ) -> anyhow::Result<ExitCode> {
     let group = GroupBy::parse(by)
@@ -175,8 +176,22 @@ pub fn report(
     if from > to {
         anyhow::bail!("--from is after --to");
     }
-    let state = open_state(data_dir)?;
-    let rows = build_report(&state, group, from, to)?;
+    let rows = match tz {
+        None => {
+            let state = open_state(data_dir)?;
+            build_report(&state, group, from, to)?
+        }
+        Some(name) => {
+            let calendar = tally_model::time::Calendar::named(name).with_context(|| {
+                format!("--tz: \"{name}\" is not a time zone (an IANA name such as Europe/Berlin, or UTC)")
+            })?;
+            let mut progress = crate::progress::Progress::for_log(data_dir, "report");
+            let rows =
+                tally_audit::zone_report::report_in_zone(data_dir, calendar, group, from, to, |seq| progress.at(seq))?;
+            progress.finish();
+            rows
+        }
+    };
     let by_name: &'static str = match group {
         GroupBy::Affiliate => "affiliate",
         GroupBy::Offer => "offer",

@@ -198,6 +198,10 @@ enum Command {
         /// Last day (YYYY-MM-DD), inclusive, as for --from.
         #[arg(long)]
         to: Option<String>,
+        /// Count days in this time zone instead (an IANA name, or UTC); --from and --to are
+        /// then its days. Re-derived from the raw log, so it reads all of it.
+        #[arg(long, value_name = "ZONE")]
+        tz: Option<String>,
         #[arg(long, value_enum, default_value_t = ledger::TableFormat::Table)]
         format: ledger::TableFormat,
     },
@@ -365,8 +369,8 @@ pub fn main() -> ExitCode {
         Command::Replay { data_dir, window: Window { from, to }, affiliate, offer, explain, no_snapshots, format } => {
             audit::replay(audit::ReplayArgs { data_dir, from, to, affiliate, offer, explain, no_snapshots, format })
         }
-        Command::Report { data_dir, by, from, to, format } => {
-            ledger::report(&data_dir, &by, from.as_deref(), to.as_deref(), format)
+        Command::Report { data_dir, by, from, to, tz, format } => {
+            ledger::report(&data_dir, &by, from.as_deref(), to.as_deref(), tz.as_deref(), format)
         }
         Command::Erase { data_dir, clicks, ips, format } => privacy::erase(&data_dir, clicks, ips, format),
         Command::Retention { data_dir, days, format } => privacy::retention(&data_dir, days, format),
@@ -468,7 +472,9 @@ fn attribute(
     tally_server::telemetry::init_tracing(&config.logging);
     let mut worker = tally_server::worker::Standalone::open(config.data_dir(), &config.attribution)?;
     if once {
-        let n = worker.catch_up()?;
+        let mut progress = Progress::for_log(config.data_dir(), "attribute");
+        let n = worker.catch_up(|seq| progress.at(seq))?;
+        progress.finish();
         println!("attributed {n} events; position {}", worker.position());
         return Ok(ExitCode::SUCCESS);
     }

@@ -27,7 +27,10 @@ pub fn snapshot(data_dir: &Path, out: &Path, format: OutputFormat) -> anyhow::Re
         Err(e) => return Err(e).with_context(|| format!("--out {}", out.display())),
     }
     std::fs::create_dir_all(out).with_context(|| format!("--out {}: cannot create it", out.display()))?;
-    let made = tally_audit::snapshot::take(data_dir, out, &[tally_edge::links::OVERLAY_FILE]);
+    let mut progress = crate::progress::Progress::for_log(data_dir, "snapshot");
+    let made =
+        tally_audit::snapshot::take(data_dir, out, &[tally_edge::links::OVERLAY_FILE], &mut |seq| progress.at(seq));
+    progress.finish();
     if made.is_err() {
         // Leave nothing half-made that a later command could mistake for a snapshot.
         let _ = std::fs::remove_dir_all(out);

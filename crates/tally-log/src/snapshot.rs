@@ -44,6 +44,19 @@ pub fn copy_db(
     options: &dyn Fn() -> Options,
     descriptors: &dyn Fn() -> Vec<ColumnFamilyDescriptor>,
 ) -> Result<SnapshotMethod, LogError> {
+    copy_db_progress(src, out, options, descriptors, &mut |_| {})
+}
+
+/// [`copy_db`], calling `progress(key)` with the last 8-byte key of the first column family
+/// copied, now and then, while a logical copy runs (a checkpoint takes no time worth
+/// showing). For the log, those keys are the events' sequence numbers.
+pub fn copy_db_progress(
+    src: &Path,
+    out: &Path,
+    options: &dyn Fn() -> Options,
+    descriptors: &dyn Fn() -> Vec<ColumnFamilyDescriptor>,
+    progress: &mut dyn FnMut(u64),
+) -> Result<SnapshotMethod, LogError> {
     if !src.join("CURRENT").exists() {
         return Err(open_error(src, "no RocksDB database here (no CURRENT file)"));
     }
@@ -59,7 +72,7 @@ pub fn copy_db(
         }
         // Another process (a server, a worker) owns it: copy through a secondary instead.
         Err(e) if e.to_string().contains("LOCK") => {
-            logical_copy(src, out, options, descriptors)?;
+            logical_copy(src, out, options, descriptors, progress)?;
             Ok(SnapshotMethod::LogicalCopy)
         }
         Err(e) => Err(open_error(src, e)),
@@ -71,6 +84,7 @@ fn logical_copy(
     out: &Path,
     options: &dyn Fn() -> Options,
     descriptors: &dyn Fn() -> Vec<ColumnFamilyDescriptor>,
+    progress: &mut dyn FnMut(u64),
 ) -> Result<(), LogError> {
     let scratch = ScratchDir::create("tally-snapshot").map_err(|e| open_error(&std::env::temp_dir(), e))?;
     let secondary_dir = scratch.path();
@@ -98,9 +112,13 @@ fn logical_copy(
             let mut batch = WriteBatch::default();
             for item in source.iterator_cf(from, IteratorMode::Start) {
                 let (k, v) = item.map_err(|e| LogError::Read(e.to_string()))?;
-                batch.put_cf(to, k, v);
+                batch.put_cf(to, &k, v);
                 if batch.size_in_bytes() >= COPY_BATCH_BYTES {
                     target.write_opt(std::mem::take(&mut batch), &wo).map_err(write)?;
+                    // The first family is the one worth showing (the log's events).
+                    if let Some(seq) = crate::keys::parse_seq_key(&k).filter(|_| *name == names[0]) {
+                        progress(seq);
+                    }
                 }
             }
             target.write_opt(batch, &wo).map_err(write)?;
@@ -112,6 +130,31 @@ fn logical_copy(
 
 /// Snapshots the log in `data_dir` into `out` (which must not exist): a database that
 /// [`crate::LogReader::open_secondary`] and [`crate::Log::open`] accept like the original.
+///
+/// The copy holds no visitor day keys (the `privacy` family): a snapshot is what auditors
+/// get, and with a day's key whoever holds it could test a guessed IP and user agent against
+/// that day's visitor keys (decision 0041). Serving a restored copy creates new day keys, so
+/// a visitor seen before and after the restore on its day counts as two unique clicks.
 pub fn snapshot_to(data_dir: &Path, out: &Path) -> Result<SnapshotMethod, LogError> {
-    copy_db(data_dir, out, &crate::db::db_options, &crate::db::cf_descriptors)
+    snapshot_to_progress(data_dir, out, &mut |_| {})
+}
+
+/// [`snapshot_to`], calling `progress(seq)` as a logical copy goes (see [`copy_db_progress`]).
+pub fn snapshot_to_progress(
+    data_dir: &Path,
+    out: &Path,
+    progress: &mut dyn FnMut(u64),
+) -> Result<SnapshotMethod, LogError> {
+    let method = copy_db_progress(data_dir, out, &crate::db::db_options, &crate::db::cf_descriptors, progress)?;
+    // A logical copy only copies the readers' families; a checkpoint copies them all.
+    if method == SnapshotMethod::Checkpoint {
+        let opts = crate::db::db_options();
+        let descriptors = crate::db::with_existing(out, &opts, crate::db::cf_descriptors());
+        let mut db = rocksdb::DB::open_cf_descriptors(&opts, out, descriptors).map_err(|e| open_error(out, e))?;
+        if db.cf_handle(crate::keys::CF_PRIVACY).is_some() {
+            db.drop_cf(crate::keys::CF_PRIVACY)
+                .map_err(|e| LogError::Write(format!("dropping day keys from {}: {e}", out.display())))?;
+        }
+    }
+    Ok(method)
 }

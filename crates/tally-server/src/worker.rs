@@ -76,8 +76,8 @@ impl Standalone {
     }
 
     /// Attributes what the log holds now; returns how many events that was.
-    pub fn catch_up(&mut self) -> Result<u64, AttributionError> {
-        self.worker.catch_up(&self.reader, None)
+    pub fn catch_up(&mut self, progress: impl FnMut(u64)) -> Result<u64, AttributionError> {
+        self.worker.catch_up_progress(&self.reader, None, progress)
     }
 
     /// Binds the worker's `/metrics` listener (an `:0` port is chosen here, so the caller

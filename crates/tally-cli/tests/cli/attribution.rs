@@ -137,6 +137,16 @@ fn conversions_sent_over_http_show_up_in_commissions_and_reports() {
     assert_eq!(aff2[1..], ["USD", "0", "0", "0", "1", "", "0.00", "2.50", ""]);
     let by_sub = report(&env.data(), "sub1", &[]);
     assert!(by_sub.iter().any(|r| r[0] == "spring" && r[2] == "2"), "{by_sub:?}");
+    // --tz re-derives the stats from the log: in the program's own zone (UTC), the same rows.
+    assert_eq!(report(&env.data(), "affiliate", &["--tz", "UTC"]), rows);
+    // In zones 25 hours apart the same events fall on different dates, with the same totals.
+    let east = report(&env.data(), "day", &["--tz", "Pacific/Kiritimati"]);
+    let west = report(&env.data(), "day", &["--tz", "Pacific/Pago_Pago"]);
+    assert!(east.len() == 2 && west.len() == 2 && east[1][0] > west[1][0], "{east:?} {west:?}");
+    assert_eq!(east[1][1..], west[1][1..]);
+    // --from and --to are days of the zone asked for.
+    let west_day = west[1][0].clone();
+    assert_eq!(report(&env.data(), "day", &["--tz", "Pacific/Kiritimati", "--to", &west_day]).len(), 1);
     let today = tally(&["report", "--data-dir", env.data().to_str().unwrap(), "--by", "day"]);
     let text = String::from_utf8(today.stdout).unwrap();
     assert!(text.starts_with("day"), "{text}");
@@ -207,6 +217,9 @@ fn bad_arguments_are_named() {
         .contains("--digest covers entries of every status"));
     assert!(err(&["commissions", "--data-dir", data, "--from", "2026-1-01"]).contains("--from: \"2026-1-01\""));
     assert!(err(&["report", "--data-dir", data, "--by", "colour"]).contains("unknown grouping \"colour\""));
+    assert!(
+        err(&["report", "--data-dir", data, "--by", "day", "--tz", "Mars/Olympus"]).contains("--tz: \"Mars/Olympus\"")
+    );
     assert!(
         err(&["report", "--data-dir", data, "--by", "day", "--from", "2026-13-01"]).contains("--from: \"2026-13-01\"")
     );

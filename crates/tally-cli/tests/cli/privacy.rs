@@ -213,4 +213,21 @@ fn retention_erases_what_is_older_than_the_window_and_keeps_the_ledger() {
     // A second pass has nothing left to do.
     let (ok, out, err) = run(&["retention", "--data-dir", d, "--days", "30"]);
     assert!(ok && out.contains("0 erased now"), "{out}{err}");
+
+    // A snapshot (for auditors) carries no day keys: its holder cannot test guesses against
+    // visitor keys. The data directory keeps its own.
+    let today = (now / DAY) as u32;
+    let day_key = |dir: &Path| {
+        let log = Log::open(dir, LogOptions::default(), LogMetrics::default()).unwrap();
+        let key = log.day_key(today).unwrap();
+        log.close();
+        key
+    };
+    let kept = day_key(&data);
+    let snap = env.tmp.path().join("snap");
+    let (ok, out, err) = run(&["snapshot", "--data-dir", d, "--out", snap.to_str().unwrap()]);
+    assert!(ok, "{out}{err}");
+    assert_ne!(day_key(&snap), kept, "the snapshot made a new key: it had none");
+    assert_eq!(day_key(&data), kept);
+    assert_eq!(verify_erased(snap.to_str().unwrap()), 2);
 }
