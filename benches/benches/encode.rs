@@ -24,7 +24,7 @@ fn bench(c: &mut Criterion) {
         g.bench_function("encode_click_view_reuse_buffer", |b| {
             b.iter(|| {
                 buf.clear();
-                tally_model::encode_click_into(black_box(&view), [7; 16], &mut buf)
+                tally_model::encode_click_into(black_box(&view), [7; tally_model::record::SALT_LEN], &mut buf)
             })
         });
     }

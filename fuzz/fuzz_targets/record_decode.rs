@@ -15,7 +15,7 @@
 use libfuzzer_sys::fuzz_target;
 use tally_model::record::{
     chained_len, decode, decode_personal, decode_view, encode_salted, peek_kind, personal, EventView, Personal,
-    FORMAT_VERSION,
+    FORMAT_VERSION, SALT_LEN,
 };
 use tally_model::{ClickView, Event};
 
@@ -23,7 +23,7 @@ use tally_model::{ClickView, Event};
 const VERSION_1: u8 = 1;
 const HEADER_LEN: usize = 6;
 const CHECKSUM_LEN: usize = 4;
-const SEAL_LEN: usize = 16;
+const SEAL_LEN: usize = 12;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else {
@@ -77,7 +77,8 @@ fn check(record: &[u8]) {
     assert_eq!(personal(record), Ok(held));
     assert_eq!(peek_kind(record), Ok(event.kind()));
     let chained = chained_len(record);
-    let salt: [u8; 16] = record.get(chained..chained + 16).and_then(|s| s.try_into().ok()).unwrap_or([0; 16]);
+    let salt: [u8; SALT_LEN] =
+        record.get(chained..chained + SALT_LEN).and_then(|s| s.try_into().ok()).unwrap_or([0; SALT_LEN]);
     let mut bytes = Vec::new();
     if let Err(e) = encode_salted(&event, salt, &mut bytes) {
         panic!("decoded event does not re-encode ({e}): {event:?}");

