@@ -60,7 +60,9 @@ fn build_conversion(
     let amount = p
         .amount
         .as_deref()
-        .map(|a| tally_model::parse_minor(a, offer.currency, false).map_err(|e| FieldError::invalid(Field::Amount, e)))
+        .map(|a| {
+            tally_model::parse_reported_minor(a, offer.currency).map_err(|e| FieldError::invalid(Field::Amount, e))
+        })
         .transpose()
         .map_err(EdgeError::Field)?;
     let conversion = Conversion {

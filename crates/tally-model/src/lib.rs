@@ -17,7 +17,7 @@ pub use event::{
     click_flags, legacy_visitor_key, visitor_key, Click, ClickView, Conversion, ConversionSource, ConversionStatus,
     Event, EventKind, ProgramChange,
 };
-pub use money::{format_minor, parse_minor, Currency, MoneyError};
+pub use money::{format_minor, parse_minor, parse_reported_minor, Currency, MoneyError};
 pub use program::{Program, ProgramError};
 pub use record::{
     decode, decode_personal, decode_view, encode, encode_click_into, encode_into, encode_salted, EventView, Personal,

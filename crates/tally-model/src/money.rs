@@ -34,6 +34,10 @@ pub enum MoneyError {
     /// Not an active ISO 4217 code with a minor unit.
     #[error("unknown currency code {0:?}")]
     UnknownCurrency(String),
+    /// A comma that may be a thousands separator or a decimal comma (`1,234`), or grouped
+    /// digits (`1.234,56`, `1,234.56`): reported amounts take a decimal comma only alone.
+    #[error("amount {0:?} is ambiguous: send it with a dot as the decimal separator and no thousands separators")]
+    Ambiguous(String),
 }
 
 /// An active ISO 4217 currency and the exponent of its minor unit.
@@ -363,6 +367,25 @@ pub fn parse_minor(s: &str, currency: Currency, allow_negative: bool) -> Result<
     }
 }
 
+/// [`parse_minor`] for an amount a merchant reported (pixel, postback): a decimal comma is
+/// also accepted where it cannot be anything else, as trackers such as Everflow accept it:
+/// one comma, no dot, and one or two digits after it (`12,34` and `12,5` are `12.34` and
+/// `12.50`). Three digits after a lone comma (`1,234`) could be a thousands separator, and two
+/// separators (`1.234,56`) are grouping: both are refused as [`MoneyError::Ambiguous`] rather
+/// than guessed, since a wrong guess is a thousandfold commission.
+pub fn parse_reported_minor(s: &str, currency: Currency) -> Result<i64, MoneyError> {
+    let commas = s.bytes().filter(|&b| b == b',').count();
+    if commas == 0 {
+        return parse_minor(s, currency, false);
+    }
+    let ambiguous = || MoneyError::Ambiguous(s.to_owned());
+    let (int, frac) = s.split_once(',').ok_or_else(ambiguous)?;
+    if commas > 1 || s.contains('.') || !(1..=2).contains(&frac.len()) {
+        return Err(ambiguous());
+    }
+    parse_minor(&format!("{int}.{frac}"), currency, false)
+}
+
 /// Formats minor units as an exact decimal string with exactly `exponent` decimal
 /// places: 1250 USD is `"12.50"`, -5 USD is `"-0.05"`, 1000 JPY is `"1000"`.
 ///
@@ -388,6 +411,33 @@ mod tests {
 
     fn cur(code: &str) -> Currency {
         Currency::from_code(code).unwrap()
+    }
+
+    /// A decimal comma is taken only where it cannot be a thousands separator.
+    #[test]
+    fn reported_amounts_take_an_unambiguous_decimal_comma() {
+        let (usd, jpy, bhd) = (cur("USD"), cur("JPY"), cur("BHD"));
+        for (s, c, minor) in [
+            ("12,34", usd, 1234),
+            ("12,5", usd, 1250),
+            (",5", usd, 50),
+            ("12.34", usd, 1234),
+            ("12", usd, 1200),
+            ("1,23", bhd, 1230),
+            ("1000", jpy, 1000),
+        ] {
+            assert_eq!(parse_reported_minor(s, c), Ok(minor), "{s} {}", c.code());
+        }
+        for s in ["1,234", "1,234.56", "1.234,56", "1,2,3", "12,", "1,2345"] {
+            assert_eq!(parse_reported_minor(s, usd), Err(MoneyError::Ambiguous(s.into())), "{s}");
+        }
+        assert_eq!(parse_reported_minor("1,234", bhd), Err(MoneyError::Ambiguous("1,234".into())));
+        // The currency's places still bound it, and signs are refused as before.
+        assert_eq!(parse_reported_minor("12,5", jpy), Err(MoneyError::TooManyDecimals { max: 0 }));
+        assert_eq!(parse_reported_minor("-1,50", usd), Err(MoneyError::Negative));
+        assert!(MoneyError::Ambiguous("1,234".into()).to_string().contains("dot as the decimal separator"));
+        // Program files keep the strict parser.
+        assert!(parse_minor("12,34", usd, false).is_err());
     }
 
     #[test]

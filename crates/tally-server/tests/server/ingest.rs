@@ -133,6 +133,10 @@ fn postbacks_in_every_dialect_answer_their_sequence_after_commit() {
     ));
     assert_eq!(r.status, 200, "{}", r.text());
 
+    // A decimal comma, as Everflow's advertisers may send it.
+    let r = server.get(&format!("/postback?cid={cid}&offer=shoes&txid=T6&amount=7,25&token={TOKEN}"));
+    assert_eq!(r.status, 200, "{}", r.text());
+
     // Coupon-only conversions carry no click.
     let r = server.get(&format!("/postback?coupon=SPRING10&offer=shoes&txid=T5&amount=1&token={TOKEN}"));
     assert_eq!(r.status, 200, "{}", r.text());
@@ -155,6 +159,7 @@ fn postbacks_in_every_dialect_answer_their_sequence_after_commit() {
     assert_eq!(by_tx("T4")["amount"], "12.34");
     assert_eq!(by_tx("T5")["click_id"], "");
     assert_eq!(by_tx("T5")["coupon"], "SPRING10");
+    assert_eq!(by_tx("T6")["amount"], "7.25");
 }
 
 #[test]
@@ -184,6 +189,8 @@ fn every_bad_input_gets_its_status_and_stores_nothing() {
         (format!("GET /postback?offer=shoes&token={TOKEN} HTTP/1.1\r\nHost: t\r\n\r\n"), 400, "missing field: cid"),
         (format!("GET /postback?cid=NOTACLICKID&offer=shoes&token={TOKEN} HTTP/1.1\r\nHost: t\r\n\r\n"), 400, "invalid field: cid"),
         (q(&format!("token={TOKEN}&amount=1.234")), 400, "invalid field: amount"),
+        (q(&format!("token={TOKEN}&amount=1,234")), 400, "is ambiguous"),
+        (q(&format!("token={TOKEN}&amount=1.234,56")), 400, "is ambiguous"),
         (q(&format!("token={TOKEN}&amount=-5")), 400, "invalid field: amount"),
         (q(&format!("token={TOKEN}&amount=1e5")), 400, "invalid field: amount"),
         (q(&format!("token={TOKEN}&amount=99999999999999999999")), 400, "invalid field: amount"),
