@@ -1,5 +1,8 @@
 //! `parse_minor` on arbitrary text: never panics; an accepted amount formats and parses back
-//! to itself; with `allow_negative = false` nothing negative gets through.
+//! to itself; with `allow_negative = false` nothing negative gets through. And
+//! `parse_reported_minor` (a merchant's amount, which may use a decimal comma): never panics,
+//! never negative, agrees with `parse_minor` on text without a comma, and reads a comma only as
+//! the decimal point of the same text with a dot.
 //!
 //! Input: byte 0 picks the currency (bits 0-1) and `allow_negative` (bit 2); the rest is the
 //! amount text.
@@ -7,7 +10,7 @@
 #![allow(clippy::unwrap_used)]
 
 use libfuzzer_sys::fuzz_target;
-use tally_model::{format_minor, parse_minor, Currency};
+use tally_model::{format_minor, parse_minor, parse_reported_minor, Currency};
 
 const CODES: [&str; 4] = ["USD", "JPY", "BHD", "EUR"];
 
@@ -20,6 +23,15 @@ fuzz_target!(|data: &[u8]| {
     };
     let currency = Currency::from_code(CODES[usize::from(selector & 0b11)]).unwrap();
     let allow_negative = selector & 0b100 != 0;
+
+    match parse_reported_minor(s, currency) {
+        Ok(r) if s.contains(',') => {
+            assert!(r >= 0, "{s:?} {currency} reported as negative {r}");
+            assert_eq!(parse_minor(&s.replacen(',', ".", 1), currency, false), Ok(r), "{s:?} {currency}");
+        }
+        reported if !s.contains(',') => assert_eq!(reported, parse_minor(s, currency, false), "{s:?} {currency}"),
+        _ => {}
+    }
 
     let Ok(m) = parse_minor(s, currency, allow_negative) else {
         return;
