@@ -292,7 +292,13 @@ pub fn decode_personal(bytes: &[u8]) -> Result<(Event, Personal), RecordError> {
     let payload = parts.payload;
     match (parts.version, parts.kind) {
         (VERSION_1, EventKind::Click) => {
-            Ok((Event::Click(canonical_by_size::<ClickV1>(payload)?.into()), Personal::Chained))
+            // Version 1 is version 2 without `prior_click`: decoded as version 2 with `None`
+            // (a `00` tag) appended. Bytes past a version-1 payload stay trailing bytes.
+            let mut v2 = Vec::with_capacity(payload.len() + 1);
+            v2.extend_from_slice(payload);
+            v2.push(0);
+            let click = Click::from(&ClickView::from(canonical_by_size::<ClickV2>(&v2)?));
+            Ok((Event::Click(click), Personal::Chained))
         }
         (VERSION_2, EventKind::Click) => {
             Ok((Event::Click(Click::from(&ClickView::from(canonical_by_size::<ClickV2>(payload)?))), Personal::Chained))
@@ -478,7 +484,8 @@ impl ConversionV3Fields {
     }
 }
 
-/// A click as version 2 laid it out, borrowed. Frozen: this is the version-2 format.
+/// A click as version 2 laid it out, borrowed. Frozen: this is the version-2 format (and,
+/// without its last field, version 1's).
 #[derive(Serialize, Deserialize)]
 struct ClickV2<'a> {
     click_id: ClickId,
@@ -514,46 +521,6 @@ impl<'a> From<ClickV2<'a>> for ClickView<'a> {
             flags: c.flags,
             prior_click: c.prior_click,
             visitor: legacy_visitor_key(c.offer, c.affiliate, c.ip, c.user_agent),
-        }
-    }
-}
-
-/// A click as version 1 laid it out: version 2 without `prior_click`. Frozen.
-#[derive(Serialize, Deserialize)]
-struct ClickV1 {
-    click_id: ClickId,
-    ts_ms: u64,
-    link: String,
-    offer: String,
-    affiliate: String,
-    subs: [String; 5],
-    source: String,
-    deep_link: String,
-    user_agent: String,
-    referrer: String,
-    ip: String,
-    flags: u16,
-}
-
-impl From<ClickV1> for Click {
-    fn from(c: ClickV1) -> Click {
-        let visitor = legacy_visitor_key(&c.offer, &c.affiliate, &c.ip, &c.user_agent);
-        Click {
-            click_id: c.click_id,
-            ts_ms: c.ts_ms,
-            link: c.link,
-            offer: c.offer,
-            affiliate: c.affiliate,
-            subs: c.subs,
-            source: c.source,
-            deep_link: c.deep_link,
-            user_agent: c.user_agent,
-            referrer: c.referrer,
-            ip: c.ip,
-            flags: c.flags,
-            // Version 1 did not record the browser's cookie.
-            prior_click: None,
-            visitor,
         }
     }
 }
