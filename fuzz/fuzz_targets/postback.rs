@@ -3,7 +3,8 @@
 //! The input is `signature header value` `\n` `raw query or body` (no `\n`: no header).
 //! - The parser never panics, and what `validate` accepts is within every limit: ids valid,
 //!   bounded free text without control characters, a click ID or coupon (or a txid for a
-//!   reversal).
+//!   reversal), an offer or something to take it from (the click or the coupon), and a txid
+//!   for a pending report.
 //! - An arbitrary signature header never authenticates (the fuzzer cannot forge HMAC-SHA256),
 //!   and never panics.
 //! - A genuine signature over the raw bytes authenticates within the max age and is stale
@@ -18,6 +19,7 @@ use tally_protocol::auth::{authenticate, sign, AuthError, Authenticated, SIGNATU
 use tally_protocol::params::{validate, Field, RawParams, MAX_COUPON, MAX_SUB, MAX_TXID};
 use tally_fuzz::{advertiser, HMAC_SECRET, TOKEN};
 use tally_model::program::is_valid_id;
+use tally_model::ConversionStatus;
 
 const NOW: u64 = 1_700_000_000;
 const MAX_AGE: u64 = 300;
@@ -29,13 +31,15 @@ fuzz_target!(|data: &[u8]| {
     };
     let params = RawParams::from_pairs(form_urlencoded::parse(raw));
     if let Ok(v) = validate(&params) {
-        assert!(is_valid_id(&v.offer), "{v:?}");
+        assert!(v.offer.as_deref().is_none_or(is_valid_id), "{v:?}");
+        // Without an offer, something to take it from: the click, or the coupon.
+        assert!(v.offer.is_some() || v.click_id.is_some() || !v.coupon.is_empty(), "{v:?}");
         assert!(v.goal.as_deref().is_none_or(is_valid_id), "{v:?}");
         assert!(v.txid.len() <= MAX_TXID && v.coupon.len() <= MAX_COUPON, "{v:?}");
         assert!(v.subs.iter().all(|s| s.len() <= MAX_SUB), "{v:?}");
         let texts = [&v.txid, &v.coupon].into_iter().chain(v.subs.iter());
         assert!(texts.flat_map(|s| s.chars()).all(|c| !c.is_control()), "{v:?}");
-        if v.status.is_reversal() {
+        if v.status.is_reversal() || v.status == ConversionStatus::Pending {
             assert!(!v.txid.is_empty(), "{v:?}");
         } else {
             assert!(v.click_id.is_some() || !v.coupon.is_empty(), "{v:?}");

@@ -1,15 +1,16 @@
 //! `record::decode` never panics, `record::decode_view` agrees with it on every input (a
-//! version-3 click in place has no personal fields), and the format is canonical: a
-//! version-3 record it accepts re-encodes, with the salt of its trailer, to exactly the same
-//! bytes (an erased one to the same bytes but for its seal), an older record re-encodes to a
-//! version-3 record of the same event, and `peek_kind` and `personal` agree with the decode.
+//! click of version 3 or later, read in place, has no personal fields), and the format is
+//! canonical: a current-version record it accepts re-encodes, with the salt of its trailer,
+//! to exactly the same bytes (an erased one to the same bytes but for its seal), an older
+//! record re-encodes to a current record of the same event, and `peek_kind` and `personal`
+//! agree with the decode.
 //!
 //! The first input byte picks the mode by its low bit:
 //! - 0, "raw": the rest of the input is the record, as is (exercises the envelope checks).
 //! - 1, "wrap": the second byte picks the kind (mapped into 1..=3) and the rest is the payload,
 //!   wrapped in a valid envelope (version, kind, length, xxh3 checksum) so the fuzzer reaches
 //!   the payload decoder instead of dying on the checksum. The first byte's other bits pick
-//!   the envelope's version: the current one (`FORMAT_VERSION`), 1 or 2.
+//!   the envelope's version: the current one (`FORMAT_VERSION`), 1, 2 or 3.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -32,7 +33,7 @@ fuzz_target!(|data: &[u8]| {
     if mode & 1 == 0 {
         check(rest);
     } else if let Some((&kind, payload)) = rest.split_first() {
-        let version = [FORMAT_VERSION, VERSION_1, 2][usize::from(mode >> 1) % 3];
+        let version = [FORMAT_VERSION, VERSION_1, 2, 3][usize::from(mode >> 1) % 4];
         check(&wrap(version, kind % 3 + 1, payload));
     }
 });
@@ -96,7 +97,7 @@ fn check(record: &[u8]) {
             hex(record),
             hex(&bytes),
         ),
-        (VERSION_1 | 2, _) => assert_eq!(decode(&bytes).as_ref(), Ok(&event), "{}", hex(record)),
+        (VERSION_1 | 2 | 3, _) => assert_eq!(decode(&bytes).as_ref(), Ok(&event), "{}", hex(record)),
         (v, _) => panic!("decode accepted unknown version {v}: {event:?}"),
     }
 }

@@ -4,7 +4,10 @@
 //! same log. All reads and writes go through [`State`], whose overlay makes a group of
 //! applied events commit atomically with the checkpoint.
 //!
-//! The rules, in the order they are applied to an approved conversion report:
+//! The rules, in the order they are applied to an approved (or pending) conversion report:
+//! 0. a report that named only its click takes the click's offer and the named or default
+//!    goal (`resolve_offer`); an unknown or expired click, or one of another advertiser's
+//!    offer than the credential that sent the report, leaves it `unattributed`;
 //! 1. the program in force (the last `ProgramChange` before the event) must know the offer
 //!    and goal, else `unattributed`;
 //! 2. dedup on (offer, goal, txid): the first report of a transaction claims it whatever its
@@ -20,11 +23,15 @@
 //!    rank among the affiliate's credited conversions for the goal in its calendar month;
 //!    revenue shares round half to even to the minor unit;
 //! 6. hold: `pending` until the watermark reaches conversion time + hold days, then
-//!    `approved` (holds due at an event's time are approved before that event applies);
+//!    `approved` (holds due at an event's time are approved before that event applies). A
+//!    report the merchant sent `pending` waits with no timer for its `approved` report
+//!    (`confirm`), then holds the same way; a `rejected` first report is booked unpaid
+//!    before caps;
 //! 7. milestones: the conversion that brings the month's credited count to a milestone's
 //!    count earns its bonus, once per affiliate, goal and month.
 //!
-//! A refund or chargeback of a pending commission rejects it; of an approved one, adds a
+//! A refund, chargeback or (after an earlier report) merchant's rejection of a pending
+//! commission rejects it; of an approved one, adds a
 //! negative clawback entry. Reversals lower the monthly count (later conversions may fall
 //! in a lower tier) but never free cap room or take back a bonus already earned.
 
@@ -57,8 +64,35 @@ pub fn apply(state: &mut State, seq: u64, event: &Event) -> Result<Outputs, Attr
     step(state, seq, event.ts_ms(), |state, out| {
         match event {
             Event::Click(_) => {}
-            Event::Conversion(c) if c.status.is_reversal() => reversal(state, seq, c, out)?,
-            Event::Conversion(c) => conversion(state, seq, c, out)?,
+            Event::Conversion(c) => {
+                let resolved = match resolve_offer(state, c)? {
+                    Ok(resolved) => resolved,
+                    Err(reason) => {
+                        let digest = state.program.as_ref().map(|p| p.digest.clone()).unwrap_or_default();
+                        let mut e = base_entry(seq, c, &digest);
+                        e.reason = reason;
+                        if c.status.is_reversal() {
+                            e.kind = Kind::Reversal;
+                        }
+                        finish(state, e, out);
+                        return Ok(());
+                    }
+                };
+                let by_click = c.offer.is_empty();
+                let c = resolved.as_ref();
+                let reverses = match c.status {
+                    ConversionStatus::Refunded | ConversionStatus::Chargeback => true,
+                    // A merchant's rejection reverses the transaction's earlier report; as
+                    // its first report, it is booked as a rejected conversion.
+                    ConversionStatus::Rejected => !c.txid.is_empty() && state.dedup(&transaction_key(c))?.is_some(),
+                    ConversionStatus::Approved | ConversionStatus::Pending => false,
+                };
+                if reverses {
+                    reversal(state, seq, c, out)?;
+                } else {
+                    conversion(state, seq, c, by_click, out)?;
+                }
+            }
             Event::ProgramChange(p) => match Program::from_toml(&p.source) {
                 Ok(program) => {
                     state.set_program(Arc::new(program));
@@ -247,6 +281,7 @@ fn base_entry(seq: u64, c: &Conversion, program: &str) -> Entry {
         approved_seq: None,
         refers_to: None,
         reversed_by: None,
+        confirmed_by: None,
     }
 }
 
@@ -263,6 +298,63 @@ fn transaction_key(c: &Conversion) -> Vec<u8> {
         k.extend_from_slice(part.as_bytes());
     }
     k
+}
+
+/// The key a report that named no offer claims its transaction by besides
+/// [`transaction_key`]: advertiser, click and txid. A later report of the transaction that
+/// names no offer either (a refund, a confirmation) finds it by this key even once its click
+/// has expired, when the offer could no longer be taken from the click.
+fn transaction_key_by_click(c: &Conversion, click: ClickId) -> Vec<u8> {
+    let mut k = Vec::with_capacity(48 + c.advertiser.len() + c.txid.len());
+    k.push(0xff); // never the first byte of a `transaction_key` (a length below 2^24)
+    for part in [c.advertiser.as_bytes(), click.as_bytes(), c.txid.as_bytes()] {
+        k.extend_from_slice(&(part.len() as u32).to_be_bytes());
+        k.extend_from_slice(part);
+    }
+    k
+}
+
+/// A report with its offer and goal as the rules see them: as reported, or, for a report
+/// that named only its click, the click's offer and the goal named (else the offer's
+/// default goal in the program in force). A report that named no offer and whose click is
+/// not known (or has expired, or belongs to another advertiser's offer) is not credited:
+/// the reason says why.
+fn resolve_offer<'c>(
+    state: &State,
+    c: &'c Conversion,
+) -> Result<Result<std::borrow::Cow<'c, Conversion>, Reason>, AttributionError> {
+    if !c.offer.is_empty() {
+        return Ok(Ok(std::borrow::Cow::Borrowed(c)));
+    }
+    let Some(id) = c.click_id else {
+        return Ok(Err(Reason::UnknownOffer));
+    };
+    let mut resolved = c.clone();
+    if !c.txid.is_empty() {
+        if let Some(original) = state.dedup(&transaction_key_by_click(c, id))? {
+            if let Some(o) = state.entry(original)? {
+                resolved.offer = o.offer;
+                resolved.goal = o.goal;
+                return Ok(Ok(std::borrow::Cow::Owned(resolved)));
+            }
+        }
+    }
+    let click = match live_click(state, &id)? {
+        Some(click) => click,
+        None if id.timestamp_ms() < state.checkpoint.horizon_ms => return Ok(Err(Reason::ExpiredClick)),
+        None => return Ok(Err(Reason::UnknownClick)),
+    };
+    let offer = state.program.as_ref().and_then(|p| p.offer(&click.offer));
+    if let Some(o) = offer {
+        if !c.advertiser.is_empty() && o.advertiser != c.advertiser {
+            return Ok(Err(Reason::ClickAdvertiserMismatch));
+        }
+        if resolved.goal.is_empty() {
+            resolved.goal = o.default_goal().to_owned();
+        }
+    }
+    resolved.offer = click.offer;
+    Ok(Ok(std::borrow::Cow::Owned(resolved)))
 }
 
 fn finish(state: &mut State, entry: Entry, out: &mut Outputs) {
@@ -349,7 +441,14 @@ pub fn revshare(amount: i64, bps: u32) -> i64 {
     i64::try_from(q).unwrap_or(if q < 0 { i64::MIN } else { i64::MAX })
 }
 
-fn conversion(state: &mut State, seq: u64, c: &Conversion, out: &mut Outputs) -> Result<(), AttributionError> {
+/// `by_click`: the report named no offer (see [`resolve_offer`]).
+fn conversion(
+    state: &mut State,
+    seq: u64,
+    c: &Conversion,
+    by_click: bool,
+    out: &mut Outputs,
+) -> Result<(), AttributionError> {
     let program = state.program.clone();
     let digest = program.as_ref().map(|p| p.digest.clone()).unwrap_or_default();
     let mut e = base_entry(seq, c, &digest);
@@ -366,13 +465,22 @@ fn conversion(state: &mut State, seq: u64, c: &Conversion, out: &mut Outputs) ->
             e.reason = Reason::RepeatedTransaction;
             e.refers_to = Some(original);
             if let Some(o) = state.entry(original)? {
-                e.affiliate = o.affiliate;
+                e.affiliate = o.affiliate.clone();
                 e.click_id = o.click_id;
+                if c.status == ConversionStatus::Approved
+                    && o.status == Status::Pending
+                    && o.reason == Reason::MerchantPending
+                {
+                    confirm(state, seq, o, goal, &mut e, out)?;
+                }
             }
             finish(state, e, out);
             return Ok(());
         }
         state.put_dedup(key, e.id);
+        if let (Some(click), true) = (c.click_id, by_click) {
+            state.put_dedup(transaction_key_by_click(c, click), e.id);
+        }
     }
 
     let (affiliate, click_id, sub1, coupon) = match join(state, program, offer, c)? {
@@ -396,6 +504,14 @@ fn conversion(state: &mut State, seq: u64, c: &Conversion, out: &mut Outputs) ->
         e.status = Status::Rejected;
         e.reason = Reason::CurrencyMismatch;
         e.rule = format!("goal {}: sale reported in {}, offer pays in {currency}", goal.id, c.currency);
+        finish(state, e, out);
+        return Ok(());
+    }
+
+    if c.status == ConversionStatus::Rejected {
+        e.status = Status::Rejected;
+        e.reason = Reason::MerchantRejected;
+        e.rule = format!("goal {}: the merchant reported it rejected", goal.id);
         finish(state, e, out);
         return Ok(());
     }
@@ -470,6 +586,18 @@ fn conversion(state: &mut State, seq: u64, c: &Conversion, out: &mut Outputs) ->
     } else {
         e.status = Status::Pending;
         e.approve_at_ms = Some(approve_at);
+    }
+    // Milestone bonuses follow the hold whatever the merchant says: a bonus, once earned,
+    // is never taken back (module docs).
+    let bonus_template = e.clone();
+    if c.status == ConversionStatus::Pending {
+        // Waits for the merchant's approval (no hold timer runs until then).
+        e.status = Status::Pending;
+        e.reason = Reason::MerchantPending;
+        e.approve_at_ms = None;
+        e.approved_seq = None;
+        e.rule.push_str("; awaiting the merchant's approval");
+    } else if hold_ms != 0 {
         state.add_hold(approve_at, e.id);
     }
     let revenue = c.amount.unwrap_or(0);
@@ -487,7 +615,7 @@ fn conversion(state: &mut State, seq: u64, c: &Conversion, out: &mut Outputs) ->
             continue;
         }
         state.add_counter(&fired, 1)?;
-        let mut b = e.clone();
+        let mut b = bonus_template.clone();
         b.id = EntryId { seq, sub: u8::try_from(i + 1).unwrap_or(u8::MAX) };
         b.kind = Kind::Bonus;
         b.amount = m.bonus;
@@ -506,6 +634,45 @@ fn conversion(state: &mut State, seq: u64, c: &Conversion, out: &mut Outputs) ->
     for b in bonuses {
         finish(state, b, out);
     }
+    Ok(())
+}
+
+/// The merchant's approval of `original`, a commission it reported pending: from here the
+/// goal's hold runs as for any commission, counted from the conversion's time (so one
+/// already past it is approved now). `e`, the approving report's own entry, pays nothing.
+fn confirm(
+    state: &mut State,
+    seq: u64,
+    mut original: Entry,
+    goal: &Goal,
+    e: &mut Entry,
+    out: &mut Outputs,
+) -> Result<(), AttributionError> {
+    let hold_ms = u64::from(goal.hold_days) * DAY_MS;
+    let approve_at = original.ts_ms.saturating_add(hold_ms);
+    original.reason = Reason::None;
+    original.confirmed_by = Some(seq);
+    if hold_ms != 0 {
+        original.approve_at_ms = Some(approve_at);
+    }
+    let due = approve_at <= state.checkpoint.watermark_ms;
+    if due {
+        original.status = Status::Approved;
+        original.approved_seq = Some(seq);
+    } else {
+        state.add_hold(approve_at, original.id);
+    }
+    e.kind = Kind::Confirmation;
+    e.status = Status::Approved;
+    e.reason = Reason::None;
+    e.approved_seq = Some(seq);
+    e.rule = if due {
+        format!("merchant approved pending commission {}: approved", original.id)
+    } else {
+        format!("merchant approved pending commission {}: held until {approve_at} ms", original.id)
+    };
+    state.put_entry(original.clone());
+    out.entries.push(original);
     Ok(())
 }
 
@@ -547,7 +714,11 @@ fn reversal(state: &mut State, seq: u64, c: &Conversion, out: &mut Outputs) -> R
     e.sub1 = original.sub1.clone();
     e.coupon = original.coupon.clone();
     e.currency = original.currency;
-    let why = if c.status == ConversionStatus::Chargeback { Reason::Chargeback } else { Reason::Refunded };
+    let why = match c.status {
+        ConversionStatus::Chargeback => Reason::Chargeback,
+        ConversionStatus::Rejected => Reason::MerchantRejected,
+        _ => Reason::Refunded,
+    };
     if original.reversed_by.is_some() {
         e.status = Status::Duplicate;
         e.reason = Reason::AlreadyReversed;

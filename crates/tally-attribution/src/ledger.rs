@@ -56,6 +56,9 @@ pub enum Kind {
     /// The outcome of a refund or chargeback report that took no money back itself (it
     /// rejected a pending commission, or had nothing to reverse).
     Reversal,
+    /// The merchant's approval of a commission it had reported pending: pays nothing itself;
+    /// the commission it refers to goes on to its hold, or is approved.
+    Confirmation,
 }
 
 impl Kind {
@@ -65,6 +68,7 @@ impl Kind {
             Kind::Bonus => "bonus",
             Kind::Clawback => "clawback",
             Kind::Reversal => "reversal",
+            Kind::Confirmation => "confirmation",
         }
     }
 }
@@ -141,6 +145,14 @@ pub enum Reason {
     NoOriginal,
     NothingToReverse,
     AlreadyReversed,
+    /// The merchant reported the conversion pending: it waits for the merchant's approval.
+    MerchantPending,
+    /// The merchant reported the conversion rejected (first report), or rejected a
+    /// transaction reported before.
+    MerchantRejected,
+    /// A report that named no offer, on a click of an offer of another advertiser than the
+    /// one whose credential sent it.
+    ClickAdvertiserMismatch,
 }
 
 impl Reason {
@@ -168,6 +180,9 @@ impl Reason {
             Reason::NoOriginal => "no_original",
             Reason::NothingToReverse => "nothing_to_reverse",
             Reason::AlreadyReversed => "already_reversed",
+            Reason::MerchantPending => "merchant_pending",
+            Reason::MerchantRejected => "merchant_rejected",
+            Reason::ClickAdvertiserMismatch => "click_advertiser_mismatch",
         }
     }
 }
@@ -209,13 +224,17 @@ pub struct Entry {
     pub refers_to: Option<EntryId>,
     /// For a commission: the refund or chargeback event that reversed it.
     pub reversed_by: Option<u64>,
+    /// For a commission the merchant reported pending: the event of its approval report.
+    /// (Not a column of the canonical CSV: the approval's own entry refers to it.)
+    pub confirmed_by: Option<u64>,
 }
 
 impl Entry {
     /// This entry as it stood once event `seq` had been applied, or `None` if it did not
-    /// exist yet. After its creation an entry changes in three ways only, each recording
-    /// the event that did it: a hold's approval (`approved_seq`), and a reversal that rejects
-    /// a pending commission or marks an approved one clawed back (`reversed_by`). Undoing
+    /// exist yet. After its creation an entry changes in four ways only, each recording
+    /// the event that did it: a hold's approval (`approved_seq`), a reversal that rejects
+    /// a pending commission or marks an approved one clawed back (`reversed_by`), and the
+    /// merchant's approval of a commission it reported pending (`confirmed_by`). Undoing
     /// those that came after `seq` gives the earlier entry exactly, which is how a replay
     /// that stops at `seq` is compared with a live ledger that went on.
     pub fn as_of(&self, seq: u64) -> Option<Entry> {
@@ -225,14 +244,25 @@ impl Entry {
         let mut e = self.clone();
         if e.reversed_by.is_some_and(|r| r > seq) {
             e.reversed_by = None;
-            if e.status == Status::Rejected && matches!(e.reason, Reason::Refunded | Reason::Chargeback) {
+            if e.status == Status::Rejected
+                && matches!(e.reason, Reason::Refunded | Reason::Chargeback | Reason::MerchantRejected)
+            {
                 e.status = Status::Pending;
-                e.reason = Reason::None;
+                // Only a commission awaiting the merchant is pending without a due time.
+                let awaiting = e.approve_at_ms.is_none() && e.confirmed_by.is_none();
+                e.reason = if awaiting { Reason::MerchantPending } else { Reason::None };
             }
         }
         if e.approved_seq.is_some_and(|a| a > seq) {
             e.approved_seq = None;
             e.status = Status::Pending;
+        }
+        if e.confirmed_by.is_some_and(|c| c > seq) {
+            e.confirmed_by = None;
+            e.status = Status::Pending;
+            e.reason = Reason::MerchantPending;
+            e.approve_at_ms = None;
+            e.approved_seq = None;
         }
         Some(e)
     }

@@ -261,6 +261,7 @@ mod tests {
             status: ConversionStatus::Approved,
             subs: Default::default(),
             ip: String::new(),
+            advertiser: String::new(),
         });
         let events = [
             Event::Click(click(1, 0)),

@@ -29,11 +29,11 @@ const CF_UNIQUE: &str = "unique";
 const CF_META: &str = "meta";
 const CFS: [&str; 8] = [CF_CLICKS, CF_DEDUP, CF_LEDGER, CF_COUNTERS, CF_HOLDS, CF_STATS, CF_UNIQUE, CF_META];
 
-/// The layout of the column families. 2: clicks in sorted runs ([`runs`]), stats as one
+/// The layout of the column families. 3: ledger entries gained `confirmed_by`; 2: clicks in sorted runs ([`runs`]), stats as one
 /// merged table per day ([`stats`]); 1 (no format key): one key per click and per stats row.
 /// A state is derived from the log, so a worker that finds another layout deletes the
 /// state and rebuilds it from the log; readers refuse it ([`AttributionError::Format`]).
-pub const FORMAT: u32 = 2;
+pub const FORMAT: u32 = 3;
 
 /// Where the worker stands, committed with its outputs.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

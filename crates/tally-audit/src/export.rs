@@ -76,6 +76,9 @@ pub const COLUMNS: &[&str] = &[
     // `present`, `erased` (by request or retention: the fields are empty), `none`
     // (nothing recorded), or `chained` (a record older than format 3, not erasable).
     "personal",
+    // The advertiser whose credential sent a postback (empty for browser reports and for
+    // records older than format 4).
+    "advertiser",
 ];
 
 /// One event as `(column, value)` pairs, in [`COLUMNS`] order, for the columns it has.
@@ -127,7 +130,10 @@ pub fn row(seq: u64, event: &Event, personal: Personal) -> Vec<(&'static str, Va
             r.push(("visitor", format!("{:016x}", c.visitor).into()));
             r.push(("personal", personal.as_str().into()));
         }
-        Event::Conversion(_) => r.push(("personal", personal.as_str().into())),
+        Event::Conversion(c) => {
+            r.push(("personal", personal.as_str().into()));
+            r.push(("advertiser", c.advertiser.as_str().into()));
+        }
         Event::ProgramChange(_) => {}
     }
     r
@@ -179,6 +185,7 @@ pub const CONVERSION_COLUMNS: &[&str] = &[
     "status",
     "time",
     "personal",
+    "advertiser",
 ];
 
 /// What to export.
@@ -423,6 +430,7 @@ mod tests {
             status: ConversionStatus::Approved,
             subs: Default::default(),
             ip: String::new(),
+            advertiser: String::new(),
         });
         for (event, columns) in [(click, CLICK_COLUMNS), (conversion, CONVERSION_COLUMNS)] {
             let keys: Vec<&str> =

@@ -11,8 +11,9 @@ use http::{Method, Request, Response};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use tally_log::LogError;
-use tally_model::{Conversion, ConversionSource, Event, Program};
-use tally_protocol::auth::Authenticated;
+use tally_model::program::Advertiser;
+use tally_model::{Conversion, ConversionSource, Currency, Event, Program};
+use tally_protocol::auth::{AuthError, Authenticated};
 use tally_protocol::headers::cookie_click_id;
 use tally_protocol::params::{self, Field, FieldError, RawParams};
 
@@ -29,40 +30,69 @@ pub const PIXEL_GIF: [u8; 43] = [
 
 /// Turns validated parameters into a conversion event, judged by `program` (the one snapshot
 /// the request reads, so a reload between authenticating and building cannot mix programs).
+/// `advertiser` is who a postback authenticated as; `None` for a browser's report.
+///
+/// A report that names no offer takes it from its coupon when it has no click; with a click
+/// it is logged with offer and goal empty (unless a goal is named) and attribution takes the
+/// offer from the click: the edge keeps no index of clicks, and the click may have been
+/// taken by another edge node.
 fn build_conversion(
     program: &Program,
     raw: &RawParams,
     source: ConversionSource,
     ip: String,
+    advertiser: Option<&Advertiser>,
 ) -> Result<Conversion, EdgeError> {
     let p = params::validate(raw).map_err(EdgeError::Field)?;
-    let offer = program
-        .offer(&p.offer)
-        .ok_or_else(|| EdgeError::Field(FieldError::invalid(Field::Offer, format!("unknown offer \"{}\"", p.offer))))?;
-    let goal = match &p.goal {
-        Some(g) if offer.goal(g).is_none() => {
-            return Err(EdgeError::Field(FieldError::invalid(
-                Field::Goal,
-                format!("offer {} has no goal \"{g}\"", offer.id),
-            )))
+    let offer_id = match (&p.offer, p.click_id) {
+        (Some(o), _) => Some(o.as_str()),
+        (None, Some(_)) => None,
+        (None, None) => {
+            // `validate` lets no report through without an offer, a click or a coupon.
+            let coupon = program.coupon(&p.coupon).ok_or_else(|| {
+                EdgeError::Field(FieldError::invalid(Field::Coupon, format!("unknown coupon \"{}\"", p.coupon)))
+            })?;
+            Some(coupon.offer.as_str())
         }
-        Some(g) => g.clone(),
-        None => offer.default_goal().to_owned(),
     };
-    if let Some(c) = p.currency {
-        if c != offer.currency {
-            return Err(EdgeError::Field(FieldError::invalid(
-                Field::Currency,
-                format!("offer {} is paid in {}, got {c}", offer.id, offer.currency),
-            )));
+    let (offer, goal, currency) = match offer_id {
+        Some(id) => {
+            let offer = program.offer(id).ok_or_else(|| {
+                EdgeError::Field(FieldError::invalid(Field::Offer, format!("unknown offer \"{id}\"")))
+            })?;
+            if let Some(a) = advertiser.filter(|a| a.id != offer.advertiser) {
+                return Err(EdgeError::Field(FieldError::invalid(
+                    Field::Offer,
+                    format!("offer {} is not advertiser {}'s", offer.id, a.id),
+                )));
+            }
+            let goal = match &p.goal {
+                Some(g) if offer.goal(g).is_none() => {
+                    return Err(EdgeError::Field(FieldError::invalid(
+                        Field::Goal,
+                        format!("offer {} has no goal \"{g}\"", offer.id),
+                    )))
+                }
+                Some(g) => g.clone(),
+                None => offer.default_goal().to_owned(),
+            };
+            if let Some(c) = p.currency.filter(|&c| c != offer.currency) {
+                return Err(EdgeError::Field(FieldError::invalid(
+                    Field::Currency,
+                    format!("offer {} is paid in {}, got {c}", offer.id, offer.currency),
+                )));
+            }
+            (offer.id.clone(), goal, offer.currency)
         }
-    }
+        None => {
+            let currency = click_only_currency(program, advertiser, p.currency, p.amount.is_some())?;
+            (String::new(), p.goal.clone().unwrap_or_default(), currency)
+        }
+    };
     let amount = p
         .amount
         .as_deref()
-        .map(|a| {
-            tally_model::parse_reported_minor(a, offer.currency).map_err(|e| FieldError::invalid(Field::Amount, e))
-        })
+        .map(|a| tally_model::parse_reported_minor(a, currency).map_err(|e| FieldError::invalid(Field::Amount, e)))
         .transpose()
         .map_err(EdgeError::Field)?;
     let conversion = Conversion {
@@ -70,16 +100,52 @@ fn build_conversion(
         source,
         click_id: p.click_id,
         coupon: p.coupon,
-        offer: offer.id.clone(),
+        offer,
         goal,
         txid: p.txid,
         amount,
-        currency: offer.currency,
+        currency,
         status: p.status,
         subs: p.subs,
         ip,
+        advertiser: advertiser.map(|a| a.id.clone()).unwrap_or_default(),
     };
     Ok(conversion)
+}
+
+/// The currency of a report that names no offer: the one it names, else the one every offer
+/// it could be about is paid in (the advertiser's, or the program's for a browser). An amount
+/// is read in it (its minor unit decides what `12.5` means), and attribution refuses a sale
+/// in another currency than the click's offer's. With offers in several currencies an
+/// amount needs its currency named.
+fn click_only_currency(
+    program: &Program,
+    advertiser: Option<&Advertiser>,
+    named: Option<Currency>,
+    has_amount: bool,
+) -> Result<Currency, EdgeError> {
+    if let Some(c) = named {
+        return Ok(c);
+    }
+    let mut offers = program.offers.values().filter(|o| advertiser.is_none_or(|a| a.id == o.advertiser));
+    let Some(first) = offers.next() else {
+        return Err(EdgeError::Field(FieldError::invalid(
+            Field::Offer,
+            match advertiser {
+                Some(a) => format!("advertiser {} has no offers", a.id),
+                None => "the program has no offers".to_owned(),
+            },
+        )));
+    };
+    if has_amount && offers.any(|o| o.currency != first.currency) {
+        return Err(EdgeError::Field(FieldError {
+            field: Field::Currency.name(),
+            reason: "missing field: currency (the report names no offer, and the offers it may be about are paid in \
+                     several currencies)"
+                .to_owned(),
+        }));
+    }
+    Ok(first.currency)
 }
 
 pub(crate) async fn pixel(edge: &Edge, req: &Request<Incoming>, peer: SocketAddr) -> Response<Body> {
@@ -94,7 +160,7 @@ pub(crate) async fn pixel(edge: &Edge, req: &Request<Incoming>, peer: SocketAddr
     let now = now_ms();
     let ip = edge.config.ip.render(edge.config.ip.client_ip(peer.ip(), req.headers()), now);
     // The program snapshot is released before the wait on the log: a reload must not wait.
-    let built = build_conversion(&edge.program.load(), &raw, ConversionSource::Pixel, ip);
+    let built = build_conversion(&edge.program.load(), &raw, ConversionSource::Pixel, ip, None);
     let result = match built {
         Ok(conversion) => append_conversion(edge, conversion).await.map_err(EdgeError::Unavailable),
         Err(e) => Err(e),
@@ -138,8 +204,9 @@ pub(crate) async fn postback(edge: &Edge, req: Request<Incoming>, peer: SocketAd
                 "seq": appended.seq,
                 "duplicate_of": appended.duplicate_of,
                 "event": "conversion",
-                "offer": conversion.offer,
-                "goal": conversion.goal,
+                // Null when the report named only its click: attribution takes them from it.
+                "offer": (!conversion.offer.is_empty()).then_some(&conversion.offer),
+                "goal": (!conversion.goal.is_empty()).then_some(&conversion.goal),
                 "conversion_status": conversion.status.as_str(),
                 "click_id": conversion.click_id.map(|c| c.to_string()),
             });
@@ -216,14 +283,24 @@ async fn postback_inner(
         // One program snapshot authenticates and builds the conversion; scoped so it is
         // released before waiting on the log.
         let program = edge.program.load();
-        let offer_id = params.get(Field::Offer).ok_or(EdgeError::Field(FieldError::missing(Field::Offer)))?;
-        let offer = program.offer(offer_id).ok_or_else(|| {
-            EdgeError::Field(FieldError::invalid(Field::Offer, format!("unknown offer \"{offer_id}\"")))
-        })?;
-        let advertiser =
-            program.advertiser_of(offer).ok_or_else(|| EdgeError::Internal("offer has no advertiser".into()))?;
-        let auth = tally_protocol::auth::authenticate(
-            advertiser,
+        // With an offer, its advertiser's credentials; with only the click (Everflow's and
+        // Voluum's advertisers send nothing more), any advertiser's: the credential says who
+        // reports, and attribution credits the click only if its offer is that advertiser's.
+        let offer = match params.get(Field::Offer) {
+            Some(id) => Some(program.offer(id).ok_or_else(|| {
+                EdgeError::Field(FieldError::invalid(Field::Offer, format!("unknown offer \"{id}\"")))
+            })?),
+            None => None,
+        };
+        let candidates: Vec<&Advertiser> = match offer {
+            Some(o) => {
+                vec![program.advertiser_of(o).ok_or_else(|| EdgeError::Internal("offer has no advertiser".into()))?]
+            }
+            None => program.advertisers.values().collect(),
+        };
+        let offer_id = offer.map_or("", |o| o.id.as_str());
+        let mut found = tally_protocol::auth::authenticate_any(
+            candidates.iter().copied(),
             &parts.headers,
             params.get(Field::Token),
             &raw_signed,
@@ -231,25 +308,29 @@ async fn postback_inner(
             edge.config.signature_max_age.as_secs(),
         )
         .map_err(|e| {
-            tally_telemetry::warn_limited!(
-                advertiser = %advertiser.id,
-                offer = %offer.id,
-                reason = e.reason(),
-                "postback refused"
-            );
+            let advertiser = candidates.first().filter(|_| offer.is_some()).map_or("", |a| a.id.as_str());
+            tally_telemetry::warn_limited!(advertiser = %advertiser, offer = %offer_id, reason = e.reason(), "postback refused");
             EdgeError::Auth(e)
         })?;
-        let mut conversion = build_conversion(&program, &params, ConversionSource::Postback, ip).inspect_err(|e| {
-            if let EdgeError::Field(f) = e {
-                tally_telemetry::warn_limited!(
-                    advertiser = %advertiser.id,
-                    offer = %offer.id,
-                    field = f.field,
-                    reason = %f.reason,
-                    "postback refused"
-                );
-            }
-        })?;
+        if found.len() > 1 {
+            return Err(EdgeError::Field(FieldError {
+                field: Field::Offer.name(),
+                reason: "missing field: offer (this credential belongs to several advertisers)".to_owned(),
+            }));
+        }
+        let (advertiser, auth) = found.pop().ok_or(EdgeError::Auth(AuthError::Wrong))?;
+        let mut conversion = build_conversion(&program, &params, ConversionSource::Postback, ip, Some(advertiser))
+            .inspect_err(|e| {
+                if let EdgeError::Field(f) = e {
+                    tally_telemetry::warn_limited!(
+                        advertiser = %advertiser.id,
+                        offer = %offer_id,
+                        field = f.field,
+                        reason = %f.reason,
+                        "postback refused"
+                    );
+                }
+            })?;
         if let (Authenticated::Signature { mac, .. }, true) = (&auth, conversion.txid.is_empty()) {
             // A signature covers the time and the exact request, so a second request with it
             // is a replay (captured, or a sender's retry): the transaction ID derived from it

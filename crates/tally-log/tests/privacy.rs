@@ -54,6 +54,7 @@ fn conversion(click: &Click, ip: &str) -> Conversion {
         status: ConversionStatus::Approved,
         subs: Default::default(),
         ip: ip.into(),
+        advertiser: String::new(),
     }
 }
 

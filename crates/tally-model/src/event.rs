@@ -176,35 +176,95 @@ impl ConversionSource {
 }
 
 /// The merchant's view of a conversion. Refunds and chargebacks are conversions with the same
-/// transaction ID and a reversing status.
+/// transaction ID and a reversing status; so is a `Rejected` report of a transaction reported
+/// before. The numeric order is part of the on-disk format: new statuses go at the end.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum ConversionStatus {
     Approved,
     Refunded,
     Chargeback,
+    /// The merchant has not confirmed the sale yet: the commission waits, pending, for a
+    /// later `Approved` (or `Rejected`) report of the same transaction.
+    Pending,
+    /// The merchant refuses the conversion (cancelled order, fraud): as a first report it is
+    /// booked unpaid; after a report of the same transaction it reverses that one.
+    Rejected,
 }
 
+/// Status words merchants' systems send, as other trackers and affiliate platforms name
+/// them (Everflow, TUNE/HasOffers, Voluum, Binom, Keitaro, Tapfiliate, Post Affiliate Pro,
+/// Impact), lowercased, and the status each means. Keitaro and Binom send `lead` for a
+/// conversion still to be confirmed (their `sale` is the confirmed one), so `lead` means
+/// pending here; an advertiser whose system means otherwise sends `approved`.
+pub const STATUS_WORDS: &[(&str, ConversionStatus)] = &[
+    ("approved", ConversionStatus::Approved),
+    ("approve", ConversionStatus::Approved),
+    ("a", ConversionStatus::Approved),
+    ("accepted", ConversionStatus::Approved),
+    ("confirmed", ConversionStatus::Approved),
+    ("sale", ConversionStatus::Approved),
+    ("success", ConversionStatus::Approved),
+    ("complete", ConversionStatus::Approved),
+    ("completed", ConversionStatus::Approved),
+    ("paid", ConversionStatus::Approved),
+    ("pending", ConversionStatus::Pending),
+    ("p", ConversionStatus::Pending),
+    ("lead", ConversionStatus::Pending),
+    ("hold", ConversionStatus::Pending),
+    ("on_hold", ConversionStatus::Pending),
+    ("waiting", ConversionStatus::Pending),
+    ("rejected", ConversionStatus::Rejected),
+    ("reject", ConversionStatus::Rejected),
+    ("d", ConversionStatus::Rejected),
+    ("declined", ConversionStatus::Rejected),
+    ("denied", ConversionStatus::Rejected),
+    ("disapproved", ConversionStatus::Rejected),
+    ("cancelled", ConversionStatus::Rejected),
+    ("canceled", ConversionStatus::Rejected),
+    ("invalid", ConversionStatus::Rejected),
+    ("fraud", ConversionStatus::Rejected),
+    ("trash", ConversionStatus::Rejected),
+    ("refunded", ConversionStatus::Refunded),
+    ("refund", ConversionStatus::Refunded),
+    ("reversed", ConversionStatus::Refunded),
+    ("returned", ConversionStatus::Refunded),
+    ("chargeback", ConversionStatus::Chargeback),
+    ("charged_back", ConversionStatus::Chargeback),
+    ("dispute", ConversionStatus::Chargeback),
+];
+
 impl ConversionStatus {
+    pub const ALL: [ConversionStatus; 5] = [
+        ConversionStatus::Approved,
+        ConversionStatus::Refunded,
+        ConversionStatus::Chargeback,
+        ConversionStatus::Pending,
+        ConversionStatus::Rejected,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             ConversionStatus::Approved => "approved",
             ConversionStatus::Refunded => "refunded",
             ConversionStatus::Chargeback => "chargeback",
+            ConversionStatus::Pending => "pending",
+            ConversionStatus::Rejected => "rejected",
         }
     }
 
+    /// A status word as merchants send it ([`STATUS_WORDS`]), case-insensitive, with `-` and
+    /// spaces read as `_` (`Charged-Back`, `on hold`).
     pub fn parse(s: &str) -> Option<ConversionStatus> {
-        match s.to_ascii_lowercase().as_str() {
-            "approved" => Some(ConversionStatus::Approved),
-            "refunded" => Some(ConversionStatus::Refunded),
-            "chargeback" => Some(ConversionStatus::Chargeback),
-            _ => None,
-        }
+        let word: String =
+            s.trim().chars().map(|c| if c == '-' || c == ' ' { '_' } else { c.to_ascii_lowercase() }).collect();
+        STATUS_WORDS.iter().find(|(w, _)| *w == word).map(|&(_, status)| status)
     }
 
-    /// True for statuses that take money back.
+    /// True for statuses that take money back from a transaction reported before (a
+    /// `Rejected` first report is booked as a rejected conversion instead; attribution
+    /// tells the two apart).
     pub fn is_reversal(self) -> bool {
-        !matches!(self, ConversionStatus::Approved)
+        matches!(self, ConversionStatus::Refunded | ConversionStatus::Chargeback | ConversionStatus::Rejected)
     }
 }
 
@@ -222,6 +282,8 @@ pub struct Conversion {
     pub offer: String,
     pub goal: String,
     /// The merchant's transaction / order ID, the dedup key with offer and goal. Empty if none.
+    /// (`offer` and `goal` are empty when the report named only the click: attribution
+    /// resolves them from the click, the goal as the offer's default.)
     pub txid: String,
     /// Sale amount in minor units of `currency`; `None` when the merchant sent no amount.
     pub amount: Option<i64>,
@@ -232,6 +294,11 @@ pub struct Conversion {
     /// The reporting client's IP after the privacy policy (the browser for a pixel, the
     /// merchant's server for a postback).
     pub ip: String,
+    /// The advertiser whose credential authenticated the report: set on postbacks, empty on
+    /// browser reports (pixel, tag), which prove nothing but knowing the click ID. When
+    /// `offer` is empty attribution takes the offer from the click, and credits it only if
+    /// that offer is this advertiser's. From record format 4 on (older records: empty).
+    pub advertiser: String,
 }
 
 impl Conversion {
@@ -241,14 +308,27 @@ impl Conversion {
     /// `duplicate`; the repeat is logged all the same. It is not what keeps a transaction
     /// from being paid twice: attribution claims each transaction (offer, goal, txid, without
     /// status) by its first report, with its own key. `None` without a transaction ID: such
-    /// reports cannot be told apart from new ones. NUL separates the parts; none of them can
-    /// contain NUL (IDs are restricted, txids reject control characters).
+    /// reports cannot be told apart from new ones. A report that named no offer (only the
+    /// click) is keyed by its advertiser and click instead, since the edge cannot tell its
+    /// offer: the same transaction of two advertisers must not look repeated. NUL separates
+    /// the parts; none of them can contain NUL (IDs are restricted, txids reject control
+    /// characters).
     pub fn repeat_key(&self) -> Option<Vec<u8>> {
         if self.txid.is_empty() {
             return None;
         }
-        let mut k = Vec::with_capacity(16 + self.offer.len() + self.goal.len() + self.txid.len());
-        for part in [b"conversion".as_slice(), self.offer.as_bytes(), self.goal.as_bytes(), self.txid.as_bytes()] {
+        let mut k = Vec::with_capacity(64 + self.offer.len() + self.goal.len() + self.txid.len());
+        let click = self.click_id.map(|c| c.to_string()).unwrap_or_default();
+        let by_click: [&[u8]; 5] = [
+            b"conversion-by-click",
+            self.advertiser.as_bytes(),
+            click.as_bytes(),
+            self.goal.as_bytes(),
+            self.txid.as_bytes(),
+        ];
+        let by_offer: [&[u8]; 4] = [b"conversion", self.offer.as_bytes(), self.goal.as_bytes(), self.txid.as_bytes()];
+        let parts: &[&[u8]] = if self.offer.is_empty() { &by_click } else { &by_offer };
+        for part in parts {
             k.extend_from_slice(part);
             k.push(0);
         }
@@ -323,5 +403,78 @@ impl EventKind {
             EventKind::Conversion => "conversion",
             EventKind::ProgramChange => "program_change",
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_words_of_other_trackers_map_to_ours() {
+        for (word, status) in [
+            ("approved", ConversionStatus::Approved),
+            ("SALE", ConversionStatus::Approved),
+            ("A", ConversionStatus::Approved),
+            ("lead", ConversionStatus::Pending),
+            ("Pending", ConversionStatus::Pending),
+            ("on hold", ConversionStatus::Pending),
+            ("rejected", ConversionStatus::Rejected),
+            ("Declined", ConversionStatus::Rejected),
+            ("trash", ConversionStatus::Rejected),
+            ("refund", ConversionStatus::Refunded),
+            ("Charged-Back", ConversionStatus::Chargeback),
+            (" chargeback ", ConversionStatus::Chargeback),
+        ] {
+            assert_eq!(ConversionStatus::parse(word), Some(status), "{word}");
+        }
+        for word in ["", "ok", "1", "approvedx", "sale!"] {
+            assert_eq!(ConversionStatus::parse(word), None, "{word}");
+        }
+        // Every status has its own name among the words, and every word maps once.
+        for s in ConversionStatus::ALL {
+            assert_eq!(ConversionStatus::parse(s.as_str()), Some(s));
+        }
+        let mut words: Vec<_> = STATUS_WORDS.iter().map(|(w, _)| *w).collect();
+        words.sort_unstable();
+        words.dedup();
+        assert_eq!(words.len(), STATUS_WORDS.len());
+    }
+
+    fn report(offer: &str, advertiser: &str, click: u64) -> Conversion {
+        Conversion {
+            ts_ms: 1,
+            source: ConversionSource::Postback,
+            click_id: Some(ClickId::new(1_700_000_000_000, 1, click)),
+            coupon: String::new(),
+            offer: offer.into(),
+            goal: if offer.is_empty() { String::new() } else { "sale".into() },
+            txid: "T1".into(),
+            amount: None,
+            currency: Currency::from_code("USD").unwrap(),
+            status: ConversionStatus::Approved,
+            subs: Default::default(),
+            ip: String::new(),
+            advertiser: advertiser.into(),
+        }
+    }
+
+    #[test]
+    fn repeat_keys_keep_their_layout_and_tell_click_only_reports_apart() {
+        // The layout the log's unique index has always held for reports naming the offer.
+        assert_eq!(report("shoes", "acme", 1).repeat_key().unwrap(), b"conversion\0shoes\0sale\0T1\0approved");
+        // Click-only reports: the same txid from two advertisers, or on two clicks, is not a repeat.
+        let a = report("", "acme", 1).repeat_key().unwrap();
+        assert_ne!(a, report("", "globex", 1).repeat_key().unwrap());
+        assert_ne!(a, report("", "acme", 2).repeat_key().unwrap());
+        assert_ne!(a, report("shoes", "acme", 1).repeat_key().unwrap());
+        assert_eq!(a, report("", "acme", 1).repeat_key().unwrap());
+        let mut pending = report("", "acme", 1);
+        pending.status = ConversionStatus::Pending;
+        assert_ne!(a, pending.repeat_key().unwrap());
+        let mut none = report("", "acme", 1);
+        none.txid.clear();
+        assert_eq!(none.repeat_key(), None);
     }
 }

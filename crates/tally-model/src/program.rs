@@ -100,6 +100,9 @@ struct RawOffer {
     destination: String,
     #[serde(default)]
     allowed_hosts: Vec<String>,
+    /// Query parameters merged into a followed deep link; `None`: the destination's.
+    #[serde(default)]
+    deep_link_params: Option<BTreeMap<String, String>>,
     currency: String,
     #[serde(default)]
     window_days: Option<u32>,
@@ -268,6 +271,10 @@ pub struct Offer {
     pub advertiser: String,
     pub destination: Template,
     pub allowed_hosts: Vec<HostPattern>,
+    /// Parameters merged into the query of a followed deep link, so the merchant's page gets
+    /// the click ID there too (`deep_link_params`; by default the destination's parameters
+    /// that carry a macro, e.g. `cid={click_id}`).
+    pub deep_link_params: Vec<QueryParam>,
     pub currency: Currency,
     pub window_days: u32,
     pub model: AttributionModel,
@@ -590,6 +597,19 @@ fn validate_offer(
         problems.push(format!("{at}.advertiser: unknown advertiser \"{}\"", o.advertiser));
     }
     let destination = Template::parse(&o.destination).map_err(|e| problems.push(format!("{at}.destination: {e}"))).ok();
+    let deep_link_params = match &o.deep_link_params {
+        Some(given) => {
+            let mut params = Vec::new();
+            for (name, value) in given {
+                match QueryParam::parse(name, value) {
+                    Ok(p) => params.push(p),
+                    Err(e) => problems.push(format!("{at}.deep_link_params.{name}: {e}")),
+                }
+            }
+            params
+        }
+        None => QueryParam::of_template(&o.destination),
+    };
     let mut allowed_hosts = Vec::new();
     for h in &o.allowed_hosts {
         match HostPattern::parse(h) {
@@ -672,6 +692,7 @@ fn validate_offer(
         advertiser: o.advertiser,
         destination: destination?,
         allowed_hosts,
+        deep_link_params,
         currency: currency?,
         window_days,
         model,
@@ -759,6 +780,33 @@ impl Offer {
     /// The goal a conversion that names none is booked to.
     pub fn default_goal(&self) -> &str {
         self.goals.first().map(|g| g.id.as_str()).unwrap_or("")
+    }
+
+    /// Where a followed deep link sends the browser: `url` with [`Offer::deep_link_params`]
+    /// merged into its query (a parameter of the same name already there is replaced; every
+    /// other one, and the fragment, stays as it was).
+    pub fn deep_link_location<'a>(&self, url: &url::Url, value: impl Fn(Macro) -> &'a str) -> String {
+        if self.deep_link_params.is_empty() {
+            return url.to_string();
+        }
+        let mut query = String::with_capacity(url.query().map_or(0, str::len) + 64);
+        for pair in url.query().unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+            let raw_name = pair.split('=').next().unwrap_or("");
+            let name = url::form_urlencoded::parse(raw_name.as_bytes()).next().map(|(k, _)| k);
+            if name.is_some_and(|n| self.deep_link_params.iter().any(|p| p.name == n)) {
+                continue;
+            }
+            query.push_str(pair);
+            query.push('&');
+        }
+        for p in &self.deep_link_params {
+            p.render(&value, &mut query);
+            query.push('&');
+        }
+        query.pop();
+        let mut out = url.clone();
+        out.set_query(Some(&query));
+        out.to_string()
     }
 
     /// Checks a deep link (`url=` on a click) against the offer's allowed hosts. Returns the
@@ -889,25 +937,7 @@ impl Template {
     /// the host (in the path, query or fragment): a macro in the authority would let a sub ID
     /// choose where the browser goes.
     pub fn parse(s: &str) -> Result<Template, String> {
-        let mut segments = Vec::new();
-        let mut rest = s;
-        while let Some(open) = rest.find('{') {
-            if open > 0 {
-                segments.push(Segment::Literal(rest[..open].to_owned()));
-            }
-            let after = &rest[open + 1..];
-            let close = after.find('}').ok_or_else(|| format!("unclosed '{{' in \"{s}\""))?;
-            let name = &after[..close];
-            let m = Macro::parse(name).ok_or_else(|| format!("unknown macro {{{name}}}"))?;
-            segments.push(Segment::Macro(m));
-            rest = &after[close + 1..];
-        }
-        if rest.contains('}') {
-            return Err(format!("stray '}}' in \"{s}\""));
-        }
-        if !rest.is_empty() {
-            segments.push(Segment::Literal(rest.to_owned()));
-        }
+        let segments = parse_segments(s)?;
         // Validate the shape with every macro filled by a harmless value.
         let probe = Template { segments: segments.clone() }.render(|_| "x");
         let url = url::Url::parse(&probe).map_err(|e| format!("not a URL ({e})"))?;
@@ -943,6 +973,110 @@ impl Template {
         }
         out
     }
+}
+
+/// One `name=value` query parameter with macros in its value, merged into deep links.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueryParam {
+    pub name: String,
+    value: Vec<Segment>,
+}
+
+impl QueryParam {
+    /// A parameter from the program: the name is 1-64 of `A-Z a-z 0-9 _ . - ~`; the value's
+    /// text around its macros is sent as written, so it must be query-safe (unreserved
+    /// characters, `%XX` escapes, and `!$'()*,;:@/?`).
+    pub fn parse(name: &str, value: &str) -> Result<QueryParam, String> {
+        let name_ok = !name.is_empty()
+            && name.len() <= 64
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-~".contains(&b));
+        if !name_ok {
+            return Err(format!("\"{name}\" is not a parameter name (1-64 of A-Z a-z 0-9 _ . - ~)"));
+        }
+        let segments = parse_segments(value)?;
+        for seg in &segments {
+            if let Segment::Literal(l) = seg {
+                if !is_query_safe(l) {
+                    return Err(format!(
+                        "\"{value}\": text outside macros must be query-safe (A-Z a-z 0-9 - . _ ~ %XX !$'()*,;:@/?)"
+                    ));
+                }
+            }
+        }
+        Ok(QueryParam { name: name.to_owned(), value: segments })
+    }
+
+    /// The parameters of a destination template's query that carry a macro: what a deep link
+    /// gets by default. `cid={click_id}&aff={aff_id}&utm_source=tally` gives `cid` and `aff`.
+    pub fn of_template(destination: &str) -> Vec<QueryParam> {
+        let Some((_, rest)) = destination.split_once('?') else { return Vec::new() };
+        let query = rest.split('#').next().unwrap_or("");
+        query
+            .split('&')
+            .filter_map(|pair| pair.split_once('='))
+            .filter(|(_, v)| v.contains('{'))
+            .filter_map(|(k, v)| QueryParam::parse(k, v).ok())
+            .collect()
+    }
+
+    /// `name=value` with the macros filled, each value percent-encoded as in templates.
+    pub fn render<'a>(&self, value: impl Fn(Macro) -> &'a str, out: &mut String) {
+        out.push_str(&self.name);
+        out.push('=');
+        for s in &self.value {
+            match s {
+                Segment::Literal(l) => out.push_str(l),
+                Segment::Macro(m) => out.extend(utf8_percent_encode(value(*m), MACRO_VALUE)),
+            }
+        }
+    }
+}
+
+/// True when `s` can stand in a query value as it is: unreserved characters, valid `%XX`
+/// escapes, and the sub-delimiters that do not split a query (`&`, `=`, `+`, `#` do).
+fn is_query_safe(s: &str) -> bool {
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' => {
+                if !(b.get(i + 1).is_some_and(u8::is_ascii_hexdigit) && b.get(i + 2).is_some_and(u8::is_ascii_hexdigit))
+                {
+                    return false;
+                }
+                i += 3;
+                continue;
+            }
+            c if c.is_ascii_alphanumeric() || b"-._~!$'()*,;:@/?".contains(&c) => {}
+            _ => return false,
+        }
+        i += 1;
+    }
+    true
+}
+
+/// A string's literal text and `{macro}`s.
+fn parse_segments(s: &str) -> Result<Vec<Segment>, String> {
+    let mut segments = Vec::new();
+    let mut rest = s;
+    while let Some(open) = rest.find('{') {
+        if open > 0 {
+            segments.push(Segment::Literal(rest[..open].to_owned()));
+        }
+        let after = &rest[open + 1..];
+        let close = after.find('}').ok_or_else(|| format!("unclosed '{{' in \"{s}\""))?;
+        let name = &after[..close];
+        let m = Macro::parse(name).ok_or_else(|| format!("unknown macro {{{name}}}"))?;
+        segments.push(Segment::Macro(m));
+        rest = &after[close + 1..];
+    }
+    if rest.contains('}') {
+        return Err(format!("stray '}}' in \"{s}\""));
+    }
+    if !rest.is_empty() {
+        segments.push(Segment::Literal(rest.to_owned()));
+    }
+    Ok(segments)
 }
 
 /// Percent-encodes one macro value exactly as templates do; for deep links filled by callers.
@@ -1137,6 +1271,73 @@ affiliate = "aff9""#,
             assert!(Template::parse(bad).is_err(), "{bad} accepted");
         }
         assert!(Template::parse("https://shop.example?x={sub1}").is_ok());
+    }
+
+    #[test]
+    fn deep_links_get_the_destinations_click_parameters() {
+        let value = |m| match m {
+            Macro::ClickId => "01ARZ3NDEKTSV4RRFFQ69G5FAV",
+            Macro::AffId => "aff 1",
+            Macro::Sub(1) => "a&b",
+            _ => "",
+        };
+        let offer = |destination: &str, params: Option<&str>| {
+            let extra = params.map(|p| format!("deep_link_params = {p}\n")).unwrap_or_default();
+            let src = GOOD.replacen(
+                "destination = \"https://shop.example/l?cid={click_id}&a={aff_id}&s={sub1}\"",
+                &format!("destination = \"{destination}\"\n{extra}"),
+                1,
+            );
+            assert_ne!(src, GOOD, "program-good.toml's shoes destination changed");
+            Program::from_toml(&src).unwrap().offer("shoes").unwrap().clone()
+        };
+        let by_default = offer("https://shop.example/l?cid={click_id}&aff={aff_id}&s1=x{sub1}&utm=tally#top", None);
+        let names: Vec<&str> = by_default.deep_link_params.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["cid", "aff", "s1"], "only the parameters that carry a macro");
+        let merged = |o: &Offer, link: &str| o.deep_link_location(&o.check_deep_link(link).unwrap(), value);
+        // Merged into the query, values encoded, fragment and other parameters kept as sent.
+        assert_eq!(
+            merged(&by_default, "https://shop.example/p/42?color=red&q=a%20b#reviews"),
+            "https://shop.example/p/42?color=red&q=a%20b&cid=01ARZ3NDEKTSV4RRFFQ69G5FAV&aff=aff%201&s1=xa%26b#reviews"
+        );
+        // No query yet; a stale click ID (however its name is encoded) is replaced.
+        assert_eq!(
+            merged(&by_default, "https://shop.example/p"),
+            "https://shop.example/p?cid=01ARZ3NDEKTSV4RRFFQ69G5FAV&aff=aff%201&s1=xa%26b"
+        );
+        assert_eq!(
+            merged(&by_default, "https://shop.example/p?c%69d=OLD&x=1&&cid=OLD2"),
+            "https://shop.example/p?x=1&cid=01ARZ3NDEKTSV4RRFFQ69G5FAV&aff=aff%201&s1=xa%26b"
+        );
+        // Named explicitly, or none at all.
+        let named = offer("https://shop.example/l?cid={click_id}", Some("{ clickref = \"tly-{click_id}\" }"));
+        assert_eq!(
+            merged(&named, "https://shop.example/p?a=1"),
+            "https://shop.example/p?a=1&clickref=tly-01ARZ3NDEKTSV4RRFFQ69G5FAV"
+        );
+        let none = offer("https://shop.example/l?cid={click_id}", Some("{}"));
+        assert_eq!(merged(&none, "https://shop.example/p?a=1#f"), "https://shop.example/p?a=1#f");
+        let path_only = offer("https://shop.example/l/{click_id}", None);
+        assert!(path_only.deep_link_params.is_empty());
+    }
+
+    #[test]
+    fn deep_link_param_errors_name_the_parameter() {
+        for (params, want) in [
+            ("{ \"a b\" = \"{click_id}\" }", "deep_link_params.a b: \"a b\" is not a parameter name"),
+            ("{ cid = \"{nope}\" }", "deep_link_params.cid: unknown macro {nope}"),
+            (
+                "{ cid = \"x&y={click_id}\" }",
+                "deep_link_params.cid: \"x&y={click_id}\": text outside macros must be query-safe",
+            ),
+            ("{ cid = \"%zz{click_id}\" }", "must be query-safe"),
+        ] {
+            let src =
+                GOOD.replacen("currency = \"usd\"", &format!("currency = \"usd\"\ndeep_link_params = {params}"), 1);
+            assert_ne!(src, GOOD);
+            let e = Program::from_toml(&src).unwrap_err().to_string();
+            assert!(e.contains(want), "{params}: {e}");
+        }
     }
 
     #[test]

@@ -2,13 +2,13 @@
 //!
 //! ```text
 //! offset  size  field
-//! 0       1     format version (currently 3; versions 1 and 2 still decode, see below)
+//! 0       1     format version (currently 4; versions 1 to 3 still decode, see below)
 //! 1       1     event kind (1 click, 2 conversion, 3 program change; see EventKind)
 //! 2       4     payload length n, u32 big-endian
 //! 6       n     payload: the event's chained fields, postcard 1.x
 //! 6+n     4     checksum: low 32 bits of xxh3-64 over bytes [0, 6+n), big-endian
 //! ---- the chained part ends here: the log's hash chain covers bytes [0, 10+n) ----
-//! 10+n    m     personal trailer (format 3 clicks and conversions; absent when the event
+//! 10+n    m     personal trailer (format 3+ clicks and conversions; absent when the event
 //!               has no personal field, or after they were erased):
 //!               postcard of (salt [u8; 8], ip, user_agent, referrer)
 //! ```
@@ -28,13 +28,16 @@
 //!
 //! Versions:
 //!
-//! - **3** (written by this build): personal fields moved to the trailer; clicks carry a
+//! - **4** (written by this build): `Conversion` gained `advertiser` (the advertiser whose
+//!   credential authenticated a postback), before the seal. Clicks and program changes are
+//!   laid out as in version 3.
+//! - **3**: personal fields moved to the trailer; clicks carry a
 //!   `visitor` key (8 bytes) and both clicks and conversions a `seal` (12 bytes) at the end
 //!   of their chained payload.
 //! - **2**: `Click` gained `prior_click`. Personal fields inside the payload, chained.
 //! - **1**: the first format: a click payload has no `prior_click` (it decodes as `None`).
 //!
-//! Decoding an older record and encoding the event again gives a version-3 record, not the
+//! Decoding an older record and encoding the event again gives a version-4 record, not the
 //! original bytes; stored records are never rewritten (only trailers are ever cut), so the
 //! log keeps every version it was written in. Personal fields of version 1 and 2 records are
 //! chained and cannot be erased without breaking `verify`.
@@ -50,7 +53,9 @@ use crate::event::{
 use crate::money::Currency;
 
 /// The version byte written by this build.
-pub const FORMAT_VERSION: u8 = 3;
+pub const FORMAT_VERSION: u8 = 4;
+/// Before `Conversion::advertiser`; still decoded, never written.
+const VERSION_3: u8 = 3;
 /// Before personal fields moved to the trailer; still decoded, never written.
 const VERSION_2: u8 = 2;
 /// The first format, before `Click::prior_click`; still decoded, never written.
@@ -219,7 +224,7 @@ fn encode_conversion(c: &Conversion, salt: [u8; SALT_LEN], buf: &mut Vec<u8>) ->
     let start = buf.len();
     buf.extend_from_slice(&[FORMAT_VERSION, EventKind::Conversion as u8, 0, 0, 0, 0]);
     let payload_start = buf.len();
-    let chained = ConversionV3Fields::from(c);
+    let chained = ConversionV4Fields::from(c);
     let taken = std::mem::take(buf);
     *buf = postcard::to_extend(&chained, taken).map_err(|e| RecordError::Payload(e.to_string()))?;
     // The seal, serialised last as raw bytes, is written by `finish_personal`.
@@ -272,7 +277,7 @@ pub fn chained_len(bytes: &[u8]) -> usize {
 /// unchanged. `None` for a record with nothing erasable.
 pub fn without_personal(bytes: &[u8]) -> Option<&[u8]> {
     let n = chained_len(bytes);
-    (n < bytes.len() && bytes.first() == Some(&FORMAT_VERSION)).then(|| &bytes[..n])
+    (n < bytes.len() && bytes.first().is_some_and(|&v| v >= VERSION_3)).then(|| &bytes[..n])
 }
 
 /// Checks the envelope and returns the event kind without decoding the payload.
@@ -310,10 +315,16 @@ pub fn decode_personal(bytes: &[u8]) -> Result<(Event, Personal), RecordError> {
             Ok((Event::Click(Click::from(&chained.view(ip, user_agent, referrer))), personal))
         }
         (VERSION_1 | VERSION_2, EventKind::Conversion) => {
-            Ok((Event::Conversion(canonical(payload)?), Personal::Chained))
+            Ok((Event::Conversion(canonical::<ConversionV2>(payload)?.into_conversion()), Personal::Chained))
+        }
+        (VERSION_3, EventKind::Conversion) => {
+            let chained: ConversionV3Fields = canonical(payload)?;
+            let (trailer, personal) = open_trailer(parts.trailer, &chained.seal)?;
+            let ip = trailer.map(|t| t.ip.to_owned()).unwrap_or_default();
+            Ok((Event::Conversion(chained.into_conversion(ip)), personal))
         }
         (_, EventKind::Conversion) => {
-            let chained: ConversionV3Fields = canonical(payload)?;
+            let chained: ConversionV4Fields = canonical(payload)?;
             let (trailer, personal) = open_trailer(parts.trailer, &chained.seal)?;
             let ip = trailer.map(|t| t.ip.to_owned()).unwrap_or_default();
             Ok((Event::Conversion(chained.into_conversion(ip)), personal))
@@ -339,7 +350,7 @@ fn open_trailer<'a>(trailer: &'a [u8], seal: &[u8; SEAL_LEN]) -> Result<(Option<
 /// (the seal is not checked against the trailer: [`decode_personal`] does that).
 pub fn personal(bytes: &[u8]) -> Result<Personal, RecordError> {
     let parts = check(bytes)?;
-    if parts.version != FORMAT_VERSION || parts.kind == EventKind::ProgramChange {
+    if parts.version < VERSION_3 || parts.kind == EventKind::ProgramChange {
         return Ok(Personal::Chained);
     }
     if !parts.trailer.is_empty() {
@@ -370,7 +381,7 @@ pub enum EventView<'a> {
 pub fn decode_view(bytes: &[u8]) -> Result<EventView<'_>, RecordError> {
     let parts = check(bytes)?;
     match (parts.version, parts.kind) {
-        (FORMAT_VERSION, EventKind::Click) => {
+        (VERSION_3 | FORMAT_VERSION, EventKind::Click) => {
             canonical_by_size::<ClickV3>(parts.payload).map(|c| EventView::Click(c.view("", "", "")))
         }
         (VERSION_2, EventKind::Click) => {
@@ -380,7 +391,7 @@ pub fn decode_view(bytes: &[u8]) -> Result<EventView<'_>, RecordError> {
     }
 }
 
-/// A version-3 click's chained payload, borrowed. The on-disk format: never change it.
+/// A version-3 (and 4) click's chained payload, borrowed. The on-disk format: never change it.
 #[derive(Serialize, Deserialize)]
 struct ClickV3<'a> {
     click_id: ClickId,
@@ -428,8 +439,8 @@ struct Trailer<'a> {
     referrer: &'a str,
 }
 
-/// A version-3 conversion's chained payload: [`Conversion`] without `ip`, with the seal.
-/// The on-disk format: never change it.
+/// A version-3 conversion's chained payload: [`Conversion`] without `ip` and `advertiser`,
+/// with the seal. Frozen; decoded, never written.
 #[derive(Serialize, Deserialize)]
 struct ConversionV3Fields {
     ts_ms: u64,
@@ -444,25 +455,6 @@ struct ConversionV3Fields {
     status: ConversionStatus,
     subs: [String; 5],
     seal: [u8; SEAL_LEN],
-}
-
-impl From<&Conversion> for ConversionV3Fields {
-    fn from(c: &Conversion) -> Self {
-        ConversionV3Fields {
-            ts_ms: c.ts_ms,
-            source: c.source,
-            click_id: c.click_id,
-            coupon: c.coupon.clone(),
-            offer: c.offer.clone(),
-            goal: c.goal.clone(),
-            txid: c.txid.clone(),
-            amount: c.amount,
-            currency: c.currency,
-            status: c.status,
-            subs: c.subs.clone(),
-            seal: [0; SEAL_LEN],
-        }
-    }
 }
 
 impl ConversionV3Fields {
@@ -480,6 +472,103 @@ impl ConversionV3Fields {
             status: self.status,
             subs: self.subs,
             ip,
+            advertiser: String::new(),
+        }
+    }
+}
+
+/// A conversion as versions 1 and 2 laid it out, `ip` chained. Frozen; decoded, never written.
+#[derive(Serialize, Deserialize)]
+struct ConversionV2 {
+    ts_ms: u64,
+    source: ConversionSource,
+    click_id: Option<ClickId>,
+    coupon: String,
+    offer: String,
+    goal: String,
+    txid: String,
+    amount: Option<i64>,
+    currency: Currency,
+    status: ConversionStatus,
+    subs: [String; 5],
+    ip: String,
+}
+
+impl ConversionV2 {
+    fn into_conversion(self) -> Conversion {
+        Conversion {
+            ts_ms: self.ts_ms,
+            source: self.source,
+            click_id: self.click_id,
+            coupon: self.coupon,
+            offer: self.offer,
+            goal: self.goal,
+            txid: self.txid,
+            amount: self.amount,
+            currency: self.currency,
+            status: self.status,
+            subs: self.subs,
+            ip: self.ip,
+            advertiser: String::new(),
+        }
+    }
+}
+
+/// A version-4 conversion's chained payload: version 3's with `advertiser` before the seal.
+/// The on-disk format: never change it.
+#[derive(Serialize, Deserialize)]
+struct ConversionV4Fields {
+    ts_ms: u64,
+    source: ConversionSource,
+    click_id: Option<ClickId>,
+    coupon: String,
+    offer: String,
+    goal: String,
+    txid: String,
+    amount: Option<i64>,
+    currency: Currency,
+    status: ConversionStatus,
+    subs: [String; 5],
+    advertiser: String,
+    seal: [u8; SEAL_LEN],
+}
+
+impl From<&Conversion> for ConversionV4Fields {
+    fn from(c: &Conversion) -> Self {
+        ConversionV4Fields {
+            ts_ms: c.ts_ms,
+            source: c.source,
+            click_id: c.click_id,
+            coupon: c.coupon.clone(),
+            offer: c.offer.clone(),
+            goal: c.goal.clone(),
+            txid: c.txid.clone(),
+            amount: c.amount,
+            currency: c.currency,
+            status: c.status,
+            subs: c.subs.clone(),
+            advertiser: c.advertiser.clone(),
+            seal: [0; SEAL_LEN],
+        }
+    }
+}
+
+impl ConversionV4Fields {
+    fn into_conversion(self, ip: String) -> Conversion {
+        Conversion {
+            ts_ms: self.ts_ms,
+            source: self.source,
+            click_id: self.click_id,
+            coupon: self.coupon,
+            offer: self.offer,
+            goal: self.goal,
+            txid: self.txid,
+            amount: self.amount,
+            currency: self.currency,
+            status: self.status,
+            subs: self.subs,
+            ip,
+            advertiser: self.advertiser,
         }
     }
 }
@@ -615,14 +704,14 @@ fn check(bytes: &[u8]) -> Result<Parts<'_>, RecordError> {
         return Err(RecordError::Truncated(bytes.len()));
     }
     let version = bytes[0];
-    if !matches!(version, VERSION_1 | VERSION_2 | FORMAT_VERSION) {
+    if !matches!(version, VERSION_1 | VERSION_2 | VERSION_3 | FORMAT_VERSION) {
         return Err(RecordError::UnknownVersion(version));
     }
     let kind = EventKind::from_byte(bytes[1]).ok_or(RecordError::UnknownKind(bytes[1]))?;
     let declared = u32::from_be_bytes([bytes[2], bytes[3], bytes[4], bytes[5]]) as usize;
     let actual = bytes.len() - HEADER_LEN - CHECKSUM_LEN;
-    // Only version-3 clicks and conversions may carry bytes past the checksum.
-    let trailer_allowed = version == FORMAT_VERSION && kind != EventKind::ProgramChange;
+    // Only clicks and conversions from version 3 on may carry bytes past the checksum.
+    let trailer_allowed = version >= VERSION_3 && kind != EventKind::ProgramChange;
     if declared > actual || (declared != actual && !trailer_allowed) {
         return Err(RecordError::LengthMismatch { declared, actual });
     }
@@ -675,6 +764,11 @@ mod tests {
     }
 
     fn golden_conversion() -> Event {
+        golden_conversion_of("")
+    }
+
+    /// Versions before 4 decode with no advertiser.
+    fn golden_conversion_of(advertiser: &str) -> Event {
         Event::Conversion(Conversion {
             ts_ms: 1_700_000_100_000,
             source: ConversionSource::Postback,
@@ -688,6 +782,7 @@ mod tests {
             status: ConversionStatus::Refunded,
             subs: Default::default(),
             ip: "198.51.100.0".into(),
+            advertiser: advertiser.into(),
         })
     }
 
@@ -701,12 +796,17 @@ mod tests {
         buf
     }
 
-    // These bytes ARE the on-disk format (version 3, salt 0x5a…). If this test fails, you
+    // These bytes ARE the on-disk format (version 4, salt 0x5a…). If this test fails, you
     // changed the format: restore it, or bump FORMAT_VERSION, keep decoders for versions 1 to
-    // 3, and keep these strings as decode-only tests like the older ones below.
-    const GOLDEN_CLICK: &str = "03010000005910018bcfe5680000070123456789abcdef80d095ffbc310464656d6f0573686f657304616666310161000000016502666200010110018bcfd625c00003fedcba9876543210634b53f9fac5bcf037fb0feb3195c2fd09794d409b7302945a5a5a5a5a5a5a5a0b3230332e302e3131332e3002554100";
-    const GOLDEN_CONVERSION: &str = "030200000043a0dd9bffbc31010110018bcfe5680000070000000000000001000573686f65730473616c6503542d3101f2c0010355534401000000000009c5cd1a493c5f1b427abbd92b93de175a5a5a5a5a5a5a5a0c3139382e35312e3130302e300000";
-    const GOLDEN_PROGRAM: &str = "03030000000605026162017845e82bca";
+    // 4, and keep these strings as decode-only tests like the older ones below.
+    const GOLDEN_CLICK: &str = "04010000005910018bcfe5680000070123456789abcdef80d095ffbc310464656d6f0573686f657304616666310161000000016502666200010110018bcfd625c00003fedcba9876543210634b53f9fac5bcf037fb0feb3195c2fd09794d40fe9a09ab5a5a5a5a5a5a5a5a0b3230332e302e3131332e3002554100";
+    const GOLDEN_CONVERSION: &str = "040200000048a0dd9bffbc31010110018bcfe5680000070000000000000001000573686f65730473616c6503542d3101f2c001035553440100000000000461636d6509c5cd1a493c5f1b427abbd95c1c9e285a5a5a5a5a5a5a5a0c3139382e35312e3130302e300000";
+    const GOLDEN_PROGRAM: &str = "040300000006050261620178867b783f";
+
+    // Version 3: personal fields in the trailer, no advertiser. Decode-only.
+    const GOLDEN_CLICK_V3: &str = "03010000005910018bcfe5680000070123456789abcdef80d095ffbc310464656d6f0573686f657304616666310161000000016502666200010110018bcfd625c00003fedcba9876543210634b53f9fac5bcf037fb0feb3195c2fd09794d409b7302945a5a5a5a5a5a5a5a0b3230332e302e3131332e3002554100";
+    const GOLDEN_CONVERSION_V3: &str = "030200000043a0dd9bffbc31010110018bcfe5680000070000000000000001000573686f65730473616c6503542d3101f2c0010355534401000000000009c5cd1a493c5f1b427abbd92b93de175a5a5a5a5a5a5a5a0c3139382e35312e3130302e300000";
+    const GOLDEN_PROGRAM_V3: &str = "03030000000605026162017845e82bca";
 
     // Version 2, personal fields chained. Decode-only: never change these strings.
     const GOLDEN_CLICK_V2: &str = "02010000005510018bcfe5680000070123456789abcdef80d095ffbc310464656d6f0573686f657304616666310161000000016502666200025541000b3230332e302e3131332e30010110018bcfd625c00003fedcba98765432106ba45d5a";
@@ -722,7 +822,7 @@ mod tests {
     fn golden_bytes_are_frozen() {
         for (event, golden) in [
             (golden_click(Some(golden_prior_click())), GOLDEN_CLICK),
-            (golden_conversion(), GOLDEN_CONVERSION),
+            (golden_conversion_of("acme"), GOLDEN_CONVERSION),
             (golden_program(), GOLDEN_PROGRAM),
         ] {
             let bytes = salted(&event);
@@ -734,6 +834,9 @@ mod tests {
     #[test]
     fn older_golden_bytes_still_decode() {
         for (golden, event, personal) in [
+            (GOLDEN_CLICK_V3, golden_click(Some(golden_prior_click())), Personal::Present),
+            (GOLDEN_CONVERSION_V3, golden_conversion(), Personal::Present),
+            (GOLDEN_PROGRAM_V3, golden_program(), Personal::Chained),
             (GOLDEN_CLICK_V2, golden_click(Some(golden_prior_click())), Personal::Chained),
             (GOLDEN_CONVERSION_V2, golden_conversion(), Personal::Chained),
             (GOLDEN_PROGRAM_V2, golden_program(), Personal::Chained),
@@ -745,10 +848,16 @@ mod tests {
             assert_eq!(decode_personal(&bytes).unwrap(), (event.clone(), personal), "{golden}");
             assert_eq!(peek_kind(&bytes).unwrap(), event.kind());
             assert_eq!(self::personal(&bytes).unwrap(), personal);
-            // Nothing chained can be cut off.
-            assert_eq!(without_personal(&bytes), None);
-            assert_eq!(chained_len(&bytes), bytes.len());
-            // Re-encoded, an old record is a version-3 record of the same event.
+            // Nothing chained can be cut off; a version-3 trailer can.
+            if personal == Personal::Chained {
+                assert_eq!(without_personal(&bytes), None);
+                assert_eq!(chained_len(&bytes), bytes.len());
+            } else {
+                let cut = without_personal(&bytes).unwrap();
+                assert_eq!(self::personal(cut).unwrap(), Personal::Erased);
+                assert!(decode(cut).is_ok());
+            }
+            // Re-encoded, an old record is a version-4 record of the same event.
             let again = salted(&event);
             assert_eq!(again[0], FORMAT_VERSION);
             assert_eq!(decode(&again).unwrap(), event);
@@ -848,6 +957,14 @@ mod tests {
         // A prior click's 16 bytes under a version-1 header are trailing bytes too.
         let as_v1 = envelope(VERSION_1, EventKind::Click, payload(&v2));
         assert!(matches!(decode(&as_v1), Err(RecordError::Payload(_))));
+        // A conversion's advertiser under a version-3 header, and a version-3 payload read as
+        // version 4, are not the event they were written as.
+        let v4 = salted(&golden_conversion_of("acme"));
+        let as_v3 = envelope(VERSION_3, EventKind::Conversion, payload(&v4));
+        assert!(decode(&as_v3).is_err_and(|e| matches!(e, RecordError::Payload(_) | RecordError::NonCanonical)));
+        let v3 = from_hex(GOLDEN_CONVERSION_V3);
+        let as_v4 = envelope(FORMAT_VERSION, EventKind::Conversion, payload(&v3));
+        assert!(decode(&as_v4).is_err());
     }
 
     #[test]
@@ -1113,15 +1230,22 @@ mod tests {
             proptest::array::uniform5(".{0,16}"),
             proptest::option::of(any::<i64>()),
             any_currency(),
-            prop::sample::select(vec![
-                ConversionStatus::Approved,
-                ConversionStatus::Refunded,
-                ConversionStatus::Chargeback,
-            ]),
+            prop::sample::select(ConversionStatus::ALL.to_vec()),
             subs(),
+            "[a-z0-9_-]{0,16}",
         )
             .prop_map(
-                |(ts_ms, source, click_id, [coupon, offer, goal, txid, ip], amount, currency, status, subs)| {
+                |(
+                    ts_ms,
+                    source,
+                    click_id,
+                    [coupon, offer, goal, txid, ip],
+                    amount,
+                    currency,
+                    status,
+                    subs,
+                    advertiser,
+                )| {
                     Event::Conversion(Conversion {
                         ts_ms,
                         source,
@@ -1135,6 +1259,7 @@ mod tests {
                         status,
                         subs,
                         ip,
+                        advertiser,
                     })
                 },
             )

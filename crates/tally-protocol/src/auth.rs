@@ -77,37 +77,88 @@ pub fn authenticate(
     now_secs: u64,
     max_age_secs: u64,
 ) -> Result<Authenticated, AuthError> {
-    if let Some(sig) = headers.get(SIGNATURE_HEADER) {
-        let (t, macs) = parse_signature(sig.as_bytes()).ok_or(AuthError::Malformed)?;
-        if t.abs_diff(now_secs) > max_age_secs {
-            return Err(AuthError::Stale);
+    let given = Given::read(headers, token, now_secs, max_age_secs)?;
+    given.check(advertiser, raw).ok_or(AuthError::Wrong)
+}
+
+/// The advertisers among `advertisers` whose credentials the postback carries, for a report
+/// that names no offer (only its click): the credential says who reports. Every
+/// advertiser's credentials are compared, so the time taken says nothing of whose matched.
+/// More than one only when the program gives several advertisers the same secret.
+pub fn authenticate_any<'a>(
+    advertisers: impl IntoIterator<Item = &'a Advertiser>,
+    headers: &HeaderMap,
+    token: Option<&str>,
+    raw: &[u8],
+    now_secs: u64,
+    max_age_secs: u64,
+) -> Result<Vec<(&'a Advertiser, Authenticated)>, AuthError> {
+    let given = Given::read(headers, token, now_secs, max_age_secs)?;
+    let found: Vec<_> = advertisers.into_iter().filter_map(|a| given.check(a, raw).map(|auth| (a, auth))).collect();
+    if found.is_empty() {
+        Err(AuthError::Wrong)
+    } else {
+        Ok(found)
+    }
+}
+
+/// The credential a request carries, read once (a well-formed, fresh signature, or a token).
+enum Given<'a> {
+    Signature { t: u64, macs: Vec<Vec<u8>> },
+    Token(&'a str),
+}
+
+impl<'a> Given<'a> {
+    fn read(
+        headers: &'a HeaderMap,
+        token: Option<&'a str>,
+        now_secs: u64,
+        max_age_secs: u64,
+    ) -> Result<Given<'a>, AuthError> {
+        if let Some(sig) = headers.get(SIGNATURE_HEADER) {
+            let (t, macs) = parse_signature(sig.as_bytes()).ok_or(AuthError::Malformed)?;
+            if t.abs_diff(now_secs) > max_age_secs {
+                return Err(AuthError::Stale);
+            }
+            return Ok(Given::Signature { t, macs });
         }
-        for key in &advertiser.hmac_secrets {
-            let Some(secret) = key.value() else { continue };
-            let Ok(mut m) = Hmac::<Sha256>::new_from_slice(secret.as_bytes()) else { continue };
-            m.update(t.to_string().as_bytes());
-            m.update(b".");
-            m.update(raw);
-            let expected = m.finalize().into_bytes();
-            if let Some(mac) = macs.iter().find(|mac| bool::from(expected.as_slice().ct_eq(mac))) {
-                return Ok(Authenticated::Signature { name: key.name.clone(), mac: mac.clone() });
+        let bearer = headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        token.or(bearer).map(Given::Token).ok_or(AuthError::Missing)
+    }
+
+    fn check(&self, advertiser: &Advertiser, raw: &[u8]) -> Option<Authenticated> {
+        match self {
+            Given::Signature { t, macs } => {
+                for key in &advertiser.hmac_secrets {
+                    let Some(secret) = key.value() else { continue };
+                    let Ok(mut m) = Hmac::<Sha256>::new_from_slice(secret.as_bytes()) else { continue };
+                    m.update(t.to_string().as_bytes());
+                    m.update(b".");
+                    m.update(raw);
+                    let expected = m.finalize().into_bytes();
+                    if let Some(mac) = macs.iter().find(|mac| bool::from(expected.as_slice().ct_eq(mac))) {
+                        return Some(Authenticated::Signature { name: key.name.clone(), mac: mac.clone() });
+                    }
+                }
+                None
+            }
+            Given::Token(given) => {
+                // Every token is compared, matched or not, so the time taken says nothing of which.
+                let mut matched = None;
+                for c in &advertiser.postback_tokens {
+                    if let Some(expected) = c.value() {
+                        if bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
+                            matched = Some(c.name.clone());
+                        }
+                    }
+                }
+                matched.map(|name| Authenticated::Token { name })
             }
         }
-        return Err(AuthError::Wrong);
     }
-    let bearer =
-        headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-    let given = token.or(bearer).ok_or(AuthError::Missing)?;
-    // Every token is compared, matched or not, so the time taken says nothing of which.
-    let mut matched = None;
-    for c in &advertiser.postback_tokens {
-        if let Some(expected) = c.value() {
-            if bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
-                matched = Some(c.name.clone());
-            }
-        }
-    }
-    matched.map(|name| Authenticated::Token { name }).ok_or(AuthError::Wrong)
 }
 
 fn parse_signature(v: &[u8]) -> Option<(u64, Vec<Vec<u8>>)> {
@@ -220,5 +271,34 @@ mod tests {
         for bad in ["t=abc,v1=00", "v1=00", "t=1", "t=1,v1=zz", "garbage", many.as_str()] {
             assert_eq!(authenticate(&adv(), &sig(bad), None, raw, now, 300), Err(AuthError::Malformed), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_credential_finds_its_advertiser() {
+        let mut other = adv();
+        other.id = "globex".into();
+        other.postback_tokens = vec![Credential::resolved("g1", "globex-token-0123456789")];
+        other.hmac_secrets = vec![Credential::resolved("gk", "globex-secret-0123456789")];
+        let both = [adv(), other];
+        let none = HeaderMap::new();
+        let found = authenticate_any(&both, &none, Some("globex-token-0123456789"), b"", 0, 300).unwrap();
+        assert_eq!(found.iter().map(|(a, _)| a.id.as_str()).collect::<Vec<_>>(), ["globex"]);
+        let raw = b"cid=x";
+        let now = 1_700_000_000;
+        let signed = sign("secret-fedcba9876543210", now, raw);
+        let found = authenticate_any(&both, &sig(&signed), None, raw, now, 300).unwrap();
+        assert_eq!((found[0].0.id.as_str(), found.len()), ("acme", 1));
+        assert_eq!(
+            authenticate_any(&both, &none, Some("nobody-0123456789"), b"", 0, 300).unwrap_err(),
+            AuthError::Wrong
+        );
+        assert_eq!(authenticate_any(&both, &none, None, b"", 0, 300).unwrap_err(), AuthError::Missing);
+        let stale = sign("secret-fedcba9876543210", now - 400, raw);
+        assert_eq!(authenticate_any(&both, &sig(&stale), None, raw, now, 300).unwrap_err(), AuthError::Stale);
+        // A secret the program gives two advertisers matches both: the caller must refuse.
+        let mut twin = adv();
+        twin.id = "acme-eu".into();
+        let found = authenticate_any([&both[0], &twin], &none, Some("token-0123456789abcdef"), b"", 0, 300).unwrap();
+        assert_eq!(found.len(), 2);
     }
 }

@@ -48,20 +48,25 @@ impl ClickQuery {
     /// Where the browser goes: the deep link when the offer allows it, else the offer's
     /// destination with every macro value percent-encoded. Either way the result is safe to
     /// put in `Location` and stays on the offer's hosts.
+    /// A followed deep link gets the offer's `deep_link_params` (by default the destination's
+    /// `cid={click_id}` and the like) merged into its query, so the merchant's page has the
+    /// click ID whichever page the affiliate linked to.
     pub fn destination(&self, offer: &Offer, affiliate: &str, click_id: &str) -> Destination {
+        let value = |m| match m {
+            Macro::ClickId => click_id,
+            Macro::AffId => affiliate,
+            Macro::OfferId => &offer.id,
+            Macro::Sub(n) => self.subs.get(usize::from(n).wrapping_sub(1)).map(String::as_str).unwrap_or(""),
+            Macro::Source => &self.source,
+        };
         match self.deep_link.as_deref().map(|d| offer.check_deep_link(d)) {
-            Some(Ok(url)) => {
-                let location = url.to_string();
-                Destination { followed: location.clone(), location, flags: click_flags::DEEP_LINK_USED }
-            }
+            Some(Ok(url)) => Destination {
+                location: offer.deep_link_location(&url, value),
+                followed: url.to_string(),
+                flags: click_flags::DEEP_LINK_USED,
+            },
             other => {
-                let location = offer.destination.render(|m| match m {
-                    Macro::ClickId => click_id,
-                    Macro::AffId => affiliate,
-                    Macro::OfferId => &offer.id,
-                    Macro::Sub(n) => self.subs.get(usize::from(n).wrapping_sub(1)).map(String::as_str).unwrap_or(""),
-                    Macro::Source => &self.source,
-                });
+                let location = offer.destination.render(value);
                 let flags = if other.is_some() { click_flags::DEEP_LINK_REJECTED } else { 0 };
                 Destination { location, followed: String::new(), flags }
             }

@@ -176,7 +176,9 @@ pub const MAX_SUB: usize = 256;
 pub struct ConversionParams {
     pub click_id: Option<ClickId>,
     pub coupon: String,
-    pub offer: String,
+    /// `None` when the report names only the click (or coupon): the offer is then the
+    /// click's (attribution resolves it) or the coupon's (the edge does).
+    pub offer: Option<String>,
     pub goal: Option<String>,
     pub txid: String,
     pub amount: Option<String>,
@@ -186,8 +188,8 @@ pub struct ConversionParams {
 }
 
 pub fn validate(p: &RawParams) -> Result<ConversionParams, FieldError> {
-    let offer = p.get(Field::Offer).ok_or(FieldError::missing(Field::Offer))?;
-    if !tally_model::program::is_valid_id(offer) {
+    let offer = p.get(Field::Offer);
+    if offer.is_some_and(|o| !tally_model::program::is_valid_id(o)) {
         return Err(FieldError::invalid(Field::Offer, "not an offer id"));
     }
     let goal = p.get(Field::Goal);
@@ -208,17 +210,34 @@ pub fn validate(p: &RawParams) -> Result<ConversionParams, FieldError> {
         .transpose()?;
     let status = match p.get(Field::Status) {
         None => ConversionStatus::Approved,
-        Some(s) => ConversionStatus::parse(s)
-            .ok_or_else(|| FieldError::invalid(Field::Status, "expected approved, refunded or chargeback"))?,
+        Some(s) => ConversionStatus::parse(s).ok_or_else(|| {
+            FieldError::invalid(
+                Field::Status,
+                "expected approved, pending, rejected, refunded or chargeback (or a synonym such as sale, lead, \
+                 declined)",
+            )
+        })?,
     };
-    if status.is_reversal() {
-        // Merchants refund an order by its ID; they rarely still hold the click. What is
-        // reversed is found by (offer, goal, txid), so the txid is what must be there.
+    if status.is_reversal() || status == ConversionStatus::Pending {
+        // Merchants refund, reject or confirm an order by its ID; they rarely still hold the
+        // click. What a later report changes is found by (offer, goal, txid), so a report
+        // that changes an earlier one, or that a later one must find, needs the txid.
         if txid.is_empty() {
-            return Err(FieldError::missing(Field::TxId));
+            return Err(FieldError {
+                field: Field::TxId.name(),
+                reason: format!("missing field: txid (a {} report names the transaction it is about)", status.as_str()),
+            });
         }
     } else if click_id.is_none() && coupon.is_empty() {
-        return Err(FieldError::missing(Field::ClickId));
+        return Err(if offer.is_none() {
+            FieldError::missing(Field::Offer)
+        } else {
+            FieldError::missing(Field::ClickId)
+        });
+    }
+    if offer.is_none() && click_id.is_none() && coupon.is_empty() {
+        // Nothing to take the offer from.
+        return Err(FieldError::missing(Field::Offer));
     }
     let mut subs: [String; 5] = Default::default();
     for (i, sub) in subs.iter_mut().enumerate() {
@@ -227,7 +246,7 @@ pub fn validate(p: &RawParams) -> Result<ConversionParams, FieldError> {
     Ok(ConversionParams {
         click_id,
         coupon,
-        offer: offer.to_owned(),
+        offer: offer.map(str::to_owned),
         goal: goal.map(str::to_owned),
         txid,
         amount: p.get(Field::Amount).map(str::to_owned),
@@ -264,7 +283,11 @@ mod tests {
         ] {
             let v = validate(&RawParams::from_query(&q)).unwrap();
             assert_eq!(v.click_id.unwrap().to_string(), cid, "{q}");
-            assert_eq!((v.offer.as_str(), v.txid.as_str(), v.amount.as_deref()), ("shoes", "T1", Some("9.99")), "{q}");
+            assert_eq!(
+                (v.offer.as_deref(), v.txid.as_str(), v.amount.as_deref()),
+                (Some("shoes"), "T1", Some("9.99")),
+                "{q}"
+            );
         }
     }
 
@@ -281,13 +304,17 @@ mod tests {
         let cid = "01ARZ3NDEKTSV4RRFFQ69G5FAV";
         let long = "x".repeat(200);
         for (q, field) in [
-            (format!("cid={cid}"), "offer"),
+            ("txid=T1".to_string(), "offer"),
+            ("status=refunded&txid=T1".to_string(), "offer"),
             (format!("cid={cid}&offer=bad%20id"), "offer"),
+            (format!("cid={cid}&status=pending"), "txid"),
+            (format!("cid={cid}&status=declined"), "txid"),
             (format!("cid={cid}&offer=o&goal=a/b"), "goal"),
             ("offer=o".to_string(), "cid"),
             ("offer=o&cid=nope".to_string(), "cid"),
             (format!("cid={cid}&offer=o&currency=XYZ"), "currency"),
             (format!("cid={cid}&offer=o&status=maybe"), "status"),
+            (format!("cid={cid}&offer=o&status=1"), "status"),
             (format!("cid={cid}&offer=o&txid={long}"), "txid"),
             (format!("cid={cid}&offer=o&sub3=a%0Db"), "sub3"),
         ] {
@@ -303,6 +330,17 @@ mod tests {
         assert_eq!((v.click_id, v.status), (None, ConversionStatus::Refunded));
         let e = validate(&RawParams::from_query("offer=o&status=chargeback")).unwrap_err();
         assert_eq!(e.field, "txid");
+    }
+
+    #[test]
+    fn the_click_alone_is_enough() {
+        let cid = "01ARZ3NDEKTSV4RRFFQ69G5FAV";
+        let v = validate(&RawParams::from_query(&format!("transaction_id={cid}&amount=12,34&event=sale"))).unwrap();
+        assert_eq!((v.offer, v.goal.as_deref(), v.amount.as_deref()), (None, Some("sale"), Some("12,34")));
+        let v = validate(&RawParams::from_query(&format!("cid={cid}&txid=T1&status=Lead"))).unwrap();
+        assert_eq!((v.offer, v.status), (None, ConversionStatus::Pending));
+        let v = validate(&RawParams::from_query(&format!("cid={cid}&txid=T1&status=refund"))).unwrap();
+        assert_eq!((v.offer, v.status), (None, ConversionStatus::Refunded));
     }
 
     #[test]

@@ -158,6 +158,7 @@ impl ConversionBuilder {
             status: ConversionStatus::Approved,
             subs: Default::default(),
             ip: String::new(),
+            advertiser: String::new(),
         })
     }
 
@@ -221,6 +222,12 @@ impl ConversionBuilder {
 
     pub fn ip(mut self, ip: &str) -> Self {
         self.0.ip = ip.into();
+        self
+    }
+
+    /// The advertiser whose credential sent the report.
+    pub fn advertiser(mut self, advertiser: &str) -> Self {
+        self.0.advertiser = advertiser.into();
         self
     }
 

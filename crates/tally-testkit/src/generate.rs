@@ -616,6 +616,7 @@ impl<S: RngCore> Generator<S> {
             status,
             subs: Default::default(),
             ip: String::new(),
+            advertiser: String::new(),
         })
     }
 

@@ -175,6 +175,16 @@ pub fn ledger(data_dir: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// The ledger of `data_dir` once the attribution worker has booked `txid`.
+pub fn ledger_with(data_dir: &Path, txid: &str) -> Vec<serde_json::Value> {
+    let mut entries = Vec::new();
+    wait_for(&format!("{txid} to be attributed"), || {
+        entries = ledger(data_dir);
+        entries.iter().any(|e| e["txid"] == txid)
+    });
+    entries
+}
+
 /// Polls until the attribution worker of `data_dir` has made at least `n` ledger entries.
 pub fn wait_for_ledger(data_dir: &Path, n: usize) {
     wait_for(&format!("{n} ledger entries"), || ledger(data_dir).len() >= n);

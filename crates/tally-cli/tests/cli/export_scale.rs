@@ -41,6 +41,7 @@ fn event(i: u64) -> Event {
             status: if i % 50 == 39 { ConversionStatus::Refunded } else { ConversionStatus::Approved },
             subs: [format!("c{}", i % 11), String::new(), "x,y".into(), String::new(), String::new()],
             ip: format!("10.0.{}.0", i % 256),
+            advertiser: String::new(),
         });
     }
     Event::Click(Click {
@@ -85,6 +86,7 @@ fn expected_row(i: u64) -> Vec<String> {
             r.extend([c.ip, c.source.as_str().into(), c.coupon, c.goal, c.txid, amount]);
             r.extend(["USD".into(), c.status.as_str().into(), tally_model::time::format_ts(c.ts_ms)]);
             r.push(personal.into());
+            r.push(c.advertiser);
             r
         }
         Event::ProgramChange(_) => unreachable!(),

@@ -129,7 +129,7 @@ fn erasure_by_the_admin_api_and_the_cli_keeps_verify_replay_and_the_ledger() {
     assert_eq!(row(&c)["personal"], "present");
     assert!(!ra["visitor"].as_str().unwrap().is_empty(), "the visitor key stays: unique clicks do not change");
     let conversions = run(&["export", "conversions", "--data-dir", d, "--format", "csv"]).1;
-    assert!(conversions.lines().next().unwrap().ends_with(",time,personal"), "{conversions}");
+    assert!(conversions.lines().next().unwrap().ends_with(",time,personal,advertiser"), "{conversions}");
     let bytes = file_bytes(&data);
     assert!(!holds(&bytes, "Erasable-UA/1.0") && !holds(&bytes, "198.51.100.7"), "erased values left in the files");
     assert!(holds(&bytes, "Kept-UA/2.0"), "the scan reads the files");

@@ -41,6 +41,27 @@ fn a_click_redirects_with_a_fresh_click_id_and_is_exported_with_its_sub_ids() {
     assert_eq!(events[0]["type"], "program_change");
 }
 
+/// A deep link reaches the merchant with the click ID, as the destination template would
+/// have carried it, merged into the link's own query.
+#[test]
+fn a_followed_deep_link_carries_the_click_id() {
+    let env = Env::new("");
+    let server = env.serve();
+    let r =
+        server.get("/c/demo?sub1=spring&url=https%3A%2F%2Fshop.example%2Fp%2F42%3Fcolor%3Dred%26cid%3DSTALE%23reviews");
+    assert_eq!(r.status, 302, "{}", r.text());
+    let cid = r.click_id();
+    assert_eq!(
+        r.header("location"),
+        Some(format!("https://shop.example/p/42?color=red&cid={cid}&aff=aff1&s1=spring#reviews").as_str())
+    );
+    let events = events(&env.data());
+    let click = of_type(&events, "click").into_iter().find(|c| c["click_id"] == cid.as_str()).unwrap();
+    // The click records the link as the affiliate gave it; the flag says it was followed.
+    assert_eq!(click["deep_link"], "https://shop.example/p/42?color=red&cid=STALE#reviews");
+    assert_eq!(click["flags"], 16);
+}
+
 #[test]
 fn a_click_records_the_click_id_the_browser_already_carried() {
     let env = Env::new("");
@@ -184,7 +205,12 @@ fn every_bad_input_gets_its_status_and_stores_nothing() {
             401,
             "malformed",
         ),
-        (format!("GET /postback?cid={cid}&token={TOKEN} HTTP/1.1\r\nHost: t\r\n\r\n"), 400, "missing field: offer"),
+        (format!("GET /postback?txid=T9&token={TOKEN} HTTP/1.1\r\nHost: t\r\n\r\n"), 400, "missing field: offer"),
+        (format!("GET /postback?coupon=NOPE&txid=T9&token={TOKEN} HTTP/1.1\r\nHost: t\r\n\r\n"), 400, "unknown coupon"),
+        (format!("GET /postback?cid={cid}&amount=1&token=wrong-token-0123456789 HTTP/1.1\r\nHost: t\r\n\r\n"), 403, "bad credentials"),
+        (format!("GET /postback?cid={cid}&amount=1 HTTP/1.1\r\nHost: t\r\n\r\n"), 401, "missing credentials"),
+        // globex's credential, acme's coupon: the coupon's offer is not globex's.
+        (format!("GET /postback?coupon=SPRING10&txid=T9&token={GLOBEX_TOKEN} HTTP/1.1\r\nHost: t\r\n\r\n"), 400, "is not advertiser globex's"),
         (format!("GET /postback?cid={cid}&offer=nope&token={TOKEN} HTTP/1.1\r\nHost: t\r\n\r\n"), 400, "unknown offer"),
         (format!("GET /postback?offer=shoes&token={TOKEN} HTTP/1.1\r\nHost: t\r\n\r\n"), 400, "missing field: cid"),
         (format!("GET /postback?cid=NOTACLICKID&offer=shoes&token={TOKEN} HTTP/1.1\r\nHost: t\r\n\r\n"), 400, "invalid field: cid"),
@@ -196,7 +222,9 @@ fn every_bad_input_gets_its_status_and_stores_nothing() {
         (q(&format!("token={TOKEN}&amount=99999999999999999999")), 400, "invalid field: amount"),
         (q(&format!("token={TOKEN}&currency=XYZ")), 400, "invalid field: currency"),
         (q(&format!("token={TOKEN}&currency=EUR")), 400, "invalid field: currency"),
-        (q(&format!("token={TOKEN}&status=pending")), 400, "invalid field: status"),
+        (q(&format!("token={TOKEN}&status=maybe")), 400, "invalid field: status"),
+        (q(&format!("token={TOKEN}&status=pending")), 400, "missing field: txid"),
+        (q(&format!("token={TOKEN}&status=declined")), 400, "missing field: txid"),
         (q(&format!("token={TOKEN}&goal=nope")), 400, "invalid field: goal"),
         (q(&format!("token={TOKEN}&txid={}", "x".repeat(200))), 400, "invalid field: txid"),
         (
@@ -219,7 +247,9 @@ fn every_bad_input_gets_its_status_and_stores_nothing() {
         ),
         ("GET /px.gif?offer=shoes HTTP/1.1\r\nHost: t\r\n\r\n".into(), 400, "missing field: cid"),
         (format!("GET /px.gif?offer=nope&cid={cid} HTTP/1.1\r\nHost: t\r\n\r\n"), 400, "unknown offer"),
-        (format!("GET /px.gif?cid={cid} HTTP/1.1\r\nHost: t\r\n\r\n"), 400, "missing field: offer"),
+        ("GET /px.gif?txid=T9 HTTP/1.1\r\nHost: t\r\n\r\n".into(), 400, "missing field: offer"),
+        // A browser's report naming no offer: the program's offers are paid in USD and EUR.
+        (format!("GET /px.gif?cid={cid}&amount=5 HTTP/1.1\r\nHost: t\r\n\r\n"), 400, "missing field: currency"),
         (format!("GET /px.gif?offer=shoes&cid={cid}&amount=abc HTTP/1.1\r\nHost: t\r\n\r\n"), 400, "invalid field: amount"),
         (format!("POST /px.gif?offer=shoes&cid={cid} HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n"), 405, "method"),
         (format!("HEAD /px.gif?offer=shoes&cid={cid} HTTP/1.1\r\nHost: t\r\n\r\n"), 405, ""),
@@ -381,6 +411,82 @@ fn a_repeated_conversion_is_answered_as_a_duplicate_and_logged_once_more() {
     assert!(metrics.contains("tally_conversions_total{source=\"pixel\",outcome=\"duplicate\"} 1"), "{metrics}");
     // Every report is in the log: attribution, not ingestion, decides what is paid.
     assert_eq!(of_type(&events(&env.data()), "conversion").len(), 4 + 1 + 16);
+}
+
+/// Everflow's and Voluum's advertisers send the click ID and little else: the offer and its
+/// default goal come from the click, the advertiser from the credential.
+#[test]
+fn a_postback_naming_only_the_click_is_credited_to_its_offer() {
+    let env = Env::new("");
+    let server = env.serve();
+    let cid = server.get("/c/demo").click_id();
+    let to_hotels = server.get("/c/hotels-aff2");
+    let hotel = to_hotels.header("location").unwrap().split("click=").nth(1).unwrap()[..26].to_owned();
+
+    let r = server.get(&format!("/postback?transaction_id={cid}&amount=12,34&adv_sub=EF-1&token={TOKEN}"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let j = r.json();
+    assert_eq!((j["status"].as_str(), j["offer"].is_null(), j["goal"].is_null()), (Some("accepted"), true, true));
+    assert_eq!(j["click_id"], cid.as_str());
+    // Sent again: a duplicate, answered with the first one's sequence number.
+    let again = server.get(&format!("/postback?transaction_id={cid}&amount=12,34&adv_sub=EF-1&token={TOKEN}")).json();
+    assert_eq!((again["status"].as_str(), &again["duplicate_of"]), (Some("duplicate"), &j["seq"]));
+    // The merchant's own words: a pending lead, approved later; a rejection.
+    for (q, status) in [
+        (format!("cid={cid}&event=signup&txid=L-1&status=lead"), "pending"),
+        (format!("cid={cid}&event=signup&txid=L-1&status=SALE"), "approved"),
+        (format!("cid={cid}&event=signup&txid=L-2&status=declined"), "rejected"),
+    ] {
+        let r = server.get(&format!("/postback?{q}&token={TOKEN}"));
+        assert_eq!((r.status, r.json()["conversion_status"].as_str()), (200, Some(status)), "{q}: {}", r.text());
+    }
+    // Globex's credential on acme's click: accepted (the edge cannot tell), never credited.
+    let r = server.get(&format!("/postback?cid={cid}&txid=G-1&amount=9&token={GLOBEX_TOKEN}"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    // A browser's report naming only the click, with the currency named.
+    let r = server.get(&format!("/px.gif?cid={hotel}&txid=H-1&amount=80&currency=EUR"));
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    let convs: Vec<serde_json::Value> = of_type(&events(&env.data()), "conversion").into_iter().cloned().collect();
+    let ef = convs.iter().find(|c| c["txid"] == "EF-1").unwrap();
+    assert_eq!((ef["offer"].as_str(), ef["goal"].as_str()), (Some(""), Some("")));
+    assert_eq!((ef["amount"].as_str(), ef["currency"].as_str()), (Some("12.34"), Some("USD")));
+    assert_eq!(ef["advertiser"], "acme");
+    let px = convs.iter().find(|c| c["txid"] == "H-1").unwrap();
+    assert_eq!((px["advertiser"].as_str(), px["conversion_source"].as_str()), (Some(""), Some("pixel")));
+
+    let ledger = ledger_with(&env.data(), "H-1");
+    let entry = |txid: &str, kind: &str| {
+        ledger
+            .iter()
+            .find(|e| e["txid"] == txid && e["kind"] == kind)
+            .unwrap_or_else(|| panic!("{txid} {kind}: {ledger:#?}"))
+    };
+    let ef = entry("EF-1", "commission");
+    assert_eq!(
+        (ef["offer"].as_str(), ef["goal"].as_str(), ef["affiliate"].as_str()),
+        (Some("shoes"), Some("sale"), Some("aff1"))
+    );
+    // 8% of 12.34, held 14 days.
+    assert_eq!((ef["status"].as_str(), ef["amount"].as_str()), (Some("pending"), Some("0.99")));
+    let lead = entry("L-1", "commission");
+    assert_eq!((lead["status"].as_str(), lead["reason"].as_str()), (Some("approved"), Some("")));
+    assert_eq!(entry("L-1", "confirmation")["refers_to"], lead["id"]);
+    let rejected = entry("L-2", "commission");
+    assert_eq!(
+        (rejected["status"].as_str(), rejected["reason"].as_str()),
+        (Some("rejected"), Some("merchant_rejected"))
+    );
+    let foreign = entry("G-1", "commission");
+    assert_eq!(
+        (foreign["status"].as_str(), foreign["reason"].as_str()),
+        (Some("unattributed"), Some("click_advertiser_mismatch"))
+    );
+    let hotel = entry("H-1", "commission");
+    assert_eq!(
+        (hotel["offer"].as_str(), hotel["affiliate"].as_str(), hotel["amount"].as_str()),
+        (Some("hotels"), Some("aff2"), Some("12.00"))
+    );
 }
 
 fn assert_log_is_whole(events: &[serde_json::Value]) {

@@ -394,7 +394,7 @@ fn forged_postbacks_are_refused_and_store_nothing() {
     let txids: Vec<&str> = conversions.iter().map(|c| c["txid"].as_str().unwrap()).collect();
     assert_eq!(txids, ["R1", "R1", &sig_txid, &sig_txid, "X1"], "only the genuine reports are stored");
 
-    let ledger = ledger_with(&env, "X1");
+    let ledger = ledger_with(&env.data(), "X1");
     let x1 = ledger.iter().find(|e| e["txid"] == "X1").unwrap();
     assert_eq!((x1["status"].as_str(), x1["reason"].as_str()), (Some("unattributed"), Some("click_offer_mismatch")));
     // The replay is booked as a zero-amount duplicate of the first.
@@ -443,16 +443,6 @@ fn credentials_rotate_without_downtime_and_a_missing_secret_keeps_the_old_progra
     let err = server.reload().unwrap_err();
     assert!(err.contains("secret \"acme-token-3\" is not in the secrets store"), "{err}");
     assert_eq!(postback("ROT7", newer), 200);
-}
-
-/// The ledger once the attribution worker has booked `txid`.
-fn ledger_with(env: &Env, txid: &str) -> Vec<serde_json::Value> {
-    let mut entries = Vec::new();
-    wait_for(&format!("{txid} to be attributed"), || {
-        entries = ledger(&env.data());
-        entries.iter().any(|e| e["txid"] == txid)
-    });
-    entries
 }
 
 #[test]
