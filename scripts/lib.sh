@@ -78,11 +78,18 @@ ensure_build_deps() {
 
 # What the tests need beyond the build: the kill(1) binary (procps), with which the process
 # tests signal `tally serve` and which the unit file's ExecReload names (systemd-analyze
-# verify checks that it exists). Minimal Debian has neither; `command -v kill` would find
-# bash's builtin, so look for the file.
+# verify checks that it exists; `command -v kill` would find bash's builtin, so look for the
+# file), and Chromium with chromedriver for the browser tests. Minimal Debian has none of them.
 ensure_test_deps() {
-  if ! type -P kill >/dev/null 2>&1; then
-    apt_install procps
+  local missing=()
+  type -P kill >/dev/null 2>&1 || missing+=(procps)
+  # The browser tests (crates/tally-server/tests/browser) drive Debian's headless Chromium
+  # through chromedriver. Recommends left out: fonts, desktop integration and the like, which
+  # headless tests read no pixels from.
+  command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+  command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
+  if [ ${#missing[@]} -gt 0 ]; then
+    apt_install --no-install-recommends "${missing[@]}"
   fi
 }
 

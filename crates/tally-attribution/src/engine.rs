@@ -37,12 +37,14 @@
 
 use std::sync::Arc;
 
-use tally_model::program::{AttributionModel, Goal, Offer, Payout, Rate};
-use tally_model::{format_minor, ClickId, ClickView, Conversion, ConversionStatus, Currency, Event, Program};
+use tally_model::program::{AttributionModel, BrowserPolicy, BrowserReports, Goal, Offer, Payout, Rate};
+use tally_model::{
+    format_minor, ClickId, ClickView, Conversion, ConversionSource, ConversionStatus, Currency, Event, Program,
+};
 
 use crate::clicks::{ClickFacts, ClickFactsRef, FirstClick};
 use crate::keys;
-use crate::ledger::{Entry, EntryId, Kind, Reason, StatsKeyRef, Status};
+use crate::ledger::{Entry, EntryId, Kind, Reason, StatsKeyRef, Status, BROWSER_REVIEW_NOTE};
 use crate::state::State;
 use crate::stats::RowDelta;
 use crate::AttributionError;
@@ -282,6 +284,7 @@ fn base_entry(seq: u64, c: &Conversion, program: &str) -> Entry {
         refers_to: None,
         reversed_by: None,
         confirmed_by: None,
+        source: c.source,
     }
 }
 
@@ -458,6 +461,25 @@ fn conversion(
     };
     let Some(program) = program.as_deref() else { return Ok(()) };
 
+    // A browser's report the goal does not trust is booked, unpaid, before it can claim its
+    // transaction: the merchant's postback of the same order must still be paid.
+    if c.source.is_browser() {
+        if let Some((reason, rule)) = browser_refusal(goal, offer, c) {
+            e.status = Status::Rejected;
+            e.reason = reason;
+            e.rule = rule;
+            if let Some(id) = c.click_id {
+                // Whom it would have credited, for reports; nothing is paid.
+                if let Some(click) = live_click(state, &id)?.filter(|k| k.offer == offer.id) {
+                    e.affiliate = click.affiliate;
+                    e.sub1 = click.sub1;
+                }
+            }
+            finish(state, e, out);
+            return Ok(());
+        }
+    }
+
     if !c.txid.is_empty() {
         let key = transaction_key(c);
         if let Some(original) = state.dedup(&key)? {
@@ -467,10 +489,10 @@ fn conversion(
             if let Some(o) = state.entry(original)? {
                 e.affiliate = o.affiliate.clone();
                 e.click_id = o.click_id;
-                if c.status == ConversionStatus::Approved
-                    && o.status == Status::Pending
-                    && o.reason == Reason::MerchantPending
-                {
+                // Only the merchant's server confirms: a browser could confirm anything it saw.
+                let awaiting =
+                    o.status == Status::Pending && matches!(o.reason, Reason::MerchantPending | Reason::BrowserReview);
+                if c.status == ConversionStatus::Approved && c.source == ConversionSource::Postback && awaiting {
                     confirm(state, seq, o, goal, &mut e, out)?;
                 }
             }
@@ -590,13 +612,19 @@ fn conversion(
     // Milestone bonuses follow the hold whatever the merchant says: a bonus, once earned,
     // is never taken back (module docs).
     let bonus_template = e.clone();
-    if c.status == ConversionStatus::Pending {
+    let review = c.source.is_browser() && goal.browser.reports == BrowserReports::PendingReview;
+    if c.status == ConversionStatus::Pending || review {
         // Waits for the merchant's approval (no hold timer runs until then).
         e.status = Status::Pending;
-        e.reason = Reason::MerchantPending;
         e.approve_at_ms = None;
         e.approved_seq = None;
-        e.rule.push_str("; awaiting the merchant's approval");
+        if c.status == ConversionStatus::Pending {
+            e.reason = Reason::MerchantPending;
+            e.rule.push_str("; awaiting the merchant's approval");
+        } else {
+            e.reason = Reason::BrowserReview;
+            e.rule.push_str(BROWSER_REVIEW_NOTE);
+        }
     } else if hold_ms != 0 {
         state.add_hold(approve_at, e.id);
     }
@@ -674,6 +702,28 @@ fn confirm(
     state.put_entry(original.clone());
     out.entries.push(original);
     Ok(())
+}
+
+/// Why the goal does not pay this browser's report, if it does not: postbacks only, no txid
+/// where one is required, or an amount over the browser limit.
+fn browser_refusal(goal: &Goal, offer: &Offer, c: &Conversion) -> Option<(Reason, String)> {
+    let BrowserPolicy { reports, max_amount, require_txid } = goal.browser;
+    if reports == BrowserReports::PostbackOnly {
+        return Some((
+            Reason::BrowserReportRefused,
+            format!("goal {}: postbacks only, a browser's report is not paid", goal.id),
+        ));
+    }
+    if require_txid && c.txid.is_empty() {
+        return Some((Reason::NoTransactionId, format!("goal {}: a browser's report needs a txid", goal.id)));
+    }
+    match (max_amount, c.amount) {
+        (Some(max), Some(a)) if a > max => Some((
+            Reason::BrowserAmountOverLimit,
+            format!("goal {}: a browser may report a sale of at most {}", goal.id, format_minor(max, offer.currency)),
+        )),
+        _ => None,
+    }
 }
 
 /// Wrapping, as every sum of rows (see `stats::Row::add_counts`).

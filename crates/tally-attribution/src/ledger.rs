@@ -10,7 +10,7 @@
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
-use tally_model::{ClickId, Currency};
+use tally_model::{ClickId, ConversionSource, Currency};
 
 /// Identifies a ledger entry: the sequence number of the event that created it, and 0 for the
 /// event's own entry or n ≥ 1 for the n-th bonus it triggered.
@@ -153,6 +153,13 @@ pub enum Reason {
     /// A report that named no offer, on a click of an offer of another advertiser than the
     /// one whose credential sent it.
     ClickAdvertiserMismatch,
+    /// A browser's report for a goal that takes postbacks only (`browser_reports`).
+    BrowserReportRefused,
+    /// A browser's report for a goal that reviews them: pending until the merchant's server
+    /// confirms the transaction.
+    BrowserReview,
+    /// A browser's report claiming more than the goal's `max_browser_amount`.
+    BrowserAmountOverLimit,
 }
 
 impl Reason {
@@ -183,6 +190,9 @@ impl Reason {
             Reason::MerchantPending => "merchant_pending",
             Reason::MerchantRejected => "merchant_rejected",
             Reason::ClickAdvertiserMismatch => "click_advertiser_mismatch",
+            Reason::BrowserReportRefused => "browser_report_refused",
+            Reason::BrowserReview => "browser_review",
+            Reason::BrowserAmountOverLimit => "browser_amount_over_limit",
         }
     }
 }
@@ -227,6 +237,9 @@ pub struct Entry {
     /// For a commission the merchant reported pending: the event of its approval report.
     /// (Not a column of the canonical CSV: the approval's own entry refers to it.)
     pub confirmed_by: Option<u64>,
+    /// Who reported the event that made the entry: a browser (`Pixel`, `Tag`) or the
+    /// merchant's server (`Postback`).
+    pub source: ConversionSource,
 }
 
 impl Entry {
@@ -250,7 +263,7 @@ impl Entry {
                 e.status = Status::Pending;
                 // Only a commission awaiting the merchant is pending without a due time.
                 let awaiting = e.approve_at_ms.is_none() && e.confirmed_by.is_none();
-                e.reason = if awaiting { Reason::MerchantPending } else { Reason::None };
+                e.reason = if awaiting { awaiting_reason(&e) } else { Reason::None };
             }
         }
         if e.approved_seq.is_some_and(|a| a > seq) {
@@ -260,13 +273,27 @@ impl Entry {
         if e.confirmed_by.is_some_and(|c| c > seq) {
             e.confirmed_by = None;
             e.status = Status::Pending;
-            e.reason = Reason::MerchantPending;
+            e.reason = awaiting_reason(&e);
             e.approve_at_ms = None;
             e.approved_seq = None;
         }
         Some(e)
     }
 }
+
+/// Why a commission waits for the merchant's confirmation: a browser's report under review,
+/// or the merchant's own `pending`.
+fn awaiting_reason(e: &Entry) -> Reason {
+    if e.source.is_browser() && e.rule.ends_with(BROWSER_REVIEW_NOTE) {
+        Reason::BrowserReview
+    } else {
+        Reason::MerchantPending
+    }
+}
+
+/// The end of the `rule` of a browser's report held for review (how `Entry::as_of` tells it
+/// from the merchant's `pending` once confirmed).
+pub const BROWSER_REVIEW_NOTE: &str = "; a browser's report: pending until the merchant confirms it";
 
 /// The key of a stats row.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

@@ -258,3 +258,81 @@ fn merchant_decisions_undo_exactly_for_partial_replays() {
         }
     }
 }
+
+/// `PROGRAM` with browser policies on the `shoes` goals: `sale` reviews browser reports and
+/// takes at most 100.00 from one, `lead` takes postbacks only; `tiered` requires a txid.
+fn with_browser_policies() -> String {
+    PROGRAM
+        .replacen(
+            "  hold_days = 10\n",
+            "  hold_days = 10\n  browser_reports = \"pending_review\"\n  max_browser_amount = \"100.00\"\n",
+            1,
+        )
+        .replacen("  daily_cap = 3\n", "  daily_cap = 3\n  browser_reports = \"postback_only\"\n", 1)
+        .replacen("  id = \"tiered\"\n", "  id = \"tiered\"\n  require_txid = true\n", 1)
+}
+
+fn browser(d: &Driver, goal: &str, cid: ClickId, txid: &str) -> ConversionBuilder {
+    ConversionBuilder::new()
+        .at(d.now)
+        .source(tally_model::ConversionSource::Tag)
+        .offer("shoes")
+        .goal(goal)
+        .click(cid)
+        .txid(txid)
+}
+
+#[test]
+fn browser_reports_follow_the_goals_policy() {
+    let mut d = Driver::bare(tally_attribution::State::in_memory());
+    d.program(&with_browser_policies());
+    let cid = d.click("shoes", "aff1");
+
+    // postback_only: the browser's report is booked unpaid and does not claim the order, so
+    // the merchant's postback of it is paid.
+    let tag = apply(&mut d, |d| browser(d, "lead", cid, "L1"));
+    assert_eq!((tag.status, tag.reason, tag.amount), (Status::Rejected, Reason::BrowserReportRefused, 0));
+    assert_eq!((tag.source.as_str(), tag.affiliate.as_str()), ("tag", "aff1"));
+    let postback = apply(&mut d, |d| browser(d, "lead", cid, "L1").source(tally_model::ConversionSource::Postback));
+    assert_eq!((postback.status, postback.amount, postback.source.as_str()), (Status::Approved, 250, "postback"));
+
+    // require_txid: a browser's report without one is not paid; a postback without one is.
+    let no_txid = apply(&mut d, |d| browser(d, "tiered", cid, ""));
+    assert_eq!((no_txid.status, no_txid.reason), (Status::Rejected, Reason::NoTransactionId));
+    let postback = apply(&mut d, |d| browser(d, "tiered", cid, "").source(tally_model::ConversionSource::Postback));
+    assert_eq!(postback.status, Status::Approved);
+
+    // max_browser_amount: 100.00 at most from a browser, whatever a postback says.
+    let big = apply(&mut d, |d| browser(d, "sale", cid, "S0").amount(999_900));
+    assert_eq!((big.status, big.reason), (Status::Rejected, Reason::BrowserAmountOverLimit));
+    assert_eq!(big.rule, "goal sale: a browser may report a sale of at most 100.00");
+
+    // pending_review: pending, with no timer, until the merchant's postback approves it; a
+    // browser's own "approved" does not.
+    let review = apply(&mut d, |d| browser(d, "sale", cid, "S1").amount(5_000));
+    assert_eq!((review.status, review.reason, review.amount), (Status::Pending, Reason::BrowserReview, 500));
+    assert_eq!(review.approve_at_ms, None);
+    let by_browser = apply(&mut d, |d| browser(d, "sale", cid, "S1").amount(5_000));
+    assert_eq!(by_browser.status, Status::Duplicate);
+    assert_eq!(d.entry(review.id).reason, Reason::BrowserReview);
+    d.wait(DAY);
+    let confirm = apply(&mut d, |d| browser(d, "sale", cid, "S1").source(tally_model::ConversionSource::Postback));
+    assert_eq!((confirm.kind, confirm.refers_to), (Kind::Confirmation, Some(review.id)));
+    let held = d.entry(review.id);
+    assert_eq!(
+        (held.status, held.reason, held.approve_at_ms),
+        (Status::Pending, Reason::None, Some(review.ts_ms + 10 * DAY))
+    );
+
+    // Undone exactly for a replay that stops earlier.
+    let last = d.seq;
+    for cut in 1..=last {
+        let mut replay = Driver::bare(tally_attribution::State::in_memory());
+        for e in &d.events[..usize::try_from(cut).unwrap()] {
+            replay.apply(e.clone());
+        }
+        let live = d.entry(review.id);
+        let want = (review.id.seq <= cut).then(|| replay.entry(review.id));
+        assert_eq!(live.as_of(cut), want, "as of {cut}");
+    }
+}

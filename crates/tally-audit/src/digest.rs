@@ -12,7 +12,8 @@ use tally_model::format_minor;
 
 /// Version of the canonical form, printed next to every digest; a change of columns is a new
 /// version, never a silent change of digests.
-pub const DIGEST_FORM: &str = "tally-ledger-csv-v1";
+/// v2 (December 2026) added `source`.
+pub const DIGEST_FORM: &str = "tally-ledger-csv-v2";
 
 /// The columns of a commission row, in order.
 pub const COLUMNS: &[&str] = &[
@@ -38,6 +39,7 @@ pub const COLUMNS: &[&str] = &[
     "refers_to",
     "reversed_by",
     "program",
+    "source",
 ];
 
 /// One entry as `(column, value)` pairs in [`COLUMNS`] order (numbers stay numbers for JSON).
@@ -67,6 +69,7 @@ pub fn row(e: &Entry) -> Vec<(&'static str, Value)> {
         ("refers_to", opt(e.refers_to.map(|v| v.to_string()))),
         ("reversed_by", opt(e.reversed_by.map(|v| v.to_string()))),
         ("program", e.program.as_str().into()),
+        ("source", e.source.as_str().into()),
     ]
 }
 

@@ -108,14 +108,18 @@ pub fn explain(data_dir: &Path, target: &str) -> Result<Explanation, AuditError>
         (Some(a), t) => format!("sale {} {}, txid \"{t}\"", format_minor(a, c.currency), c.currency),
         (None, t) => format!("txid \"{t}\""),
     };
+    let offer = if c.offer.is_empty() { "(from the click)" } else { c.offer.as_str() };
+    let goal = if c.goal.is_empty() { "(the offer's default)" } else { c.goal.as_str() };
+    let via = match (c.source.is_browser(), c.advertiser.as_str()) {
+        (true, _) => format!("{} (a browser's report)", c.source.as_str()),
+        (false, "") => c.source.as_str().to_owned(),
+        (false, advertiser) => format!("{} from advertiser {advertiser}", c.source.as_str()),
+    };
     lines.push(format!(
-        "conversion {id}: seq {} at {}, {} report of offer {} goal {} via {}, {what}",
+        "conversion {id}: seq {} at {}, {} report of offer {offer} goal {goal} via {via}, {what}",
         id.seq,
         format_ts(c.ts_ms),
         c.status.as_str(),
-        c.offer,
-        c.goal,
-        c.source.as_str()
     ));
     match (c.click_id, c.coupon.as_str()) {
         (Some(cid), _) => match clicks.get(&cid) {

@@ -123,7 +123,10 @@ pub(crate) fn prepare(edge: &Edge, code: &str, req: ClickRequest<'_>) -> Prepare
         Err(e) => Err(LogError::Write(e.to_string())),
     };
     let human = flags & click_flags::NON_HUMAN == 0;
-    let cookie = edge.config.cookies.then(|| click_cookie(cid, offer.window_days, edge.config.cookie_secure));
+    let cookie = edge.config.cookies.then(|| {
+        let secure = offer.cookie.secure.unwrap_or(edge.config.cookie_secure);
+        click_cookie(cid, offer.window_days, &offer.cookie.attributes, secure)
+    });
     // The program snapshot is released when this returns, before the wait on the log: a
     // reload must not wait for us.
     Prepared::Click { location, cookie, submitted, human }

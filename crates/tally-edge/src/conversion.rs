@@ -240,33 +240,7 @@ async fn postback_inner(
     let query = parts.uri.query().unwrap_or("").to_owned();
     let (raw_signed, mut params) = match parts.method {
         Method::GET => (Bytes::from(query.clone()), RawParams::from_query(&query)),
-        Method::POST => {
-            let limit = edge.config.postback_max_body_bytes;
-            // A declared Content-Length over the limit is refused before reading: otherwise
-            // the client holds the connection until the body timeout, sending nothing.
-            if usize::try_from(hyper::body::Body::size_hint(&body).lower()).map_or(true, |n| n > limit) {
-                return Err(EdgeError::BodyTooLarge);
-            }
-            // hyper's header timeout ends where the body starts: without this deadline a
-            // client trickling a body (slow POST) holds its connection slot forever.
-            let collect = tokio::time::timeout(edge.config.body_read_timeout, Limited::new(body, limit).collect());
-            let bytes = match collect.await {
-                Ok(Ok(b)) => b.to_bytes(),
-                Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
-                    return Err(EdgeError::BodyTooLarge)
-                }
-                Ok(Err(e)) => return Err(EdgeError::BadBody(e.to_string())),
-                Err(_) => return Err(EdgeError::BodyTimeout),
-            };
-            let is_json = parts
-                .headers
-                .get(CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("application/json"));
-            let params =
-                if is_json { json_params(&bytes)? } else { RawParams::from_pairs(form_urlencoded::parse(&bytes)) };
-            (bytes, params)
-        }
+        Method::POST => read_body(edge, &parts.headers, body).await?,
         _ => return Err(EdgeError::MethodNotAllowed("GET, POST")),
     };
     // A token in the query is accepted for POST too: it is a credential, not a field.
@@ -341,6 +315,100 @@ async fn postback_inner(
         conversion
     };
     append_conversion(edge, conversion).await.map_err(EdgeError::Unavailable)
+}
+
+/// A POST body's parameters (form-encoded, or a flat JSON object), and its raw bytes (what a
+/// signature covers).
+async fn read_body(edge: &Edge, headers: &http::HeaderMap, body: Incoming) -> Result<(Bytes, RawParams), EdgeError> {
+    let limit = edge.config.postback_max_body_bytes;
+    // A declared Content-Length over the limit is refused before reading: otherwise the
+    // client holds the connection until the body timeout, sending nothing.
+    if usize::try_from(hyper::body::Body::size_hint(&body).lower()).map_or(true, |n| n > limit) {
+        return Err(EdgeError::BodyTooLarge);
+    }
+    // hyper's header timeout ends where the body starts: without this deadline a client
+    // trickling a body (slow POST) holds its connection slot forever.
+    let collect = tokio::time::timeout(edge.config.body_read_timeout, Limited::new(body, limit).collect());
+    let bytes = match collect.await {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+            return Err(EdgeError::BodyTooLarge)
+        }
+        Ok(Err(e)) => return Err(EdgeError::BadBody(e.to_string())),
+        Err(_) => return Err(EdgeError::BodyTimeout),
+    };
+    let is_json = headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("application/json"));
+    let params = if is_json { json_params(&bytes)? } else { RawParams::from_pairs(form_urlencoded::parse(&bytes)) };
+    Ok((bytes, params))
+}
+
+/// `/t/convert`: a conversion from the JavaScript tag (`/t.js`) on the merchant's page, as a
+/// POST (form body; the tag's `fetch` or `sendBeacon`) from the merchant's origin. Judged as a
+/// pixel (a browser's report: no credentials), recorded with source `tag`; answered in JSON
+/// the page may read (CORS for the calling origin, with credentials, so a same-site
+/// deployment's `tally_cid` cookie can stand in for the click ID).
+pub(crate) async fn tag_conversion(edge: &Edge, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    let origin = req.headers().get(http::header::ORIGIN).cloned();
+    let mut resp = match *req.method() {
+        Method::OPTIONS => {
+            let mut r = with_body(204, "text/plain; charset=utf-8", Bytes::new());
+            let h = r.headers_mut();
+            h.insert(http::header::ACCESS_CONTROL_ALLOW_METHODS, http::HeaderValue::from_static("POST"));
+            h.insert(http::header::ACCESS_CONTROL_ALLOW_HEADERS, http::HeaderValue::from_static("content-type"));
+            h.insert(http::header::ACCESS_CONTROL_MAX_AGE, http::HeaderValue::from_static("86400"));
+            r
+        }
+        Method::POST => tag_conversion_inner(edge, req, peer).await,
+        _ => method_not_allowed("POST, OPTIONS", true),
+    };
+    let h = resp.headers_mut();
+    match origin {
+        // Any origin: the answer says only accepted or duplicate, and the report needs a
+        // click ID either way; the caller's origin (not `*`) so the browser may send cookies.
+        Some(o) => {
+            h.insert(http::header::ACCESS_CONTROL_ALLOW_ORIGIN, o);
+            h.insert(http::header::ACCESS_CONTROL_ALLOW_CREDENTIALS, http::HeaderValue::from_static("true"));
+        }
+        None => {
+            h.insert(http::header::ACCESS_CONTROL_ALLOW_ORIGIN, http::HeaderValue::from_static("*"));
+        }
+    }
+    h.insert(http::header::VARY, http::HeaderValue::from_static("Origin"));
+    resp
+}
+
+async fn tag_conversion_inner(edge: &Edge, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    let (parts, body) = req.into_parts();
+    let result = async {
+        let (_, mut raw) = read_body(edge, &parts.headers, body).await?;
+        if let Some(cid) = cookie_click_id(&parts.headers) {
+            raw.set_if_absent(Field::ClickId, cid.to_owned());
+        }
+        let ip = edge.config.ip.render(edge.config.ip.client_ip(peer.ip(), &parts.headers), now_ms());
+        let conversion = build_conversion(&edge.program.load(), &raw, ConversionSource::Tag, ip, None)?;
+        append_conversion(edge, conversion).await.map_err(EdgeError::Unavailable)
+    }
+    .await;
+    match result {
+        Ok((appended, _)) => {
+            let (outcome, status) = match appended.duplicate_of {
+                Some(_) => (ConvOutcome::duplicate, "duplicate"),
+                None => (ConvOutcome::accepted, "accepted"),
+            };
+            edge.metrics.conversion(ConvSource::tag, outcome);
+            with_body(200, "application/json", serde_json::json!({ "status": status }).to_string().into())
+        }
+        Err(e) => {
+            edge.metrics.conversion(ConvSource::tag, outcome_of(&e));
+            if let EdgeError::Field(f) = &e {
+                tally_telemetry::warn_limited!(field = f.field, reason = %f.reason, "tag conversion refused");
+            }
+            respond_error(e, true)
+        }
+    }
 }
 
 /// The transaction ID of a signed postback that names none: `sig:` and the first 16 bytes of

@@ -12,7 +12,7 @@ use hyper::body::Incoming;
 use tally_protocol::headers::ClickHeaders;
 
 use crate::click::{self, ClickRequest, Prepared};
-use crate::conversion::{pixel, postback};
+use crate::conversion::{pixel, postback, tag_conversion};
 use crate::metrics::Route;
 use crate::respond::{healthz, method_not_allowed, readyz, redirect, respond_error, Body, EdgeError};
 use crate::Edge;
@@ -27,6 +27,9 @@ pub async fn route(edge: Arc<Edge>, peer: SocketAddr, req: Request<Incoming>) ->
         match path {
             "/px.gif" => (Route::pixel, Box::pin(pixel(&edge, &req, peer)).await),
             "/postback" => (Route::postback, Box::pin(postback(&edge, req, peer)).await),
+            "/t.js" => (Route::tag, crate::tag::script(req.method(), req.headers(), false)),
+            crate::tag::VERSIONED_PATH => (Route::tag, crate::tag::script(req.method(), req.headers(), true)),
+            "/t/convert" => (Route::tag, Box::pin(tag_conversion(&edge, req, peer)).await),
             "/healthz" => (Route::healthz, healthz()),
             "/readyz" => (Route::readyz, readyz(&edge)),
             _ => (Route::other, respond_error(EdgeError::NotFound("not found"), false)),

@@ -28,6 +28,7 @@ mod privacy;
 mod respond;
 pub mod secrets;
 mod server;
+pub mod tag;
 mod timer;
 
 use std::path::Path;

@@ -21,9 +21,11 @@ pub enum Route {
     other,
     /// The admin API (`/admin/...` on the admin listener).
     admin,
+    /// `/t.js` and `/t/convert`: the JavaScript tag and its conversions.
+    tag,
 }
 
-const ROUTES: [Route; 8] = [
+const ROUTES: [Route; 9] = [
     Route::click,
     Route::pixel,
     Route::postback,
@@ -32,6 +34,7 @@ const ROUTES: [Route; 8] = [
     Route::metrics,
     Route::other,
     Route::admin,
+    Route::tag,
 ];
 
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
@@ -99,6 +102,7 @@ struct ClickLabels {
 pub enum ConvSource {
     pixel,
     postback,
+    tag,
 }
 
 /// What happened to a reported conversion.
@@ -210,7 +214,7 @@ impl EdgeMetrics {
         }
         let durations = ROUTES.iter().map(|&route| durations.get_or_create(&RouteLabel { route }).clone()).collect();
         let mut conv = Vec::new();
-        for source in [ConvSource::pixel, ConvSource::postback] {
+        for source in [ConvSource::pixel, ConvSource::postback, ConvSource::tag] {
             for outcome in CONV_OUTCOMES {
                 conv.push(conversions.get_or_create(&ConvLabels { source, outcome }).clone());
             }

@@ -159,19 +159,33 @@ pub fn legacy_visitor_key(offer: &str, affiliate: &str, ip: &str, user_agent: &s
     xxhash_rust::xxh3::xxh3_128(&buf) as u64
 }
 
-/// Where a conversion was reported from.
+/// Where a conversion was reported from. The numeric order is part of the on-disk format:
+/// new sources go at the end.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum ConversionSource {
+    /// `GET /px.gif`: an image on the merchant's page.
     Pixel,
+    /// `/postback`: the merchant's server, authenticated.
     Postback,
+    /// `POST /t/convert`: the JavaScript tag (`/t.js`) on the merchant's page.
+    Tag,
 }
 
 impl ConversionSource {
+    pub const ALL: [ConversionSource; 3] = [ConversionSource::Pixel, ConversionSource::Postback, ConversionSource::Tag];
+
     pub fn as_str(self) -> &'static str {
         match self {
             ConversionSource::Pixel => "pixel",
             ConversionSource::Postback => "postback",
+            ConversionSource::Tag => "tag",
         }
+    }
+
+    /// True for reports a browser sent (pixel, tag): anyone who knows a click ID can send
+    /// one, so the offer's browser policy applies to them.
+    pub fn is_browser(self) -> bool {
+        !matches!(self, ConversionSource::Postback)
     }
 }
 

@@ -82,6 +82,17 @@ struct RawAdvertiser {
     postback_token: Option<String>,
     #[serde(default)]
     hmac_secret: Option<String>,
+    /// `Domain` of the `tally_cid` cookie on this advertiser's clicks: the merchant's site,
+    /// when Tally answers on a subdomain of it (`track.shop.example`), so the cookie is the
+    /// shop's own (first-party) and its pages and servers see it.
+    #[serde(default)]
+    cookie_domain: Option<String>,
+    /// `lax` (default), `strict` or `none` (needs `cookie_secure = true`).
+    #[serde(default)]
+    cookie_same_site: Option<String>,
+    /// `Secure` on the cookie; default: the server's `privacy.cookie_secure`.
+    #[serde(default)]
+    cookie_secure: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -103,6 +114,15 @@ struct RawOffer {
     /// Query parameters merged into a followed deep link; `None`: the destination's.
     #[serde(default)]
     deep_link_params: Option<BTreeMap<String, String>>,
+    /// `accept` (default), `pending_review` or `postback_only` ([`BrowserPolicy`]).
+    #[serde(default)]
+    browser_reports: Option<String>,
+    /// Largest sale amount a browser report may claim, in the offer's currency.
+    #[serde(default)]
+    max_browser_amount: Option<String>,
+    /// Browser reports without a transaction ID are not paid.
+    #[serde(default)]
+    require_txid: Option<bool>,
     currency: String,
     #[serde(default)]
     window_days: Option<u32>,
@@ -127,6 +147,22 @@ struct RawGoal {
     overrides: Vec<RawOverride>,
     #[serde(default)]
     milestones: Vec<RawMilestone>,
+    /// `accept` (default), `pending_review` or `postback_only` ([`BrowserPolicy`]).
+    #[serde(default)]
+    browser_reports: Option<String>,
+    /// Largest sale amount a browser report may claim, in the offer's currency.
+    #[serde(default)]
+    max_browser_amount: Option<String>,
+    /// Browser reports without a transaction ID are not paid.
+    #[serde(default)]
+    require_txid: Option<bool>,
+}
+
+/// The browser policy keys, as an offer (the default of its goals) or a goal writes them.
+struct RawBrowserPolicy<'a> {
+    browser_reports: Option<&'a str>,
+    max_browser_amount: Option<&'a str>,
+    require_txid: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -218,6 +254,56 @@ pub struct Advertiser {
     pub postback_tokens: Vec<Credential>,
     /// Keys a postback may be signed with; a signature by any one authenticates.
     pub hmac_secrets: Vec<Credential>,
+    /// How the `tally_cid` cookie of this advertiser's clicks is set.
+    pub cookie: CookiePolicy,
+}
+
+/// The attributes of the `tally_cid` cookie an advertiser's clicks set, written out once at
+/// load so a click only appends them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CookiePolicy {
+    /// `; Path=/; HttpOnly; SameSite=…` and `; Domain=…` if set.
+    pub attributes: Arc<str>,
+    /// `Secure`, if the program says; `None`: the server's setting.
+    pub secure: Option<bool>,
+}
+
+impl Default for CookiePolicy {
+    fn default() -> CookiePolicy {
+        CookiePolicy { attributes: Arc::from("; Path=/; HttpOnly; SameSite=Lax"), secure: None }
+    }
+}
+
+impl CookiePolicy {
+    /// From an advertiser's `cookie_domain`, `cookie_same_site`, `cookie_secure`; the error
+    /// names the key.
+    pub fn parse(domain: Option<&str>, same_site: Option<&str>, secure: Option<bool>) -> Result<CookiePolicy, String> {
+        let same_site = match same_site.map(str::to_ascii_lowercase).as_deref() {
+            None | Some("lax") => "Lax",
+            Some("strict") => "Strict",
+            Some("none") if secure == Some(true) => "None",
+            Some("none") => {
+                return Err("cookie_same_site: \"none\" needs cookie_secure = true (browsers drop it otherwise)".into())
+            }
+            Some(other) => return Err(format!("cookie_same_site: expected lax, strict or none, got \"{other}\"")),
+        };
+        let mut attributes = format!("; Path=/; HttpOnly; SameSite={same_site}");
+        if let Some(d) = domain {
+            let d = d.strip_prefix('.').unwrap_or(d);
+            match HostPattern::parse(d) {
+                Ok(HostPattern::Exact(host)) if host.contains('.') => {
+                    attributes.push_str("; Domain=");
+                    attributes.push_str(&host);
+                }
+                _ => {
+                    return Err(format!(
+                        "cookie_domain: \"{d}\" is not a domain with a dot (the merchant's site, e.g. shop.example)"
+                    ))
+                }
+            }
+        }
+        Ok(CookiePolicy { attributes: Arc::from(attributes), secure })
+    }
 }
 
 /// A credential as the program names it. The program (which the log records verbatim) holds
@@ -280,6 +366,8 @@ pub struct Offer {
     pub model: AttributionModel,
     /// Never empty; the first goal is the default for reports that name none.
     pub goals: Vec<Goal>,
+    /// The advertiser's cookie policy, copied here so a click needs no advertiser lookup.
+    pub cookie: CookiePolicy,
 }
 
 #[derive(Debug, Clone)]
@@ -295,6 +383,74 @@ pub struct Goal {
     pub overrides: BTreeMap<String, GoalOverride>,
     /// Bonuses for reaching a count of credited conversions in a calendar month, ascending.
     pub milestones: Vec<Milestone>,
+    /// What a report from a browser (pixel, tag) may do for this goal.
+    pub browser: BrowserPolicy,
+}
+
+/// How far a goal trusts reports from browsers (the pixel and the tag): anyone who holds a
+/// click ID can send one, with any amount.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BrowserPolicy {
+    pub reports: BrowserReports,
+    /// Browser reports claiming a larger sale amount (minor units) are not paid.
+    pub max_amount: Option<i64>,
+    /// Browser reports without a transaction ID are not paid (a reloaded page cannot pay twice).
+    pub require_txid: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BrowserReports {
+    /// Credited as a postback is.
+    #[default]
+    Accept,
+    /// Credited, but `pending` until the merchant's server confirms the transaction with an
+    /// `approved` postback.
+    PendingReview,
+    /// Recorded, never paid: only postbacks count.
+    PostbackOnly,
+}
+
+impl BrowserReports {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BrowserReports::Accept => "accept",
+            BrowserReports::PendingReview => "pending_review",
+            BrowserReports::PostbackOnly => "postback_only",
+        }
+    }
+}
+
+impl RawBrowserPolicy<'_> {
+    /// This policy's keys over `base` (the offer's, for a goal); problems are named at `at`.
+    fn resolve(
+        &self,
+        problems: &mut Vec<String>,
+        at: &str,
+        currency: Option<Currency>,
+        base: BrowserPolicy,
+    ) -> BrowserPolicy {
+        let mut p = base;
+        match self.browser_reports {
+            None => {}
+            Some("accept") => p.reports = BrowserReports::Accept,
+            Some("pending_review") => p.reports = BrowserReports::PendingReview,
+            Some("postback_only") => p.reports = BrowserReports::PostbackOnly,
+            Some(other) => problems.push(format!(
+                "{at}.browser_reports: expected accept, pending_review or postback_only, got \"{other}\""
+            )),
+        }
+        if let Some(max) = self.max_browser_amount {
+            match currency.map(|c| parse_minor(max, c, false)) {
+                Some(Ok(m)) => p.max_amount = Some(m),
+                Some(Err(e)) => problems.push(format!("{at}.max_browser_amount: {e}")),
+                None => {}
+            }
+        }
+        if let Some(r) = self.require_txid {
+            p.require_txid = r;
+        }
+        p
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -416,11 +572,18 @@ impl Program {
                 }
             }
             let named = |list: &[String]| list.iter().map(|n| Credential::named(n)).collect();
+            let cookie =
+                CookiePolicy::parse(a.cookie_domain.as_deref(), a.cookie_same_site.as_deref(), a.cookie_secure)
+                    .unwrap_or_else(|e| {
+                        problems.push(format!("advertisers[{}].{e}", a.id));
+                        CookiePolicy::default()
+                    });
             let advertiser = Advertiser {
                 id: a.id.clone(),
                 name: a.name,
                 postback_tokens: named(&a.postback_tokens),
                 hmac_secrets: named(&a.hmac_secrets),
+                cookie,
             };
             if advertisers.insert(a.id.clone(), advertiser).is_some() {
                 problems.push(format!("advertisers[{}]: duplicate id", a.id));
@@ -633,6 +796,12 @@ fn validate_offer(
     if o.goals.is_empty() {
         problems.push(format!("{at}.goals: an offer needs at least one goal"));
     }
+    let offer_browser = RawBrowserPolicy {
+        browser_reports: o.browser_reports.as_deref(),
+        max_browser_amount: o.max_browser_amount.as_deref(),
+        require_txid: o.require_txid,
+    }
+    .resolve(problems, &at, currency, BrowserPolicy::default());
     let mut goals: Vec<Goal> = Vec::new();
     for g in o.goals {
         let gat = format!("{at}.goals[{}]", g.id);
@@ -641,6 +810,12 @@ fn validate_offer(
             problems.push(format!("{gat}: duplicate id"));
         }
         let payout = validate_payout(problems, &format!("{gat}.payout"), currency, g.payout);
+        let browser = RawBrowserPolicy {
+            browser_reports: g.browser_reports.as_deref(),
+            max_browser_amount: g.max_browser_amount.as_deref(),
+            require_txid: g.require_txid,
+        }
+        .resolve(problems, &gat, currency, offer_browser);
         let mut overrides = BTreeMap::new();
         for ov in g.overrides {
             let oat = format!("{gat}.overrides[{}]", ov.affiliate);
@@ -678,6 +853,7 @@ fn validate_offer(
                 affiliate_daily_cap: g.affiliate_daily_cap,
                 overrides,
                 milestones,
+                browser,
             });
         }
         if g.hold_days > 3650 {
@@ -688,6 +864,7 @@ fn validate_offer(
         return None;
     }
     Some(Offer {
+        cookie: advertisers.get(&o.advertiser).map(|a| a.cookie.clone()).unwrap_or_default(),
         id: o.id,
         advertiser: o.advertiser,
         destination: destination?,
@@ -1319,6 +1496,77 @@ affiliate = "aff9""#,
         assert_eq!(merged(&none, "https://shop.example/p?a=1#f"), "https://shop.example/p?a=1#f");
         let path_only = offer("https://shop.example/l/{click_id}", None);
         assert!(path_only.deep_link_params.is_empty());
+    }
+
+    #[test]
+    fn browser_policies_default_from_the_offer_and_cookie_policies_from_the_advertiser() {
+        let src = GOOD
+            .replacen("currency = \"usd\"", "currency = \"usd\"\nrequire_txid = true\nmax_browser_amount = \"250\"", 1)
+            .replacen("  hold_days = 14", "  hold_days = 14\n  browser_reports = \"pending_review\"", 1)
+            .replacen(
+                "  id = \"lead\"",
+                "  id = \"lead\"\n  require_txid = false\n  browser_reports = \"postback_only\"",
+                1,
+            )
+            .replacen(
+                "postback_tokens = [\"acme-token\"]",
+                "postback_tokens = [\"acme-token\"]\ncookie_domain = \".Shop.Example\"\ncookie_same_site = \"strict\"",
+                1,
+            );
+        let p = Program::from_toml(&src).unwrap();
+        let shoes = p.offer("shoes").unwrap();
+        let sale = shoes.goal("sale").unwrap().browser;
+        assert_eq!(
+            sale,
+            BrowserPolicy { reports: BrowserReports::PendingReview, max_amount: Some(25_000), require_txid: true }
+        );
+        let lead = shoes.goal("lead").unwrap().browser;
+        assert_eq!(
+            lead,
+            BrowserPolicy { reports: BrowserReports::PostbackOnly, max_amount: Some(25_000), require_txid: false }
+        );
+        assert_eq!(&*shoes.cookie.attributes, "; Path=/; HttpOnly; SameSite=Strict; Domain=shop.example");
+        assert_eq!(shoes.cookie.secure, None);
+        // Without keys: accept everything, the default cookie.
+        let plain = Program::from_toml(GOOD).unwrap();
+        assert_eq!(plain.offer("shoes").unwrap().goal("sale").unwrap().browser, BrowserPolicy::default());
+        assert_eq!(plain.offer("shoes").unwrap().cookie, CookiePolicy::default());
+
+        for (edit, want) in [
+            (
+                "browser_reports = \"maybe\"",
+                "offers[shoes].browser_reports: expected accept, pending_review or postback_only",
+            ),
+            ("max_browser_amount = \"1.234\"", "offers[shoes].max_browser_amount:"),
+        ] {
+            let src = GOOD.replacen("currency = \"usd\"", &format!("currency = \"usd\"\n{edit}"), 1);
+            let e = Program::from_toml(&src).unwrap_err().to_string();
+            assert!(e.contains(want), "{edit}: {e}");
+        }
+        for (edit, want) in [
+            ("cookie_same_site = \"none\"", "advertisers[acme].cookie_same_site: \"none\" needs cookie_secure = true"),
+            ("cookie_same_site = \"loose\"", "advertisers[acme].cookie_same_site: expected lax, strict or none"),
+            (
+                "cookie_domain = \"localhost\"",
+                "advertisers[acme].cookie_domain: \"localhost\" is not a domain with a dot",
+            ),
+            ("cookie_domain = \"*.shop.example\"", "advertisers[acme].cookie_domain:"),
+        ] {
+            let src = GOOD.replacen(
+                "postback_tokens = [\"acme-token\"]",
+                &format!("postback_tokens = [\"acme-token\"]\n{edit}"),
+                1,
+            );
+            let e = Program::from_toml(&src).unwrap_err().to_string();
+            assert!(e.contains(want), "{edit}: {e}");
+        }
+        let none = GOOD.replacen(
+            "postback_tokens = [\"acme-token\"]",
+            "postback_tokens = [\"acme-token\"]\ncookie_same_site = \"none\"\ncookie_secure = true",
+            1,
+        );
+        let p = Program::from_toml(&none).unwrap();
+        assert_eq!(p.offer("shoes").unwrap().cookie.secure, Some(true));
     }
 
     #[test]

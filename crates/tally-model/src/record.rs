@@ -1225,7 +1225,7 @@ mod tests {
     fn any_conversion() -> impl Strategy<Value = Event> {
         (
             any::<u64>(),
-            prop::sample::select(vec![ConversionSource::Pixel, ConversionSource::Postback]),
+            prop::sample::select(ConversionSource::ALL.to_vec()),
             proptest::option::of(any_click_id()),
             proptest::array::uniform5(".{0,16}"),
             proptest::option::of(any::<i64>()),

@@ -210,6 +210,7 @@ mod tests {
                 Credential::resolved("k1", "secret-0123456789abcdef"),
                 Credential::resolved("k2", "secret-fedcba9876543210"),
             ],
+            cookie: Default::default(),
         }
     }
 

@@ -80,24 +80,25 @@ pub fn cookie_click_id(headers: &http::HeaderMap) -> Option<&str> {
     headers.get_all(http::header::COOKIE).iter().filter_map(|v| v.to_str().ok()).find_map(cookie_value)
 }
 
-/// The `tally_cid` cookie of a click: it lives as long as the offer's attribution window.
-/// Built by hand rather than with `format!`, which took a twentieth of a click's handler time.
-pub fn click_cookie(cid: &str, window_days: u32, secure: bool) -> String {
-    const ATTRS: &str = "; Path=/; HttpOnly; SameSite=Lax";
+/// The `tally_cid` cookie of a click: it lives as long as the offer's attribution window,
+/// with the attributes of the offer's advertiser (`CookiePolicy::attributes`: path,
+/// `HttpOnly`, `SameSite`, a `Domain` if set). Built by hand rather than with `format!`, which
+/// took a twentieth of a click's handler time.
+pub fn click_cookie(cid: &str, window_days: u32, attributes: &str, secure: bool) -> String {
     const SECURE: &str = "; Secure";
     let max_age = u64::from(window_days) * 86_400;
     let mut digits = itoa::Buffer::new();
     let max_age = digits.format(max_age);
     // Exactly as long as the value: `Bytes` takes a full `String` as it is, where spare
     // room would cost it an allocation of its own (see the edge's `redirect`).
-    let len = COOKIE_NAME.len() + 1 + cid.len() + "; Max-Age=".len() + max_age.len() + ATTRS.len();
+    let len = COOKIE_NAME.len() + 1 + cid.len() + "; Max-Age=".len() + max_age.len() + attributes.len();
     let mut c = String::with_capacity(len + if secure { SECURE.len() } else { 0 });
     c.push_str(COOKIE_NAME);
     c.push('=');
     c.push_str(cid);
     c.push_str("; Max-Age=");
     c.push_str(max_age);
-    c.push_str(ATTRS);
+    c.push_str(attributes);
     if secure {
         c.push_str(SECURE);
     }
@@ -115,10 +116,11 @@ mod tests {
 
     #[test]
     fn the_click_cookie_is_exactly_as_long_as_its_text() {
-        let c = click_cookie(CID, 30, false);
+        let lax = tally_model::program::CookiePolicy::default();
+        let c = click_cookie(CID, 30, &lax.attributes, false);
         assert_eq!(c, format!("tally_cid={CID}; Max-Age=2592000; Path=/; HttpOnly; SameSite=Lax"));
         assert_eq!(c.len(), c.capacity());
-        let c = click_cookie(CID, 0, true);
+        let c = click_cookie(CID, 0, &lax.attributes, true);
         assert_eq!(c, format!("tally_cid={CID}; Max-Age=0; Path=/; HttpOnly; SameSite=Lax; Secure"));
         assert_eq!(c.len(), c.capacity());
     }

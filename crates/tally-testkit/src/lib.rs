@@ -23,6 +23,7 @@ mod build;
 pub mod fixtures;
 pub mod generate;
 mod http;
+pub mod merchant;
 mod rng;
 mod server;
 
@@ -177,10 +178,20 @@ pub fn ledger(data_dir: &Path) -> Vec<serde_json::Value> {
 
 /// The ledger of `data_dir` once the attribution worker has booked `txid`.
 pub fn ledger_with(data_dir: &Path, txid: &str) -> Vec<serde_json::Value> {
+    ledger_once(data_dir, &format!("{txid} to be attributed"), |e| e["txid"] == txid)
+}
+
+/// The ledger of `data_dir` once the attribution worker has booked a conversion of `click_id`.
+pub fn ledger_with_click(data_dir: &Path, click_id: &str) -> Vec<serde_json::Value> {
+    ledger_once(data_dir, &format!("a conversion of {click_id} to be attributed"), |e| e["click_id"] == click_id)
+}
+
+/// The ledger of `data_dir` once an entry satisfies `booked`.
+fn ledger_once(data_dir: &Path, what: &str, booked: impl Fn(&serde_json::Value) -> bool) -> Vec<serde_json::Value> {
     let mut entries = Vec::new();
-    wait_for(&format!("{txid} to be attributed"), || {
+    wait_for(what, || {
         entries = ledger(data_dir);
-        entries.iter().any(|e| e["txid"] == txid)
+        entries.iter().any(&booked)
     });
     entries
 }

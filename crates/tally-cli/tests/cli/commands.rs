@@ -57,12 +57,12 @@ fn config_check_reports_every_problem() {
     ];
     let good = std::process::Command::new(BIN).args(check).envs(secrets).output().unwrap();
     assert_eq!(good.status.code(), Some(0), "{}", String::from_utf8_lossy(&good.stderr));
-    assert!(String::from_utf8_lossy(&good.stdout).contains("2 offers"));
+    assert!(String::from_utf8_lossy(&good.stdout).contains("3 offers"));
     let good = std::process::Command::new(BIN).args(check).args(["--format", "json"]).envs(secrets).output().unwrap();
     assert_eq!(good.status.code(), Some(0));
     let v: serde_json::Value = serde_json::from_slice(&good.stdout).unwrap();
     assert_eq!((v["ok"].as_bool(), v["problems"].as_array().map(Vec::len)), (Some(true), Some(0)), "{v}");
-    assert_eq!((v["program"]["offers"].as_u64(), v["program"]["affiliates"].as_u64()), (Some(2), Some(2)), "{v}");
+    assert_eq!((v["program"]["offers"].as_u64(), v["program"]["affiliates"].as_u64()), (Some(3), Some(2)), "{v}");
     assert!(v["program"]["links"].as_u64().is_some() && v["program"]["path"].is_string(), "{v}");
     assert_eq!(v["config"], repo.to_str().unwrap());
     // Problems, as JSON: every one listed, and nothing on stderr to scrape.

@@ -11,6 +11,7 @@ mod ingest;
 mod limits;
 mod ops;
 mod security;
+mod tag;
 
 mod common {
     pub use tally_testkit::*;

@@ -125,7 +125,7 @@ fn metrics_count_the_traffic_sent() {
         ("tally_attribution_events_total", appended),
         ("tally_attribution_up", 1.0),
         ("tally_attribution_lag_seconds", 0.0),
-        ("tally_program_links", 2.0),
+        ("tally_program_links", 3.0),
     ] {
         assert_eq!(sample(&m, series), want, "{series}");
     }
