@@ -193,3 +193,38 @@ fn replay_reproduces_a_ledger_made_over_http_and_catches_edits() {
     let (code, out, _) = run_code(&["verify", "--data-dir", d]);
     assert!(code == 1 && out.contains(&format!("FAILED at sequence {seq}")), "{out}");
 }
+
+/// `--explain` says who reported a conversion: a browser (pixel or tag, no credentials) or an
+/// advertiser's server, and that a report naming only its click took the click's offer; the
+/// ledger's `source` column says the same.
+#[test]
+fn explain_names_browser_reports_and_offers_taken_from_the_click() {
+    let env = Env::new("");
+    let data = env.data();
+    let d = data.to_str().unwrap();
+    let server = env.serve();
+    let cid = server.get("/c/demo?sub1=x").click_id();
+    let px = server.get(&format!("/px.gif?cid={cid}&offer=shoes&goal=signup&txid=PX-1"));
+    assert_eq!(px.status, 200);
+    postback(&server, &format!("transaction_id={cid}&adv_sub=EF-1&amount=10,00"));
+    wait_for("2 ledger entries", || data.join("attribution/CURRENT").exists() && commissions(&data).len() == 2);
+
+    let entries = commissions(&data);
+    let pixel = entry(&entries, "PX-1", "commission");
+    let by_click = entry(&entries, "EF-1", "commission");
+    assert_eq!((pixel["source"].as_str(), by_click["source"].as_str()), (Some("pixel"), Some("postback")));
+    assert_eq!((by_click["offer"].as_str(), by_click["goal"].as_str()), (Some("shoes"), Some("sale")));
+    let (ok, csv, _) = run(&["commissions", "--data-dir", d, "--format", "csv"]);
+    assert!(ok && csv.lines().next().unwrap().ends_with(",program,source"), "{csv}");
+
+    let (ok, out, err) = run(&["replay", "--data-dir", d, "--explain", "PX-1"]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("report of offer shoes goal signup via pixel (a browser's report)"), "{out}");
+    let (ok, out, err) = run(&["replay", "--data-dir", d, "--explain", "EF-1"]);
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains("report of offer (from the click) goal (the offer's default) via postback from advertiser acme"),
+        "{out}"
+    );
+    assert!(out.contains("rule \"goal sale: revshare 800 bps of 10.00\""), "{out}");
+}

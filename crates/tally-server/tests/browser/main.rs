@@ -160,6 +160,15 @@ async fn settled(c: &Client, id: &str) -> String {
     .await
 }
 
+/// Waits for the page's load event (its images have loaded or failed by then).
+async fn loaded(c: &Client) {
+    until("the page to load", || async {
+        let state = c.execute("return document.readyState", vec![]).await.ok()?;
+        (state == json!("complete")).then_some(())
+    })
+    .await;
+}
+
 /// The click ID the tag keeps in the shop's storage.
 async fn stored_click_id(c: &Client) -> Option<String> {
     let v = c.execute("return window.localStorage.getItem('_tally_cid')", vec![]).await.unwrap();
@@ -284,6 +293,18 @@ impl Stack {
         r.json()
     }
 
+    /// The conversions in the log once there are `n` (a pixel's request may still be in
+    /// flight when its page has loaded), or after 10 s, whatever there are.
+    fn conversions_at_least(&self, n: usize) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut convs = self.conversions();
+        while convs.len() < n && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+            convs = self.conversions();
+        }
+        convs
+    }
+
     fn conversions(&self) -> Vec<Value> {
         of_type(&events(&self.env.data()), "conversion").into_iter().cloned().collect()
     }
@@ -308,10 +329,16 @@ fn a_deep_link_keeps_the_click_id_and_a_reload_without_txid_reports_once() {
         assert_eq!(settled(&c, "result").await, "accepted");
         c.refresh().await.unwrap();
         assert_eq!(settled(&c, "result").await, "already_sent");
+        // A shop that reports with the pixel, the click ID taken from what the tag kept.
+        c.goto(&s.url("shop.example", "/thanks?order=PX-2&amount=5.00&via=pixel")).await.unwrap();
+        loaded(&c).await;
         c.close().await.unwrap();
     });
-    let convs = s.conversions();
-    assert_eq!(convs.len(), 1, "{convs:#?}");
+    let convs = s.conversions_at_least(2);
+    assert_eq!(convs.len(), 2, "{convs:#?}");
+    let pixel = &convs[1];
+    assert_eq!((pixel["conversion_source"].as_str(), pixel["txid"].as_str()), (Some("pixel"), Some("PX-2")));
+    assert_eq!(pixel["click_id"], convs[0]["click_id"]);
     assert_eq!((convs[0]["amount"].as_str(), convs[0]["txid"].as_str()), (Some("20.00"), Some("")));
     let entries = tally_testkit::ledger_with_click(&s.env.data(), convs[0]["click_id"].as_str().unwrap());
     let sale = entries.iter().find(|e| e["kind"] == "commission").unwrap();
@@ -371,23 +398,11 @@ fn a_same_site_tracker_keeps_its_cookie_first_party() {
             }
             c.goto(&s.url("shop.example", "/thanks?order=PX-1&amount=10.00&via=cookie-pixel")).await.unwrap();
             // The image has loaded (or failed) once the page's load event fired.
-            until("the page to load", || async {
-                let state = c.execute("return document.readyState", vec![]).await.ok()?;
-                (state == json!("complete")).then_some(())
-            })
-            .await;
+            loaded(&c).await;
             c.close().await.unwrap();
             let convs = s.conversions();
             if counted {
-                let convs = {
-                    let mut convs = convs;
-                    let deadline = Instant::now() + Duration::from_secs(10);
-                    while convs.is_empty() && Instant::now() < deadline {
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        convs = s.conversions();
-                    }
-                    convs
-                };
+                let convs = s.conversions_at_least(1);
                 assert_eq!(convs.len(), 1, "{tracker}: {convs:#?}");
                 assert_eq!(
                     (convs[0]["click_id"].as_str(), convs[0]["conversion_source"].as_str()),

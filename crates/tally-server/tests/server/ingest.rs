@@ -413,6 +413,36 @@ fn a_repeated_conversion_is_answered_as_a_duplicate_and_logged_once_more() {
     assert_eq!(of_type(&events(&env.data()), "conversion").len(), 4 + 1 + 16);
 }
 
+/// Every status word other trackers send arrives as the status it means, in every shape a
+/// postback takes (GET query, form body, JSON).
+#[test]
+fn every_status_word_is_understood() {
+    let env = Env::new("");
+    let server = env.serve();
+    let cid = server.get("/c/demo").click_id();
+    for (i, &(word, status)) in tally_model::event::STATUS_WORDS.iter().enumerate() {
+        let query = format!("cid={cid}&offer=shoes&txid=W{i}&status={word}");
+        let r = match i % 3 {
+            0 => server.get(&format!("/postback?{query}&token={TOKEN}")),
+            1 => server.send(&format!(
+                "POST /postback?token={TOKEN} HTTP/1.1\r\nHost: t\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{query}",
+                query.len()
+            )),
+            _ => {
+                let body = format!(r#"{{"cid":"{cid}","offer":"shoes","txid":"W{i}","status":"{}"}}"#, word.to_uppercase());
+                server.send(&format!(
+                    "POST /postback HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                ))
+            }
+        };
+        assert_eq!(r.status, 200, "{word}: {}", r.text());
+        assert_eq!(r.json()["conversion_status"], status.as_str(), "{word}");
+    }
+    let convs = of_type(&events(&env.data()), "conversion").len();
+    assert_eq!(convs, tally_model::event::STATUS_WORDS.len());
+}
+
 /// Everflow's and Voluum's advertisers send the click ID and little else: the offer and its
 /// default goal come from the click, the advertiser from the credential.
 #[test]
