@@ -79,7 +79,8 @@ ensure_build_deps() {
 # What the tests need beyond the build: the kill(1) binary (procps), with which the process
 # tests signal `tally serve` and which the unit file's ExecReload names (systemd-analyze
 # verify checks that it exists; `command -v kill` would find bash's builtin, so look for the
-# file), and Chromium with chromedriver for the browser tests. Minimal Debian has none of them.
+# file), Chromium with chromedriver for the browser tests, and nats-server for the cluster
+# tests. Minimal Debian has none of them.
 ensure_test_deps() {
   local missing=()
   type -P kill >/dev/null 2>&1 || missing+=(procps)
@@ -88,6 +89,10 @@ ensure_test_deps() {
   # headless tests read no pixels from.
   command -v chromium >/dev/null 2>&1 || missing+=(chromium)
   command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
+  # The cluster tests (crates/tally-cli/tests/cli/cluster.rs) start a 3-node NATS JetStream
+  # cluster of Debian's nats-server (2.9.10 on bookworm, the version tally-bus is built for).
+  # It lives in /usr/sbin, which a non-root PATH may lack.
+  command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || missing+=(nats-server)
   if [ ${#missing[@]} -gt 0 ]; then
     apt_install --no-install-recommends "${missing[@]}"
   fi

@@ -76,6 +76,11 @@ enum Command {
         /// SEQ is unchanged since then.
         #[arg(long, value_name = "SEQ:HEAD")]
         anchor: Option<tally_log::Anchor>,
+        /// On a cluster's attribution tier: also prove the merged log holds exactly each
+        /// edge's events (per edge: its sequence range and chain head, which the edge's own
+        /// `tally verify` prints).
+        #[arg(long)]
+        origins: bool,
         #[arg(long, value_enum, default_value_t)]
         format: OutputFormat,
     },
@@ -104,6 +109,11 @@ enum Command {
         /// Serve the worker's Prometheus metrics on this address (GET /metrics).
         #[arg(long, env = "TALLY_ATTRIBUTION_METRICS")]
         metrics_listen: Option<std::net::SocketAddr>,
+        /// Run as the attribution tier of a cluster: merge every edge's events from these
+        /// NATS servers (comma-separated nats://host:port) into this data directory's log,
+        /// overriding bus.urls.
+        #[arg(long, value_delimiter = ',', value_name = "URLS")]
+        bus: Option<Vec<String>>,
     },
     /// List the commission ledger (works while a server is running on the directory).
     Commissions {
@@ -246,6 +256,10 @@ struct ServeArgs {
     /// Admin listener address, overriding admin.listen.
     #[arg(long, env = "TALLY_ADMIN_LISTEN")]
     admin_listen: Option<std::net::SocketAddr>,
+    /// Run as an edge of a cluster: ship events to these NATS servers (comma-separated
+    /// nats://host:port), overriding bus.urls.
+    #[arg(long, value_delimiter = ',', value_name = "URLS")]
+    bus: Option<Vec<String>>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -349,10 +363,10 @@ pub fn main() -> ExitCode {
             export::range(args.window.from.as_deref(), args.window.to.as_deref())
                 .and_then(|range| export::export(what, &args.data_dir, &range, args.format, args.out.as_deref()))
         }
-        Command::Verify { data_dir, anchor, format } => verify(&data_dir, anchor.as_ref(), format),
+        Command::Verify { data_dir, anchor, origins, format } => verify(&data_dir, anchor.as_ref(), origins, format),
         Command::Snapshot { data_dir, out, format } => snapshot::snapshot(&data_dir, &out, format),
-        Command::Attribute { config, data_dir, once, metrics_listen } => {
-            attribute(&config, data_dir, once, metrics_listen)
+        Command::Attribute { config, data_dir, once, metrics_listen, bus } => {
+            attribute(&config, data_dir, once, metrics_listen, bus)
         }
         Command::Commissions { data_dir, affiliate, offer, status, from, to, format, digest } => {
             ledger::commissions(ledger::CommissionsArgs {
@@ -445,6 +459,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if let Some(a) = args.admin_listen {
         config.edge.admin.listen = Some(a);
     }
+    if let Some(urls) = args.bus {
+        config.set_bus_urls(urls)?;
+    }
     tally_server::telemetry::init_tracing(&config.logging);
     let app = App::open(config)?;
     let listeners = app.bind()?;
@@ -464,13 +481,17 @@ fn attribute(
     data_dir: Option<PathBuf>,
     once: bool,
     metrics_listen: Option<std::net::SocketAddr>,
+    bus: Option<Vec<String>>,
 ) -> anyhow::Result<ExitCode> {
     let mut config = Config::load(config)?;
     if let Some(dir) = data_dir {
         config.set_data_dir(dir);
     }
+    if let Some(urls) = bus {
+        config.set_bus_urls(urls)?;
+    }
     tally_server::telemetry::init_tracing(&config.logging);
-    let mut worker = tally_server::worker::Standalone::open(config.data_dir(), &config.attribution)?;
+    let mut worker = tally_server::worker::Standalone::open(&config)?;
     if once {
         let mut progress = Progress::for_log(config.data_dir(), "attribute");
         let n = worker.catch_up(|seq| progress.at(seq))?;
@@ -478,7 +499,8 @@ fn attribute(
         println!("attributed {n} events; position {}", worker.position());
         return Ok(ExitCode::SUCCESS);
     }
-    println!("tally attribute following {} from sequence {}", config.data_dir().display(), worker.position() + 1);
+    let what = if config.bus.is_some() { "merging the bus into" } else { "following" };
+    println!("tally attribute {what} {} from sequence {}", config.data_dir().display(), worker.position() + 1);
     // The last line printed: scripts (and tests) read up to it to learn a `:0` port, and may
     // stop reading standard output then.
     let metrics = match metrics_listen {
@@ -620,7 +642,12 @@ fn anchor_outcome(anchor: &tally_log::Anchor, check: &tally_log::AnchorCheck) ->
     }
 }
 
-fn verify(data_dir: &Path, anchor: Option<&tally_log::Anchor>, format: OutputFormat) -> anyhow::Result<ExitCode> {
+fn verify(
+    data_dir: &Path,
+    anchor: Option<&tally_log::Anchor>,
+    origins: bool,
+    format: OutputFormat,
+) -> anyhow::Result<ExitCode> {
     let reader = open_reader(data_dir)?;
     let mut progress = Progress::for_log(data_dir, "verify");
     let (report, check) = match anchor {
@@ -636,7 +663,25 @@ fn verify(data_dir: &Path, anchor: Option<&tally_log::Anchor>, format: OutputFor
         (Some(anchor), Some(check)) => Some((anchor, anchor_outcome(anchor, check))),
         _ => None,
     };
-    let ok = report.is_ok() && anchored.as_ref().is_none_or(|(_, (holds, _, _))| *holds);
+    let origins = if origins {
+        let nodes = reader.verify_origins()?;
+        if nodes.is_empty() {
+            anyhow::bail!(
+                "{} holds no merged events: --origins checks the log of a cluster's attribution tier",
+                data_dir.display()
+            );
+        }
+        Some(nodes)
+    } else {
+        None
+    };
+    // Every record of a merged log came from some edge.
+    let foreign =
+        origins.as_ref().map_or(0, |nodes| report.records.saturating_sub(nodes.iter().map(|n| n.records).sum()));
+    let ok = report.is_ok()
+        && anchored.as_ref().is_none_or(|(_, (holds, _, _))| *holds)
+        && origins.as_ref().is_none_or(|nodes| nodes.iter().all(tally_log::OriginReport::is_ok))
+        && (!report.is_ok() || foreign == 0);
     if format == OutputFormat::Json {
         let anchor = anchored.map(|(anchor, (holds, outcome, message))| {
             json!({ "anchor": anchor.to_string(), "ok": holds, "outcome": outcome, "message": message })
@@ -651,6 +696,19 @@ fn verify(data_dir: &Path, anchor: Option<&tally_log::Anchor>, format: OutputFor
             "reason": report.first_bad.as_ref().map(|(_, why)| why),
             "anchor": anchor,
             "personal": { "present": report.personal.present, "erased": report.personal.erased },
+            "origins": origins.as_ref().map(|nodes| nodes.iter().map(|n| json!({
+                "node": n.node,
+                "ok": n.is_ok(),
+                "events": n.records,
+                "last_seq": n.last_seq,
+                "batches": n.batches,
+                "head_seq": n.head_seq,
+                "head": hex(&n.head),
+                "unchained": n.unchained,
+                "first_bad_seq": n.first_bad.as_ref().map(|(seq, _)| seq),
+                "reason": n.first_bad.as_ref().map(|(_, why)| why),
+            })).collect::<Vec<_>>()),
+            "events_without_origin": origins.as_ref().map(|_| foreign),
         }))?;
         return Ok(found(ok));
     }
@@ -670,6 +728,20 @@ fn verify(data_dir: &Path, anchor: Option<&tally_log::Anchor>, format: OutputFor
     }
     if let Some((_, (_, _, message))) = anchored {
         println!("{message}");
+    }
+    for n in origins.iter().flatten() {
+        let head = format!("head {}:{}", n.head_seq, hex(&n.head));
+        match &n.first_bad {
+            None if n.unchained > 0 => println!(
+                "node {}: ok: events 1..={} ({}); {head}; {} after it wait for their batch's chain entry",
+                n.node, n.last_seq, n.records, n.unchained
+            ),
+            None => println!("node {}: ok: events 1..={} ({}); {head}", n.node, n.last_seq, n.records),
+            Some((seq, why)) => println!("node {}: FAILED at its sequence {seq}: {why}; last good {head}", n.node),
+        }
+    }
+    if foreign > 0 && report.is_ok() {
+        println!("FAILED: {foreign} events of the merged log came from no edge");
     }
     Ok(found(ok))
 }

@@ -161,18 +161,7 @@ impl Core {
         self.metrics.queue_depth.set(self.queued.load(Ordering::Relaxed) as i64);
         match result {
             Ok((head, duplicates)) => {
-                self.head = head;
-                self.next_seq += n;
-                self.metrics.events_appended.inc_by(n);
-                self.metrics.batches_committed.inc();
-                if self.sync == SyncPolicy::Batch {
-                    self.metrics.fsyncs.inc();
-                }
-                self.metrics.last_sequence.set(i64::try_from(self.next_seq - 1).unwrap_or(i64::MAX));
-                if let Ok(mut s) = self.committed.seq.lock() {
-                    *s = self.next_seq - 1;
-                }
-                self.committed.cond.notify_all();
+                self.advance(head, n);
                 deliver(batch, |i| {
                     let duplicate_of = duplicates.get(i).copied().flatten();
                     Ok(Appended { seq: first + i as u64, duplicate_of })
@@ -185,6 +174,65 @@ impl Core {
             }
         }
         true
+    }
+
+    /// Counts a committed batch of `n` records ending in chain head `head`, and wakes the
+    /// readers waiting for it.
+    fn advance(&mut self, head: [u8; 32], n: u64) {
+        self.head = head;
+        self.next_seq += n;
+        self.metrics.events_appended.inc_by(n);
+        self.metrics.batches_committed.inc();
+        if self.sync == SyncPolicy::Batch {
+            self.metrics.fsyncs.inc();
+        }
+        self.metrics.last_sequence.set(i64::try_from(self.next_seq - 1).unwrap_or(i64::MAX));
+        if let Ok(mut s) = self.committed.seq.lock() {
+            *s = self.next_seq - 1;
+        }
+        self.committed.cond.notify_all();
+    }
+
+    /// Commits `records` as one batch, with the writes `extra` adds (given the batch's first
+    /// sequence number) in the same `WriteBatch`, and returns that first sequence number. For
+    /// a merged log, whose one writer stores each record's origin and its checkpoint beside
+    /// it (`crate::origin`); blocking. An empty `records` writes only `extra`.
+    pub(crate) fn commit_with(
+        &mut self,
+        records: &[&[u8]],
+        extra: impl FnOnce(&mut WriteBatch, u64) -> Result<(), LogError>,
+    ) -> Result<u64, LogError> {
+        let started = Instant::now();
+        let first = self.next_seq;
+        let mut wb = WriteBatch::default();
+        let mut head = self.head;
+        if !records.is_empty() {
+            let events = cf(&self.db, CF_EVENTS)?;
+            let mut hasher = BatchHasher::new(&self.head, first);
+            for (i, record) in records.iter().enumerate() {
+                let seq = first + i as u64;
+                hasher.add(seq, &record[..tally_model::record::chained_len(record)]);
+                wb.put_cf(events, keys::seq_key(seq), record);
+            }
+            let entry;
+            (head, entry) = hasher.finish();
+            wb.put_cf(cf(&self.db, CF_CHAIN)?, keys::seq_key(first + records.len() as u64 - 1), entry);
+        }
+        extra(&mut wb, first)?;
+        let mut opts = WriteOptions::default();
+        opts.set_sync(self.sync == SyncPolicy::Batch);
+        let written = self.db.write_opt(wb, &opts).map_err(|e| LogError::Write(e.to_string()));
+        self.set_healthy(written.is_ok());
+        self.metrics.commit_duration.observe(started.elapsed().as_secs_f64());
+        if let Err(e) = written {
+            self.metrics.commit_errors.inc();
+            return Err(e);
+        }
+        if !records.is_empty() {
+            self.metrics.batch_size.observe(records.len() as f64);
+            self.advance(head, records.len() as u64);
+        }
+        Ok(first)
     }
 
     /// Writes one batch; returns the new chain head and, per item, the earlier sequence number

@@ -7,7 +7,7 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Options};
 
-use crate::keys::{ALL_CFS, CF_PRIVACY};
+use crate::keys::{ALL_CFS, CF_BUS, CF_PRIVACY};
 use crate::LogError;
 
 pub(crate) type Db = Arc<rocksdb::DB>;
@@ -26,10 +26,21 @@ pub(crate) fn cf_descriptors() -> Vec<ColumnFamilyDescriptor> {
     ALL_CFS.iter().map(|name| ColumnFamilyDescriptor::new(*name, db_options())).collect()
 }
 
-/// Every column family the primary opens: the readers' and `privacy`.
+/// The families a reader of the log in `dir` opens: every reader's, and `bus` when the log
+/// has it (logs written before it existed do not, and a secondary cannot create one).
+pub(crate) fn reader_descriptors(dir: &Path) -> Vec<ColumnFamilyDescriptor> {
+    let mut d = cf_descriptors();
+    if rocksdb::DB::list_cf(&db_options(), dir).unwrap_or_default().iter().any(|n| n == CF_BUS) {
+        d.push(ColumnFamilyDescriptor::new(CF_BUS, db_options()));
+    }
+    d
+}
+
+/// Every column family the primary opens: the readers', `privacy` and `bus`.
 fn primary_descriptors() -> Vec<ColumnFamilyDescriptor> {
     let mut d = cf_descriptors();
     d.push(ColumnFamilyDescriptor::new(CF_PRIVACY, db_options()));
+    d.push(ColumnFamilyDescriptor::new(CF_BUS, db_options()));
     d
 }
 

@@ -10,6 +10,10 @@ pub const CF_UNIQUE: &str = "unique";
 /// Column family holding the day keys and the retention floor (see `privacy`). Only the
 /// primary opens it: readers never need it.
 pub const CF_PRIVACY: &str = "privacy";
+/// Column family of a log that takes part in a cluster (see `origin`): an edge's shipped
+/// position; a merged log's origins, per-node high-water marks and stream position. Opened by
+/// the primary, and by readers when the log has it.
+pub const CF_BUS: &str = "bus";
 /// The families every reader opens.
 pub const ALL_CFS: [&str; 3] = [CF_EVENTS, CF_CHAIN, CF_UNIQUE];
 

@@ -15,7 +15,7 @@
 //! - the tamper-evident **hash chain** ([`chain`]) and [`LogReader::verify`];
 //! - point-in-time copies ([`snapshot`]) for `tally snapshot`.
 //!
-//! On-disk layout, four column families:
+//! On-disk layout, five column families:
 //!
 //! | CF        | key                       | value                                  |
 //! |-----------|---------------------------|----------------------------------------|
@@ -23,6 +23,7 @@
 //! | `chain`   | last seq of a batch, u64 BE | chain entry (see [`chain`])          |
 //! | `unique`  | BLAKE3 of a caller's key  | seq of the first event with that key   |
 //! | `privacy` | day keys, retention floor | see `privacy`                          |
+//! | `bus`     | shipped position; origins | see [`origin`] (logs in a cluster)     |
 //!
 //! The chain covers each record's chained bytes, not a format-3 record's personal trailer:
 //! [`Log::erase`] and [`Log::apply_retention`] cut trailers off and `verify` still passes.
@@ -55,6 +56,7 @@ mod db;
 mod keys;
 mod log;
 mod metrics;
+pub mod origin;
 mod park;
 mod privacy;
 mod queue;
@@ -74,6 +76,7 @@ pub use config::LogSection;
 pub use db::ScratchDir;
 pub use log::Log;
 pub use metrics::LogMetrics;
+pub use origin::{MergeCheckpoint, OriginReport, Shipped};
 pub use privacy::{Erasure, ErasureReport, RetentionReport};
 pub use queue::{Pending, PendingUnique};
 pub use reader::{Anchor, AnchorCheck, LogReader, LogStats, PersonalCounts, Tail, VerifyReport};

@@ -39,6 +39,8 @@ struct Shared {
     /// Stall time already added to the counter, in microseconds.
     stall_reported_us: Mutex<u64>,
     park: Park,
+    /// The commit core, for [`Log::merge`] (the writer and the park hook hold it too).
+    core: Arc<Mutex<Core>>,
 }
 
 impl Drop for Shared {
@@ -83,7 +85,8 @@ impl Log {
             committed,
             healthy,
             writer: Mutex::new(Some(writer)),
-            park: Park::new(core, options.sync, metrics.clone()),
+            park: Park::new(Arc::clone(&core), options.sync, metrics.clone()),
+            core,
             options,
             db_options,
             metrics,
@@ -128,6 +131,16 @@ impl Log {
 
     pub(crate) fn queue(&self) -> &Queue {
         &self.queue
+    }
+
+    pub(crate) fn db(&self) -> &Db {
+        &self.shared.db
+    }
+
+    /// The commit core, locked (a poisoned lock is taken as it is: the core's state is only
+    /// changed after a successful write).
+    pub(crate) fn core(&self) -> std::sync::MutexGuard<'_, Core> {
+        self.shared.core.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub(crate) fn park(&self) -> &Park {

@@ -20,7 +20,7 @@ use tally_model::record::{self, Personal};
 use tally_model::{ClickId, Event};
 
 use crate::db::{cf, Db};
-use crate::keys::{self, CF_CHAIN, CF_EVENTS, CF_PRIVACY, CF_UNIQUE};
+use crate::keys::{self, CF_BUS, CF_CHAIN, CF_EVENTS, CF_PRIVACY, CF_UNIQUE};
 use crate::LogError;
 
 const DAY_KEY: &[u8] = b"day_key";
@@ -262,7 +262,7 @@ impl<'a> Rewrite<'a> {
     fn finish(mut self) -> Result<(), LogError> {
         self.flush_batch()?;
         let Some((first, last)) = self.range else { return Ok(()) };
-        for name in [CF_EVENTS, CF_CHAIN, CF_UNIQUE, CF_PRIVACY] {
+        for name in [CF_EVENTS, CF_CHAIN, CF_UNIQUE, CF_PRIVACY, CF_BUS] {
             self.db.flush_cf(cf(self.db, name)?).map_err(write_err)?;
         }
         let events = cf(self.db, CF_EVENTS)?;

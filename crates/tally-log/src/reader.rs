@@ -10,7 +10,7 @@ use rocksdb::{Direction, IteratorMode};
 use tally_model::{EventKind, Personal};
 
 use crate::chain::{self, ChainEntry, GENESIS};
-use crate::db::{cf, cf_descriptors, db_options, open_error, Committed, Db, ScratchDir};
+use crate::db::{cf, db_options, open_error, reader_descriptors, Committed, Db, ScratchDir};
 use crate::keys::{self, CF_CHAIN, CF_EVENTS};
 use crate::LogError;
 
@@ -139,9 +139,29 @@ impl LogReader {
         let mut opts = db_options();
         // A secondary must keep every file open: the primary may delete ones it compacts away.
         opts.set_max_open_files(-1);
-        let db = rocksdb::DB::open_cf_descriptors_as_secondary(&opts, dir, secondary.path(), cf_descriptors())
+        let db = rocksdb::DB::open_cf_descriptors_as_secondary(&opts, dir, secondary.path(), reader_descriptors(dir))
             .map_err(|e| open_error(dir, e))?;
         Ok(LogReader { db: Arc::new(db), committed: None, secondary_dir: Some(secondary) })
+    }
+
+    pub(crate) fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// The chain entries of the batches whose last sequence number is in `from..=to`, in
+    /// order, as stored (a shipper sends them with the records they cover).
+    pub fn chain_entries(&self, from: u64, to: u64) -> Result<Vec<(u64, Vec<u8>)>, LogError> {
+        let chain = cf(&self.db, CF_CHAIN)?;
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(chain, IteratorMode::From(&keys::seq_key(from), Direction::Forward)) {
+            let (k, v) = item.map_err(read_err)?;
+            let last = keys::parse_seq_key(&k).ok_or_else(|| LogError::Corrupt("bad chain key".into()))?;
+            if last > to {
+                break;
+            }
+            out.push((last, v.into_vec()));
+        }
+        Ok(out)
     }
 
     /// A secondary instance's own directory (removed when the reader is dropped).

@@ -5,6 +5,7 @@
 //! | `[server]`, `[program]`, `[privacy]`, `[postback]`, `[admin]`, `[secrets]` | `tally-edge` | [`tally_edge::Config`] |
 //! | `[log]` | `tally-log` | the data directory and [`LogOptions`] |
 //! | `[attribution]` | `tally-attribution` | [`AttributionConfig`] |
+//! | `[bus]` | `tally-bus` | [`BusConfig`] (a cluster; off without `urls`) |
 //! | `[logging]` | this crate ([`crate::telemetry`]) | [`LoggingConfig`] |
 //!
 //! Parse-all-then-fail: [`Config::load`] reports every bad value of every section at once,
@@ -19,6 +20,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use tally_attribution::{AttributionConfig, AttributionSection};
+use tally_bus::{BusConfig, BusSection};
 use tally_edge::config::{AdminSection, PostbackSection, PrivacySection, ProgramSection, Sections, ServerSection};
 use tally_edge::secrets::SecretsSection;
 use tally_log::{LogOptions, LogSection};
@@ -45,6 +47,7 @@ struct RawConfig {
     attribution: AttributionSection,
     admin: AdminSection,
     secrets: SecretsSection,
+    bus: BusSection,
 }
 
 /// The validated deployment config.
@@ -55,6 +58,10 @@ pub struct Config {
     pub log: LogOptions,
     pub attribution: AttributionConfig,
     pub logging: LoggingConfig,
+    /// The cluster's bus (`[bus]` with `urls`); `None`: a single node.
+    pub bus: Option<BusConfig>,
+    /// `[bus]` as written, for `--bus` to fill in `urls` after loading.
+    bus_section: BusSection,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -117,6 +124,20 @@ impl Config {
         &self.edge.data_dir
     }
 
+    /// Joins the cluster whose NATS servers are `urls` (`--bus`), with the rest of `[bus]`
+    /// as configured.
+    pub fn set_bus_urls(&mut self, urls: Vec<String>) -> Result<(), ConfigError> {
+        let section = BusSection { urls, ..self.bus_section.clone() };
+        let mut problems = Vec::new();
+        let bus = section.validate(&mut problems);
+        if !problems.is_empty() {
+            return Err(ConfigError::Invalid(problems));
+        }
+        self.bus = bus;
+        self.bus_section = section;
+        Ok(())
+    }
+
     /// Points every part at another data directory (`--data-dir`).
     pub fn set_data_dir(&mut self, dir: PathBuf) {
         self.edge.data_dir = dir;
@@ -128,6 +149,7 @@ impl RawConfig {
         let (data_dir, log) = self.log.validate(base, problems);
         let attribution = self.attribution.validate(problems);
         let logging = self.logging.validate(problems);
+        let bus = self.bus.validate(problems);
         let sections = Sections {
             server: &self.server,
             program: &self.program,
@@ -137,7 +159,7 @@ impl RawConfig {
             secrets: &self.secrets,
         };
         let edge = tally_edge::Config::validate(sections, base, data_dir, problems)?;
-        Some(Config { edge, log, attribution, logging })
+        Some(Config { edge, log, attribution, logging, bus, bus_section: self.bus.clone() })
     }
 }
 
@@ -226,6 +248,17 @@ mod tests {
         assert_eq!(c.edge.program_path, Path::new("/etc/tally/program.toml"));
         assert!(c.attribution.in_process);
         assert_eq!(c.logging.format, LogFormat::Pretty);
+        assert_eq!(c.bus, None, "a single node unless [bus] names servers");
+    }
+
+    #[test]
+    fn bus_flag_fills_in_the_urls_and_refuses_bad_ones() {
+        let mut c = Config::from_toml("[bus]\nreplicas = 1\n", Path::new(".")).unwrap();
+        assert_eq!(c.bus, None);
+        c.set_bus_urls(vec!["nats://127.0.0.1:4222".into()]).unwrap();
+        assert_eq!(c.bus.as_ref().map(|b| b.replicas), Some(1), "the rest of [bus] is kept");
+        let err = c.set_bus_urls(vec!["127.0.0.1:4222".into()]).unwrap_err();
+        assert!(err.to_string().contains("bus.urls"), "{err}");
     }
 
     /// The commented template in `config/` must parse, have no unknown keys, and say exactly
@@ -256,6 +289,8 @@ format = "xml"
 commit_every = 0
 [admin]
 token = "short"
+[bus]
+urls = ["nats://user:password@nats:4222"]
 "#;
         let Err(ConfigError::Invalid(problems)) = Config::from_toml(bad, Path::new(".")) else { panic!() };
         let all = problems.join("\n");
@@ -268,6 +303,7 @@ token = "short"
             "logging.format",
             "attribution.commit_every",
             "admin.token",
+            "bus.urls",
         ] {
             assert!(all.contains(key), "{key} not reported in:\n{all}");
         }
@@ -292,6 +328,7 @@ token = "short"
             ("TALLY_ADMIN_LISTEN", ""),
             ("TALLY_ATTRIBUTION_IN_PROCESS", "false"),
             ("TALLY_LOGGING_LEVEL", "debug"),
+            ("TALLY_BUS_URLS", "nats://10.0.0.1:4222,nats://10.0.0.2:4222"),
             // Not overrides: flags of the binary, and names outside any section.
             ("TALLY_ATTRIBUTION_METRICS", "127.0.0.1:0"),
             ("TALLY_DATA_DIR", "/elsewhere"),
@@ -308,6 +345,7 @@ token = "short"
         assert_eq!(c.edge.admin.listen, None);
         assert!(!c.attribution.in_process);
         assert_eq!(c.logging.level, "debug");
+        assert_eq!(c.bus.as_ref().map(|b| b.urls.len()), Some(2));
         assert_eq!(c.data_dir(), Path::new("/etc/tally/data"));
     }
 

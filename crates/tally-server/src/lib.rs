@@ -30,6 +30,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tally_attribution::AttributionMetrics;
+use tally_bus::{BusMetrics, Shipper};
 use tally_edge::{AdminHooks, Edge};
 use tally_log::{Log, LogMetrics};
 
@@ -91,12 +92,21 @@ pub struct App {
     edge: Arc<Edge>,
     hooks: AdminHooks,
     worker: Option<InProcess>,
+    /// In a cluster: publishes the log's events to the bus.
+    shipper: Option<Shipper>,
 }
 
 impl App {
     /// Opens the log, records the program in force, starts the in-process attribution
-    /// worker (unless `attribution.in_process` is off) and builds the edge.
+    /// worker (unless `attribution.in_process` is off, or the node is an edge of a cluster)
+    /// or, in a cluster, the shipper, and builds the edge.
     pub fn open(config: Config) -> Result<App, AppError> {
+        if config.bus.is_some() && config.edge.node_id == 0 {
+            return Err(ConfigError::Invalid(vec![
+                "server.node_id: each edge of a cluster ([bus]) needs a node ID of its own, 1-65535".into(),
+            ])
+            .into());
+        }
         // The program file with the admin API's link overlay from the data directory on top.
         let program = tally_edge::load_for(&config.edge)?;
         let data_dir = config.data_dir().to_owned();
@@ -111,7 +121,9 @@ impl App {
         let mut registry = prometheus_client::registry::Registry::default();
         process_metrics::register(&mut registry, &data_dir);
         log_metrics.register(&mut registry);
-        let worker = if config.attribution.in_process {
+        // An edge of a cluster sees only its own events: attribution runs on the attribution
+        // tier (`tally attribute` with [bus]), over every edge's.
+        let worker = if config.attribution.in_process && config.bus.is_none() {
             let attribution_metrics = AttributionMetrics::default();
             let worker = worker::open_worker(&data_dir, &config.attribution, attribution_metrics.clone())?;
             attribution_metrics.register(&mut registry);
@@ -121,10 +133,20 @@ impl App {
             // report `tally_attribution_up 0` and raise TallyAttributionDown.
             None
         };
+        let shipper = match &config.bus {
+            Some(bus) => {
+                let metrics = BusMetrics::default();
+                metrics.register(&mut registry);
+                let shipper = Shipper::start(log.clone(), config.edge.node_id, bus.clone(), metrics)
+                    .map_err(|e| AppError::io("cannot start the shipper", e))?;
+                Some(shipper)
+            }
+            None => None,
+        };
         let edge = Edge::new(config.edge.clone(), program, log.clone(), registry);
         let hooks =
             AdminHooks { stats: Some(stats_hook(data_dir)), log_level: Some(Arc::new(telemetry::RuntimeLevel)) };
-        Ok(App { config, log, edge, hooks, worker })
+        Ok(App { config, log, edge, hooks, worker, shipper })
     }
 
     pub fn config(&self) -> &Config {
@@ -183,7 +205,7 @@ impl App {
         F: Future<Output = ()>,
     {
         let rt = self.runtime().map_err(|e| AppError::io("cannot start the runtime", e))?;
-        let App { config, log, edge, hooks, worker } = self;
+        let App { config, log, edge, hooks, worker, shipper } = self;
         let served = rt.block_on(async {
             let public = tokio::net::TcpListener::from_std(listeners.public)
                 .map_err(|e| AppError::io("cannot use the public listener", e))?;
@@ -209,6 +231,10 @@ impl App {
         // at the next start, from its checkpoint.
         if let Some(worker) = worker {
             worker.stop();
+        }
+        // What it has not shipped it ships at the next start, from the shipped position.
+        if let Some(shipper) = shipper {
+            shipper.stop();
         }
         // Commit whatever is still queued before returning, even if serving failed.
         drop(edge);

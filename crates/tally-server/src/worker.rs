@@ -1,7 +1,8 @@
-//! The attribution worker's two homes: a thread inside the server ([`InProcess`]), or its
-//! own process following the server's log through a secondary instance ([`Standalone`],
-//! `tally attribute`). Either way the worker is `tally_attribution::Worker`; this module
-//! only starts, stops and exposes it.
+//! The attribution worker's homes: a thread inside the server ([`InProcess`]), or its own
+//! process ([`Standalone`], `tally attribute`) following either the server's log through a
+//! secondary instance or, on the attribution tier of a cluster, the merged log its bus
+//! consumer writes. Either way the worker is `tally_attribution::Worker`; this module only
+//! starts, stops and exposes it.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -9,9 +10,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use tally_attribution::{AttributionConfig, AttributionError, AttributionMetrics, Worker};
-use tally_log::LogReader;
+use tally_bus::{BusMetrics, Consumer};
+use tally_log::{Log, LogMetrics, LogReader};
 
-use crate::AppError;
+use crate::{AppError, Config};
 
 /// Opens the worker's state in `data_dir`.
 pub fn open_worker(
@@ -52,22 +54,56 @@ impl InProcess {
     }
 }
 
-/// `tally attribute`: the worker in its own process, reading the server's log through a
-/// secondary instance, with an optional `/metrics` listener of its own.
+/// `tally attribute`: the worker in its own process, with an optional `/metrics` listener
+/// of its own. On a single node it reads the server's log through a secondary instance; on
+/// the attribution tier of a cluster (`[bus]`) it owns the merged log, which its bus consumer
+/// writes and it follows.
 #[derive(Debug)]
 pub struct Standalone {
     worker: Worker,
     reader: LogReader,
     metrics: AttributionMetrics,
     data_dir: PathBuf,
+    merging: Option<Merging>,
+}
+
+/// The attribution tier's merged log and the consumer that writes it.
+#[derive(Debug)]
+struct Merging {
+    log: Log,
+    log_metrics: LogMetrics,
+    bus_metrics: BusMetrics,
+    consumer: Option<Consumer>,
+}
+
+impl Drop for Merging {
+    /// The consumer stops after its write in progress; the log then closes. What it has not
+    /// merged it merges at the next start, from the merged log's checkpoint.
+    fn drop(&mut self) {
+        if let Some(c) = self.consumer.take() {
+            c.stop();
+        }
+        self.log.close();
+    }
 }
 
 impl Standalone {
-    pub fn open(data_dir: &Path, config: &AttributionConfig) -> Result<Standalone, AppError> {
+    pub fn open(config: &Config) -> Result<Standalone, AppError> {
+        let data_dir = config.data_dir();
         let metrics = AttributionMetrics::default();
-        let worker = open_worker(data_dir, config, metrics.clone())?;
-        let reader = LogReader::open_secondary(data_dir)?;
-        Ok(Standalone { worker, reader, metrics, data_dir: data_dir.to_owned() })
+        let worker = open_worker(data_dir, &config.attribution, metrics.clone())?;
+        let Some(bus) = &config.bus else {
+            let reader = LogReader::open_secondary(data_dir)?;
+            return Ok(Standalone { worker, reader, metrics, data_dir: data_dir.to_owned(), merging: None });
+        };
+        let log_metrics = LogMetrics::default();
+        let log = Log::open(data_dir, config.log.clone(), log_metrics.clone())?;
+        let bus_metrics = BusMetrics::default();
+        let name = format!("tally-attribution-{}", std::process::id());
+        let consumer = Consumer::start(log.clone(), bus.clone(), name, bus_metrics.clone())
+            .map_err(|e| AppError::io("cannot start the bus consumer", e))?;
+        let merging = Merging { log: log.clone(), log_metrics, bus_metrics, consumer: Some(consumer) };
+        Ok(Standalone { worker, reader: log.reader(), metrics, data_dir: data_dir.to_owned(), merging: Some(merging) })
     }
 
     /// The last event attributed and committed.
@@ -101,6 +137,10 @@ impl Standalone {
             let mut registry = prometheus_client::registry::Registry::default();
             crate::process_metrics::register(&mut registry, &self.data_dir);
             self.metrics.register(&mut registry);
+            if let Some(m) = &self.merging {
+                m.log_metrics.register(&mut registry);
+                m.bus_metrics.register(&mut registry);
+            }
             Arc::new(registry)
         };
         let background = std::thread::Builder::new()
@@ -130,6 +170,7 @@ impl Standalone {
             .map_err(|e| AppError::io("cannot start the signal thread", e))?;
         let result = self.worker.run(self.reader, &stop);
         drop(background);
+        drop(self.merging.take());
         result?;
         tracing::info!(position = self.worker.position(), "attribution stopped cleanly");
         Ok(self.worker.position())

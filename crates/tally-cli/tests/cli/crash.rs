@@ -25,13 +25,13 @@ fn env_u64(name: &str, default: u64) -> u64 {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
+pub(crate) enum Kind {
     Click,
     Conversion,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Outcome {
+pub(crate) enum Outcome {
     /// A 302 for a click, a 200 "accepted" for a postback.
     Acknowledged,
     /// Any other status: the server said it did not take the event.
@@ -41,31 +41,31 @@ enum Outcome {
 }
 
 #[derive(Debug, Clone)]
-struct Attempt {
-    kind: Kind,
-    marker: String,
-    outcome: Outcome,
+pub(crate) struct Attempt {
+    pub(crate) kind: Kind,
+    pub(crate) marker: String,
+    pub(crate) outcome: Outcome,
 }
 
 /// What the checker found; the harness asserts on it.
 #[derive(Debug, Default)]
-struct Report {
-    attempted: u64,
-    acknowledged: u64,
-    failed: u64,
-    timed_out: u64,
-    stored: u64,
-    lost: u64,
-    duplicated: u64,
-    gaps: u64,
-    unexpected: u64,
+pub(crate) struct Report {
+    pub(crate) attempted: u64,
+    pub(crate) acknowledged: u64,
+    pub(crate) failed: u64,
+    pub(crate) timed_out: u64,
+    pub(crate) stored: u64,
+    pub(crate) lost: u64,
+    pub(crate) duplicated: u64,
+    pub(crate) gaps: u64,
+    pub(crate) unexpected: u64,
 }
 
 /// One client: a keep-alive connection sending click, postback, click, ... until the server
 /// dies or `stop` is set. A click's 302 is sent only after its append finished, and with the
 /// default queue (65 536) and a few clients neither queue-full nor write errors can happen,
 /// so a 302 here means "stored" just as a postback's 200 does.
-fn client(addr: SocketAddr, prefix: String, stop: Arc<AtomicBool>, acks: Arc<AtomicU64>) -> Vec<Attempt> {
+pub(crate) fn client(addr: SocketAddr, prefix: String, stop: Arc<AtomicBool>, acks: Arc<AtomicU64>) -> Vec<Attempt> {
     let mut history = Vec::new();
     let Ok(s) = TcpStream::connect(addr) else { return history };
     let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
@@ -108,7 +108,7 @@ fn client(addr: SocketAddr, prefix: String, stop: Arc<AtomicBool>, acks: Arc<Ato
 
 /// Reads the log with `tally export events`, streaming (a long run stores millions of
 /// events), keeping only what the check needs: sequence numbers and markers per kind.
-fn stored_markers(dir: &Path) -> (Vec<u64>, HashMap<(bool, String), u64>) {
+pub(crate) fn stored_markers(dir: &Path) -> (Vec<u64>, HashMap<(bool, String), u64>) {
     let mut child = Command::new(BIN)
         .args(["export", "events", "--data-dir", dir.to_str().unwrap()])
         .stdout(Stdio::piped())
@@ -132,7 +132,7 @@ fn stored_markers(dir: &Path) -> (Vec<u64>, HashMap<(bool, String), u64>) {
     (seqs, markers)
 }
 
-fn check(dir: &Path, history: &[Attempt]) -> Report {
+pub(crate) fn check(dir: &Path, history: &[Attempt]) -> Report {
     let (seqs, stored) = stored_markers(dir);
     let mut r = Report { stored: stored.values().sum(), ..Report::default() };
     // Sequence numbers start at 1 and are contiguous.

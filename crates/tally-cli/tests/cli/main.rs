@@ -8,6 +8,7 @@
 mod attribution;
 mod audit;
 mod audit_io;
+mod cluster;
 mod commands;
 mod common;
 mod crash;

@@ -1,0 +1,69 @@
+//! The NATS side both halves share: the connection and the events stream.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, stream};
+
+use crate::config::{BusConfig, SUBJECT_PREFIX};
+use crate::metrics::BusMetrics;
+
+/// JetStream's duplicate window. A fast path only: the consumer's high-water marks, not this,
+/// make delivery exactly once.
+const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+
+/// A client that connects in the background and reconnects forever: an edge starts and
+/// serves whether or not NATS is up.
+pub(crate) async fn connect(config: &BusConfig, name: &str, metrics: &BusMetrics) -> jetstream::Context {
+    let events = metrics.clone();
+    let options = async_nats::ConnectOptions::new()
+        .name(name)
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .connection_timeout(Duration::from_secs(5))
+        .event_callback(move |event| {
+            let events = events.clone();
+            async move {
+                match event {
+                    async_nats::Event::Connected => {
+                        events.connected.set(1);
+                    }
+                    async_nats::Event::Disconnected => {
+                        events.connected.set(0);
+                    }
+                    other => tally_telemetry::warn_limited!(event = %other, "NATS client event"),
+                }
+            }
+        });
+    // With retry_on_initial_connect, connect fails only on addresses that do not parse,
+    // which the config's validation refused; retried in case it ever does otherwise.
+    loop {
+        match options.clone().connect(config.urls.as_slice()).await {
+            Ok(client) => {
+                let mut js = jetstream::new(client);
+                js.set_timeout(config.ack_timeout);
+                return js;
+            }
+            Err(e) => {
+                tally_telemetry::error_limited!(error = %e, "cannot set up the NATS client");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+/// The events stream as the config describes it, created if it does not exist.
+pub(crate) async fn events_stream(
+    js: &jetstream::Context,
+    config: &BusConfig,
+) -> Result<stream::Stream, async_nats::Error> {
+    let wanted = stream::Config {
+        name: config.stream.clone(),
+        subjects: vec![format!("{SUBJECT_PREFIX}.>")],
+        storage: stream::StorageType::File,
+        num_replicas: config.replicas,
+        duplicate_window: DUPLICATE_WINDOW,
+        max_age: config.retention.unwrap_or_default(),
+        ..Default::default()
+    };
+    Ok(js.get_or_create_stream(wanted).await?)
+}

@@ -1,0 +1,168 @@
+//! The shipper: publishes an edge's committed events to the stream, in order, and records
+//! how far the bus has acknowledged them in the edge's own log.
+//!
+//! One message is in flight at a time, and the next is read only once it is acknowledged:
+//! a node's messages then reach the stream in sequence order, which is what lets the
+//! consumer treat any hole as missing data rather than as a message still on its way. A
+//! message carries up to `max_records` records, so a backlog drains at one round trip per
+//! few thousand events. A publish that fails or is not acknowledged in time is sent again,
+//! with the same `Nats-Msg-Id`, until it is; meanwhile the edge goes on committing and
+//! answering: its log is the buffer.
+
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use tally_log::{Log, LogError, Tail};
+
+use crate::config::BusConfig;
+use crate::envelope::Message;
+use crate::metrics::BusMetrics;
+use crate::nats;
+use crate::task::{pause, Background};
+
+/// How long a read of the log waits for new events, and so how often the lag gauges move
+/// while nothing is committed.
+const POLL: Duration = Duration::from_millis(200);
+/// The pause after a failed publish, doubled up to `MAX_BACKOFF`.
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// A running shipper.
+#[derive(Debug)]
+pub struct Shipper(Background);
+
+impl Shipper {
+    /// Starts shipping `log`, the log of edge `node`, from its stored shipped position.
+    pub fn start(log: Log, node: u16, config: BusConfig, metrics: BusMetrics) -> io::Result<Shipper> {
+        Background::spawn("tally-shipper", move |stop| async move {
+            if let Err(e) = run(log, node, config, metrics, stop).await {
+                tracing::error!(error = %e, "shipping stopped; restart to resume from the shipped position");
+            }
+        })
+        .map(Shipper)
+    }
+
+    /// Stops after the message in flight (without waiting for a bus that is away).
+    pub fn stop(self) {
+        self.0.stop();
+    }
+}
+
+async fn run(
+    log: Log,
+    node: u16,
+    config: BusConfig,
+    metrics: BusMetrics,
+    stop: Arc<AtomicBool>,
+) -> Result<(), LogError> {
+    let js = nats::connect(&config, &format!("tally-edge-{node}"), &metrics).await;
+    let subject = BusConfig::subject(node);
+    let mut shipped = log.shipped()?;
+    metrics.shipped_position.set(i64::try_from(shipped).unwrap_or(i64::MAX));
+    tracing::info!(node, shipped, stream = %config.stream, "shipping to the bus");
+    let mut stream_ready = false;
+    let mut tail = Some(log.reader().tail(shipped + 1));
+    let mut behind_since: Option<Instant> = None;
+    while !stop.load(Ordering::Relaxed) {
+        let lag = log.last_committed().saturating_sub(shipped);
+        metrics.ship_lag_events.set(i64::try_from(lag).unwrap_or(i64::MAX));
+        let since = if lag == 0 { None } else { Some(*behind_since.get_or_insert_with(Instant::now)) };
+        behind_since = since;
+        metrics.ship_lag_seconds.set(since.map_or(0.0, |t| t.elapsed().as_secs_f64()));
+        if !stream_ready {
+            match nats::events_stream(&js, &config).await {
+                Ok(_) => stream_ready = true,
+                Err(e) => {
+                    metrics.publish_errors.inc();
+                    tally_telemetry::warn_limited!(error = %e, stream = %config.stream, "the bus is not reachable; events wait in the log");
+                    pause(MAX_BACKOFF, &stop).await;
+                    continue;
+                }
+            }
+        }
+        let Some(current) = tail.take() else { return Err(LogError::Closed) };
+        let max = config.max_records;
+        let (current, batch) = tokio::task::spawn_blocking(move || {
+            let mut current = current;
+            let batch = current.next_batch(max, POLL);
+            (current, batch)
+        })
+        .await
+        .map_err(|e| LogError::Read(format!("the shipper's log reader failed: {e}")))?;
+        let mut current: Tail = current;
+        let mut records = batch?;
+        if records.is_empty() {
+            tail = Some(current);
+            continue;
+        }
+        // Cut the run to the message size; what is left is read again next time.
+        let mut bytes = 0;
+        let keep = records
+            .iter()
+            .position(|(_, r)| {
+                bytes += r.len() + 4;
+                Message::encoded_len(0, bytes) > config.max_message_bytes
+            })
+            .unwrap_or(records.len())
+            .max(1);
+        records.truncate(keep);
+        let first = records[0].0;
+        let last = first + records.len() as u64 - 1;
+        current.seek(last + 1);
+        tail = Some(current);
+        let chain = log.reader().chain_entries(first, last)?.into_iter().map(|(_, e)| e).collect();
+        let message = Message { node, first, records: records.into_iter().map(|(_, r)| r).collect(), chain };
+        if !publish(&js, &subject, &config, &message, &metrics, &stop).await {
+            return Ok(());
+        }
+        log.set_shipped(last)?;
+        shipped = last;
+        metrics.shipped_position.set(i64::try_from(shipped).unwrap_or(i64::MAX));
+        metrics.shipped_events.inc_by(message.records.len() as u64);
+        metrics.shipped_messages.inc();
+    }
+    Ok(())
+}
+
+/// Publishes `message` until JetStream acknowledges it; false if stopped first.
+async fn publish(
+    js: &jetstream::Context,
+    subject: &str,
+    config: &BusConfig,
+    message: &Message,
+    metrics: &BusMetrics,
+    stop: &AtomicBool,
+) -> bool {
+    let payload = bytes::Bytes::from(message.encode());
+    let id = message.id();
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            return false;
+        }
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
+        // A message for another stream is refused rather than stored there.
+        headers.insert(async_nats::header::NATS_EXPECTED_STREAM, config.stream.as_str());
+        headers.insert("Tally-Node", message.node.to_string().as_str());
+        headers.insert("Tally-Seq", format!("{}-{}", message.first, message.last()).as_str());
+        let acked = async {
+            js.publish_with_headers(subject.to_owned(), headers, payload.clone())
+                .await?
+                .await
+                .map_err(async_nats::Error::from)
+        };
+        match acked.await {
+            Ok(_) => return true,
+            Err(e) => {
+                metrics.publish_errors.inc();
+                tally_telemetry::warn_limited!(error = %e, message = %id, "publish not acknowledged; sending it again");
+                pause(backoff, stop).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}
