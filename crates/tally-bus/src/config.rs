@@ -26,6 +26,9 @@ pub struct BusSection {
     pub max_message_bytes: usize,
     /// How long a publish waits for JetStream's acknowledgement before it is sent again.
     pub ack_timeout_ms: u64,
+    /// How long the active attribution process's lease outlives its last renewal: a standby
+    /// takes over this long after the active one stops renewing (it renews every third).
+    pub lease_ttl_ms: u64,
 }
 
 impl Default for BusSection {
@@ -38,6 +41,7 @@ impl Default for BusSection {
             max_records: 4096,
             max_message_bytes: 512 * 1024,
             ack_timeout_ms: 5000,
+            lease_ttl_ms: 5000,
         }
     }
 }
@@ -52,6 +56,7 @@ pub struct BusConfig {
     pub max_records: usize,
     pub max_message_bytes: usize,
     pub ack_timeout: Duration,
+    pub lease_ttl: Duration,
 }
 
 /// Subjects of the events stream: one per edge node.
@@ -94,6 +99,9 @@ impl BusSection {
         if !(100..=600_000).contains(&self.ack_timeout_ms) {
             problems.push(format!("bus.ack_timeout_ms: must be 100-600000, got {}", self.ack_timeout_ms));
         }
+        if !(1000..=600_000).contains(&self.lease_ttl_ms) {
+            problems.push(format!("bus.lease_ttl_ms: must be 1000-600000, got {}", self.lease_ttl_ms));
+        }
         if self.urls.is_empty() {
             return None;
         }
@@ -105,6 +113,7 @@ impl BusSection {
             max_records: self.max_records,
             max_message_bytes: self.max_message_bytes,
             ack_timeout: Duration::from_millis(self.ack_timeout_ms),
+            lease_ttl: Duration::from_millis(self.lease_ttl_ms),
         })
     }
 }
@@ -134,14 +143,21 @@ mod tests {
             max_records: 0,
             max_message_bytes: 10,
             ack_timeout_ms: 1,
+            lease_ttl_ms: 10,
             ..Default::default()
         };
         let mut problems = Vec::new();
         bad.validate(&mut problems);
         let text = problems.join("\n");
-        for key in
-            ["bus.urls", "bus.stream", "bus.replicas", "bus.max_records", "bus.max_message_bytes", "bus.ack_timeout_ms"]
-        {
+        for key in [
+            "bus.urls",
+            "bus.stream",
+            "bus.replicas",
+            "bus.max_records",
+            "bus.max_message_bytes",
+            "bus.ack_timeout_ms",
+            "bus.lease_ttl_ms",
+        ] {
             assert!(text.contains(key), "{key} not named in {text}");
         }
         assert_eq!(problems.iter().filter(|p| p.starts_with("bus.urls")).count(), 2);

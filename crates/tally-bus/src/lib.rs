@@ -25,13 +25,19 @@
 pub mod config;
 mod consumer;
 pub mod envelope;
+mod lease;
 pub mod merger;
 mod metrics;
 mod nats;
+pub mod program;
 mod shipper;
 mod task;
+#[cfg(feature = "test-util")]
+pub mod testing;
 
 pub use config::{BusConfig, BusSection};
 pub use consumer::Consumer;
+pub use lease::Lease;
 pub use metrics::BusMetrics;
+pub use program::{fetch_program, ProgramChannel};
 pub use shipper::Shipper;

@@ -26,6 +26,9 @@ pub struct BusMetrics {
     /// Messages that started past a node's next record: records missing from the stream.
     pub gaps: Counter,
     pub consume_errors: Counter,
+    /// 1 while this attribution process holds the lease (is the active one).
+    pub lease_held: Gauge,
+    pub lease_changes: Counter,
 }
 
 impl BusMetrics {
@@ -52,5 +55,11 @@ impl BusMetrics {
         r.register("duplicate_events", "Events received again and dropped", self.duplicate_events.clone());
         r.register("gaps", "Messages not merged because their node's earlier events are missing", self.gaps.clone());
         r.register("consume_errors", "Consumer failures (it resumes from its checkpoint)", self.consume_errors.clone());
+        r.register("lease_held", "1 while this attribution process holds the lease", self.lease_held.clone());
+        r.register(
+            "lease_changes",
+            "Times this process took or lost the attribution lease",
+            self.lease_changes.clone(),
+        );
     }
 }

@@ -66,6 +66,9 @@ async fn run(
     let mut stream_ready = false;
     let mut tail = Some(log.reader().tail(shipped + 1));
     let mut behind_since: Option<Instant> = None;
+    // Messages sent by this process (for the test switch that drops some).
+    #[cfg(feature = "test-util")]
+    let mut sent = 0u64;
     while !stop.load(Ordering::Relaxed) {
         let lag = log.last_committed().saturating_sub(shipped);
         metrics.ship_lag_events.set(i64::try_from(lag).unwrap_or(i64::MAX));
@@ -115,7 +118,14 @@ async fn run(
         tail = Some(current);
         let chain = log.reader().chain_entries(first, last)?.into_iter().map(|(_, e)| e).collect();
         let message = Message { node, first, records: records.into_iter().map(|(_, r)| r).collect(), chain };
-        if !publish(&js, &subject, &config, &message, &metrics, &stop).await {
+        #[cfg(feature = "test-util")]
+        let dropped = {
+            sent += 1;
+            crate::testing::skip(sent)
+        };
+        #[cfg(not(feature = "test-util"))]
+        let dropped = false;
+        if !dropped && !publish(&js, &subject, &config, &message, &metrics, &stop).await {
             return Ok(());
         }
         log.set_shipped(last)?;

@@ -62,7 +62,13 @@ pub struct Edge {
     pub metrics: EdgeMetrics,
     /// Day keys of visitor pseudonyms ([`privacy`]).
     day_keys: privacy::DayKeys,
+    /// Told of every program this edge puts in force from its own file or API (not of those
+    /// it [`Edge::adopt`]s): a cluster publishes them to the other edges.
+    on_program: std::sync::OnceLock<ProgramHook>,
 }
+
+/// What [`Edge::set_program_hook`] installs.
+pub type ProgramHook = Box<dyn Fn(&Program) + Send + Sync>;
 
 impl std::fmt::Debug for Edge {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -126,7 +132,37 @@ impl Edge {
             registry,
             metrics,
             day_keys,
+            on_program: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Installs the hook told of every program this edge puts in force from its own file or
+    /// admin API; a second call is ignored.
+    pub fn set_program_hook(&self, hook: ProgramHook) {
+        let _ = self.on_program.set(hook);
+    }
+
+    fn announce(&self) {
+        if let Some(hook) = self.on_program.get() {
+            hook(&self.program());
+        }
+    }
+
+    /// Puts in force a program another node put in force (a cluster's program, from the
+    /// bus): its credentials resolved from this edge's secrets store, logged as a
+    /// `ProgramChange`, swapped in, and the source kept as the base later API link edits
+    /// compose on. Returns false if it is the program already in force. Not announced.
+    pub async fn adopt(&self, source: String) -> Result<bool, ReloadError> {
+        let _serial = self.changes.lock().await;
+        let secrets = self.config.secrets.clone();
+        let parsed = tokio::task::spawn_blocking(move || serving_program(&source, &secrets).map(|p| (source, p)))
+            .await
+            .unwrap_or_else(|e| Err(ReloadError::Read { path: String::new(), reason: e.to_string() }));
+        let (base, program) = parsed?;
+        if program.digest == self.program.load().digest {
+            return Ok(false);
+        }
+        self.log_and_swap(Loaded { base, program }).await.map(|_| true)
     }
 
     pub fn log(&self) -> &Log {
@@ -158,6 +194,9 @@ impl Edge {
             Ok(loaded) => self.log_and_swap(loaded).await.map(|_| true),
             Err(e) => Err(e),
         };
+        if matches!(outcome, Ok(true)) {
+            self.announce();
+        }
         self.metrics.reload(if outcome.is_ok() { ReloadOutcome::ok } else { ReloadOutcome::error });
         outcome
     }
@@ -188,7 +227,10 @@ impl Edge {
         .map_err(|e| EditError::Internal(e.to_string()))??;
         let (old, path, loaded) = prepared;
         match self.log_and_swap(loaded).await {
-            Ok(seq) => Ok((self.program(), seq)),
+            Ok(seq) => {
+                self.announce();
+                Ok((self.program(), seq))
+            }
             Err(e) => {
                 // The change is not in force, so the file must not say it is.
                 let restored = tokio::task::spawn_blocking(move || old.save(&path)).await;

@@ -30,7 +30,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tally_attribution::AttributionMetrics;
-use tally_bus::{BusMetrics, Shipper};
+use tally_bus::{BusMetrics, ProgramChannel, Shipper};
 use tally_edge::{AdminHooks, Edge};
 use tally_log::{Log, LogMetrics};
 
@@ -94,6 +94,8 @@ pub struct App {
     worker: Option<InProcess>,
     /// In a cluster: publishes the log's events to the bus.
     shipper: Option<Shipper>,
+    /// In a cluster: the cluster's program, and the programs to adopt from it.
+    programs: Option<(ProgramChannel, tokio::sync::mpsc::UnboundedReceiver<String>)>,
 }
 
 impl App {
@@ -107,8 +109,32 @@ impl App {
             ])
             .into());
         }
-        // The program file with the admin API's link overlay from the data directory on top.
-        let program = tally_edge::load_for(&config.edge)?;
+        // The program file with the admin API's link overlay from the data directory on top;
+        // in a cluster, the cluster's program if it has one.
+        let mut program = tally_edge::load_for(&config.edge)?;
+        let mut seed_cluster = false;
+        if let Some(bus) = &config.bus {
+            match tally_bus::fetch_program(bus, Duration::from_secs(5)) {
+                Ok(Some(source)) if source != program.program.source => {
+                    match tally_edge::serving_program(&source, &config.edge.secrets) {
+                        Ok(p) => {
+                            tracing::info!(digest = %p.digest, "serving the cluster's program, not this node's file");
+                            program = tally_edge::Loaded { base: source, program: p };
+                        }
+                        Err(e) => tracing::error!(
+                            error = %e,
+                            "cannot serve the cluster's program; serving this node's file until the next program"
+                        ),
+                    }
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => seed_cluster = true,
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    "cannot read the cluster's program; serving this node's file and adopting the cluster's once the bus answers"
+                ),
+            }
+        }
         let data_dir = config.data_dir().to_owned();
         let log_metrics = LogMetrics::default();
         let log = Log::open(&data_dir, config.log.clone(), log_metrics.clone())?;
@@ -133,20 +159,31 @@ impl App {
             // report `tally_attribution_up 0` and raise TallyAttributionDown.
             None
         };
-        let shipper = match &config.bus {
+        let (shipper, programs) = match &config.bus {
             Some(bus) => {
                 let metrics = BusMetrics::default();
                 metrics.register(&mut registry);
-                let shipper = Shipper::start(log.clone(), config.edge.node_id, bus.clone(), metrics)
+                let node = config.edge.node_id;
+                let shipper = Shipper::start(log.clone(), node, bus.clone(), metrics.clone())
                     .map_err(|e| AppError::io("cannot start the shipper", e))?;
-                Some(shipper)
+                let programs = ProgramChannel::start(bus.clone(), node, metrics)
+                    .map_err(|e| AppError::io("cannot start the program channel", e))?;
+                (Some(shipper), Some(programs))
             }
-            None => None,
+            None => (None, None),
         };
+        let source = program.program.source.clone();
         let edge = Edge::new(config.edge.clone(), program, log.clone(), registry);
+        if let Some((channel, _)) = &programs {
+            let publish = channel.publisher();
+            edge.set_program_hook(Box::new(move |p| publish(&p.source)));
+            if seed_cluster {
+                channel.publish(&source);
+            }
+        }
         let hooks =
             AdminHooks { stats: Some(stats_hook(data_dir)), log_level: Some(Arc::new(telemetry::RuntimeLevel)) };
-        Ok(App { config, log, edge, hooks, worker, shipper })
+        Ok(App { config, log, edge, hooks, worker, shipper, programs })
     }
 
     pub fn config(&self) -> &Config {
@@ -205,7 +242,8 @@ impl App {
         F: Future<Output = ()>,
     {
         let rt = self.runtime().map_err(|e| AppError::io("cannot start the runtime", e))?;
-        let App { config, log, edge, hooks, worker, shipper } = self;
+        let App { config, log, edge, hooks, worker, shipper, programs } = self;
+        let (channel, mut adopt) = programs.unzip();
         let served = rt.block_on(async {
             let public = tokio::net::TcpListener::from_std(listeners.public)
                 .map_err(|e| AppError::io("cannot use the public listener", e))?;
@@ -218,6 +256,19 @@ impl App {
                 tracing::info!(%local, data_dir = %config.data_dir().display(), sync = config.log.sync.as_str(), "serving");
             }
             let shutdown = shutdown(Arc::clone(&edge)).map_err(|e| AppError::io("cannot install the shutdown signal", e))?;
+            // The cluster's programs, put in force in the order the bus holds them.
+            if let Some(mut programs) = adopt.take() {
+                let edge = Arc::clone(&edge);
+                tokio::spawn(async move {
+                    while let Some(source) = programs.recv().await {
+                        match edge.adopt(source).await {
+                            Ok(true) => tracing::info!(digest = %edge.program().digest, "adopted the cluster's program"),
+                            Ok(false) => {}
+                            Err(e) => tracing::error!(error = %e, "cannot adopt the cluster's program; keeping this one"),
+                        }
+                    }
+                });
+            }
             // Ready once the log is open, the listeners bound (connections already queue) and
             // the signal handlers in place, so systemd's first SIGTERM drains rather than kills.
             notify::ready();
@@ -235,6 +286,9 @@ impl App {
         // What it has not shipped it ships at the next start, from the shipped position.
         if let Some(shipper) = shipper {
             shipper.stop();
+        }
+        if let Some(channel) = channel {
+            channel.stop();
         }
         // Commit whatever is still queued before returning, even if serving failed.
         drop(edge);

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use tally_attribution::{AttributionConfig, AttributionError, AttributionMetrics, Worker};
-use tally_bus::{BusMetrics, Consumer};
+use tally_bus::{BusMetrics, Consumer, Lease};
 use tally_log::{Log, LogMetrics, LogReader};
 
 use crate::{AppError, Config};
@@ -74,12 +74,16 @@ struct Merging {
     log_metrics: LogMetrics,
     bus_metrics: BusMetrics,
     consumer: Option<Consumer>,
+    lease: Option<Lease>,
 }
 
 impl Drop for Merging {
     /// The consumer stops after its write in progress; the log then closes. What it has not
     /// merged it merges at the next start, from the merged log's checkpoint.
     fn drop(&mut self) {
+        if let Some(l) = self.lease.take() {
+            l.stop();
+        }
         if let Some(c) = self.consumer.take() {
             c.stop();
         }
@@ -99,10 +103,16 @@ impl Standalone {
         let log_metrics = LogMetrics::default();
         let log = Log::open(data_dir, config.log.clone(), log_metrics.clone())?;
         let bus_metrics = BusMetrics::default();
-        let name = format!("tally-attribution-{}", std::process::id());
-        let consumer = Consumer::start(log.clone(), bus.clone(), name, bus_metrics.clone())
-            .map_err(|e| AppError::io("cannot start the bus consumer", e))?;
-        let merging = Merging { log: log.clone(), log_metrics, bus_metrics, consumer: Some(consumer) };
+        // Host and process: what the lease and the NATS server's connection list show.
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        let name = format!("{}-{}", host.trim(), std::process::id());
+        let consumer =
+            Consumer::start(log.clone(), bus.clone(), format!("tally-attribution-{name}"), bus_metrics.clone())
+                .map_err(|e| AppError::io("cannot start the bus consumer", e))?;
+        let lease = Lease::start(bus.clone(), name, bus_metrics.clone())
+            .map_err(|e| AppError::io("cannot start competing for the attribution lease", e))?;
+        let merging =
+            Merging { log: log.clone(), log_metrics, bus_metrics, consumer: Some(consumer), lease: Some(lease) };
         Ok(Standalone { worker, reader: log.reader(), metrics, data_dir: data_dir.to_owned(), merging: Some(merging) })
     }
 

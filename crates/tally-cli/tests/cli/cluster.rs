@@ -1,10 +1,13 @@
 //! A cluster for real: a 3-node NATS JetStream cluster on 127.0.0.1, two edges (`tally serve`
-//! with `[bus]`) and the attribution tier (`tally attribute --bus`), driven with the crash
-//! harness's clients (clicks and postbacks, each with a unique marker) through faults: a NATS
-//! node killed and restarted, an edge killed and restarted, the stream's quorum lost and
-//! regained. Then every edge's log is checked against what its clients were told, and the
-//! merged log against both edges' histories: nothing acknowledged lost, nothing twice,
-//! nothing unexpected; its origins prove each edge's chain; its ledger replays.
+//! with `[bus]`) and two attribution processes (`tally attribute --bus`, an active and a hot
+//! standby), driven with the crash harness's clients (clicks and postbacks, each with a unique
+//! marker) through faults: a NATS node killed and restarted, an edge killed and restarted, the
+//! stream's quorum lost and regained, the active attribution process killed, and a program
+//! change made on one edge. Then every edge's log is checked against what its clients were
+//! told, and each merged log against both edges' histories: nothing acknowledged lost, nothing
+//! twice, nothing unexpected; its origins prove each edge's chain; and the ledger digest is
+//! the same on both attribution processes, in a replay of the merged log, and on a single
+//! node fed the same events.
 #![allow(clippy::unwrap_used)]
 
 use std::io::{BufRead, BufReader};
@@ -20,7 +23,7 @@ use tally_log::LogReader;
 use tally_testkit::nats::NatsCluster;
 
 use crate::common::*;
-use crate::crash::{check, client, Attempt, Report};
+use crate::crash::{check, client, Attempt, Kind, Outcome, Report};
 
 /// Clients driving one edge until stopped.
 struct Load {
@@ -58,23 +61,47 @@ impl Load {
     }
 }
 
-/// `tally attribute --bus` on its own data directory.
+/// `tally attribute --bus` on its own data directory, with its metrics listener.
 struct Attribution {
     child: Child,
+    metrics: SocketAddr,
 }
 
 impl Attribution {
     fn start(config: &Path, data: &Path, urls: &str) -> Attribution {
         let mut child = Command::new(BIN)
             .args(["attribute", "--config", config.to_str().unwrap(), "--data-dir", data.to_str().unwrap()])
-            .args(["--bus", urls])
+            .args(["--bus", urls, "--metrics-listen", "127.0.0.1:0"])
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        assert!(line.starts_with("tally attribute merging the bus into"), "{line}");
-        Attribution { child }
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = lines.next().unwrap().unwrap();
+        assert!(first.starts_with("tally attribute merging the bus into"), "{first}");
+        let second = lines.next().unwrap().unwrap();
+        let metrics = second.strip_prefix("tally attribute metrics on ").unwrap().parse().unwrap();
+        Attribution { child, metrics }
+    }
+
+    /// A value its `/metrics` gives (`None` if it does not answer).
+    fn metric(&self, name: &str) -> Option<f64> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(self.metrics).ok()?;
+        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").ok()?;
+        let mut body = String::new();
+        s.read_to_string(&mut body).ok()?;
+        body.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    /// Whether it holds the attribution lease.
+    fn active(&self) -> bool {
+        self.metric("tally_bus_lease_held") == Some(1.0)
+    }
+
+    fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
     }
 
     fn stop(mut self) {
@@ -111,10 +138,77 @@ fn wait_merged(merged: &Path, edges: &[(u16, &Path)]) {
     }
 }
 
+/// The markers of a log's clicks and conversions in log order, as `tally export events` gives
+/// them (the crash harness's markers: a click's sub1, a conversion's txid).
+fn marker_order(dir: &Path) -> Vec<(bool, String)> {
+    let mut child = Command::new(BIN)
+        .args(["export", "events", "--data-dir", dir.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = Vec::new();
+    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+        let v: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap();
+        let key = match v["type"].as_str() {
+            Some("click") => v["sub1"].as_str().map(|m| (true, m.to_owned())),
+            Some("conversion") => v["txid"].as_str().map(|m| (false, m.to_owned())),
+            _ => None,
+        };
+        out.extend(key);
+    }
+    assert!(child.wait().unwrap().success(), "export failed");
+    out
+}
+
+/// Events of the edge in `edge` that the merged log holds in another order than the edge's
+/// (each one that comes before an event the edge logged earlier).
+fn reordered(edge: &Path, merged: &Path) -> u64 {
+    let position: std::collections::HashMap<(bool, String), usize> =
+        marker_order(edge).into_iter().enumerate().map(|(i, k)| (k, i)).collect();
+    let mut last = None;
+    let mut out = 0;
+    for key in marker_order(merged) {
+        if let Some(&i) = position.get(&key) {
+            if last.is_some_and(|l| i < l) {
+                out += 1;
+            }
+            last = Some(i);
+        }
+    }
+    out
+}
+
 fn assert_clean(what: &str, r: &Report) {
     eprintln!("{what}: {r:?}");
     assert!(r.acknowledged > 0, "{what}: nothing acknowledged");
     assert_eq!((r.lost, r.duplicated, r.gaps, r.unexpected), (0, 0, 0, 0), "{what}: {r:?}");
+}
+
+/// The ledger digest line of `tally commissions --digest` (`ledger FORM HEX`).
+fn digest(dir: &Path) -> String {
+    let (ok, out, err) = run(&["commissions", "--digest", "--data-dir", dir.to_str().unwrap()]);
+    assert!(ok, "{out}{err}");
+    out.lines().find(|l| l.starts_with("ledger ")).unwrap().to_owned()
+}
+
+/// The merged log's events appended, in order, to a fresh single-node log in `dir`, then
+/// attributed by `tally attribute --once` there (`config` has no bus URLs).
+fn single_node_from(merged: &Path, dir: &Path, config: &Path) {
+    let log = tally_log::Log::open(dir, tally_log::LogOptions::default(), tally_log::LogMetrics::default()).unwrap();
+    let reader = LogReader::open_secondary(merged).unwrap();
+    let records: Vec<Vec<u8>> = reader.iter_from(1).map(|r| r.unwrap().1).collect();
+    // In chunks the writer's queue holds.
+    for chunk in records.chunks(10_000) {
+        let pending: Vec<_> = chunk.iter().map(|r| log.submit(r.clone()).unwrap()).collect();
+        for p in pending {
+            p.wait().unwrap();
+        }
+    }
+    log.close();
+    drop(log);
+    let (ok, out, err) =
+        run(&["attribute", "--once", "--config", config.to_str().unwrap(), "--data-dir", dir.to_str().unwrap()]);
+    assert!(ok, "{out}{err}");
 }
 
 /// Prints the head `tally verify` gives for a log, `SEQ:HEX`.
@@ -131,7 +225,9 @@ fn a_cluster_merges_every_edge_exactly_once_through_faults() {
     let edges = [Env::new(""), Env::new("")];
     for env in &edges {
         // A short ack timeout, so the faults below cost the test seconds, not minutes.
-        env.append_config("\n[bus]\nreplicas = 3\nack_timeout_ms = 1000\n");
+        env.append_config(&format!(
+            "\n[bus]\nreplicas = 3\nack_timeout_ms = 1000\nlease_ttl_ms = 2000\n[admin]\ntoken = \"{ADMIN}\"\n"
+        ));
     }
     let vars = |node: &'static str| [("TALLY_BUS_URLS", urls.clone()), ("TALLY_SERVER_NODE_ID", node.to_owned())];
     let spawn = |i: usize| {
@@ -139,9 +235,10 @@ fn a_cluster_merges_every_edge_exactly_once_through_faults() {
         let v: Vec<(&str, &str)> = v.iter().map(|(k, v)| (*k, v.as_str())).collect();
         edges[i].spawn_with_env(&v)
     };
-    let merged_dir = tempfile::tempdir().unwrap();
-    let merged = merged_dir.path().join("attribution");
-    let attribution = Attribution::start(&edges[0].config(), &merged, &urls);
+    let tier = tempfile::tempdir().unwrap();
+    let tier_dirs = [tier.path().join("attribution-1"), tier.path().join("attribution-2")];
+    let start_tier = |i: usize| Attribution::start(&edges[0].config(), &tier_dirs[i], &urls);
+    let mut attribution = [Some(start_tier(0)), Some(start_tier(1))];
     let mut a = spawn(0);
     let b = spawn(1);
     let mut history = [Vec::new(), Vec::new()];
@@ -170,31 +267,104 @@ fn a_cluster_merges_every_edge_exactly_once_through_faults() {
     nats.restart(1);
     nats.restart(2);
     load_a.wait_for_more(200, "edge 1 answers after the bus is back");
+
+    // The active attribution process dies: the standby takes over within seconds.
+    wait_for("one attribution process holds the lease", || {
+        attribution.iter().flatten().filter(|p| p.active()).count() == 1
+    });
+    let active = usize::from(!attribution[0].as_ref().unwrap().active());
+    attribution[active].take().unwrap().kill();
+    let standby = 1 - active;
+    let killed_at = Instant::now();
+    wait_for("the standby takes the lease", || attribution[standby].as_ref().unwrap().active());
+    eprintln!("the standby took over {:?} after the active one was killed", killed_at.elapsed());
+    attribution[active] = Some(start_tier(active));
+
+    // A link added on one edge's admin API redirects on the other.
+    let added =
+        a.admin("POST", "/admin/links", Some(ADMIN), r#"{"code":"cluster1","offer":"shoes","affiliate":"aff2"}"#);
+    assert_eq!(added.status, 201, "{}", String::from_utf8_lossy(&added.body));
+    wait_for("edge 2 serves the link added on edge 1", || b.get("/c/cluster1?sub1=probe").status == 302);
+    history[1].push(Attempt { kind: Kind::Click, marker: "probe".into(), outcome: Outcome::Acknowledged });
+    load_b.wait_for_more(100, "edge 2 answers after the program change");
     history[0].extend(load_a.finish());
     history[1].extend(load_b.finish());
 
-    // Each edge kept what it acknowledged, and the lag drains to zero.
+    // Each edge kept what it acknowledged, and the lag drains to zero on both tiers.
     let dirs = [a.dir.clone(), b.dir.clone()];
     assert_clean("edge 1", &check(&dirs[0], &history[0]));
     assert_clean("edge 2", &check(&dirs[1], &history[1]));
-    wait_merged(&merged, &[(1, &dirs[0]), (2, &dirs[1])]);
-
-    // The merged log holds both edges' events, each once, and proves each edge's chain.
     let all: Vec<Attempt> = history.iter().flatten().cloned().collect();
-    assert_clean("merged", &check(&merged, &all));
-    let (code, v) = run_json(&["verify", "--origins", "--data-dir", merged.to_str().unwrap(), "--format", "json"]);
-    assert_eq!(code, 0, "{v}");
-    assert_eq!(v["events_without_origin"], 0, "{v}");
-    for (i, dir) in dirs.iter().enumerate() {
-        let node = &v["origins"][i];
-        assert_eq!(node["node"], i + 1, "{v}");
-        let edge_head = verify_head(dir);
-        assert_eq!(format!("{}:{}", node["head_seq"], node["head"].as_str().unwrap()), edge_head, "{v}");
+    for merged in &tier_dirs {
+        wait_merged(merged, &[(1, &dirs[0]), (2, &dirs[1])]);
+        // The merged log holds both edges' events, each once, and proves each edge's chain.
+        assert_clean("merged", &check(merged, &all));
+        let (code, v) = run_json(&["verify", "--origins", "--data-dir", merged.to_str().unwrap(), "--format", "json"]);
+        assert_eq!(code, 0, "{v}");
+        assert_eq!(v["events_without_origin"], 0, "{v}");
+        for (i, dir) in dirs.iter().enumerate() {
+            let node = &v["origins"][i];
+            assert_eq!(node["node"], i + 1, "{v}");
+            let edge_head = verify_head(dir);
+            assert_eq!(format!("{}:{}", node["head_seq"], node["head"].as_str().unwrap()), edge_head, "{v}");
+        }
     }
+    for (i, dir) in dirs.iter().enumerate() {
+        assert_eq!(reordered(dir, &tier_dirs[0]), 0, "edge {}'s events were merged out of order", i + 1);
+    }
+    let program_changes = events(&tier_dirs[0]).iter().filter(|e| e["type"] == "program_change").count();
+    assert!(program_changes >= 4, "each edge's start and the link edit are in the merged log: {program_changes}");
 
-    // The tier's ledger is the one a replay of the merged log gives.
-    attribution.stop();
-    let (ok, out, err) = run(&["replay", "--data-dir", merged.to_str().unwrap()]);
-    assert!(ok, "{out}{err}");
+    // One ledger: on both attribution processes, in a replay of the merged log, and on a
+    // single node fed the same events.
+    for p in attribution.into_iter().flatten() {
+        p.stop();
+    }
+    let digests: Vec<String> = tier_dirs.iter().map(|d| digest(d)).collect();
+    assert_eq!(digests[0], digests[1], "the two attribution processes disagree");
+    let (code, v) = run_json(&["replay", "--data-dir", tier_dirs[standby].to_str().unwrap(), "--format", "json"]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(
+        format!("ledger {} {}", v["digest_form"].as_str().unwrap(), v["digest_replay"].as_str().unwrap()),
+        digests[0]
+    );
+    let single = tier.path().join("single-node");
+    single_node_from(&tier_dirs[standby], &single, &edges[0].config());
+    assert_eq!(digest(&single), digests[0], "a single node fed the same events disagrees");
+    assert!(ledger(&single).len() > 10, "the run paid commissions");
     drop((a, b));
+}
+
+const ADMIN: &str = "cluster-admin-token-0123456789";
+
+/// The negative control: a shipper that records messages as shipped without publishing every
+/// third one. The harness must see the loss, and the tier must count the gaps it holds back.
+#[test]
+fn the_cluster_harness_sees_events_a_shipper_never_published() {
+    let nats = NatsCluster::start(1);
+    let urls = nats.urls();
+    let env = Env::new("");
+    env.append_config("\n[bus]\nreplicas = 1\nack_timeout_ms = 1000\n");
+    let edge = env.spawn_with_env(&[
+        ("TALLY_BUS_URLS", urls.as_str()),
+        ("TALLY_SERVER_NODE_ID", "1"),
+        (tally_bus::testing::SHIP_SKIP_ENV, "3"),
+    ]);
+    let tier = tempfile::tempdir().unwrap();
+    let merged = tier.path().join("attribution");
+    let attribution = Attribution::start(&env.config(), &merged, &urls);
+    let load = Load::start(edge.addr, "n", 2);
+    load.wait_for_more(300, "the edge answers");
+    let history = load.finish();
+    let edge_dir = edge.dir.clone();
+    wait_for("the edge has shipped (or dropped) every message", || {
+        let r = LogReader::open_secondary(&edge_dir).unwrap();
+        r.shipped().unwrap() == r.last_seq().unwrap()
+    });
+    wait_for("the tier counted a gap", || attribution.metric("tally_bus_gaps_total").is_some_and(|g| g > 0.0));
+    let report = check(&merged, &history);
+    eprintln!("negative control: {report:?}");
+    assert!(report.lost > 0, "the harness did not see the dropped messages: {report:?}");
+    attribution.stop();
+    drop(edge);
 }

@@ -1,0 +1,148 @@
+//! The bus against a real NATS server (Debian's nats-server, one node, JetStream on): the
+//! shipper and the consumer between two real logs, across restarts of both; the lease; the
+//! cluster's program. The 3-node cluster with faults is `tally-cli`'s `cluster` test.
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::time::Duration;
+
+use tally_bus::{BusConfig, BusMetrics, BusSection, Consumer, Lease, ProgramChannel, Shipper};
+use tally_log::{Log, LogMetrics, LogOptions};
+use tally_testkit::nats::NatsCluster;
+use tally_testkit::{wait_for, ClickBuilder};
+
+fn config(nats: &NatsCluster, stream: &str) -> BusConfig {
+    let section = BusSection {
+        urls: vec![nats.url(0)],
+        stream: stream.into(),
+        replicas: 1,
+        max_records: 100,
+        ack_timeout_ms: 1000,
+        lease_ttl_ms: 1000,
+        ..Default::default()
+    };
+    let mut problems = Vec::new();
+    let config = section.validate(&mut problems).unwrap();
+    assert!(problems.is_empty(), "{problems:?}");
+    config
+}
+
+fn open(dir: &Path) -> Log {
+    Log::open(dir, LogOptions::default(), LogMetrics::default()).unwrap()
+}
+
+fn append(log: &Log, from: u64, n: u64) {
+    let pending: Vec<_> = (from..from + n)
+        .map(|i| log.submit(tally_model::encode(&ClickBuilder::new().nonce(i).event()).unwrap()).unwrap())
+        .collect();
+    for p in pending {
+        p.wait().unwrap();
+    }
+}
+
+fn merged_through(merged: &Log, node: u16) -> u64 {
+    merged.reader().verify_origins().unwrap().iter().find(|o| o.node == node).map_or(0, |o| o.last_seq)
+}
+
+#[test]
+fn shipped_events_are_merged_once_across_restarts_of_both_sides() {
+    let nats = NatsCluster::start(1);
+    let config = config(&nats, "SHIP");
+    let (edge_dir, merged_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let edge = open(edge_dir.path());
+    let merged = open(merged_dir.path());
+    append(&edge, 0, 1000);
+    let metrics = BusMetrics::default();
+    let shipper = Shipper::start(edge.clone(), 7, config.clone(), metrics.clone()).unwrap();
+    let consumer = Consumer::start(merged.clone(), config.clone(), "test".into(), metrics.clone()).unwrap();
+    wait_for("the first thousand merged", || merged_through(&merged, 7) == 1000);
+    assert_eq!(edge.shipped().unwrap(), 1000);
+    assert_eq!(metrics.ship_lag_events.get(), 0);
+    shipper.stop();
+    consumer.stop();
+
+    // More events while both are down; then both resume from what they stored.
+    append(&edge, 1000, 500);
+    let stream_before = merged.merge_checkpoint().unwrap().stream;
+    let metrics = BusMetrics::default();
+    let shipper = Shipper::start(edge.clone(), 7, config.clone(), metrics.clone()).unwrap();
+    let consumer = Consumer::start(merged.clone(), config, "test".into(), metrics.clone()).unwrap();
+    wait_for("the rest merged", || merged_through(&merged, 7) == 1500);
+    shipper.stop();
+    consumer.stop();
+    assert_eq!(metrics.duplicate_events.get(), 0, "the consumer resumed from its stream position");
+    assert!(merged.merge_checkpoint().unwrap().stream > stream_before);
+    let origins = merged.reader().verify_origins().unwrap();
+    assert!(origins[0].is_ok(), "{origins:?}");
+    assert_eq!(origins[0].records, 1500);
+    assert_eq!(origins[0].head, edge.reader().verify().unwrap().head, "the merged log proves the edge's chain");
+    assert_eq!(merged.reader().last_seq().unwrap(), Some(1500));
+}
+
+#[test]
+fn a_shipper_that_forgot_its_position_sends_again_and_nothing_is_merged_twice() {
+    let nats = NatsCluster::start(1);
+    let config = config(&nats, "RESHIP");
+    let (edge_dir, merged_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let edge = open(edge_dir.path());
+    let merged = open(merged_dir.path());
+    append(&edge, 0, 300);
+    let metrics = BusMetrics::default();
+    let consumer = Consumer::start(merged.clone(), config.clone(), "test".into(), metrics.clone()).unwrap();
+    let shipper = Shipper::start(edge.clone(), 3, config.clone(), BusMetrics::default()).unwrap();
+    wait_for("merged", || merged_through(&merged, 3) == 300);
+    shipper.stop();
+    // As if the position were lost (a power cut before it reached the disk): all of it again,
+    // in other message sizes, past JetStream's duplicate window's view of the old IDs.
+    edge.set_shipped(0).unwrap();
+    let config = BusConfig { max_records: 70, ..config };
+    let shipper = Shipper::start(edge.clone(), 3, config, BusMetrics::default()).unwrap();
+    wait_for("the repeats arrive and are dropped", || metrics.duplicate_events.get() >= 300);
+    shipper.stop();
+    consumer.stop();
+    assert_eq!(merged.reader().last_seq().unwrap(), Some(300));
+    assert!(merged.reader().verify_origins().unwrap()[0].is_ok());
+}
+
+#[test]
+fn one_process_holds_the_lease_and_a_clean_stop_hands_it_over() {
+    let nats = NatsCluster::start(1);
+    let config = config(&nats, "LEASE");
+    let a = Lease::start(config.clone(), "a".into(), BusMetrics::default()).unwrap();
+    let b = Lease::start(config, "b".into(), BusMetrics::default()).unwrap();
+    wait_for("one holder", || a.is_held() || b.is_held());
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(a.is_held() != b.is_held(), "exactly one holds it after a TTL and more");
+    let (holder, other) = if a.is_held() { (a, b) } else { (b, a) };
+    holder.stop();
+    wait_for("the other takes it", || other.is_held());
+    other.stop();
+}
+
+#[test]
+fn the_cluster_program_is_published_fetched_and_handed_to_every_follower() {
+    let nats = NatsCluster::start(1);
+    let config = config(&nats, "PROG");
+    assert_eq!(tally_bus::fetch_program(&config, Duration::from_secs(5)).unwrap(), None);
+    let (one, _) = ProgramChannel::start(config.clone(), 1, BusMetrics::default()).unwrap();
+    let (two, mut adopt) = ProgramChannel::start(config.clone(), 2, BusMetrics::default()).unwrap();
+    one.publish("version = 1");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let got = rt.block_on(async { tokio::time::timeout(Duration::from_secs(10), adopt.recv()).await }).unwrap();
+    assert_eq!(got.as_deref(), Some("version = 1"));
+    wait_for("the program is the bus's", || {
+        tally_bus::fetch_program(&config, Duration::from_secs(5)).unwrap().as_deref() == Some("version = 1")
+    });
+    one.stop();
+    two.stop();
+}
+
+#[test]
+fn an_unreachable_bus_is_an_error_not_a_hang() {
+    let nats = NatsCluster::start(1);
+    let mut config = config(&nats, "GONE");
+    drop(nats);
+    config.urls = vec!["nats://127.0.0.1:1".into()];
+    let err = tally_bus::fetch_program(&config, Duration::from_millis(500)).unwrap_err();
+    assert!(!err.is_empty());
+}
