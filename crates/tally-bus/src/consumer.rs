@@ -16,7 +16,7 @@ use async_nats::jetstream::consumer::{pull, DeliverPolicy};
 use futures_util::{FutureExt, StreamExt};
 use tally_log::{Log, Shipped};
 
-use crate::config::{BusConfig, SUBJECT_PREFIX};
+use crate::config::BusConfig;
 use crate::envelope::Message;
 use crate::merger::{Admit, Merger};
 use crate::metrics::BusMetrics;
@@ -71,7 +71,7 @@ async fn consume(
     };
     let consumer = stream
         .create_consumer(pull::OrderedConfig {
-            filter_subject: format!("{SUBJECT_PREFIX}.>"),
+            filter_subject: config.events_subjects(),
             deliver_policy,
             ..Default::default()
         })

@@ -35,7 +35,7 @@ mod task;
 #[cfg(feature = "test-util")]
 pub mod testing;
 
-pub use config::{BusConfig, BusSection};
+pub use config::{Auth, BusConfig, BusSection, Credential, Tls};
 pub use consumer::Consumer;
 pub use lease::Lease;
 pub use metrics::BusMetrics;

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
 
-use crate::config::{BusConfig, SUBJECT_PREFIX};
+use crate::config::{Auth, BusConfig};
 use crate::metrics::BusMetrics;
 
 /// JetStream's duplicate window. A fast path only: the consumer's high-water marks, not this,
@@ -15,7 +15,7 @@ const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 /// serves whether or not NATS is up.
 pub(crate) async fn connect(config: &BusConfig, name: &str, metrics: &BusMetrics) -> jetstream::Context {
     let events = metrics.clone();
-    let options = async_nats::ConnectOptions::new()
+    let options = options(config)
         .name(name)
         .retry_on_initial_connect()
         .max_reconnects(None)
@@ -51,6 +51,23 @@ pub(crate) async fn connect(config: &BusConfig, name: &str, metrics: &BusMetrics
     }
 }
 
+/// The connection options `config` asks for: its credentials and TLS.
+pub(crate) fn options(config: &BusConfig) -> async_nats::ConnectOptions {
+    let secret = config.credential.as_ref().map(|c| c.0.clone()).unwrap_or_default();
+    let mut options = match &config.auth {
+        Auth::None => async_nats::ConnectOptions::new(),
+        Auth::Token { .. } => async_nats::ConnectOptions::with_token(secret),
+        Auth::User { user, .. } => async_nats::ConnectOptions::with_user_and_password(user.clone(), secret),
+    };
+    if let Some(ca) = &config.tls.ca {
+        options = options.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    if let Some((cert, key)) = &config.tls.client {
+        options = options.add_client_certificate(cert.clone(), key.clone());
+    }
+    options
+}
+
 /// The events stream as the config describes it, created if it does not exist.
 pub(crate) async fn events_stream(
     js: &jetstream::Context,
@@ -58,7 +75,7 @@ pub(crate) async fn events_stream(
 ) -> Result<stream::Stream, async_nats::Error> {
     let wanted = stream::Config {
         name: config.stream.clone(),
-        subjects: vec![format!("{SUBJECT_PREFIX}.>")],
+        subjects: vec![config.events_subjects()],
         storage: stream::StorageType::File,
         num_replicas: config.replicas,
         duplicate_window: DUPLICATE_WINDOW,

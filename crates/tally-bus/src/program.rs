@@ -1,6 +1,6 @@
 //! One program for the cluster. The program an edge puts in force from its own file or admin
 //! API is published to a stream that keeps only the latest (`{stream}_PROGRAM`, subject
-//! `tally.program`); every edge follows that stream and adopts each program in stream order,
+//! `{prefix}.program`); every edge follows that stream and adopts each program in stream order,
 //! its own included, so all edges end on the last one published. An edge logs each program
 //! it puts in force as a `ProgramChange`, as a single node does, so attribution applies the
 //! rules in force at each event in the merged log's order, and replay still can. An edge that
@@ -19,13 +19,10 @@ use crate::metrics::BusMetrics;
 use crate::nats;
 use crate::task::{pause, Background};
 
-/// The subject every program is published on.
-pub const PROGRAM_SUBJECT: &str = "tally.program";
-
 fn stream_config(config: &BusConfig) -> stream::Config {
     stream::Config {
         name: format!("{}_PROGRAM", config.stream),
-        subjects: vec![PROGRAM_SUBJECT.into()],
+        subjects: vec![config.program_subject()],
         storage: stream::StorageType::File,
         num_replicas: config.replicas,
         max_messages_per_subject: 1,
@@ -39,7 +36,7 @@ pub fn fetch_program(config: &BusConfig, timeout: Duration) -> Result<Option<Str
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
     rt.block_on(async {
         let fetched = tokio::time::timeout(timeout, async {
-            let client = async_nats::ConnectOptions::new()
+            let client = nats::options(config)
                 .connection_timeout(timeout)
                 .connect(config.urls.as_slice())
                 .await
@@ -47,7 +44,7 @@ pub fn fetch_program(config: &BusConfig, timeout: Duration) -> Result<Option<Str
             let mut js = jetstream::new(client);
             js.set_timeout(timeout);
             let stream = js.get_or_create_stream(stream_config(config)).await.map_err(|e| e.to_string())?;
-            match stream.get_last_raw_message_by_subject(PROGRAM_SUBJECT).await {
+            match stream.get_last_raw_message_by_subject(&config.program_subject()).await {
                 Ok(m) => String::from_utf8(m.payload.to_vec()).map(Some).map_err(|e| e.to_string()),
                 Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
                 Err(e) => Err(e.to_string()),
@@ -121,7 +118,7 @@ async fn follow(
     let stream = js.get_or_create_stream(stream_config(config)).await?;
     let consumer = stream
         .create_consumer(pull::OrderedConfig {
-            filter_subject: PROGRAM_SUBJECT.into(),
+            filter_subject: config.program_subject(),
             deliver_policy: DeliverPolicy::LastPerSubject,
             ..Default::default()
         })
@@ -132,7 +129,7 @@ async fn follow(
         if let Some(source) = pending.take() {
             let mut headers = async_nats::HeaderMap::new();
             headers.insert("Tally-Node", node.to_string().as_str());
-            let sent = js.publish_with_headers(PROGRAM_SUBJECT, headers, source.clone().into()).await;
+            let sent = js.publish_with_headers(config.program_subject(), headers, source.clone().into()).await;
             if let Err(e) = async { sent?.await.map_err(async_nats::Error::from) }.await {
                 *pending = Some(source);
                 return Err(e);

@@ -59,28 +59,24 @@ async fn run(
     stop: Arc<AtomicBool>,
 ) -> Result<(), LogError> {
     let js = nats::connect(&config, &format!("tally-edge-{node}"), &metrics).await;
-    let subject = BusConfig::subject(node);
+    let subject = config.events_subject(node);
     let mut shipped = log.shipped()?;
     metrics.shipped_position.set(i64::try_from(shipped).unwrap_or(i64::MAX));
     tracing::info!(node, shipped, stream = %config.stream, "shipping to the bus");
     let mut stream_ready = false;
     let mut tail = Some(log.reader().tail(shipped + 1));
-    let mut behind_since: Option<Instant> = None;
+    let mut lag = Lag { log: log.clone(), metrics: metrics.clone(), behind_since: None };
     // Messages sent by this process (for the test switch that drops some).
     #[cfg(feature = "test-util")]
     let mut sent = 0u64;
     while !stop.load(Ordering::Relaxed) {
-        let lag = log.last_committed().saturating_sub(shipped);
-        metrics.ship_lag_events.set(i64::try_from(lag).unwrap_or(i64::MAX));
-        let since = if lag == 0 { None } else { Some(*behind_since.get_or_insert_with(Instant::now)) };
-        behind_since = since;
-        metrics.ship_lag_seconds.set(since.map_or(0.0, |t| t.elapsed().as_secs_f64()));
+        lag.update(shipped);
         if !stream_ready {
-            match nats::events_stream(&js, &config).await {
-                Ok(_) => stream_ready = true,
+            match prepare(&js, &config, &subject, &log).await {
+                Ok(()) => stream_ready = true,
                 Err(e) => {
                     metrics.publish_errors.inc();
-                    tally_telemetry::warn_limited!(error = %e, stream = %config.stream, "the bus is not reachable; events wait in the log");
+                    tally_telemetry::warn_limited!(error = %e, stream = %config.stream, "not shipping; events wait in the log");
                     pause(MAX_BACKOFF, &stop).await;
                     continue;
                 }
@@ -100,6 +96,12 @@ async fn run(
         if records.is_empty() {
             tail = Some(current);
             continue;
+        }
+        // A short run waits `linger` for more: under load a message per commit batch cost
+        // the shipper and NATS more CPU per event than the redirect itself.
+        if records.len() < max && !config.linger.is_zero() {
+            pause(config.linger, &stop).await;
+            records.extend(current.next_batch(max - records.len(), Duration::ZERO)?);
         }
         // Cut the run to the message size; what is left is read again next time.
         let mut bytes = 0;
@@ -125,7 +127,7 @@ async fn run(
         };
         #[cfg(not(feature = "test-util"))]
         let dropped = false;
-        if !dropped && !publish(&js, &subject, &config, &message, &metrics, &stop).await {
+        if !dropped && !publish(&js, &subject, &config, &message, &mut lag, shipped, &stop).await {
             return Ok(());
         }
         log.set_shipped(last)?;
@@ -137,15 +139,59 @@ async fn run(
     Ok(())
 }
 
+/// The lag gauges: committed events not yet acknowledged, and for how long the shipper has
+/// been behind.
+struct Lag {
+    log: Log,
+    metrics: BusMetrics,
+    behind_since: Option<Instant>,
+}
+
+impl Lag {
+    fn update(&mut self, shipped: u64) {
+        let lag = self.log.last_committed().saturating_sub(shipped);
+        self.metrics.ship_lag_events.set(i64::try_from(lag).unwrap_or(i64::MAX));
+        if lag == 0 {
+            self.behind_since = None;
+        }
+        let since = (lag > 0).then(|| *self.behind_since.get_or_insert_with(Instant::now));
+        self.metrics.ship_lag_seconds.set(since.map_or(0.0, |t| t.elapsed().as_secs_f64()));
+    }
+}
+
+/// Makes sure the stream exists and that this log may ship to `subject`: a stream that
+/// already holds this node's events past the end of this log means another edge uses the
+/// same node ID, or this data directory was replaced (restored from a backup, or lost):
+/// events shipped from here would carry sequence numbers the tier has already merged, and
+/// be dropped as repeats. Such a log is refused until the node ID is changed.
+async fn prepare(js: &jetstream::Context, config: &BusConfig, subject: &str, log: &Log) -> Result<(), String> {
+    let stream = nats::events_stream(js, config).await.map_err(|e| e.to_string())?;
+    let last = match stream.get_last_raw_message_by_subject(subject).await {
+        Ok(m) => Message::decode(&m.payload).map(|m| m.last()).map_err(|e| e.to_string())?,
+        Err(e) if e.kind() == async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound => 0,
+        Err(e) => return Err(e.to_string()),
+    };
+    let here = log.last_committed();
+    if last > here {
+        return Err(format!(
+            "the stream holds this node's events up to {last} but this log ends at {here}: another edge has this \
+             server.node_id, or this data directory was replaced; give this edge a node ID of its own"
+        ));
+    }
+    Ok(())
+}
+
 /// Publishes `message` until JetStream acknowledges it; false if stopped first.
 async fn publish(
     js: &jetstream::Context,
     subject: &str,
     config: &BusConfig,
     message: &Message,
-    metrics: &BusMetrics,
+    lag: &mut Lag,
+    shipped: u64,
     stop: &AtomicBool,
 ) -> bool {
+    let metrics = lag.metrics.clone();
     let payload = bytes::Bytes::from(message.encode());
     let id = message.id();
     let mut backoff = MIN_BACKOFF;
@@ -170,6 +216,8 @@ async fn publish(
             Err(e) => {
                 metrics.publish_errors.inc();
                 tally_telemetry::warn_limited!(error = %e, message = %id, "publish not acknowledged; sending it again");
+                // The log keeps growing while the bus is away: the gauges say so.
+                lag.update(shipped);
                 pause(backoff, stop).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }

@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use tally_bus::{BusConfig, BusMetrics, BusSection, Consumer, Lease, ProgramChannel, Shipper};
+use tally_bus::{Auth, BusConfig, BusMetrics, BusSection, Consumer, Lease, ProgramChannel, Shipper, Tls};
 use tally_log::{Log, LogMetrics, LogOptions};
 use tally_testkit::nats::NatsCluster;
 use tally_testkit::{wait_for, ClickBuilder};
@@ -22,7 +22,7 @@ fn config(nats: &NatsCluster, stream: &str) -> BusConfig {
         ..Default::default()
     };
     let mut problems = Vec::new();
-    let config = section.validate(&mut problems).unwrap();
+    let config = section.validate(Path::new("."), &mut problems).unwrap();
     assert!(problems.is_empty(), "{problems:?}");
     config
 }
@@ -145,4 +145,125 @@ fn an_unreachable_bus_is_an_error_not_a_hang() {
     config.urls = vec!["nats://127.0.0.1:1".into()];
     let err = tally_bus::fetch_program(&config, Duration::from_millis(500)).unwrap_err();
     assert!(!err.is_empty());
+}
+
+#[test]
+fn an_edge_whose_log_is_behind_the_stream_refuses_to_ship() {
+    let nats = NatsCluster::start(1);
+    let config = config(&nats, "REUSE");
+    let (first_dir, second_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let first = open(first_dir.path());
+    append(&first, 0, 50);
+    let shipper = Shipper::start(first.clone(), 4, config.clone(), BusMetrics::default()).unwrap();
+    wait_for("shipped", || first.shipped().unwrap() == 50);
+    shipper.stop();
+    // A fresh data directory under the same node ID: its events 1..=10 would be dropped as
+    // repeats of the first log's.
+    let second = open(second_dir.path());
+    append(&second, 100, 10);
+    let metrics = BusMetrics::default();
+    let shipper = Shipper::start(second.clone(), 4, config, metrics.clone()).unwrap();
+    wait_for("refused", || metrics.publish_errors.get() > 0);
+    std::thread::sleep(Duration::from_millis(500));
+    shipper.stop();
+    assert_eq!(second.shipped().unwrap(), 0, "nothing shipped");
+}
+
+#[test]
+fn while_the_bus_is_away_the_lag_grows_and_then_drains() {
+    let mut nats = NatsCluster::start(1);
+    let config = config(&nats, "AWAY");
+    let dir = tempfile::tempdir().unwrap();
+    let edge = open(dir.path());
+    append(&edge, 0, 10);
+    let metrics = BusMetrics::default();
+    let shipper = Shipper::start(edge.clone(), 5, config, metrics.clone()).unwrap();
+    wait_for("shipped", || edge.shipped().unwrap() == 10);
+    nats.kill(0);
+    append(&edge, 10, 200);
+    wait_for("the lag gauges see the backlog", || {
+        metrics.ship_lag_events.get() == 200 && metrics.ship_lag_seconds.get() > 0.5
+    });
+    assert!(metrics.publish_errors.get() > 0);
+    nats.restart(0);
+    wait_for("the backlog drains", || edge.shipped().unwrap() == 210);
+    wait_for("the gauges say so", || metrics.ship_lag_events.get() == 0 && metrics.ship_lag_seconds.get() == 0.0);
+    shipper.stop();
+}
+
+#[test]
+fn a_token_authenticates_and_a_missing_or_wrong_one_is_refused() {
+    let token = "bus-token-0123456789abcdef";
+    let nats = NatsCluster::start_with(1, &format!("authorization {{ token: \"{token}\" }}\n"));
+    let open = config(&nats, "AUTH");
+    let with = |value: &str| {
+        BusConfig { auth: Auth::Token { secret: "nats-token".into() }, ..open.clone() }.with_credential(value.into())
+    };
+    assert!(tally_bus::fetch_program(&open, Duration::from_secs(3)).is_err(), "no token: refused");
+    assert!(tally_bus::fetch_program(&with("not-the-token"), Duration::from_secs(3)).is_err(), "wrong token: refused");
+    assert_eq!(tally_bus::fetch_program(&with(token), Duration::from_secs(5)).unwrap(), None);
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files in `dir`:
+/// (ca, server cert, server key, client cert, client key).
+fn certificates(dir: &Path) -> [std::path::PathBuf; 5] {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(DnType::CommonName, "tally test CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let leaf = |names: Vec<String>, ip: bool| {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(names).unwrap();
+        if ip {
+            params.subject_alt_names.push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+        }
+        (params.signed_by(&key, &issuer).unwrap(), key)
+    };
+    let (server, server_key) = leaf(vec!["localhost".into()], true);
+    let (client, client_key) = leaf(vec!["tally-edge".into()], false);
+    let files = [
+        ("ca.pem", ca.pem()),
+        ("server.pem", server.pem()),
+        ("server-key.pem", server_key.serialize_pem()),
+        ("client.pem", client.pem()),
+        ("client-key.pem", client_key.serialize_pem()),
+    ];
+    files.map(|(name, pem)| {
+        let path = dir.join(name);
+        std::fs::write(&path, pem).unwrap();
+        path
+    })
+}
+
+#[test]
+fn tls_with_a_client_certificate_ships_and_merges_and_plain_connections_are_refused() {
+    let certs_dir = tempfile::tempdir().unwrap();
+    let [ca, server, server_key, client, client_key] = certificates(certs_dir.path());
+    let nats = NatsCluster::start_with(
+        1,
+        &format!(
+            "tls {{ cert_file: \"{}\", key_file: \"{}\", ca_file: \"{}\", verify: true, timeout: 2 }}\n",
+            server.display(),
+            server_key.display(),
+            ca.display()
+        ),
+    );
+    let plain = config(&nats, "TLS");
+    let server_only = BusConfig { tls: Tls { ca: Some(ca.clone()), client: None }, ..plain.clone() };
+    let tls = BusConfig { tls: Tls { ca: Some(ca), client: Some((client, client_key)) }, ..plain.clone() };
+    assert!(tally_bus::fetch_program(&plain, Duration::from_secs(3)).is_err(), "plain: refused");
+    assert!(tally_bus::fetch_program(&server_only, Duration::from_secs(3)).is_err(), "no client certificate: refused");
+    assert_eq!(tally_bus::fetch_program(&tls, Duration::from_secs(5)).unwrap(), None);
+
+    let (edge_dir, merged_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (edge, merged) = (open(edge_dir.path()), open(merged_dir.path()));
+    append(&edge, 0, 100);
+    let shipper = Shipper::start(edge.clone(), 9, tls.clone(), BusMetrics::default()).unwrap();
+    let consumer = Consumer::start(merged.clone(), tls, "tls".into(), BusMetrics::default()).unwrap();
+    wait_for("merged over TLS", || merged_through(&merged, 9) == 100);
+    shipper.stop();
+    consumer.stop();
 }

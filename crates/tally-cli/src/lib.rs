@@ -3,6 +3,7 @@
 
 pub mod alloc;
 mod audit;
+mod cluster;
 mod export;
 mod ledger;
 mod ops;
@@ -282,6 +283,16 @@ enum LogCommand {
         #[arg(long, value_enum, default_value_t)]
         format: OutputFormat,
     },
+    /// On an edge of a cluster (stopped): ship its events from SEQ on again at the next
+    /// start, for a tier whose stream lost them. What the tier already has it drops.
+    Reship {
+        #[arg(long, env = "TALLY_DATA_DIR")]
+        data_dir: PathBuf,
+        #[arg(long, value_name = "SEQ")]
+        from: u64,
+        #[arg(long, value_enum, default_value_t)]
+        format: OutputFormat,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -332,7 +343,8 @@ impl Command {
             | Command::Erase { format, .. }
             | Command::Retention { format, .. }
             | Command::Config { command: ConfigCommand::Check { format, .. } }
-            | Command::Log { command: LogCommand::Stats { format, .. } } => *format,
+            | Command::Log { command: LogCommand::Stats { format, .. } }
+            | Command::Log { command: LogCommand::Reship { format, .. } } => *format,
             _ => OutputFormat::Text,
         };
         format == OutputFormat::Json
@@ -352,6 +364,9 @@ pub fn main() -> ExitCode {
         Command::Serve(args) => serve(args),
         Command::Config { command: ConfigCommand::Check { config, format } } => config_check(&config, format),
         Command::Log { command: LogCommand::Stats { data_dir, format } } => log_stats(&data_dir, format),
+        Command::Log { command: LogCommand::Reship { data_dir, from, format } } => {
+            cluster::reship(&data_dir, from, format)
+        }
         Command::Export { what } => {
             use tally_audit::export::What;
             let (what, args) = match what {

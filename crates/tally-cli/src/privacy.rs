@@ -12,8 +12,9 @@ use tally_model::ClickId;
 
 use crate::output::{print_json, OutputFormat};
 
-/// Opens the log in `data_dir` for writing: it must exist, and no server may hold it.
-fn open_for_writing(data_dir: &Path) -> anyhow::Result<Log> {
+/// Opens the log in `data_dir` for writing: it must exist, and no server may hold it
+/// (`instead` says what to do while one does).
+pub(crate) fn open_for_writing(data_dir: &Path, instead: &str) -> anyhow::Result<Log> {
     anyhow::ensure!(
         data_dir.join("CURRENT").exists(),
         "no Tally log in {} (no RocksDB CURRENT file)",
@@ -22,15 +23,14 @@ fn open_for_writing(data_dir: &Path) -> anyhow::Result<Log> {
     Log::open(data_dir, LogOptions::default(), LogMetrics::default()).map_err(|e| {
         let text = e.to_string();
         if text.contains("lock") {
-            anyhow::anyhow!(
-                "{}: the log is open by a running server; ask it instead (POST /admin/erase or /admin/retention on its admin listener)",
-                data_dir.display()
-            )
+            anyhow::anyhow!("{}: the log is open by a running server; {instead}", data_dir.display())
         } else {
             anyhow::Error::new(e)
         }
     })
 }
+
+const ASK_THE_SERVER: &str = "ask it instead (POST /admin/erase or /admin/retention on its admin listener)";
 
 fn records_line(r: &ErasureReport) -> String {
     let mut line = format!("{} records read, {} erased now", r.scanned, r.erased);
@@ -54,7 +54,7 @@ pub fn erase(
 ) -> anyhow::Result<ExitCode> {
     let what = Erasure { click_ids: clicks, ips };
     anyhow::ensure!(!what.is_empty(), "nothing to erase: give --click and/or --ip");
-    let log = open_for_writing(data_dir)?;
+    let log = open_for_writing(data_dir, ASK_THE_SERVER)?;
     let report = log.erase(&what).context("erasure failed")?;
     log.close();
     print(format, serde_json::to_value(&report)?, || println!("{}", records_line(&report)))
@@ -73,7 +73,7 @@ fn print(format: OutputFormat, report: serde_json::Value, text: impl FnOnce()) -
 }
 
 pub fn retention(data_dir: &Path, days: u32, format: OutputFormat) -> anyhow::Result<ExitCode> {
-    let log = open_for_writing(data_dir)?;
+    let log = open_for_writing(data_dir, ASK_THE_SERVER)?;
     let now =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
     let cutoff = now.saturating_sub(u64::from(days) * 86_400_000);

@@ -387,7 +387,7 @@ mod tests {
         assert!(edge_head.is_ok(), "{edge_head:?}");
         assert_eq!(reports.len(), 2);
         assert!(reports.iter().all(OriginReport::is_ok), "{reports:?}");
-        assert_eq!((reports[0].node, reports[0].records, reports[0].batches), (7, 6, 3));
+        assert_eq!((reports[0].node, reports[0].records, reports[0].batches), (7, 6, edge_head.batches));
         assert_eq!(reports[0].head, edge_head.head);
         assert_eq!(reports[1].records, 4);
         // The merged log is itself a chained log, as any other.
@@ -405,21 +405,23 @@ mod tests {
     fn a_missing_record_and_a_trailing_partial_batch_are_reported() {
         let a = tempfile::tempdir().unwrap();
         let m = tempfile::tempdir().unwrap();
+        // At least two batches (the writer may split them further under load).
         let (_edge, recs, chain) = edge(a.path(), &[2, 3]);
         let merged = open(m.path());
-        let first_entry = ChainEntry::decode(&chain[0]).unwrap();
-        assert_eq!(first_entry.last(), 2);
-        // Records 1, 2 (with their entry) and 3: the second batch's entry has not come yet.
-        let shipped: Vec<Shipped> = recs[..3].iter().map(|(s, r)| Shipped { node: 1, seq: *s, record: r }).collect();
-        merged.merge(1, &shipped, &[(1, &chain[0])]).unwrap();
+        let first = ChainEntry::decode(&chain[0]).unwrap().last();
+        let ship = |range: std::ops::RangeInclusive<u64>| -> Vec<Shipped<'_>> {
+            range.map(|s| Shipped { node: 1, seq: s, record: &recs[s as usize - 1].1 }).collect()
+        };
+        // The first batch with its entry, and one record of the next, whose entry has not come.
+        merged.merge(1, &ship(1..=first + 1), &[(1, &chain[0])]).unwrap();
         let r = &merged.reader().verify_origins().unwrap()[0];
         assert!(r.is_ok(), "{r:?}");
-        assert_eq!((r.records, r.unchained, r.head_seq), (3, 1, 2));
-        // Record 4 never arrives; 5 and the entry do: the gap is named.
-        let last = [Shipped { node: 1, seq: 5, record: &recs[4].1 }];
-        merged.merge(2, &last, &[(1, &chain[1])]).unwrap();
+        assert_eq!((r.records, r.unchained, r.head_seq), (first + 1, 1, first));
+        // Record first + 2 never arrives; the rest and every entry do: the gap is named.
+        let rest: Vec<(u16, &[u8])> = chain[1..].iter().map(|e| (1, e.as_slice())).collect();
+        merged.merge(2, &ship(first + 3..=5), &rest).unwrap();
         let r = &merged.reader().verify_origins().unwrap()[0];
-        assert_eq!(r.first_bad.as_ref().map(|(s, _)| *s), Some(4), "{r:?}");
+        assert_eq!(r.first_bad.as_ref().map(|(s, _)| *s), Some(first + 2), "{r:?}");
     }
 
     #[test]

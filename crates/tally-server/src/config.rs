@@ -60,8 +60,10 @@ pub struct Config {
     pub logging: LoggingConfig,
     /// The cluster's bus (`[bus]` with `urls`); `None`: a single node.
     pub bus: Option<BusConfig>,
-    /// `[bus]` as written, for `--bus` to fill in `urls` after loading.
+    /// `[bus]` as written, and the config file's directory, for `--bus` to fill in `urls`
+    /// after loading.
     bus_section: BusSection,
+    base: PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -129,13 +131,28 @@ impl Config {
     pub fn set_bus_urls(&mut self, urls: Vec<String>) -> Result<(), ConfigError> {
         let section = BusSection { urls, ..self.bus_section.clone() };
         let mut problems = Vec::new();
-        let bus = section.validate(&mut problems);
+        let bus = section.validate(&self.base, &mut problems);
         if !problems.is_empty() {
             return Err(ConfigError::Invalid(problems));
         }
         self.bus = bus;
         self.bus_section = section;
         Ok(())
+    }
+
+    /// The bus with its credential resolved from the secrets store (`None`: no bus).
+    pub fn bus_with_credential(&self) -> Result<Option<BusConfig>, ConfigError> {
+        let Some(bus) = self.bus.clone() else { return Ok(None) };
+        let Some((key, name)) = bus.secret_name().map(|(k, n)| (k, n.to_owned())) else { return Ok(Some(bus)) };
+        let secrets = tally_edge::secrets::Secrets::load(&self.edge.secrets)
+            .map_err(|e| ConfigError::Invalid(vec![format!("{key}: {e}")]))?;
+        match secrets.get(&name) {
+            Some(value) => Ok(Some(bus.with_credential(value))),
+            None => Err(ConfigError::Invalid(vec![format!(
+                "{key}: secret \"{name}\" is not in the secrets store ({})",
+                secrets.sources()
+            )])),
+        }
     }
 
     /// Points every part at another data directory (`--data-dir`).
@@ -149,7 +166,7 @@ impl RawConfig {
         let (data_dir, log) = self.log.validate(base, problems);
         let attribution = self.attribution.validate(problems);
         let logging = self.logging.validate(problems);
-        let bus = self.bus.validate(problems);
+        let bus = self.bus.validate(base, problems);
         let sections = Sections {
             server: &self.server,
             program: &self.program,
@@ -159,7 +176,7 @@ impl RawConfig {
             secrets: &self.secrets,
         };
         let edge = tally_edge::Config::validate(sections, base, data_dir, problems)?;
-        Some(Config { edge, log, attribution, logging, bus, bus_section: self.bus.clone() })
+        Some(Config { edge, log, attribution, logging, bus, bus_section: self.bus.clone(), base: base.to_owned() })
     }
 }
 
@@ -249,6 +266,21 @@ mod tests {
         assert!(c.attribution.in_process);
         assert_eq!(c.logging.format, LogFormat::Pretty);
         assert_eq!(c.bus, None, "a single node unless [bus] names servers");
+    }
+
+    #[test]
+    fn the_bus_credential_comes_from_the_secrets_store_and_a_missing_one_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("secrets.toml"), "nats-password = \"pw-0123456789\"\n").unwrap();
+        let text = "[secrets]\nfile = \"secrets.toml\"\n[bus]\nurls = [\"nats://127.0.0.1:4222\"]\nuser = \"edge\"\npassword_secret = \"nats-password\"\ntls_ca_file = \"ca.pem\"\n";
+        let c = Config::from_toml(text, dir.path()).unwrap();
+        let bus = c.bus_with_credential().unwrap().unwrap();
+        assert_eq!(bus.credential, Some(tally_bus::Credential("pw-0123456789".into())));
+        assert_eq!(bus.tls.ca, Some(dir.path().join("ca.pem")), "relative to the config file");
+        let missing = Config::from_toml(&text.replace("= \"nats-password\"", "= \"other\""), dir.path()).unwrap();
+        let err = missing.bus_with_credential().unwrap_err().to_string();
+        assert!(err.contains("bus.password_secret: secret \"other\" is not in the secrets store"), "{err}");
+        assert_eq!(Config::defaults(dir.path()).bus_with_credential().unwrap(), None);
     }
 
     #[test]

@@ -113,7 +113,8 @@ impl App {
         // in a cluster, the cluster's program if it has one.
         let mut program = tally_edge::load_for(&config.edge)?;
         let mut seed_cluster = false;
-        if let Some(bus) = &config.bus {
+        let bus = config.bus_with_credential()?;
+        if let Some(bus) = &bus {
             match tally_bus::fetch_program(bus, Duration::from_secs(5)) {
                 Ok(Some(source)) if source != program.program.source => {
                     match tally_edge::serving_program(&source, &config.edge.secrets) {
@@ -159,7 +160,7 @@ impl App {
             // report `tally_attribution_up 0` and raise TallyAttributionDown.
             None
         };
-        let (shipper, programs) = match &config.bus {
+        let (shipper, programs) = match &bus {
             Some(bus) => {
                 let metrics = BusMetrics::default();
                 metrics.register(&mut registry);

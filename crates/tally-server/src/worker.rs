@@ -96,7 +96,7 @@ impl Standalone {
         let data_dir = config.data_dir();
         let metrics = AttributionMetrics::default();
         let worker = open_worker(data_dir, &config.attribution, metrics.clone())?;
-        let Some(bus) = &config.bus else {
+        let Some(bus) = &config.bus_with_credential()? else {
             let reader = LogReader::open_secondary(data_dir)?;
             return Ok(Standalone { worker, reader, metrics, data_dir: data_dir.to_owned(), merging: None });
         };

@@ -45,6 +45,12 @@ impl NatsCluster {
     /// cluster when `n > 1`, and waits until every node accepts clients and (with `n > 1`)
     /// knows the JetStream meta leader. Panics with the nodes' log tails after 30 s.
     pub fn start(n: usize) -> NatsCluster {
+        NatsCluster::start_with(n, "")
+    }
+
+    /// [`NatsCluster::start`], with `extra` (server configuration: `authorization { … }`,
+    /// `tls { … }`) added to every node's config.
+    pub fn start_with(n: usize, extra: &str) -> NatsCluster {
         assert!(n > 0, "a NATS cluster needs at least one node");
         let bin = nats_server().unwrap_or_else(|| {
             panic!(
@@ -84,6 +90,7 @@ impl NatsCluster {
                     routes.join(", ")
                 );
             }
+            conf += extra;
             fs::write(dir.join(format!("node{i}.conf")), conf).unwrap();
         }
         let nodes = (0..n).map(|i| Node { client: client[i], monitor: monitor[i], child: None }).collect();

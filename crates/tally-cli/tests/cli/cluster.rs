@@ -23,7 +23,7 @@ use tally_log::LogReader;
 use tally_testkit::nats::NatsCluster;
 
 use crate::common::*;
-use crate::crash::{check, client, Attempt, Kind, Outcome, Report};
+use crate::crash::{check, client, walk_markers, Attempt, Kind, Outcome, Report};
 
 /// Clients driving one edge until stopped.
 struct Load {
@@ -138,25 +138,10 @@ fn wait_merged(merged: &Path, edges: &[(u16, &Path)]) {
     }
 }
 
-/// The markers of a log's clicks and conversions in log order, as `tally export events` gives
-/// them (the crash harness's markers: a click's sub1, a conversion's txid).
+/// The markers of a log's clicks and conversions in log order.
 fn marker_order(dir: &Path) -> Vec<(bool, String)> {
-    let mut child = Command::new(BIN)
-        .args(["export", "events", "--data-dir", dir.to_str().unwrap()])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
     let mut out = Vec::new();
-    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
-        let v: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap();
-        let key = match v["type"].as_str() {
-            Some("click") => v["sub1"].as_str().map(|m| (true, m.to_owned())),
-            Some("conversion") => v["txid"].as_str().map(|m| (false, m.to_owned())),
-            _ => None,
-        };
-        out.extend(key);
-    }
-    assert!(child.wait().unwrap().success(), "export failed");
+    walk_markers(dir, |_, key| out.extend(key));
     out
 }
 
@@ -367,4 +352,32 @@ fn the_cluster_harness_sees_events_a_shipper_never_published() {
     assert!(report.lost > 0, "the harness did not see the dropped messages: {report:?}");
     attribution.stop();
     drop(edge);
+}
+
+#[test]
+fn reship_moves_a_stopped_edges_shipped_position_and_refuses_bad_values() {
+    let env = Env::new("");
+    let mut server = env.serve();
+    for i in 0..3 {
+        assert_eq!(server.get(&format!("/c/demo?sub1=r{i}")).status, 302);
+    }
+    let data = env.data();
+    let dir = data.to_str().unwrap();
+    let (code, _, err) = run_code(&["log", "reship", "--data-dir", dir, "--from", "1"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("open by a running server; stop it first"), "{err}");
+    server.stop();
+    let last = last_seq(&data);
+    let (code, v) = run_json(&["log", "reship", "--data-dir", dir, "--from", "2", "--format", "json"]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!((v["from"].as_u64(), v["last_seq"].as_u64()), (Some(2), Some(last)));
+    assert_eq!(LogReader::open_secondary(&data).unwrap().shipped().unwrap(), Some(1));
+    for bad in ["0", &(last + 2).to_string()] {
+        let (code, _, err) = run_code(&["log", "reship", "--data-dir", dir, "--from", bad]);
+        assert_eq!(code, 2, "--from {bad}");
+        assert!(err.contains(&format!("--from {bad}: the log holds events 1..={last}")), "{err}");
+    }
+    let (code, _, err) = run_code(&["log", "reship", "--data-dir", "/nonexistent/tally", "--from", "1"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("no Tally log"), "{err}");
 }

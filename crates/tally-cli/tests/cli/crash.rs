@@ -106,29 +106,37 @@ pub(crate) fn client(addr: SocketAddr, prefix: String, stop: Arc<AtomicBool>, ac
     history
 }
 
-/// Reads the log with `tally export events`, streaming (a long run stores millions of
-/// events), keeping only what the check needs: sequence numbers and markers per kind.
-pub(crate) fn stored_markers(dir: &Path) -> (Vec<u64>, HashMap<(bool, String), u64>) {
+/// Walks the log with `tally export events`, streaming (a long run stores millions of
+/// events): `each(seq, marker)` per event, the marker being a click's sub1 or a conversion's
+/// txid (`(true, sub1)`, `(false, txid)`), if it has one.
+pub(crate) fn walk_markers(dir: &Path, mut each: impl FnMut(u64, Option<(bool, String)>)) {
     let mut child = Command::new(BIN)
         .args(["export", "events", "--data-dir", dir.to_str().unwrap()])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut seqs = Vec::new();
-    let mut markers: HashMap<(bool, String), u64> = HashMap::new();
     for line in BufReader::new(child.stdout.take().unwrap()).lines() {
         let v: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap();
-        seqs.push(v["seq"].as_u64().unwrap());
         let key = match v["type"].as_str() {
             Some("click") => v["sub1"].as_str().map(|m| (true, m.to_owned())),
             Some("conversion") => v["txid"].as_str().map(|m| (false, m.to_owned())),
             _ => None,
         };
+        each(v["seq"].as_u64().unwrap(), key);
+    }
+    assert!(child.wait().unwrap().success(), "export failed");
+}
+
+/// What the check needs of a log: its sequence numbers and how often each marker is stored.
+fn stored_markers(dir: &Path) -> (Vec<u64>, HashMap<(bool, String), u64>) {
+    let mut seqs = Vec::new();
+    let mut markers: HashMap<(bool, String), u64> = HashMap::new();
+    walk_markers(dir, |seq, key| {
+        seqs.push(seq);
         if let Some(k) = key {
             *markers.entry(k).or_default() += 1;
         }
-    }
-    assert!(child.wait().unwrap().success(), "export failed");
+    });
     (seqs, markers)
 }
 

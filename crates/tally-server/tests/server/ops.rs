@@ -215,7 +215,8 @@ fn readme_dashboard_rules_and_alerts_name_only_exported_metrics() {
         .map(str::to_owned)
         .collect();
 
-    // The README's metrics table lists exactly what is exported.
+    // The README's metrics tables list exactly what is exported: a single node's, and the
+    // cluster's (`tally_bus_*`, exported only with [bus]).
     let readme = repo("README.md");
     let section = readme.split("## Metrics").nth(1).unwrap().split("\n## ").next().unwrap();
     let documented: BTreeSet<String> = section
@@ -223,7 +224,18 @@ fn readme_dashboard_rules_and_alerts_name_only_exported_metrics() {
         .filter(|l| l.starts_with("| `tally_") || l.starts_with("| `process_"))
         .flat_map(|l| referenced_names(l.split('|').nth(1).unwrap(), &histograms))
         .collect();
-    assert_eq!(documented, exported, "README metrics table vs /metrics");
+    let (bus_documented, node_documented): (BTreeSet<String>, BTreeSet<String>) =
+        documented.into_iter().partition(|n| n.starts_with("tally_bus_"));
+    assert_eq!(node_documented, exported, "README metrics table vs /metrics");
+    let bus = {
+        let mut registry = prometheus_client::registry::Registry::default();
+        tally_bus::BusMetrics::default().register(&mut registry);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        exported_names(&text)
+    };
+    assert_eq!(bus_documented, bus, "README cluster metrics table vs tally_bus::BusMetrics");
+    let exported: BTreeSet<String> = exported.union(&bus).cloned().collect();
 
     for file in [
         "deploy/grafana/dashboards/tally.json",
@@ -411,4 +423,37 @@ fn the_container_config_is_valid_and_the_image_holds_no_working_credentials() {
     for name in ["acme-token", "acme-hmac", "globex-token"] {
         assert!(err.contains(&format!("secret \"{name}\" is not in the secrets store")), "{err}");
     }
+}
+
+/// The cluster example's services, as the container's config with each one's environment:
+/// every `TALLY_*` variable it sets is a real key, every Tally service joins the bus, and
+/// the edges have node IDs of their own.
+#[test]
+fn the_cluster_example_configures_a_bus_and_distinct_edges() {
+    let compose = repo("deploy/cluster/compose.yml");
+    let base = repo("deploy/docker/tally.toml");
+    let mut services: Vec<(String, Vec<(String, String)>)> = Vec::new();
+    for line in compose.lines() {
+        let indent = line.len() - line.trim_start().len();
+        let text = line.trim();
+        if indent == 2 && text.ends_with(':') && !text.starts_with('#') {
+            services.push((text.trim_end_matches(':').to_owned(), Vec::new()));
+        } else if let Some((name, value)) = text.split_once(": ").filter(|(n, _)| n.starts_with("TALLY_")) {
+            let value = value.trim_matches('"').to_owned();
+            services.last_mut().unwrap().1.push((name.to_owned(), value));
+        }
+    }
+    let tally: Vec<_> = services.iter().filter(|(_, vars)| !vars.is_empty()).collect();
+    assert_eq!(tally.len(), 4, "two edges and two attribution processes: {services:?}");
+    let mut node_ids = BTreeSet::new();
+    for (service, vars) in tally {
+        let config = tally_server::Config::from_toml_with_env(&base, Path::new("/etc/tally"), vars.clone())
+            .unwrap_or_else(|e| panic!("{service}: {e}"));
+        let bus = config.bus.unwrap_or_else(|| panic!("{service} is not on the bus"));
+        assert_eq!(bus.urls.len(), 3, "{service}");
+        if service.starts_with("edge") {
+            assert!(config.edge.node_id > 0 && node_ids.insert(config.edge.node_id), "{service}: node ID");
+        }
+    }
+    assert_eq!(node_ids.len(), 2);
 }
