@@ -20,7 +20,7 @@ use crate::config::BusConfig;
 use crate::envelope::Message;
 use crate::merger::{Admit, Merger};
 use crate::metrics::BusMetrics;
-use crate::nats;
+use crate::nats::{self, Ended};
 use crate::task::{pause, Background};
 
 /// Message bytes merged in one write at most: messages ready at once are merged together.
@@ -35,12 +35,16 @@ impl Consumer {
     /// Starts merging the stream into `log`, the merged log (no other writer may use it).
     pub fn start(log: Log, config: BusConfig, name: String, metrics: BusMetrics) -> io::Result<Consumer> {
         Background::spawn("tally-consumer", move |stop| async move {
-            let js = nats::connect(&config, &name, &metrics).await;
-            while !stop.load(Ordering::Relaxed) {
-                if let Err(e) = consume(&js, &log, &config, &metrics, &stop).await {
-                    metrics.consume_errors.inc();
-                    tally_telemetry::warn_limited!(error = %e, "merging from the bus stopped; resuming from the checkpoint");
-                    pause(RETRY, &stop).await;
+            let mut bus = nats::connect(&config, &name, &metrics).await;
+            loop {
+                match consume(&mut bus, &log, &config, &metrics, &stop).await {
+                    Ok(Ended::Stopped) => break,
+                    Ok(Ended::Reconnected) => {}
+                    Err(e) => {
+                        metrics.consume_errors.inc();
+                        tally_telemetry::warn_limited!(error = %e, "merging from the bus stopped; resuming from the checkpoint");
+                        pause(RETRY, &stop).await;
+                    }
                 }
             }
         })
@@ -53,18 +57,19 @@ impl Consumer {
     }
 }
 
-/// Merges from the stored checkpoint until stopped (`Ok`) or something fails.
+/// Merges from the stored checkpoint until stopped or reconnected (`Ok`), or something fails.
 async fn consume(
-    js: &async_nats::jetstream::Context,
+    bus: &mut nats::Bus,
     log: &Log,
     config: &BusConfig,
     metrics: &BusMetrics,
     stop: &AtomicBool,
-) -> Result<(), async_nats::Error> {
+) -> Result<Ended, async_nats::Error> {
     let checkpoint = log.merge_checkpoint()?;
     let mut merger = Merger::new(checkpoint.high_water);
     metrics.stream_position.set(i64::try_from(checkpoint.stream).unwrap_or(i64::MAX));
-    let stream = nats::events_stream(js, config).await?;
+    bus.connections.borrow_and_update();
+    let stream = nats::events_stream(&bus.js, config).await?;
     let deliver_policy = match checkpoint.stream {
         0 => DeliverPolicy::All,
         s => DeliverPolicy::ByStartSequence { start_sequence: s + 1 },
@@ -80,6 +85,9 @@ async fn consume(
     tracing::info!(stream = %config.stream, from = checkpoint.stream + 1, "merging from the bus");
     while !stop.load(Ordering::Relaxed) {
         // Wait for one message (briefly, to see `stop`), then take whatever else is ready.
+        if bus.connections.has_changed().unwrap_or(false) {
+            return Ok(Ended::Reconnected);
+        }
         let first = match tokio::time::timeout(Duration::from_millis(200), messages.next()).await {
             Err(_) => continue,
             Ok(None) => return Err("the bus closed the consumer".into()),
@@ -138,5 +146,5 @@ async fn consume(
         metrics.merged_events.inc_by(shipped.len() as u64);
         metrics.stream_position.set(i64::try_from(position).unwrap_or(i64::MAX));
     }
-    Ok(())
+    Ok(Ended::Stopped)
 }

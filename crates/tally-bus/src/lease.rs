@@ -63,7 +63,7 @@ impl Lease {
         let held = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&held);
         let task = Background::spawn("tally-lease", move |stop| async move {
-            let js = nats::connect(&config, &format!("tally-lease-{holder}"), &metrics).await;
+            let js = nats::connect(&config, &format!("tally-lease-{holder}"), &metrics).await.js;
             let mut state = State { revision: None, renewed: Instant::now(), held: flag, metrics };
             while !stop.load(Ordering::Relaxed) {
                 if let Err(e) = compete(&js, &config, &holder, &mut state, &stop).await {

@@ -11,7 +11,7 @@ use prometheus_client::registry::{Registry, Unit};
 pub struct BusMetrics {
     /// Committed events of this edge's log the bus has not acknowledged.
     pub ship_lag_events: Gauge,
-    /// How long the shipper has been behind (0 when caught up).
+    /// The age of the oldest committed event not yet acknowledged (0 when caught up).
     pub ship_lag_seconds: Gauge<f64, AtomicU64>,
     pub shipped_position: Gauge,
     pub shipped_events: Counter,
@@ -37,7 +37,7 @@ impl BusMetrics {
         r.register("ship_lag_events", "Committed events not yet acknowledged by the bus", self.ship_lag_events.clone());
         r.register_with_unit(
             "ship_lag",
-            "How long the shipper has been behind the log (0 when caught up)",
+            "Age of the oldest committed event the bus has not acknowledged (0 when caught up)",
             Unit::Seconds,
             self.ship_lag_seconds.clone(),
         );

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
+use tokio::sync::watch;
 
 use crate::config::{Auth, BusConfig};
 use crate::metrics::BusMetrics;
@@ -11,10 +12,29 @@ use crate::metrics::BusMetrics;
 /// make delivery exactly once.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 
+/// Why a follower of a stream returned without an error.
+pub(crate) enum Ended {
+    /// Asked to stop.
+    Stopped,
+    /// The client reconnected: start a new consumer from the stored position.
+    Reconnected,
+}
+
+/// A connection to the bus: JetStream, and the count of (re)connections so far.
+pub(crate) struct Bus {
+    pub(crate) js: jetstream::Context,
+    /// Bumped on every connection. An ordered consumer lives in the server's memory: after
+    /// a server restart it is gone, and the client noticed only ~15 s later (missed
+    /// heartbeats); its owners start a new one on every reconnection instead.
+    pub(crate) connections: watch::Receiver<u64>,
+}
+
 /// A client that connects in the background and reconnects forever: an edge starts and
 /// serves whether or not NATS is up.
-pub(crate) async fn connect(config: &BusConfig, name: &str, metrics: &BusMetrics) -> jetstream::Context {
+pub(crate) async fn connect(config: &BusConfig, name: &str, metrics: &BusMetrics) -> Bus {
     let events = metrics.clone();
+    let (connected, connections) = watch::channel(0u64);
+    let connected = std::sync::Arc::new(connected);
     let options = options(config)
         .name(name)
         .retry_on_initial_connect()
@@ -22,10 +42,12 @@ pub(crate) async fn connect(config: &BusConfig, name: &str, metrics: &BusMetrics
         .connection_timeout(Duration::from_secs(5))
         .event_callback(move |event| {
             let events = events.clone();
+            let connected = std::sync::Arc::clone(&connected);
             async move {
                 match event {
                     async_nats::Event::Connected => {
                         events.connected.set(1);
+                        connected.send_modify(|n| *n += 1);
                     }
                     async_nats::Event::Disconnected => {
                         events.connected.set(0);
@@ -41,7 +63,7 @@ pub(crate) async fn connect(config: &BusConfig, name: &str, metrics: &BusMetrics
             Ok(client) => {
                 let mut js = jetstream::new(client);
                 js.set_timeout(config.ack_timeout);
-                return js;
+                return Bus { js, connections };
             }
             Err(e) => {
                 tally_telemetry::error_limited!(error = %e, "cannot set up the NATS client");

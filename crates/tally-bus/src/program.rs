@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 
 use crate::config::BusConfig;
 use crate::metrics::BusMetrics;
-use crate::nats;
+use crate::nats::{self, Ended};
 use crate::task::{pause, Background};
 
 fn stream_config(config: &BusConfig) -> stream::Config {
@@ -73,13 +73,18 @@ impl ProgramChannel {
         let (publish, mut to_publish) = mpsc::unbounded_channel::<String>();
         let (adopt, programs) = mpsc::unbounded_channel();
         let task = Background::spawn("tally-program", move |stop| async move {
-            let js = nats::connect(&config, &format!("tally-program-{node}"), &metrics).await;
+            let mut bus = nats::connect(&config, &format!("tally-program-{node}"), &metrics).await;
             let mut pending: Option<String> = None;
-            // `follow` returns Ok when stopped, or when the channel is dropped.
-            while let Err(e) = follow(&js, &config, node, &adopt, &mut to_publish, &mut pending, &stop).await {
-                metrics.publish_errors.inc();
-                tally_telemetry::warn_limited!(error = %e, "the cluster's program channel failed; retrying");
-                pause(Duration::from_secs(1), &stop).await;
+            loop {
+                match follow(&mut bus, &config, node, &adopt, &mut to_publish, &mut pending, &stop).await {
+                    Ok(Ended::Stopped) => break,
+                    Ok(Ended::Reconnected) => {}
+                    Err(e) => {
+                        metrics.publish_errors.inc();
+                        tally_telemetry::warn_limited!(error = %e, "the cluster's program channel failed; retrying");
+                        pause(Duration::from_secs(1), &stop).await;
+                    }
+                }
             }
         })?;
         Ok((ProgramChannel { task, publish }, programs))
@@ -104,17 +109,19 @@ impl ProgramChannel {
     }
 }
 
-/// Follows the program stream until stopped (or the channel dropped: `Ok`) or something
-/// fails; publishes meanwhile.
+/// Follows the program stream until stopped (or the channel dropped), reconnected, or
+/// something fails; publishes meanwhile.
 async fn follow(
-    js: &jetstream::Context,
+    bus: &mut nats::Bus,
     config: &BusConfig,
     node: u16,
     adopt: &mpsc::UnboundedSender<String>,
     to_publish: &mut mpsc::UnboundedReceiver<String>,
     pending: &mut Option<String>,
     stop: &std::sync::atomic::AtomicBool,
-) -> Result<(), async_nats::Error> {
+) -> Result<Ended, async_nats::Error> {
+    bus.connections.borrow_and_update();
+    let js = &bus.js;
     let stream = js.get_or_create_stream(stream_config(config)).await?;
     let consumer = stream
         .create_consumer(pull::OrderedConfig {
@@ -146,10 +153,13 @@ async fn follow(
             },
             source = to_publish.recv() => match source {
                 Some(source) => *pending = Some(source),
-                None => return Ok(()),
+                None => return Ok(Ended::Stopped),
             },
             () = tokio::time::sleep(Duration::from_millis(200)) => {}
         }
+        if bus.connections.has_changed().unwrap_or(false) {
+            return Ok(Ended::Reconnected);
+        }
     }
-    Ok(())
+    Ok(Ended::Stopped)
 }

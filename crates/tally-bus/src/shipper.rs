@@ -58,14 +58,14 @@ async fn run(
     metrics: BusMetrics,
     stop: Arc<AtomicBool>,
 ) -> Result<(), LogError> {
-    let js = nats::connect(&config, &format!("tally-edge-{node}"), &metrics).await;
+    let js = nats::connect(&config, &format!("tally-edge-{node}"), &metrics).await.js;
     let subject = config.events_subject(node);
     let mut shipped = log.shipped()?;
     metrics.shipped_position.set(i64::try_from(shipped).unwrap_or(i64::MAX));
     tracing::info!(node, shipped, stream = %config.stream, "shipping to the bus");
     let mut stream_ready = false;
     let mut tail = Some(log.reader().tail(shipped + 1));
-    let mut lag = Lag { log: log.clone(), metrics: metrics.clone(), behind_since: None };
+    let mut lag = Lag { log: log.clone(), metrics: metrics.clone(), seen: Default::default() };
     // Messages sent by this process (for the test switch that drops some).
     #[cfg(feature = "test-util")]
     let mut sent = 0u64;
@@ -139,23 +139,29 @@ async fn run(
     Ok(())
 }
 
-/// The lag gauges: committed events not yet acknowledged, and for how long the shipper has
-/// been behind.
+/// The lag gauges: committed events not yet acknowledged, and the age of the oldest of them.
+/// The age is read off when the shipper first saw the log reach past the shipped position
+/// (it looks at every message and every retry), so it is late by at most one of those.
 struct Lag {
     log: Log,
     metrics: BusMetrics,
-    behind_since: Option<Instant>,
+    /// The log's head as seen, and when: one entry per head seen that is not shipped yet.
+    seen: std::collections::VecDeque<(u64, Instant)>,
 }
 
 impl Lag {
     fn update(&mut self, shipped: u64) {
-        let lag = self.log.last_committed().saturating_sub(shipped);
-        self.metrics.ship_lag_events.set(i64::try_from(lag).unwrap_or(i64::MAX));
-        if lag == 0 {
-            self.behind_since = None;
+        let committed = self.log.last_committed();
+        if self.seen.back().is_none_or(|(seq, _)| committed > *seq) {
+            self.seen.push_back((committed, Instant::now()));
         }
-        let since = (lag > 0).then(|| *self.behind_since.get_or_insert_with(Instant::now));
-        self.metrics.ship_lag_seconds.set(since.map_or(0.0, |t| t.elapsed().as_secs_f64()));
+        while self.seen.front().is_some_and(|(seq, _)| *seq <= shipped) {
+            self.seen.pop_front();
+        }
+        let lag = committed.saturating_sub(shipped);
+        self.metrics.ship_lag_events.set(i64::try_from(lag).unwrap_or(i64::MAX));
+        let age = self.seen.front().map_or(0.0, |(_, at)| at.elapsed().as_secs_f64());
+        self.metrics.ship_lag_seconds.set(age);
     }
 }
 

@@ -267,3 +267,24 @@ fn tls_with_a_client_certificate_ships_and_merges_and_plain_connections_are_refu
     shipper.stop();
     consumer.stop();
 }
+
+#[test]
+fn the_consumer_resumes_after_the_nats_server_restarts() {
+    let mut nats = NatsCluster::start(1);
+    let config = config(&nats, "RESTART");
+    let (edge_dir, merged_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (edge, merged) = (open(edge_dir.path()), open(merged_dir.path()));
+    append(&edge, 0, 100);
+    let shipper = Shipper::start(edge.clone(), 2, config.clone(), BusMetrics::default()).unwrap();
+    let consumer = Consumer::start(merged.clone(), config, "restart".into(), BusMetrics::default()).unwrap();
+    wait_for("merged", || merged_through(&merged, 2) == 100);
+    // The ordered consumer lived in the server's memory: a restarted server has none.
+    nats.kill(0);
+    nats.restart(0);
+    let back = std::time::Instant::now();
+    append(&edge, 100, 100);
+    wait_for("merged after the restart", || merged_through(&merged, 2) == 200);
+    eprintln!("merged again {:?} after the restart", back.elapsed());
+    shipper.stop();
+    consumer.stop();
+}
