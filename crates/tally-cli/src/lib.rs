@@ -526,7 +526,7 @@ fn attribute(
         }
         None => None,
     };
-    worker.run(metrics)?;
+    worker.run(metrics, config.edge.admin.token.clone())?;
     Ok(ExitCode::SUCCESS)
 }
 

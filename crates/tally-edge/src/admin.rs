@@ -133,7 +133,12 @@ fn error(status: u16, reason: &str) -> Response<Body> {
 
 /// Checks the bearer token in constant time; `Some` is the refusal to send.
 fn refusal(edge: &Edge, req: &Request<Incoming>) -> Option<Response<Body>> {
-    let Some(expected) = edge.config.admin.token.as_deref() else {
+    refusal_for(edge.config.admin.token.as_deref(), req)
+}
+
+/// [`refusal`], against `token` (`None`: the API is off).
+fn refusal_for(token: Option<&str>, req: &Request<Incoming>) -> Option<Response<Body>> {
+    let Some(expected) = token else {
         return Some(error(403, "admin API disabled: set admin.token or admin.token_file"));
     };
     let given = req
@@ -403,6 +408,19 @@ async fn reload(edge: &Arc<Edge>) -> Response<Body> {
         }
         Err(e) => error(500, &format!("reload failed; keeping the old program: {e}")),
     }
+}
+
+/// `GET /admin/stats` for a process with no edge (`tally attribute` on a cluster's
+/// attribution tier): the same bearer token (`admin.token`), query and answer as the
+/// edge's admin API.
+pub async fn stats_endpoint(token: Option<&str>, hooks: &AdminHooks, req: Request<Incoming>) -> Response<Body> {
+    if let Some(r) = refusal_for(token, &req) {
+        return r;
+    }
+    if req.method() != Method::GET {
+        return error(405, "use GET");
+    }
+    stats(hooks, req.uri().query().unwrap_or("")).await
 }
 
 async fn stats(hooks: &AdminHooks, query: &str) -> Response<Body> {

@@ -182,8 +182,19 @@ impl App {
                 channel.publish(&source);
             }
         }
-        let hooks =
-            AdminHooks { stats: Some(stats_hook(data_dir)), log_level: Some(Arc::new(telemetry::RuntimeLevel)) };
+        let stats = if config.bus.is_some() {
+            // An edge of a cluster keeps no ledger: its stats are the tier's.
+            let to_tier: Arc<tally_edge::admin::StatsFn> = Arc::new(|_: Option<&str>, _: Option<&str>| {
+                Err(tally_edge::admin::HookError::new(
+                    404,
+                    "an edge of a cluster keeps no ledger: ask the attribution tier (GET /admin/stats on tally attribute's --metrics-listen)",
+                ))
+            });
+            to_tier
+        } else {
+            stats_hook(data_dir)
+        };
+        let hooks = AdminHooks { stats: Some(stats), log_level: Some(Arc::new(telemetry::RuntimeLevel)) };
         Ok(App { config, log, edge, hooks, worker, shipper, programs })
     }
 

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use tally_attribution::{AttributionConfig, AttributionError, AttributionMetrics, Worker};
 use tally_bus::{BusMetrics, Consumer, Lease};
+use tally_edge::AdminHooks;
 use tally_log::{Log, LogMetrics, LogReader};
 
 use crate::{AppError, Config};
@@ -135,8 +136,9 @@ impl Standalone {
         Ok(l)
     }
 
-    /// Follows the log until SIGTERM or SIGINT, serving `metrics` meanwhile.
-    pub fn run(mut self, metrics: Option<std::net::TcpListener>) -> Result<u64, AppError> {
+    /// Follows the log until SIGTERM or SIGINT, serving `metrics` meanwhile (with, on a
+    /// cluster's attribution tier, `GET /admin/stats` behind `admin_token`).
+    pub fn run(mut self, metrics: Option<std::net::TcpListener>, admin_token: Option<String>) -> Result<u64, AppError> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -153,6 +155,12 @@ impl Standalone {
             }
             Arc::new(registry)
         };
+        // The tier's ledger is this process's: its stats are served here, as an edge's
+        // admin API serves a single node's.
+        let stats = self.merging.as_ref().map(|_| {
+            let hooks = AdminHooks { stats: Some(crate::stats_hook(self.data_dir.clone())), log_level: None };
+            Arc::new((hooks, admin_token))
+        });
         let background = std::thread::Builder::new()
             .name("tally-signals".into())
             .spawn(move || {
@@ -164,7 +172,7 @@ impl Standalone {
                         return;
                     };
                     if let Some(l) = metrics.and_then(|l| tokio::net::TcpListener::from_std(l).ok()) {
-                        tokio::spawn(serve_metrics(l, registry));
+                        tokio::spawn(serve_metrics(l, registry, stats));
                     }
                     // The worker is open and follows the log from here; the metrics listener
                     // is bound and a SIGTERM now stops it cleanly.
@@ -187,17 +195,27 @@ impl Standalone {
     }
 }
 
-/// `/metrics` for the separate worker process.
-async fn serve_metrics(listener: tokio::net::TcpListener, registry: Arc<prometheus_client::registry::Registry>) {
+/// `/metrics` for the separate worker process, and `/admin/stats` when it is given.
+async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    registry: Arc<prometheus_client::registry::Registry>,
+    stats: Option<Arc<(AdminHooks, Option<String>)>>,
+) {
     use http_body_util::Full;
     use hyper::body::Bytes;
     use hyper::{Response, StatusCode};
     loop {
         let Ok((sock, _)) = listener.accept().await else { continue };
         let registry = Arc::clone(&registry);
+        let stats = stats.clone();
         let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
             let registry = Arc::clone(&registry);
+            let stats = stats.clone();
             async move {
+                if let Some(s) = stats.filter(|_| req.uri().path().trim_end_matches('/') == "/admin/stats") {
+                    let (hooks, token) = &*s;
+                    return Ok(tally_edge::admin::stats_endpoint(token.as_deref(), hooks, req).await);
+                }
                 let mut body = String::new();
                 if req.uri().path() == "/metrics"
                     && prometheus_client::encoding::text::encode(&mut body, &registry).is_ok()

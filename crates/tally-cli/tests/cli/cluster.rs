@@ -94,6 +94,18 @@ impl Attribution {
         body.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
     }
 
+    /// `GET path` on its metrics listener: (status, body).
+    fn get(&self, path: &str, token: Option<&str>) -> (u16, String) {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(self.metrics).unwrap();
+        let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+        write!(s, "GET {path} HTTP/1.0\r\n{auth}\r\n").unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+        (status, text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default())
+    }
+
     /// Whether it holds the attribution lease.
     fn active(&self) -> bool {
         self.metric("tally_bus_lease_held") == Some(1.0)
@@ -297,6 +309,20 @@ fn a_cluster_merges_every_edge_exactly_once_through_faults() {
     for (i, dir) in dirs.iter().enumerate() {
         assert_eq!(reordered(dir, &tier_dirs[0]), 0, "edge {}'s events were merged out of order", i + 1);
     }
+    // The tier serves the admin stats (an edge of a cluster has no ledger to read them from).
+    for p in attribution.iter().flatten() {
+        wait_for("the tier's stats", || {
+            let (status, body) = p.get("/admin/stats", Some(ADMIN));
+            status == 200
+                && serde_json::from_str::<serde_json::Value>(&body).unwrap()["by_offer"]
+                    .as_array()
+                    .is_some_and(|r| !r.is_empty())
+        });
+        assert_eq!(p.get("/admin/stats", None).0, 401);
+        assert_eq!(p.get("/admin/stats?from=someday", Some(ADMIN)).0, 400);
+    }
+    let on_edge = a.admin("GET", "/admin/stats", Some(ADMIN), "");
+    assert_eq!(on_edge.status, 404, "{}", String::from_utf8_lossy(&on_edge.body));
     let program_changes = events(&tier_dirs[0]).iter().filter(|e| e["type"] == "program_change").count();
     assert!(program_changes >= 4, "each edge's start and the link edit are in the merged log: {program_changes}");
 
