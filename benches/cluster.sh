@@ -30,6 +30,10 @@
 #   DURATION       wrk duration of phases A, B, C (wrk syntax: 10s, 1m)          (default 10s)
 #   BACKLOG        clicks taken while NATS is down in phase D; 0 skips D        (default 1000000)
 #   NATS_NODES     1, or 3 for a clustered JetStream with 3 replicas            (default 1)
+#   PIN=1          CPU 1 for each Tally's HTTP thread and log writer, CPU 0 for everything
+#                  else (wrk, NATS, the tier, and an edge's shipper and program threads):
+#                  A against B0 then compares the redirect path on a CPU of its own
+#                  (default 0: no pinning; needs 2 CPUs)
 #   KEEP_TMP=1     keep the temp dir (configs, logs, data) for inspection
 #
 # Exits 0 on a completed measurement whatever the figures; non-zero only when it could not
@@ -43,6 +47,7 @@ DURATION="${DURATION:-10s}"
 BACKLOG="${BACKLOG:-1000000}"
 NATS_NODES="${NATS_NODES:-1}"
 KEEP_TMP="${KEEP_TMP:-0}"
+PIN="${PIN:-0}"
 
 log() { printf '[cluster] %s\n' "$*" >&2; }
 die() { printf '[cluster] error: %s\n' "$*" >&2; exit 1; }
@@ -89,6 +94,12 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 ulimit -n 65536 2>/dev/null || true
 
+# With PIN=1: the CPU list each kind of process runs on.
+pin() { # $1 = http|other
+    if [[ "$PIN" == 1 ]]; then
+        if [[ "$1" == http ]]; then echo "taskset -c 1"; else echo "taskset -c 0"; fi
+    fi
+}
 start_bg() { # $1 = log file, rest = command; sets BG_PID
     local out="$1"; shift
     setsid "$@" </dev/null >"$out" 2>&1 &
@@ -153,7 +164,8 @@ start_nats() {
                 echo "cluster { name: bench, listen: 127.0.0.1:$cluster, routes: [${routes%,}] }"
             fi
         } >"$TMP/nats-$i.conf"
-        start_bg "$TMP/nats-$i.log" "$NATS_BIN" -c "$TMP/nats-$i.conf"
+        # shellcheck disable=SC2046
+        start_bg "$TMP/nats-$i.log" $(pin other) "$NATS_BIN" -c "$TMP/nats-$i.conf"
         NATS_PIDS+=("$BG_PID")
     done
     for ((i = 0; i < NATS_NODES; i++)); do wait_port "${NATS_PORTS[$((2 * i))]}"; done
@@ -171,25 +183,37 @@ start_edge() { # $1 = node id (0 = single node, no bus), $2 = stream; sets EDGE_
     read -r EDGE_PORT ADMIN_PORT <<<"$(free_ports 2)"
     ports=(--listen "127.0.0.1:$EDGE_PORT" --admin-listen "127.0.0.1:$ADMIN_PORT" --worker-threads "$TALLY_WORKERS")
     if [[ $node -eq 0 ]]; then
-        start_bg "$TMP/single.log" "$TALLY_BIN" serve --config "$CONFIG" --data-dir "$TMP/single" "${ports[@]}"
+        # shellcheck disable=SC2046
+        start_bg "$TMP/single.log" $(pin http) "$TALLY_BIN" serve --config "$CONFIG" --data-dir "$TMP/single" "${ports[@]}"
     else
-        start_bg "$TMP/edge-$stream-$node.log" env TALLY_SERVER_NODE_ID="$node" TALLY_BUS_STREAM="$stream" \
+        # shellcheck disable=SC2046
+        start_bg "$TMP/edge-$stream-$node.log" $(pin http) env TALLY_SERVER_NODE_ID="$node" TALLY_BUS_STREAM="$stream" \
             TALLY_BUS_SUBJECT_PREFIX="$stream" \
             "$TALLY_BIN" serve --config "$CONFIG" --data-dir "$TMP/edge-$stream-$node" --bus "$NATS_URLS" "${ports[@]}"
     fi
     EDGE_PID=$BG_PID
     wait_port "$EDGE_PORT"
     wait_port "$ADMIN_PORT"
+    if [[ "$PIN" == 1 ]]; then # the bus's threads off the redirect path's CPU
+        local t
+        for t in /proc/"$EDGE_PID"/task/*; do
+            case "$(cat "$t/comm" 2>/dev/null)" in
+                tally-shipper | tally-program) taskset -pc 0 "${t##*/}" >/dev/null ;;
+            esac
+        done
+    fi
 }
 start_tier() { # $1 = stream; sets TIER_PORT, TIER_PID
     read -r TIER_PORT <<<"$(free_ports 1)"
-    start_bg "$TMP/tier-$1.log" env TALLY_BUS_STREAM="$1" TALLY_BUS_SUBJECT_PREFIX="$1" "$TALLY_BIN" attribute --config "$CONFIG" \
+    # shellcheck disable=SC2046
+    start_bg "$TMP/tier-$1.log" $(pin other) env TALLY_BUS_STREAM="$1" TALLY_BUS_SUBJECT_PREFIX="$1" "$TALLY_BIN" attribute --config "$CONFIG" \
         --data-dir "$TMP/tier-$1" --bus "$NATS_URLS" --metrics-listen "127.0.0.1:$TIER_PORT"
     TIER_PID=$BG_PID
     wait_port "$TIER_PORT"
 }
 run_wrk() { # $1 = port, $2 = output file, $3 = duration
-    wrk -t1 -c"$CONNECTIONS" -d"$3" --latency "http://127.0.0.1:$1/c/demo?sub1=bench" >"$2" 2>&1
+    # shellcheck disable=SC2046
+    $(pin other) wrk -t1 -c"$CONNECTIONS" -d"$3" --latency "http://127.0.0.1:$1/c/demo?sub1=bench" >"$2" 2>&1
 }
 rps() { awk '/^Requests\/sec:/ { print int($2) }' "$1"; }
 p99() { awk '$1 == "99%" { print $2 }' "$1"; }
@@ -231,8 +255,11 @@ log "tally $("$TALLY_BIN" --version 2>/dev/null | head -1); nats-server $("$NATS
 # --- A. single node -----------------------------------------------------------------------
 log "A: single node, $DURATION at $CONNECTIONS connections"
 start_edge 0 -
+a_cpu0=$(cpu_secs "$EDGE_PID")
 run_wrk "$EDGE_PORT" "$TMP/wrk-a.txt" "$DURATION"
 A_RPS=$(rps "$TMP/wrk-a.txt") A_P99=$(p99 "$TMP/wrk-a.txt")
+A_CPU=$(echo "$(cpu_secs "$EDGE_PID") - $a_cpu0" | bc -l)
+A_EVENTS=$(metric "$ADMIN_PORT" tally_log_last_sequence)
 stop_pid "$EDGE_PID"
 
 start_nats
@@ -317,8 +344,9 @@ fi
 
 # --- report -------------------------------------------------------------------------------
 printf '\n'
-printf 'cluster benchmark: %s CPUs, %s NATS node(s) (replicas %s), %s HTTP thread(s) per Tally, wrk -c%s -d%s\n' \
-    "$(nproc)" "$NATS_NODES" "$NATS_NODES" "$TALLY_WORKERS" "$CONNECTIONS" "$DURATION"
+printf 'cluster benchmark: %s CPUs, %s NATS node(s) (replicas %s), %s HTTP thread(s) per Tally, wrk -c%s -d%s%s\n' \
+    "$(nproc)" "$NATS_NODES" "$NATS_NODES" "$TALLY_WORKERS" "$CONNECTIONS" "$DURATION" \
+    "$([[ "$PIN" == 1 ]] && echo ', pinned: Tally on CPU 1, wrk, NATS, tier and shipper on CPU 0')"
 printf '%-44s %10s %8s %8s\n' "" "req/s" "p99" "ratio"
 printf '%-44s %10s %8s %8s\n' "A single node" "$A_RPS" "$A_P99" "1.00"
 printf '%-44s %10s %8s %8s\n' "B0 one edge, shipping, no tier" "$B0_RPS" "$B0_P99" "$(ratio "$B0_RPS" "$A_RPS")"
@@ -326,6 +354,8 @@ printf '%-44s %10s %8s %8s\n' "B one edge, shipping, tier merging" "$B_RPS" "$B_
 printf '%-44s %10s %8s %8s\n' "C edge 1 of 2, both loaded" "$C1_RPS" "$C1_P99" "$(ratio "$C1_RPS" "$A_RPS")"
 printf '%-44s %10s %8s %8s\n' "C edge 2 of 2, both loaded" "$C2_RPS" "$C2_P99" "$(ratio "$C2_RPS" "$A_RPS")"
 printf '\n'
+printf 'Redirect path CPU per request (the Tally process, the shipper thread left out): A %.2f us, B0 %.2f us\n' \
+    "$(echo "$A_CPU * 1000000 / $A_EVENTS" | bc -l)" "$(echo "($B0_EDGE_CPU - $B0_SHIP_CPU) * 1000000 / $B0_EVENTS" | bc -l)"
 printf 'B0 CPU for %s events: the edge %.1f s (its shipper thread %.1f s), NATS (node 1) %.1f s: %.1f + %.1f us per event\n' \
     "$B0_EVENTS" "$B0_EDGE_CPU" "$B0_SHIP_CPU" "$B0_NATS_CPU" \
     "$(echo "$B0_SHIP_CPU * 1000000 / $B0_EVENTS" | bc -l)" "$(echo "$B0_NATS_CPU * 1000000 / $B0_EVENTS" | bc -l)"

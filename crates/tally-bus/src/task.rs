@@ -24,7 +24,9 @@ impl Background {
     {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        // Its blocking-pool threads carry the task's name too (the shipper reads the log on
+        // them), so `top -H` and CPU pinning see one task.
+        let rt = tokio::runtime::Builder::new_current_thread().thread_name(name).enable_all().build()?;
         let thread = std::thread::Builder::new().name(name.into()).spawn(move || rt.block_on(task(flag)))?;
         Ok(Background { stop, thread })
     }
