@@ -24,8 +24,8 @@ pub struct BusSection {
     /// An attribution tier down for longer than this loses events: size it to outlast any
     /// outage you plan to recover from.
     pub retention_hours: u64,
-    /// The most records one message carries, and the most bytes (NATS refuses messages
-    /// over its `max_payload`, 1 MiB by default).
+    /// The most records one message carries, and the most bytes, its chain entries and
+    /// headers included (NATS refuses messages over its `max_payload`, 1 MiB by default).
     pub max_records: usize,
     pub max_message_bytes: usize,
     /// How long a publish waits for JetStream's acknowledgement before it is sent again.

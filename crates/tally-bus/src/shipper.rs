@@ -29,6 +29,10 @@ const POLL: Duration = Duration::from_millis(200);
 /// The pause after a failed publish, doubled up to `MAX_BACKOFF`.
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// The most chain entry bytes one record can add to a message (see the cut in `run`).
+const CHAIN_BYTES_PER_RECORD: usize = 45 + 8 + 4;
+/// Room left for the message's NATS headers: `max_payload` counts them too.
+const HEADERS_ROOM: usize = 512;
 
 /// A running shipper.
 #[derive(Debug)]
@@ -103,13 +107,17 @@ async fn run(
             pause(config.linger, &stop).await;
             records.extend(current.next_batch(max - records.len(), Duration::ZERO)?);
         }
-        // Cut the run to the message size; what is left is read again next time.
+        // Cut the run to the message size; what is left is read again next time. Each record
+        // is counted with the most chain entry bytes it can bring (a batch of its own: the
+        // entry's 45 fixed bytes, its 8-byte leaf, a 4-byte length), so a message never
+        // outgrows the limit (headers included), which NATS's max_payload would refuse
+        // forever.
         let mut bytes = 0;
         let keep = records
             .iter()
             .position(|(_, r)| {
-                bytes += r.len() + 4;
-                Message::encoded_len(0, bytes) > config.max_message_bytes
+                bytes += r.len() + 4 + CHAIN_BYTES_PER_RECORD;
+                Message::encoded_len(0, bytes) + HEADERS_ROOM > config.max_message_bytes
             })
             .unwrap_or(records.len())
             .max(1);

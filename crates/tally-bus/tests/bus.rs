@@ -288,3 +288,26 @@ fn the_consumer_resumes_after_the_nats_server_restarts() {
     shipper.stop();
     consumer.stop();
 }
+
+#[test]
+fn messages_stay_under_the_limit_with_their_chain_entries() {
+    // A server that refuses anything over 8 KiB, and an edge whose every record is a batch
+    // of its own (the most chain entry bytes a record can bring).
+    let nats = NatsCluster::start_with(1, "max_payload: 8192\n");
+    let config = BusConfig { max_message_bytes: 8192, linger: Duration::ZERO, ..config(&nats, "SMALL") };
+    let (edge_dir, merged_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (edge, merged) = (open(edge_dir.path()), open(merged_dir.path()));
+    for i in 0..120 {
+        append(&edge, i, 1);
+    }
+    let metrics = BusMetrics::default();
+    let shipper = Shipper::start(edge.clone(), 6, config.clone(), metrics.clone()).unwrap();
+    let merging = BusMetrics::default();
+    let consumer = Consumer::start(merged.clone(), config, "small".into(), merging.clone()).unwrap();
+    wait_for("merged", || merged_through(&merged, 6) == 120);
+    shipper.stop();
+    consumer.stop();
+    assert_eq!(metrics.publish_errors.get(), 0, "no message was refused as too large");
+    assert!(metrics.shipped_messages.get() > 1);
+    assert_eq!(merging.consume_errors.get(), 0);
+}
