@@ -37,9 +37,9 @@
 
 use std::sync::Arc;
 
-use tally_model::program::{AttributionModel, BrowserPolicy, BrowserReports, Goal, Offer, Payout, Rate};
+use tally_model::program::{AttributionModel, BrowserPolicy, BrowserReports, Goal, Offer, Payout, Rate, TermsFrom};
 use tally_model::{
-    format_minor, ClickId, ClickView, Conversion, ConversionSource, ConversionStatus, Currency, Event, Program,
+    format_minor, ClickId, ClickView, Conversion, ConversionSource, ConversionStatus, Currency, Edit, Event, Program,
 };
 
 use crate::clicks::{ClickFacts, ClickFactsRef, FirstClick};
@@ -95,7 +95,8 @@ pub fn apply(state: &mut State, seq: u64, event: &Event) -> Result<Outputs, Attr
                     conversion(state, seq, c, by_click, out)?;
                 }
             }
-            Event::ProgramChange(p) => match Program::from_toml(&p.source) {
+            // A new base, with the managed entities in force on top.
+            Event::ProgramChange(p) => match Program::compose(&p.source, state.managed.clone()) {
                 Ok(program) => {
                     state.set_program(Arc::new(program));
                 }
@@ -106,6 +107,32 @@ pub fn apply(state: &mut State, seq: u64, event: &Event) -> Result<Outputs, Attr
                     out.bad_program = true;
                 }
             },
+            Event::ProgramEdit(p) => {
+                let edit = match Edit::from_json(&p.edit) {
+                    Ok(edit) => edit,
+                    Err(e) => {
+                        tracing::error!(seq, error = %e, "program edit in the log does not parse; keeping the previous rules");
+                        out.bad_program = true;
+                        return Ok(());
+                    }
+                };
+                let mut managed = (*state.managed).clone();
+                managed.apply(&edit);
+                state.set_managed(Arc::new(managed));
+                let Some(base) = state.program.as_ref().map(|p| p.source.clone()) else { return Ok(()) };
+                match Program::compose(&base, state.managed.clone()) {
+                    Ok(program) => {
+                        if program.digest != p.digest {
+                            tracing::warn!(seq, logged = %p.digest, computed = %program.digest, "program edit gives another digest here than on the edge that logged it");
+                        }
+                        state.set_program(Arc::new(program));
+                    }
+                    Err(e) => {
+                        tracing::error!(seq, error = %e, "program edit in the log does not validate; keeping the previous rules");
+                        out.bad_program = true;
+                    }
+                }
+            }
         }
         Ok(())
     })
@@ -419,10 +446,11 @@ fn join(
         }
     }
     if !c.coupon.is_empty() {
-        return Ok(match program.coupon(&c.coupon) {
-            Some(coupon) if coupon.offer == offer.id => {
+        return Ok(match program.any_coupon(&c.coupon) {
+            Some(coupon) if coupon.offer == offer.id && coupon.active => {
                 Ok((coupon.affiliate.clone(), None, String::new(), coupon.code.clone()))
             }
+            Some(coupon) if coupon.offer == offer.id && c.click_id.is_none() => Err(Reason::CouponDisabled),
             Some(_) if c.click_id.is_none() => Err(Reason::CouponOfferMismatch),
             None if c.click_id.is_none() => Err(Reason::UnknownCoupon),
             _ => Err(failure),
@@ -493,7 +521,8 @@ fn conversion(
                 let awaiting =
                     o.status == Status::Pending && matches!(o.reason, Reason::MerchantPending | Reason::BrowserReview);
                 if c.status == ConversionStatus::Approved && c.source == ConversionSource::Postback && awaiting {
-                    confirm(state, seq, o, goal, &mut e, out)?;
+                    let hold_days = program.terms(offer, goal, &o.affiliate).hold_days;
+                    confirm(state, seq, o, hold_days, &mut e, out)?;
                 }
             }
             finish(state, e, out);
@@ -517,6 +546,13 @@ fn conversion(
     e.click_id = click_id;
     e.sub1 = sub1;
     e.coupon = coupon;
+    if program.affiliates.get(&e.affiliate).is_some_and(|a| !a.active) {
+        e.status = Status::Rejected;
+        e.reason = Reason::AffiliateDisabled;
+        e.rule = format!("affiliate {} is disabled", e.affiliate);
+        finish(state, e, out);
+        return Ok(());
+    }
 
     let currency = offer.currency;
     if c.amount.is_some() && c.currency != currency {
@@ -538,18 +574,13 @@ fn conversion(
         return Ok(());
     }
 
-    let over = goal.overrides.get(&e.affiliate);
+    let terms = program.terms(offer, goal, &e.affiliate);
     let day = local_day(state, c.ts_ms);
     let goal_cap_key = keys::cap(day, &c.offer, &c.goal, "");
     let aff_cap_key = keys::cap(day, &c.offer, &c.goal, &e.affiliate);
     let caps = [
         (goal.daily_cap, &goal_cap_key, Reason::DailyCap, "daily cap"),
-        (
-            over.and_then(|o| o.daily_cap).or(goal.affiliate_daily_cap),
-            &aff_cap_key,
-            Reason::AffiliateDailyCap,
-            "affiliate daily cap",
-        ),
+        (terms.daily_cap, &aff_cap_key, Reason::AffiliateDailyCap, "affiliate daily cap"),
     ];
     for (cap, key, reason, what) in caps {
         let Some(cap) = cap else { continue };
@@ -562,9 +593,11 @@ fn conversion(
         }
     }
 
-    let (payout, source) = match over.and_then(|o| o.payout.as_ref()) {
-        Some(p) => (p, format!("override {}", e.affiliate)),
-        None => (&goal.payout, format!("goal {}", goal.id)),
+    let payout = terms.payout;
+    let source = match terms.payout_from {
+        TermsFrom::Goal => format!("goal {}", goal.id),
+        TermsFrom::Affiliate(a) => format!("override {a}"),
+        TermsFrom::Group(g) => format!("group {g}"),
     };
     let month = month_of_day(day);
     let mkey = keys::month(month, &c.offer, &c.goal, &e.affiliate);
@@ -600,7 +633,7 @@ fn conversion(
     state.add_counter(&goal_cap_key, 1)?;
     state.add_counter(&aff_cap_key, 1)?;
     let count = state.add_counter(&mkey, 1)?;
-    let hold_ms = u64::from(goal.hold_days) * DAY_MS;
+    let hold_ms = u64::from(terms.hold_days) * DAY_MS;
     let approve_at = c.ts_ms.saturating_add(hold_ms);
     if hold_ms == 0 {
         e.status = Status::Approved;
@@ -672,11 +705,11 @@ fn confirm(
     state: &mut State,
     seq: u64,
     mut original: Entry,
-    goal: &Goal,
+    hold_days: u32,
     e: &mut Entry,
     out: &mut Outputs,
 ) -> Result<(), AttributionError> {
-    let hold_ms = u64::from(goal.hold_days) * DAY_MS;
+    let hold_ms = u64::from(hold_days) * DAY_MS;
     let approve_at = original.ts_ms.saturating_add(hold_ms);
     original.reason = Reason::None;
     original.confirmed_by = Some(seq);

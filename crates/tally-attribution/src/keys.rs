@@ -12,7 +12,7 @@
 //! | `unique` | [`visitors`] | UTC day number (u32 BE) ‖ commit position (u64 BE) |
 //! | `clicks` | [`click_run`] | the run's first click ID (16 bytes, time first) |
 //! | `counters` | [`cap`], [`month`], [`milestone`] | text parts separated by NUL |
-//! | `meta` | [`META_CHECKPOINT`], [`META_PROGRAM`], [`META_FORMAT`] | fixed names |
+//! | `meta` | [`META_CHECKPOINT`], [`META_PROGRAM`], [`META_MANAGED`], [`META_FORMAT`] | fixed names |
 
 use tally_model::ClickId;
 
@@ -20,6 +20,8 @@ use crate::ledger::EntryId;
 
 pub(crate) const META_CHECKPOINT: &[u8] = b"checkpoint";
 pub(crate) const META_PROGRAM: &[u8] = b"program";
+/// The program's managed entities (JSON), written when a program edit changed them.
+pub(crate) const META_MANAGED: &[u8] = b"managed";
 pub(crate) const META_FORMAT: &[u8] = b"format";
 
 /// A ledger entry's key.

@@ -160,6 +160,10 @@ pub enum Reason {
     BrowserReview,
     /// A browser's report claiming more than the goal's `max_browser_amount`.
     BrowserAmountOverLimit,
+    /// The credited affiliate is disabled (program edit): nothing is paid.
+    AffiliateDisabled,
+    /// The coupon is disabled.
+    CouponDisabled,
 }
 
 impl Reason {
@@ -193,6 +197,8 @@ impl Reason {
             Reason::BrowserReportRefused => "browser_report_refused",
             Reason::BrowserReview => "browser_review",
             Reason::BrowserAmountOverLimit => "browser_amount_over_limit",
+            Reason::AffiliateDisabled => "affiliate_disabled",
+            Reason::CouponDisabled => "coupon_disabled",
         }
     }
 }

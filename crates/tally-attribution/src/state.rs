@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
 
-use tally_model::{ClickId, Program};
+use tally_model::{ClickId, Managed, Program};
 
 use crate::clicks::{self, ClickFacts, ClickFactsRef, FastMap};
 use crate::keys;
@@ -37,6 +37,10 @@ pub struct State {
     writes: WriteSet,
     pub(crate) checkpoint: Checkpoint,
     pub(crate) program: Option<Arc<Program>>,
+    /// The program's managed entities: the fold of every program edit applied, composed on
+    /// each new base (`tally_model::managed`).
+    pub(crate) managed: Arc<Managed>,
+    managed_dirty: bool,
     /// How far behind the watermark clicks stay live under `program`: its longest window
     /// and a day. Kept here because every event needs it.
     pub(crate) reach_ms: Option<u64>,
@@ -83,6 +87,8 @@ impl State {
             writes: WriteSet::new(commits),
             checkpoint: Checkpoint::default(),
             program: None,
+            managed: Arc::new(Managed::default()),
+            managed_dirty: false,
             reach_ms: None,
             program_dirty: false,
             holds: BTreeSet::new(),
@@ -156,8 +162,13 @@ impl State {
         if let Some(checkpoint) = loaded.checkpoint {
             self.checkpoint = checkpoint;
         }
+        if let Some(json) = loaded.managed {
+            let managed: Managed = serde_json::from_str(&json)
+                .map_err(|e| AttributionError::Corrupt(format!("stored managed entities do not parse: {e}")))?;
+            self.managed = Arc::new(managed);
+        }
         if let Some(source) = loaded.program {
-            let program = Program::from_toml(&source)
+            let program = Program::compose(&source, self.managed.clone())
                 .map_err(|e| AttributionError::Corrupt(format!("stored program no longer parses: {e}")))?;
             self.reach_ms = Some(reach_ms(&program));
             self.program = Some(Arc::new(program));
@@ -174,6 +185,11 @@ impl State {
 
     pub fn program(&self) -> Option<&Arc<Program>> {
         self.program.as_ref()
+    }
+
+    pub(crate) fn set_managed(&mut self, managed: Arc<Managed>) {
+        self.managed = managed;
+        self.managed_dirty = true;
     }
 
     pub(crate) fn set_program(&mut self, program: Arc<Program>) {
@@ -297,9 +313,11 @@ impl State {
             return Ok(());
         };
         let program = self.program.as_ref().filter(|_| self.program_dirty).map(|p| p.source.as_str());
+        let managed = self.managed_dirty.then(|| serde_json::to_string(&*self.managed).unwrap_or_default());
         let commit = Commit {
             checkpoint: &self.checkpoint,
             program,
+            managed,
             clicks_last: self.clicks_last,
             batch_hint: self.batch_bytes,
         };
@@ -318,6 +336,7 @@ impl State {
         }
         self.writes.committed(&mut self.counter_cache);
         self.program_dirty = false;
+        self.managed_dirty = false;
         // Keep the visitor sets of the last days only; older ones reload on demand (late
         // events are rare).
         let today = tally_model::time::day_of(self.checkpoint.watermark_ms);

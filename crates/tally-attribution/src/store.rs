@@ -74,6 +74,8 @@ pub(crate) struct Commit<'a> {
     pub(crate) checkpoint: &'a Checkpoint,
     /// The program's source, when a program change was applied since the last commit.
     pub(crate) program: Option<&'a str>,
+    /// The program's managed entities (JSON), when a program edit changed them since.
+    pub(crate) managed: Option<String>,
     /// The greatest click ID stored: the clicks above it become new runs.
     pub(crate) clicks_last: Option<ClickId>,
     /// The last commit's batch size, to allocate this one at once.
@@ -91,6 +93,7 @@ pub(crate) struct Written {
 pub(crate) struct Loaded {
     pub(crate) checkpoint: Option<Checkpoint>,
     pub(crate) program: Option<String>,
+    pub(crate) managed: Option<String>,
     pub(crate) holds: BTreeSet<(u64, EntryId)>,
     pub(crate) clicks_last: Option<ClickId>,
 }
@@ -267,6 +270,12 @@ impl Store {
             }
             None => None,
         };
+        let managed = match self.db.get_cf(meta, keys::META_MANAGED).map_err(db_err)? {
+            Some(v) => Some(
+                String::from_utf8(v).map_err(|_| AttributionError::Corrupt("managed entities are not UTF-8".into()))?,
+            ),
+            None => None,
+        };
         let mut holds = BTreeSet::new();
         for item in self.db.iterator_cf(self.cf(CF_HOLDS)?, IteratorMode::Start) {
             let (k, _) = item.map_err(db_err)?;
@@ -282,7 +291,7 @@ impl Store {
             None => None,
         };
         it.status().map_err(db_err)?;
-        Ok(Loaded { checkpoint, program, holds, clicks_last })
+        Ok(Loaded { checkpoint, program, managed, holds, clicks_last })
     }
 
     /// Pulls in what the worker has committed since (a secondary only; others are current).
@@ -476,6 +485,9 @@ impl Store {
         batch.put_cf(meta, keys::META_FORMAT, FORMAT.to_be_bytes());
         if let Some(source) = commit.program {
             batch.put_cf(meta, keys::META_PROGRAM, source.as_bytes());
+        }
+        if let Some(managed) = &commit.managed {
+            batch.put_cf(meta, keys::META_MANAGED, managed.as_bytes());
         }
         let mut wo = WriteOptions::default();
         wo.set_sync(sync);

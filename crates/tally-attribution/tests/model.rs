@@ -86,7 +86,8 @@ fn model(events: &[Event]) -> BTreeMap<EntryId, Outcome> {
                 }
                 continue;
             }
-            Event::Click(_) => continue,
+            // The model's logs have no program edits.
+            Event::Click(_) | Event::ProgramEdit(_) => continue,
             Event::Conversion(c) => c,
         };
         let id = EntryId::of_event(seq);

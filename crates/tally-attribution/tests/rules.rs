@@ -406,3 +406,55 @@ fn a_program_time_zone_moves_the_days_of_caps_and_stats() {
     let err = tally_model::Program::from_toml(&format!("time_zone = \"Mars/Base\"\n{PROGRAM}")).unwrap_err();
     assert!(err.to_string().contains("time_zone: \"Mars/Base\" is not a time zone"), "{err}");
 }
+
+fn edit(d: &mut Driver, json: &str) {
+    let edit = tally_model::Edit::from_json(json).unwrap();
+    let event = tally_model::event::ProgramEdit {
+        ts_ms: d.now,
+        actor: "test".into(),
+        digest: String::new(),
+        edit: edit.to_json(),
+    };
+    d.apply(Event::ProgramEdit(event));
+}
+
+#[test]
+fn program_edits_put_groups_whose_terms_pay_their_affiliates_across_program_changes() {
+    let mut d = Driver::new();
+    edit(
+        &mut d,
+        r#"{"groups":[{"id":"gold","terms":[{"offer":"shoes","payout":{"kind":"fixed","amount":"7.00"},"hold_days":0,"daily_cap":1}]}],
+            "affiliates":[{"id":"amb","group":"gold"},{"id":"aff2","group":"gold"}]}"#,
+    );
+    let digest = d.state.program().unwrap().digest.clone();
+    let cid = d.click("shoes", "amb");
+    let e = d.convert("shoes", "sale", Some(cid), "T1", Some(10_000));
+    assert_eq!((e.status, e.amount, e.rule.as_str()), (Status::Approved, 700, "group gold: fixed 7.00"));
+    assert_eq!(e.program, digest);
+    // The group's daily cap applies to each of its affiliates.
+    let e = d.convert("shoes", "sale", Some(cid), "T2", Some(10_000));
+    assert_eq!((e.status, e.reason), (Status::RejectedCap, Reason::AffiliateDailyCap));
+    // aff2's override in the file beats its group for the lead goal; the group's cap (1)
+    // replaces the goal's for it, and the file's override cap (1) stays.
+    let cid2 = d.click("shoes", "aff2");
+    let e = d.convert("shoes", "lead", Some(cid2), "T3", None);
+    assert_eq!((e.amount, e.rule.as_str()), (400, "override aff2: fixed 4.00"));
+
+    // A new program file keeps the entities the API put.
+    d.wait(DAY);
+    d.program(PROGRAM);
+    let e = d.convert("shoes", "sale", Some(cid), "T4", Some(10_000));
+    assert_eq!((e.status, e.amount), (Status::Approved, 700), "{}", e.rule);
+
+    // Disabled: its conversions are rejected; a disabled coupon credits nobody.
+    edit(
+        &mut d,
+        r#"{"affiliates":[{"id":"amb","group":"gold","active":false}],"coupons":[{"code":"spring","offer":"shoes","affiliate":"aff3","active":false}]}"#,
+    );
+    let e = d.convert("shoes", "sale", Some(cid), "T5", Some(10_000));
+    assert_eq!((e.status, e.reason, e.amount), (Status::Rejected, Reason::AffiliateDisabled, 0));
+    let mut c = d.conversion_event("shoes", "sale", None, "T6", Some(10_000), ConversionStatus::Approved);
+    c.coupon = "SPRING".into();
+    d.apply(Event::Conversion(c));
+    assert_eq!(d.own_entry().reason, Reason::CouponDisabled);
+}

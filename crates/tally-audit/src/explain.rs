@@ -84,14 +84,19 @@ pub fn explain(data_dir: &Path, target: &str) -> Result<Explanation, AuditError>
     clicks_wanted.extend(live_entry.as_ref().and_then(|e| e.click_id));
 
     let mut clicks: BTreeMap<ClickId, (u64, tally_model::Click)> = BTreeMap::new();
-    let mut programs: Vec<(u64, String)> = Vec::new();
+    // (seq, digest, what set it): program changes and edits.
+    let mut programs: Vec<(u64, String, String)> = Vec::new();
     let mut history: Vec<(u64, Entry)> = Vec::new();
     let mut observe = |seq: u64, event: &Event, out: &tally_attribution::Outputs| {
         match event {
             Event::Click(k) if clicks_wanted.contains(&k.click_id) => {
                 clicks.insert(k.click_id, (seq, k.clone()));
             }
-            Event::ProgramChange(p) => programs.push((seq, p.digest.clone())),
+            Event::ProgramChange(p) => programs.push((seq, p.digest.clone(), String::new())),
+            Event::ProgramEdit(p) => {
+                let what = tally_model::Edit::from_json(&p.edit).map(|e| e.summary()).unwrap_or_default();
+                programs.push((seq, p.digest.clone(), format!(" (edit by {}: {what})", p.actor)));
+            }
             _ => {}
         }
         for e in &out.entries {
@@ -151,9 +156,11 @@ pub fn explain(data_dir: &Path, target: &str) -> Result<Explanation, AuditError>
         if !first.coupon.is_empty() {
             lines.push(format!("  credited through coupon \"{}\" to affiliate {}", first.coupon, first.affiliate));
         }
-        let program = programs.iter().rev().find(|(seq, d)| *seq <= id.seq && *d == first.program);
+        let program = programs.iter().rev().find(|(seq, d, _)| *seq <= id.seq && *d == first.program);
         match program {
-            Some((seq, d)) => lines.push(format!("  rules: program {} set at seq {seq}", &d[..d.len().min(16)])),
+            Some((seq, d, how)) => {
+                lines.push(format!("  rules: program {} set at seq {seq}{how}", &d[..d.len().min(16)]))
+            }
             None => lines.push("  rules: no program in force".into()),
         }
     }

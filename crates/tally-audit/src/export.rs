@@ -79,6 +79,9 @@ pub const COLUMNS: &[&str] = &[
     // The advertiser whose credential sent a postback (empty for browser reports and for
     // records older than format 4).
     "advertiser",
+    // A program edit's author (`X-Tally-Actor`) and what it put, as JSON (decision 0046).
+    "actor",
+    "edit",
 ];
 
 /// One event as `(column, value)` pairs, in [`COLUMNS`] order, for the columns it has.
@@ -123,6 +126,9 @@ pub fn row(seq: u64, event: &Event, personal: Personal) -> Vec<(&'static str, Va
         Event::ProgramChange(p) => {
             r.push(("program_digest", p.digest.as_str().into()));
         }
+        Event::ProgramEdit(p) => {
+            r.push(("program_digest", p.digest.as_str().into()));
+        }
     }
     r.push(("time", tally_model::time::format_ts(event.ts_ms()).into()));
     match event {
@@ -135,6 +141,10 @@ pub fn row(seq: u64, event: &Event, personal: Personal) -> Vec<(&'static str, Va
             r.push(("advertiser", c.advertiser.as_str().into()));
         }
         Event::ProgramChange(_) => {}
+        Event::ProgramEdit(p) => {
+            r.push(("actor", p.actor.as_str().into()));
+            r.push(("edit", p.edit.as_str().into()));
+        }
     }
     r
 }

@@ -530,11 +530,21 @@ fn attribute(
     Ok(ExitCode::SUCCESS)
 }
 
+/// The entities the admin API put, from the log in `data_dir` (none without a log): the file
+/// is checked as the server would compose it.
+fn managed_in(data_dir: &Path) -> Result<std::sync::Arc<tally_model::Managed>, tally_edge::ReloadError> {
+    if !data_dir.join("CURRENT").exists() {
+        return Ok(std::sync::Arc::default());
+    }
+    let reader = tally_log::LogReader::open_secondary(data_dir)?;
+    tally_edge::managed_in_log(&reader).map(std::sync::Arc::new)
+}
+
 fn config_check(path: &Path, format: OutputFormat) -> anyhow::Result<ExitCode> {
     let mut problems = Vec::new();
     let mut summary = None;
     match Config::load(path) {
-        Ok(config) => match tally_edge::load_for(&config.edge) {
+        Ok(config) => match managed_in(config.data_dir()).and_then(|m| tally_edge::load_for(&config.edge, m)) {
             Ok(tally_edge::Loaded { program, .. }) => {
                 summary = Some((
                     config.edge.program_path.clone(),

@@ -6,16 +6,15 @@
 //!
 //! | request | does |
 //! |---|---|
-//! | `GET /admin/links` | every link: code, offer, affiliate, active, and whether the API manages it |
-//! | `POST /admin/links` `{"code","offer","affiliate"}` | adds a link (201); 409 if the code exists |
-//! | `POST /admin/links/{code}/disable`, `.../enable` | turns a link off or on |
-//! | `GET /admin/program` | the loaded program's digest, counts, offers and affiliates |
+//! | `GET`, `POST /admin/{affiliates,groups,coupons,links}`, `GET`, `PUT`, `PATCH .../{key}`, `POST .../{key}/disable`, `.../enable` | program management ([`crate::manage`]) |
+//! | `POST /admin/import?type=&dry_run=` | bulk import: CSV, JSON Lines or JSON, all rows or none |
+//! | `GET /admin/program` | the loaded program's digest, counts and offers |
 //! | `POST /admin/reload` | re-reads the program file and overlay, as SIGHUP does |
 //! | `GET /admin/stats?from=YYYY-MM-DD&to=YYYY-MM-DD` | attribution stats per offer and affiliate |
 //! | `GET /admin/log-level`, `PUT /admin/log-level` `{"level":"..."}` | the tracing filter |
 //!
-//! Link edits go through [`Edge::edit_links`]: the new program is logged as a
-//! `ProgramChange` before it takes effect, so a replay sees it. Stats and the log level
+//! Program edits go through [`Edge::edit_program`]: each is logged as a `ProgramEdit`
+//! before it takes effect, so a replay sees it. Stats and the log level
 //! belong to other crates (attribution, the binary's subscriber); they arrive as
 //! [`AdminHooks`] so this crate depends on neither.
 
@@ -32,15 +31,13 @@ use hyper::body::Incoming;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
-use tally_model::Program;
 
-use crate::links::OverlayLink;
 use crate::metrics::Route;
 use crate::respond::{with_body, Body};
 use crate::{Edge, EditError, ReloadError};
 
-/// Admin request bodies are a few hundred bytes; anything larger is refused.
-const MAX_BODY: usize = 64 * 1024;
+/// Admin request bodies are a few hundred bytes (imports aside); anything larger is refused.
+pub(crate) const MAX_BODY: usize = 64 * 1024;
 /// Admin connections at most: an operator and a scraper, with room to spare.
 const MAX_CONNECTIONS: usize = 64;
 
@@ -123,11 +120,11 @@ async fn metrics(edge: &Arc<Edge>) -> Response<Body> {
     }
 }
 
-fn json_response(status: u16, v: &Value) -> Response<Body> {
+pub(crate) fn json_response(status: u16, v: &Value) -> Response<Body> {
     with_body(status, "application/json", Bytes::from(v.to_string()))
 }
 
-fn error(status: u16, reason: &str) -> Response<Body> {
+pub(crate) fn error(status: u16, reason: &str) -> Response<Body> {
     json_response(status, &json!({ "error": reason }))
 }
 
@@ -165,15 +162,14 @@ async fn api(edge: &Arc<Edge>, hooks: &AdminHooks, req: Request<Incoming>) -> Re
     let path = req.uri().path().trim_end_matches('/').to_owned();
     let method = req.method().clone();
     let segments: Vec<&str> = path.split('/').skip(2).collect();
-    match (&method, segments.as_slice()) {
-        (&Method::GET, ["links"]) => list_links(edge),
-        (&Method::POST, ["links"]) => match read_json::<NewLink>(req).await {
-            Ok(l) => add_link(edge, l).await,
-            Err(r) => *r,
-        },
-        (&Method::POST, ["links", code, action @ ("disable" | "enable")]) => {
-            set_active(edge, (*code).to_owned(), *action == "enable").await
+    let managed = matches!(segments.first(), Some(&("affiliates" | "groups" | "coupons" | "links" | "import")));
+    if managed {
+        if let Some(r) = crate::manage::route(edge, req, &segments).await {
+            return r;
         }
+        return error(404, "no such admin endpoint");
+    }
+    match (&method, segments.as_slice()) {
         (&Method::GET, ["program"]) => program_info(edge),
         (&Method::POST, ["reload"]) => reload(edge).await,
         (&Method::GET, ["stats"]) => stats(hooks, req.uri().query().unwrap_or("")).await,
@@ -193,17 +189,9 @@ async fn api(edge: &Arc<Edge>, hooks: &AdminHooks, req: Request<Incoming>) -> Re
             Ok(r) => retention(edge, r).await,
             Err(r) => *r,
         },
-        (
-            _,
-            ["links"]
-            | ["links", _, "disable" | "enable"]
-            | ["program"]
-            | ["reload"]
-            | ["stats"]
-            | ["log-level"]
-            | ["erase"]
-            | ["retention"],
-        ) => error(405, &format!("method {method} not allowed here")),
+        (_, ["program"] | ["reload"] | ["stats"] | ["log-level"] | ["erase"] | ["retention"]) => {
+            error(405, &format!("method {method} not allowed here"))
+        }
         _ => error(404, "no such admin endpoint"),
     }
 }
@@ -217,14 +205,6 @@ async fn read_json<T: for<'de> Deserialize<'de>>(req: Request<Incoming>) -> Resu
         Err(e) => return Err(Box::new(error(400, &format!("cannot read body: {e}")))),
     };
     serde_json::from_slice(&body).map_err(|e| Box::new(error(400, &format!("bad JSON body: {e}"))))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NewLink {
-    code: String,
-    offer: String,
-    affiliate: String,
 }
 
 #[derive(Deserialize)]
@@ -283,97 +263,19 @@ async fn retention(edge: &Arc<Edge>, req: RetentionRequest) -> Response<Body> {
     }
 }
 
-fn link_json(edge: &Edge, program: &Program, code: &str) -> Value {
-    let overlay = crate::Overlay::load(&crate::Overlay::path(&edge.config.data_dir)).unwrap_or_default();
-    program
-        .links()
-        .find(|l| l.code == code)
-        .map(|l| {
-            json!({
-                "code": l.code,
-                "offer": l.offer.id,
-                "affiliate": l.affiliate,
-                "active": l.active,
-                "managed_by_api": overlay.links.contains_key(&l.code),
-            })
-        })
-        .unwrap_or(Value::Null)
-}
-
-fn list_links(edge: &Edge) -> Response<Body> {
-    let program = edge.program();
-    let mut codes: Vec<&str> = program.links().map(|l| l.code.as_str()).collect();
-    codes.sort_unstable();
-    let links: Vec<Value> = codes.iter().map(|c| link_json(edge, &program, c)).collect();
-    json_response(200, &json!({ "program_digest": program.digest, "links": links }))
-}
-
-fn edit_error(e: EditError) -> Response<Body> {
+pub(crate) fn edit_error(e: EditError) -> Response<Body> {
     match e {
         EditError::NotFound(why) => error(404, &why),
         EditError::Conflict(why) => error(409, &why),
-        EditError::Invalid(problems) => json_response(400, &json!({ "error": "invalid link", "problems": problems })),
+        EditError::Invalid(problems) => {
+            json_response(400, &json!({ "error": "invalid change; nothing was changed", "problems": problems }))
+        }
         EditError::Reload(ReloadError::Log(e)) => {
             let mut r = error(503, &format!("the log cannot take the change now: {e}"));
             r.headers_mut().insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
             r
         }
         other => error(500, &other.to_string()),
-    }
-}
-
-async fn add_link(edge: &Arc<Edge>, l: NewLink) -> Response<Body> {
-    if !tally_model::program::is_valid_id(&l.code) {
-        return error(400, "code: use 1-64 letters, digits, '-', '_' or '.'");
-    }
-    let code = l.code.clone();
-    let result = edge
-        .edit_links(move |program, overlay| {
-            if program.links().any(|x| x.code == l.code) {
-                return Err(EditError::Conflict(format!("link \"{}\" exists; enable or disable it instead", l.code)));
-            }
-            overlay.links.insert(
-                l.code.clone(),
-                OverlayLink { code: l.code, offer: l.offer, affiliate: l.affiliate, active: true },
-            );
-            Ok(())
-        })
-        .await;
-    match result {
-        Ok((program, seq)) => {
-            tracing::info!(code = %code, digest = %program.digest, seq, "link added through the admin API");
-            json_response(
-                201,
-                &json!({ "link": link_json(edge, &program, &code), "program_digest": program.digest, "seq": seq }),
-            )
-        }
-        Err(e) => edit_error(e),
-    }
-}
-
-async fn set_active(edge: &Arc<Edge>, code: String, active: bool) -> Response<Body> {
-    let c = code.clone();
-    let result = edge
-        .edit_links(move |program, overlay| {
-            let Some(link) = program.links().find(|x| x.code == c) else {
-                return Err(EditError::NotFound(format!("no link \"{c}\"")));
-            };
-            overlay.links.insert(
-                c.clone(),
-                OverlayLink { code: c, offer: link.offer.id.clone(), affiliate: link.affiliate.clone(), active },
-            );
-            Ok(())
-        })
-        .await;
-    match result {
-        Ok((program, seq)) => {
-            tracing::info!(code = %code, active, digest = %program.digest, seq, "link changed through the admin API");
-            json_response(
-                200,
-                &json!({ "link": link_json(edge, &program, &code), "program_digest": program.digest, "seq": seq }),
-            )
-        }
-        Err(e) => edit_error(e),
     }
 }
 
@@ -389,10 +291,17 @@ fn program_info(edge: &Edge) -> Response<Body> {
         &json!({
             "digest": p.digest,
             "path": edge.config.program_path.display().to_string(),
-            "overlay": crate::Overlay::path(&edge.config.data_dir).display().to_string(),
             "advertisers": p.advertisers.len(),
             "time_zone": p.calendar.name(),
-            "affiliates": p.affiliates.keys().collect::<Vec<_>>(),
+            "affiliates": p.affiliates.len(),
+            "groups": p.groups.len(),
+            "coupons": p.coupons().count(),
+            "managed": {
+                "affiliates": p.managed.affiliates.len(),
+                "groups": p.managed.groups.len(),
+                "coupons": p.managed.coupons.len(),
+                "links": p.managed.links.len(),
+            },
             "offers": offers,
             "links": p.links().count(),
             "active_links": p.links().filter(|l| l.active).count(),

@@ -23,6 +23,7 @@ mod conversion;
 mod fast;
 mod handlers;
 pub mod links;
+mod manage;
 pub mod metrics;
 mod privacy;
 mod respond;
@@ -37,7 +38,8 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use prometheus_client::registry::Registry;
 use tally_log::{Appender, Log};
-use tally_model::{Event, Program, ProgramChange};
+use tally_model::event::ProgramEdit;
+use tally_model::{Edit, Event, Managed, Program, ProgramChange};
 
 pub use admin::{serve_admin, AdminHooks};
 pub use config::Config;
@@ -50,10 +52,8 @@ use metrics::{EdgeMetrics, ReloadOutcome};
 pub struct Edge {
     pub config: Config,
     program: ArcSwap<Program>,
-    /// The program file's text behind the loaded program; API link edits compose on it, so
-    /// an edit never pulls in file changes the operator has not reloaded yet.
-    base_source: std::sync::Mutex<String>,
-    /// Serialises reloads and API edits: each reads the overlay, logs a program, swaps it.
+    /// Serialises reloads, API edits and adoptions: each logs a program change or edit,
+    /// then swaps the program in.
     changes: tokio::sync::Mutex<()>,
     log: Log,
     /// The request handlers' way into the log: per-turn staging and per-batch acks.
@@ -102,12 +102,13 @@ impl ReloadError {
     }
 }
 
-/// A program as loaded from its file and the link overlay.
+/// A program as loaded from its file and the managed entities.
 #[derive(Debug)]
 pub struct Loaded {
-    /// The program file's text.
+    /// The program file's text (with the legacy link overlay composed in).
     pub base: String,
-    /// The composed program (file + overlay); its `source` is what the log records.
+    /// The program in force: the base with the managed entities on top. Its `source` is
+    /// the base, what a `ProgramChange` records.
     pub program: Program,
 }
 
@@ -116,7 +117,7 @@ impl Edge {
     /// `registry`, which the application fills with the rest of the process's (the log's,
     /// the attribution worker's) and which the admin listener serves on `/metrics`.
     pub fn new(config: Config, loaded: Loaded, log: Log, mut registry: Registry) -> Arc<Edge> {
-        let Loaded { base, program } = loaded;
+        let Loaded { program, .. } = loaded;
         let metrics = EdgeMetrics::new(&mut registry);
         metrics.program_links.set(program.links().count() as i64);
         // Before the first click: the day keys around now (blocking, as opening the log is).
@@ -125,7 +126,6 @@ impl Edge {
         Arc::new(Edge {
             config,
             program: ArcSwap::from_pointee(program),
-            base_source: std::sync::Mutex::new(base),
             changes: tokio::sync::Mutex::new(()),
             appender: log.appender(),
             log,
@@ -149,20 +149,37 @@ impl Edge {
     }
 
     /// Puts in force a program another node put in force (a cluster's program, from the
-    /// bus): its credentials resolved from this edge's secrets store, logged as a
-    /// `ProgramChange`, swapped in, and the source kept as the base later API link edits
-    /// compose on. Returns false if it is the program already in force. Not announced.
-    pub async fn adopt(&self, source: String) -> Result<bool, ReloadError> {
+    /// bus, as [`program_doc`] wrote it): its credentials resolved from this edge's secrets
+    /// store, a new base logged as a `ProgramChange` and managed entities this edge lacks as
+    /// a `ProgramEdit` (by `cluster`), then swapped in. Returns false if it is the program
+    /// already in force. Not announced.
+    pub async fn adopt(&self, doc: String) -> Result<bool, ReloadError> {
         let _serial = self.changes.lock().await;
         let secrets = self.config.secrets.clone();
-        let parsed = tokio::task::spawn_blocking(move || serving_program(&source, &secrets).map(|p| (source, p)))
-            .await
-            .unwrap_or_else(|e| Err(ReloadError::Read { path: String::new(), reason: e.to_string() }));
-        let (base, program) = parsed?;
+        let current = self.program();
+        let parsed = tokio::task::spawn_blocking(move || -> Result<_, ReloadError> {
+            let (base, theirs) = parse_program_doc(&doc)?;
+            let edit = current.managed.diff(&theirs);
+            let mut managed = (*current.managed).clone();
+            managed.apply(&edit);
+            let program = serving_composed(&base, Arc::new(managed), &secrets)?;
+            Ok((base, edit, program))
+        })
+        .await
+        .unwrap_or_else(|e| Err(ReloadError::Read { path: String::new(), reason: e.to_string() }));
+        let (base, edit, program) = parsed?;
         if program.digest == self.program.load().digest {
             return Ok(false);
         }
-        self.log_and_swap(Loaded { base, program }).await.map(|_| true)
+        if base != self.program.load().source {
+            // The new base first, composed with the entities in force here.
+            let on_base = serving_composed(&base, self.program.load().managed.clone(), &self.config.secrets)?;
+            self.log_and_swap(Loaded { base: base.clone(), program: on_base }).await?;
+        }
+        if !edit.is_empty() {
+            self.log_edit_and_swap("cluster", &edit, program).await?;
+        }
+        Ok(true)
     }
 
     pub fn log(&self) -> &Log {
@@ -173,21 +190,21 @@ impl Edge {
         self.program.load_full()
     }
 
-    /// Re-reads the program file and the link overlay. An invalid file keeps the old program
-    /// and returns why. A changed program is first committed to the log as a
+    /// Re-reads the program file (and the legacy link overlay), composed with the managed
+    /// entities in force. An invalid file keeps the old program and returns why. A changed program is first committed to the log as a
     /// `ProgramChange` event, then swapped in, so every event after it in the log was judged
     /// by the new rules.
     pub async fn reload(&self) -> Result<bool, ReloadError> {
         let _serial = self.changes.lock().await;
         let config = self.config.clone();
-        let result = tokio::task::spawn_blocking(move || load_for(&config))
+        let managed = self.program().managed.clone();
+        let result = tokio::task::spawn_blocking(move || load_for(&config, managed))
             .await
             .unwrap_or_else(|e| Err(ReloadError::Read { path: String::new(), reason: e.to_string() }));
         let outcome = match result {
             Ok(loaded) if loaded.program.digest == self.program.load().digest => {
                 // The same rules, so nothing to log; but credential values may have been
                 // rotated in the secrets store, so the freshly resolved program goes in.
-                self.set_base(loaded.base);
                 self.program.store(Arc::new(loaded.program));
                 Ok(false)
             }
@@ -201,61 +218,44 @@ impl Edge {
         outcome
     }
 
-    /// Applies `edit` to the link overlay and puts the result in force: the composed program
-    /// is validated, the overlay written, the program logged as a `ProgramChange`, then
-    /// swapped in. If logging fails the old overlay file is restored. Returns the new
-    /// program and the sequence number of its `ProgramChange`.
-    pub async fn edit_links<F>(&self, edit: F) -> Result<(Arc<Program>, u64), EditError>
+    /// Puts managed entities in force: `build` turns the program in force into the
+    /// [`Edit`] to make (or refuses); the program with it is composed and validated, logged
+    /// as one `ProgramEdit` by `actor`, then swapped in. Nothing is in force, or on disk,
+    /// until the log has it. Returns the new program and the edit's sequence number.
+    pub async fn edit_program<F>(&self, actor: &str, build: F) -> Result<(Arc<Program>, u64), EditError>
     where
-        F: FnOnce(&Program, &mut Overlay) -> Result<(), EditError> + Send + 'static,
+        F: FnOnce(&Program) -> Result<Edit, EditError> + Send + 'static,
     {
         let _serial = self.changes.lock().await;
-        let path = Overlay::path(&self.config.data_dir);
         let secrets = self.config.secrets.clone();
-        let base = self.base();
         let current = self.program();
         let prepared = tokio::task::spawn_blocking(move || -> Result<_, EditError> {
-            let old = Overlay::load(&path)?;
-            let mut new = old.clone();
-            edit(&current, &mut new)?;
-            let program =
-                serving_program(&new.compose(&base)?, &secrets).map_err(|e| EditError::Invalid(e.problems()))?;
-            new.save(&path)?;
-            Ok((old, path, Loaded { base, program }))
+            let edit = build(&current)?;
+            let mut managed = (*current.managed).clone();
+            managed.apply(&edit);
+            let program = serving_composed(&current.source, Arc::new(managed), &secrets)
+                .map_err(|e| EditError::Invalid(e.problems()))?;
+            Ok((edit, program))
         })
         .await
         .map_err(|e| EditError::Internal(e.to_string()))??;
-        let (old, path, loaded) = prepared;
-        match self.log_and_swap(loaded).await {
-            Ok(seq) => {
-                self.announce();
-                Ok((self.program(), seq))
-            }
-            Err(e) => {
-                // The change is not in force, so the file must not say it is.
-                let restored = tokio::task::spawn_blocking(move || old.save(&path)).await;
-                if !matches!(restored, Ok(Ok(()))) {
-                    tracing::error!("cannot restore the link overlay after a failed change; it holds the refused edit");
-                }
-                Err(e.into())
-            }
-        }
+        let (edit, program) = prepared;
+        let seq = self.log_edit_and_swap(actor, &edit, program).await?;
+        self.announce();
+        Ok((self.program(), seq))
     }
 
-    fn base(&self) -> String {
-        self.base_source.lock().map(|b| b.clone()).unwrap_or_default()
-    }
-
-    fn set_base(&self, base: String) {
-        if let Ok(mut b) = self.base_source.lock() {
-            *b = base;
-        }
+    async fn log_edit_and_swap(&self, actor: &str, edit: &Edit, program: Program) -> Result<u64, ReloadError> {
+        let record = program_edit_record(actor, edit, &program)?;
+        let seq = self.appender.submit(record)?.await?;
+        self.metrics.program_links.set(program.links().count() as i64);
+        self.program.store(Arc::new(program));
+        Ok(seq)
     }
 
     async fn log_and_swap(&self, loaded: Loaded) -> Result<u64, ReloadError> {
         let seq = self.appender.submit(program_change_record(&loaded.program)?)?.await?;
         self.metrics.program_links.set(loaded.program.links().count() as i64);
-        self.set_base(loaded.base);
         self.program.store(Arc::new(loaded.program));
         Ok(seq)
     }
@@ -278,29 +278,59 @@ pub enum EditError {
     Internal(String),
 }
 
-/// Reads the program file and the link overlay, validates their composition, and resolves
-/// its credentials from the secrets store `secrets` describes.
+/// Reads the program file and the legacy link overlay (`links.toml`, written by builds
+/// before program edits: read, never written), composes the managed entities on top,
+/// validates the whole, and resolves its credentials from the secrets store.
 pub fn load_with_overlay(
     program_path: &Path,
     overlay_path: &Path,
+    managed: Arc<Managed>,
     secrets: &secrets::SecretsConfig,
 ) -> Result<Loaded, ReloadError> {
-    let base = std::fs::read_to_string(program_path)
+    let file = std::fs::read_to_string(program_path)
         .map_err(|e| ReloadError::Read { path: program_path.display().to_string(), reason: e.to_string() })?;
-    let overlay = Overlay::load(overlay_path)?;
-    let program = serving_program(&overlay.compose(&base)?, secrets)?;
+    let base = Overlay::load(overlay_path)?.compose(&file)?;
+    let program = serving_composed(&base, managed, secrets)?;
     Ok(Loaded { base, program })
 }
 
-/// What `tally serve` loads: `config`'s program file with the overlay in its data directory.
-pub fn load_for(config: &Config) -> Result<Loaded, ReloadError> {
-    load_with_overlay(&config.program_path, &Overlay::path(&config.data_dir), &config.secrets)
+/// What `tally serve` loads: `config`'s program file (with the legacy overlay in its data
+/// directory) and `managed`, the entities the log's program edits put.
+pub fn load_for(config: &Config, managed: Arc<Managed>) -> Result<Loaded, ReloadError> {
+    load_with_overlay(&config.program_path, &Overlay::path(&config.data_dir), managed, &config.secrets)
 }
 
-/// Parses a program to serve: as [`Program::from_toml`], and also refusing credentials
+/// The managed entities the log's program edits put, in log order (the `program` index:
+/// no click is read).
+pub fn managed_in_log(reader: &tally_log::LogReader) -> Result<Managed, ReloadError> {
+    let mut managed = Managed::default();
+    for (seq, record) in reader.program_edits()? {
+        let Event::ProgramEdit(e) = tally_model::decode(&record)? else {
+            return Err(ReloadError::Read {
+                path: format!("log event {seq}"),
+                reason: "the program index names an event that is not a program edit".into(),
+            });
+        };
+        let edit = Edit::from_json(&e.edit)
+            .map_err(|reason| ReloadError::Read { path: format!("program edit at log event {seq}"), reason })?;
+        managed.apply(&edit);
+    }
+    Ok(managed)
+}
+
+/// Parses a program file to serve: as [`Program::from_toml`], and also refusing credentials
 /// written inline (the log would record them) and resolving the named ones from the store.
 pub fn serving_program(source: &str, secrets: &secrets::SecretsConfig) -> Result<Program, ReloadError> {
-    let mut program = Program::from_toml(source)?;
+    serving_composed(source, Arc::new(Managed::default()), secrets)
+}
+
+/// [`serving_program`] for `source` with the `managed` entities on top.
+pub fn serving_composed(
+    source: &str,
+    managed: Arc<Managed>,
+    secrets: &secrets::SecretsConfig,
+) -> Result<Program, ReloadError> {
+    let mut program = Program::compose(source, managed)?;
     let inline = program.inline_credentials();
     if !inline.is_empty() {
         let problems = inline
@@ -324,12 +354,44 @@ pub fn serving_program(source: &str, secrets: &secrets::SecretsConfig) -> Result
     Ok(program)
 }
 
+/// What a cluster's program channel carries: the program file's text and the managed
+/// entities, as JSON.
+pub fn program_doc(program: &Program) -> String {
+    serde_json::json!({ "source": program.source, "managed": *program.managed }).to_string()
+}
+
+/// Reads a [`program_doc`]; a plain program file (what builds before program edits
+/// published) is a doc with no managed entities.
+pub fn parse_program_doc(doc: &str) -> Result<(String, Managed), ReloadError> {
+    #[derive(serde::Deserialize)]
+    struct Doc {
+        source: String,
+        managed: Managed,
+    }
+    if !doc.trim_start().starts_with('{') {
+        return Ok((doc.to_owned(), Managed::default()));
+    }
+    let d: Doc = serde_json::from_str(doc)
+        .map_err(|e| ReloadError::Read { path: "the cluster's program".into(), reason: e.to_string() })?;
+    Ok((d.source, d.managed))
+}
+
 /// The log record announcing `program` as the rules in force from here on.
 pub fn program_change_record(program: &Program) -> Result<Vec<u8>, tally_model::RecordError> {
     tally_model::encode(&Event::ProgramChange(ProgramChange {
         ts_ms: now_ms(),
         digest: program.digest.clone(),
         source: program.source.clone(),
+    }))
+}
+
+/// The log record of `edit`, made by `actor`, which puts `program` in force.
+pub fn program_edit_record(actor: &str, edit: &Edit, program: &Program) -> Result<Vec<u8>, tally_model::RecordError> {
+    tally_model::encode(&Event::ProgramEdit(ProgramEdit {
+        ts_ms: now_ms(),
+        actor: actor.to_owned(),
+        digest: program.digest.clone(),
+        edit: edit.to_json(),
     }))
 }
 

@@ -1,17 +1,9 @@
-//! Links managed through the admin API: an overlay file in the data directory, applied on
-//! top of the program file.
-//!
-//! Why a separate file: under systemd the program file lives in `/etc` and the service sees
-//! it read-only (`ProtectSystem=strict`), and an operator's file should not be rewritten by a
-//! program anyway. The data directory is the one place the service may write. The overlay is
-//! `{data_dir}/links.toml`, `[[links]]` tables with the program file's link keys; an overlay
-//! link replaces the program file's link with the same code (that is how a link from the
-//! file is disabled). It is read at start and on every reload, and written atomically
-//! (temp file, fsync, rename, fsync of the directory), so a crash leaves the old or the new
-//! file, never half of one.
-//!
-//! The program in force is the composition of both, and that composed TOML is what a
-//! `ProgramChange` records, so a replay of the log sees every API edit as a program change.
+//! The legacy link overlay: `{data_dir}/links.toml`, where builds before program edits kept
+//! the links added through the admin API, `[[links]]` tables replacing or adding to the
+//! program file's. It is still read, at start and on every reload, and composed into the
+//! base program, so such a deployment keeps its links; nothing writes it any more (API
+//! changes are `ProgramEdit` events in the log, decision 0046). [`Overlay::save`] remains for
+//! tests that build such a data directory.
 
 use std::collections::BTreeMap;
 use std::io::Write;

@@ -12,7 +12,7 @@ use tokio::sync::oneshot;
 
 use crate::chain::{BatchHasher, ChainEntry, GENESIS};
 use crate::db::{cf, Committed, Db};
-use crate::keys::{self, CF_CHAIN, CF_EVENTS, CF_UNIQUE};
+use crate::keys::{self, CF_CHAIN, CF_EVENTS, CF_PROGRAM, CF_UNIQUE};
 use crate::metrics::LogMetrics;
 use crate::{LogError, SyncPolicy};
 
@@ -213,6 +213,7 @@ impl Core {
                 let seq = first + i as u64;
                 hasher.add(seq, &record[..tally_model::record::chained_len(record)]);
                 wb.put_cf(events, keys::seq_key(seq), record);
+                index_program_edit(&self.db, &mut wb, seq, record)?;
             }
             let entry;
             (head, entry) = hasher.finish();
@@ -249,6 +250,7 @@ impl Core {
             // The chain covers the chained bytes; a personal trailer stays outside it.
             hasher.add(seq, &item.record[..tally_model::record::chained_len(&item.record)]);
             wb.put_cf(events, keys::seq_key(seq), &item.record);
+            index_program_edit(&self.db, &mut wb, seq, &item.record)?;
             if let Some(key) = &item.key {
                 if duplicates.is_empty() {
                     duplicates.resize(batch.len(), None);
@@ -286,6 +288,15 @@ impl Core {
         })?;
         Ok((head, duplicates))
     }
+}
+
+/// Adds `record` at `seq` to the `program` index if it is a program edit. The kind byte is
+/// read from the envelope without decoding: a click costs one comparison.
+fn index_program_edit(db: &Db, wb: &mut WriteBatch, seq: u64, record: &[u8]) -> Result<(), LogError> {
+    if record.get(1) == Some(&(tally_model::EventKind::ProgramEdit as u8)) {
+        wb.put_cf(cf(db, CF_PROGRAM)?, keys::seq_key(seq), []);
+    }
+    Ok(())
 }
 
 /// Finds where the log left off: the next sequence number and the chain head.

@@ -7,7 +7,7 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Options};
 
-use crate::keys::{ALL_CFS, CF_BUS, CF_PRIVACY};
+use crate::keys::{ALL_CFS, CF_BUS, CF_PRIVACY, CF_PROGRAM};
 use crate::LogError;
 
 pub(crate) type Db = Arc<rocksdb::DB>;
@@ -26,21 +26,26 @@ pub(crate) fn cf_descriptors() -> Vec<ColumnFamilyDescriptor> {
     ALL_CFS.iter().map(|name| ColumnFamilyDescriptor::new(*name, db_options())).collect()
 }
 
-/// The families a reader of the log in `dir` opens: every reader's, and `bus` when the log
-/// has it (logs written before it existed do not, and a secondary cannot create one).
+/// The families a reader of the log in `dir` opens: every reader's, and `bus` and `program`
+/// when the log has them (logs written before they existed do not, and a secondary cannot
+/// create one).
 pub(crate) fn reader_descriptors(dir: &Path) -> Vec<ColumnFamilyDescriptor> {
     let mut d = cf_descriptors();
-    if rocksdb::DB::list_cf(&db_options(), dir).unwrap_or_default().iter().any(|n| n == CF_BUS) {
-        d.push(ColumnFamilyDescriptor::new(CF_BUS, db_options()));
+    let existing = rocksdb::DB::list_cf(&db_options(), dir).unwrap_or_default();
+    for name in [CF_BUS, CF_PROGRAM] {
+        if existing.iter().any(|n| n == name) {
+            d.push(ColumnFamilyDescriptor::new(name, db_options()));
+        }
     }
     d
 }
 
-/// Every column family the primary opens: the readers', `privacy` and `bus`.
+/// Every column family the primary opens: the readers', `privacy`, `bus` and `program`.
 fn primary_descriptors() -> Vec<ColumnFamilyDescriptor> {
     let mut d = cf_descriptors();
-    d.push(ColumnFamilyDescriptor::new(CF_PRIVACY, db_options()));
-    d.push(ColumnFamilyDescriptor::new(CF_BUS, db_options()));
+    for name in [CF_PRIVACY, CF_BUS, CF_PROGRAM] {
+        d.push(ColumnFamilyDescriptor::new(name, db_options()));
+    }
     d
 }
 

@@ -14,6 +14,11 @@ pub const CF_PRIVACY: &str = "privacy";
 /// position; a merged log's origins, per-node high-water marks and stream position. Opened by
 /// the primary, and by readers when the log has it.
 pub const CF_BUS: &str = "bus";
+/// Column family indexing the log's program edits: `seq -> ()` for every `ProgramEdit`
+/// record, written in the batch that appends it, so a starting edge rebuilds the program's
+/// managed part without reading every click. Opened by the primary, and by readers when the
+/// log has it (logs written before program edits existed do not, and hold none).
+pub const CF_PROGRAM: &str = "program";
 /// The families every reader opens.
 pub const ALL_CFS: [&str; 3] = [CF_EVENTS, CF_CHAIN, CF_UNIQUE];
 

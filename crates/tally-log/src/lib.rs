@@ -15,7 +15,7 @@
 //! - the tamper-evident **hash chain** ([`chain`]) and [`LogReader::verify`];
 //! - point-in-time copies ([`snapshot`]) for `tally snapshot`.
 //!
-//! On-disk layout, five column families:
+//! On-disk layout, six column families:
 //!
 //! | CF        | key                       | value                                  |
 //! |-----------|---------------------------|----------------------------------------|
@@ -24,6 +24,7 @@
 //! | `unique`  | BLAKE3 of a caller's key  | seq of the first event with that key   |
 //! | `privacy` | day keys, retention floor | see `privacy`                          |
 //! | `bus`     | shipped position; origins | see [`origin`] (logs in a cluster)     |
+//! | `program` | seq of a program edit     | empty ([`LogReader::program_edits`])   |
 //!
 //! The chain covers each record's chained bytes, not a format-3 record's personal trailer:
 //! [`Log::erase`] and [`Log::apply_retention`] cut trailers off and `verify` still passes.

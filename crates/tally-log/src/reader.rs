@@ -148,6 +148,27 @@ impl LogReader {
         &self.db
     }
 
+    /// Every program edit in the log, in order, as stored (`seq`, record): the `program`
+    /// index's entries, so this reads no click. Empty for a log without the index (written
+    /// before program edits existed, so holding none).
+    pub fn program_edits(&self) -> Result<Vec<(u64, Vec<u8>)>, LogError> {
+        let db = self.db();
+        let Some(index) = db.cf_handle(crate::keys::CF_PROGRAM) else { return Ok(Vec::new()) };
+        let events = crate::db::cf(db, crate::keys::CF_EVENTS)?;
+        let mut out = Vec::new();
+        for item in db.iterator_cf(index, rocksdb::IteratorMode::Start) {
+            let (k, _) = item.map_err(|e| LogError::Read(e.to_string()))?;
+            let seq =
+                crate::keys::parse_seq_key(&k).ok_or_else(|| LogError::Corrupt("bad program index key".into()))?;
+            let record = db
+                .get_cf(events, k)
+                .map_err(|e| LogError::Read(e.to_string()))?
+                .ok_or_else(|| LogError::Corrupt(format!("the program index names event {seq}, which is missing")))?;
+            out.push((seq, record));
+        }
+        Ok(out)
+    }
+
     /// The chain entries of the batches whose last sequence number is in `from..=to`, in
     /// order, as stored (a shipper sends them with the records they cover).
     pub fn chain_entries(&self, from: u64, to: u64) -> Result<Vec<(u64, Vec<u8>)>, LogError> {

@@ -145,8 +145,11 @@ pub fn snapshot_to_progress(
     out: &Path,
     progress: &mut dyn FnMut(u64),
 ) -> Result<SnapshotMethod, LogError> {
-    let method = copy_db_progress(data_dir, out, &crate::db::db_options, &crate::db::cf_descriptors, progress)?;
-    // A logical copy only copies the readers' families; a checkpoint copies them all.
+    // A logical copy copies what a reader opens (`program` and `bus` included: a restored
+    // edge rebuilds its program from the one, a merged log's origins are in the other); a
+    // checkpoint copies every family.
+    let families = || crate::db::reader_descriptors(data_dir);
+    let method = copy_db_progress(data_dir, out, &crate::db::db_options, &families, progress)?;
     if method == SnapshotMethod::Checkpoint {
         let opts = crate::db::db_options();
         let descriptors = crate::db::with_existing(out, &opts, crate::db::cf_descriptors());

@@ -431,3 +431,40 @@ fn malformed_anchors_are_named() {
         assert!(err.contains(&format!("\"{bad}\"")), "{bad}: {err}");
     }
 }
+
+fn program_edit(i: u64) -> Vec<u8> {
+    tally_model::encode(&tally_model::Event::ProgramEdit(tally_model::event::ProgramEdit {
+        ts_ms: i,
+        actor: "ops".into(),
+        digest: String::new(),
+        edit: format!("{{\"n\":{i}}}"),
+    }))
+    .unwrap()
+}
+
+#[test]
+fn program_edits_are_indexed_and_survive_reopen_and_snapshots() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("log");
+    let log = open(&data);
+    let mut expected = Vec::new();
+    for i in 0..30 {
+        let edit = i % 10 == 3;
+        let bytes = if edit { program_edit(i) } else { record(i) };
+        let seq = log.submit(bytes.clone()).unwrap().wait().unwrap();
+        if edit {
+            expected.push((seq, bytes));
+        }
+    }
+    assert_eq!(log.reader().program_edits().unwrap(), expected, "only the edits, in order");
+    log.close();
+    drop(log);
+    let log = open(&data);
+    assert_eq!(log.reader().program_edits().unwrap(), expected, "after a reopen");
+    // A snapshot taken while a server holds the log is a logical copy: it keeps the index.
+    let copy = dir.path().join("snapshot");
+    assert_eq!(tally_log::snapshot_to(&data, &copy).unwrap(), tally_log::SnapshotMethod::LogicalCopy);
+    assert_eq!(LogReader::open_secondary(&copy).unwrap().program_edits().unwrap(), expected, "in the snapshot");
+    assert_eq!(LogReader::open_secondary(&data).unwrap().program_edits().unwrap(), expected, "by a secondary");
+    log.close();
+}

@@ -365,11 +365,28 @@ pub struct ProgramChange {
 }
 
 /// Everything the log holds.
+/// Entities put on the program by the admin API (created, updated or disabled), in one
+/// change: one call, or one bulk import, all of it or none. Applied on the program in force;
+/// a later `ProgramChange` (a new program file) keeps them on top ([`crate::managed`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProgramEdit {
+    pub ts_ms: u64,
+    /// Who made the change, as the admin API's caller named itself (`X-Tally-Actor`), else
+    /// `admin`.
+    pub actor: String,
+    /// The digest of the program it results in.
+    pub digest: String,
+    /// The [`crate::managed::Edit`] as JSON: a self-describing payload, so entities can gain
+    /// keys without a new record format.
+    pub edit: String,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
     Click(Click),
     Conversion(Conversion),
     ProgramChange(ProgramChange),
+    ProgramEdit(ProgramEdit),
 }
 
 impl Event {
@@ -378,6 +395,7 @@ impl Event {
             Event::Click(c) => c.ts_ms,
             Event::Conversion(c) => c.ts_ms,
             Event::ProgramChange(p) => p.ts_ms,
+            Event::ProgramEdit(p) => p.ts_ms,
         }
     }
 
@@ -386,6 +404,7 @@ impl Event {
             Event::Click(_) => EventKind::Click,
             Event::Conversion(_) => EventKind::Conversion,
             Event::ProgramChange(_) => EventKind::ProgramChange,
+            Event::ProgramEdit(_) => EventKind::ProgramEdit,
         }
     }
 }
@@ -397,16 +416,19 @@ pub enum EventKind {
     Click = 1,
     Conversion = 2,
     ProgramChange = 3,
+    ProgramEdit = 4,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 3] = [EventKind::Click, EventKind::Conversion, EventKind::ProgramChange];
+    pub const ALL: [EventKind; 4] =
+        [EventKind::Click, EventKind::Conversion, EventKind::ProgramChange, EventKind::ProgramEdit];
 
     pub fn from_byte(b: u8) -> Option<EventKind> {
         match b {
             1 => Some(EventKind::Click),
             2 => Some(EventKind::Conversion),
             3 => Some(EventKind::ProgramChange),
+            4 => Some(EventKind::ProgramEdit),
             _ => None,
         }
     }
@@ -416,7 +438,19 @@ impl EventKind {
             EventKind::Click => "click",
             EventKind::Conversion => "conversion",
             EventKind::ProgramChange => "program_change",
+            EventKind::ProgramEdit => "program_edit",
         }
+    }
+
+    /// Events a record may carry personal fields for (in a trailer, from format 3).
+    pub fn has_personal(self) -> bool {
+        matches!(self, EventKind::Click | EventKind::Conversion)
+    }
+
+    /// Changes to the program: the log indexes them, so a starting edge finds them without
+    /// reading every click.
+    pub fn is_program(self) -> bool {
+        matches!(self, EventKind::ProgramChange | EventKind::ProgramEdit)
     }
 }
 

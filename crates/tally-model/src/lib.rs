@@ -7,6 +7,7 @@
 
 pub mod click_id;
 pub mod event;
+pub mod managed;
 pub mod money;
 pub mod program;
 pub mod record;
@@ -17,6 +18,7 @@ pub use event::{
     click_flags, legacy_visitor_key, visitor_key, Click, ClickView, Conversion, ConversionSource, ConversionStatus,
     Event, EventKind, ProgramChange,
 };
+pub use managed::{Edit, Managed};
 pub use money::{format_minor, parse_minor, parse_reported_minor, Currency, MoneyError};
 pub use program::{Program, ProgramError};
 pub use record::{

@@ -14,6 +14,7 @@ use serde::Deserialize;
 use thiserror::Error;
 use xxhash_rust::xxh3::Xxh3DefaultBuilder;
 
+use crate::managed::{AffiliateSpec, CouponSpec, Edit, GroupSpec, LinkSpec, Managed, PayoutSpec, TermsSpec};
 use crate::money::{parse_minor, Currency};
 
 /// Default attribution window when an offer sets none.
@@ -54,13 +55,15 @@ struct RawProgram {
     #[serde(default)]
     advertisers: Vec<RawAdvertiser>,
     #[serde(default)]
-    affiliates: Vec<RawAffiliate>,
+    groups: Vec<GroupSpec>,
+    #[serde(default)]
+    affiliates: Vec<AffiliateSpec>,
     #[serde(default)]
     offers: Vec<RawOffer>,
     #[serde(default)]
-    links: Vec<RawLink>,
+    links: Vec<LinkSpec>,
     #[serde(default)]
-    coupons: Vec<RawCoupon>,
+    coupons: Vec<CouponSpec>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -97,14 +100,6 @@ struct RawAdvertiser {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawAffiliate {
-    id: String,
-    #[serde(default)]
-    name: String,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawOffer {
     id: String,
     advertiser: String,
@@ -136,7 +131,7 @@ struct RawOffer {
 #[serde(deny_unknown_fields)]
 struct RawGoal {
     id: String,
-    payout: RawPayout,
+    payout: PayoutSpec,
     #[serde(default)]
     hold_days: u32,
     #[serde(default)]
@@ -167,32 +162,10 @@ struct RawBrowserPolicy<'a> {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawPayout {
-    kind: String,
-    #[serde(default)]
-    amount: Option<String>,
-    #[serde(default)]
-    bps: Option<u32>,
-    #[serde(default)]
-    tiers: Option<Vec<RawTier>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawTier {
-    from: u32,
-    #[serde(default)]
-    amount: Option<String>,
-    #[serde(default)]
-    bps: Option<u32>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawOverride {
     affiliate: String,
     #[serde(default)]
-    payout: Option<RawPayout>,
+    payout: Option<PayoutSpec>,
     #[serde(default)]
     daily_cap: Option<u32>,
 }
@@ -204,38 +177,19 @@ struct RawMilestone {
     bonus: String,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawCoupon {
-    code: String,
-    offer: String,
-    affiliate: String,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawLink {
-    code: String,
-    offer: String,
-    affiliate: String,
-    #[serde(default = "yes")]
-    active: bool,
-}
-
-fn yes() -> bool {
-    true
-}
-
 // ---- the validated program -----------------------------------------------------------------
 
 #[derive(Debug, Clone)]
 pub struct Program {
-    /// BLAKE3 of the source text, hex.
+    /// BLAKE3 of the source text, hex; with managed entities, of the source's digest and
+    /// theirs ([`Program::compose`]).
     pub digest: String,
-    /// The TOML text this program was loaded from, kept so it can be logged verbatim.
+    /// The program file's text (the base) this program was composed on, kept so it can be
+    /// logged verbatim.
     pub source: String,
     pub advertisers: BTreeMap<String, Advertiser>,
     pub affiliates: BTreeMap<String, Affiliate>,
+    pub groups: BTreeMap<String, Group>,
     pub offers: BTreeMap<String, Arc<Offer>>,
     links: HashMap<String, Link, Xxh3DefaultBuilder>,
     /// Keyed by the code in ASCII upper case: shoppers type coupons in any case.
@@ -244,6 +198,8 @@ pub struct Program {
     inline_credentials: Vec<String>,
     /// The calendar its days and months are counted in: `time_zone`, UTC by default.
     pub calendar: crate::time::Calendar,
+    /// The entities the admin API put on top of the source ([`crate::managed`]).
+    pub managed: Arc<Managed>,
 }
 
 #[derive(Debug, Clone)]
@@ -343,6 +299,66 @@ impl fmt::Debug for Credential {
 pub struct Affiliate {
     pub id: String,
     pub name: String,
+    /// The group whose terms apply where the affiliate has none of its own.
+    pub group: Option<String>,
+    pub active: bool,
+    pub terms: Vec<Terms>,
+    /// As written (in the file or through the API).
+    pub spec: AffiliateSpec,
+}
+
+/// Affiliates sharing terms.
+#[derive(Debug, Clone)]
+pub struct Group {
+    pub id: String,
+    pub name: String,
+    pub terms: Vec<Terms>,
+    /// As written (in the file or through the API).
+    pub spec: GroupSpec,
+}
+
+/// Terms of an affiliate or a group for one offer: for one goal, or (`goal` `None`) all of
+/// the offer's goals. Each field set replaces the goal's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Terms {
+    pub offer: String,
+    pub goal: Option<String>,
+    pub payout: Option<Payout>,
+    pub daily_cap: Option<u32>,
+    pub hold_days: Option<u32>,
+}
+
+impl Terms {
+    /// How closely these terms fit `offer`/`goal`: 2 for the goal itself, 1 for every goal
+    /// of the offer, 0 not at all.
+    fn fit(&self, offer: &str, goal: &str) -> u8 {
+        match &self.goal {
+            _ if self.offer != offer => 0,
+            Some(g) if g == goal => 2,
+            Some(_) => 0,
+            None => 1,
+        }
+    }
+}
+
+/// Whose terms set a payout: the goal's own, an affiliate's override, or its group's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TermsFrom<'a> {
+    Goal,
+    Affiliate(&'a str),
+    Group(&'a str),
+}
+
+/// The terms one affiliate gets on one goal, each field from the most specific place that
+/// sets it: the goal's `overrides` for the affiliate, the affiliate's terms (for the goal,
+/// then for the offer), its group's (the same), then the goal.
+#[derive(Debug, Clone, Copy)]
+pub struct EffectiveTerms<'a> {
+    pub payout: &'a Payout,
+    pub payout_from: TermsFrom<'a>,
+    /// The affiliate's daily cap on the goal.
+    pub daily_cap: Option<u32>,
+    pub hold_days: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -517,6 +533,10 @@ pub struct Coupon {
     pub code: String,
     pub offer: String,
     pub affiliate: String,
+    /// As set on the coupon.
+    pub active: bool,
+    /// It credits: it and its affiliate are active.
+    pub enabled: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -524,14 +544,39 @@ pub struct Link {
     pub code: String,
     pub offer: Arc<Offer>,
     pub affiliate: String,
+    /// As set on the link.
     pub active: bool,
+    /// It redirects: it and its affiliate are active (worked out once, off the click path).
+    pub enabled: bool,
 }
 
 impl Program {
-    /// Parses and validates a program, reporting every problem at once.
+    /// Parses and validates a program file, reporting every problem at once.
     pub fn from_toml(source: &str) -> Result<Program, ProgramError> {
-        let raw: RawProgram =
+        Program::compose(source, Arc::new(Managed::default()))
+    }
+
+    /// The program file `source` with the `managed` entities on top, each replacing the
+    /// file's entity with the same ID or code, validated together. Without managed entities
+    /// the digest is the source's own; with them, BLAKE3 over both digests, so the same
+    /// file and entities always give the same digest.
+    pub fn compose(source: &str, managed: Arc<Managed>) -> Result<Program, ProgramError> {
+        let mut raw: RawProgram =
             toml::from_str(source).map_err(|e| ProgramError::Syntax(e.to_string().trim().to_owned()))?;
+        let source_digest = blake3::hash(source.as_bytes());
+        let digest = if managed.is_empty() {
+            source_digest.to_hex().to_string()
+        } else {
+            let mut h = blake3::Hasher::new();
+            h.update(b"tally-program-v2\n");
+            h.update(source_digest.as_bytes());
+            h.update(&managed.digest());
+            h.finalize().to_hex().to_string()
+        };
+        put_all(&mut raw.groups, managed.groups.values(), |g| g.id.clone());
+        put_all(&mut raw.affiliates, managed.affiliates.values(), |a| a.id.clone());
+        put_all(&mut raw.coupons, managed.coupons.values(), |c| c.code.to_ascii_uppercase());
+        put_all(&mut raw.links, managed.links.values(), |l| l.code.clone());
         let mut problems = Vec::new();
 
         let calendar = match raw.time_zone.as_deref() {
@@ -590,23 +635,50 @@ impl Program {
             }
         }
 
-        let mut affiliates = BTreeMap::new();
-        for a in raw.affiliates {
+        // Offers check their overrides against the affiliates' IDs; the affiliates' terms
+        // are then checked against the offers.
+        let mut affiliate_ids = BTreeMap::new();
+        for a in &raw.affiliates {
             check_id(&mut problems, "affiliates", &a.id);
-            if affiliates.insert(a.id.clone(), Affiliate { id: a.id.clone(), name: a.name }).is_some() {
+            if affiliate_ids.insert(a.id.clone(), a.active).is_some() {
                 problems.push(format!("affiliates[{}]: duplicate id", a.id));
             }
         }
 
         let mut offers = BTreeMap::new();
         for o in raw.offers {
-            if let Some(offer) = validate_offer(&mut problems, &advertisers, &affiliates, o) {
+            if let Some(offer) = validate_offer(&mut problems, &advertisers, &affiliate_ids, o) {
                 let id = offer.id.clone();
                 if offers.insert(id.clone(), Arc::new(offer)).is_some() {
                     problems.push(format!("offers[{id}]: duplicate id"));
                 }
             }
         }
+
+        let mut groups = BTreeMap::new();
+        for g in raw.groups {
+            let at = format!("groups[{}]", g.id);
+            check_id(&mut problems, "groups", &g.id);
+            let terms = validate_terms(&mut problems, &at, &offers, g.terms.clone());
+            let group = Group { id: g.id.clone(), name: g.name.clone(), terms, spec: g };
+            if groups.insert(group.id.clone(), group).is_some() {
+                problems.push(format!("{at}: duplicate id"));
+            }
+        }
+
+        let mut affiliates = BTreeMap::new();
+        for a in raw.affiliates {
+            let at = format!("affiliates[{}]", a.id);
+            let group = (!a.group.is_empty()).then(|| a.group.clone());
+            if let Some(g) = group.as_ref().filter(|g| !groups.contains_key(*g)) {
+                problems.push(format!("{at}.group: unknown group \"{g}\""));
+            }
+            let terms = validate_terms(&mut problems, &at, &offers, a.terms.clone());
+            let affiliate =
+                Affiliate { id: a.id.clone(), name: a.name.clone(), group, active: a.active, terms, spec: a };
+            affiliates.insert(affiliate.id.clone(), affiliate);
+        }
+        let affiliate_active = |id: &str| affiliates.get(id).is_some_and(|a| a.active);
 
         let mut links = HashMap::with_hasher(Xxh3DefaultBuilder::new());
         for l in raw.links {
@@ -618,8 +690,14 @@ impl Program {
                 problems.push(format!("links[{}].offer: unknown offer \"{}\"", l.code, l.offer));
                 continue;
             };
-            let link =
-                Link { code: l.code.clone(), offer: Arc::clone(offer), affiliate: l.affiliate, active: l.active };
+            let enabled = l.active && affiliate_active(&l.affiliate);
+            let link = Link {
+                code: l.code.clone(),
+                offer: Arc::clone(offer),
+                affiliate: l.affiliate,
+                active: l.active,
+                enabled,
+            };
             if links.insert(l.code.clone(), link).is_some() {
                 problems.push(format!("links[{}]: duplicate code", l.code));
             }
@@ -638,7 +716,10 @@ impl Program {
                 problems.push(format!("{at}.offer: unknown offer \"{}\"", c.offer));
             }
             let key = c.code.to_ascii_uppercase();
-            if coupons.insert(key, Coupon { code: c.code.clone(), offer: c.offer, affiliate: c.affiliate }).is_some() {
+            let enabled = c.active && affiliate_active(&c.affiliate);
+            let coupon =
+                Coupon { code: c.code.clone(), offer: c.offer, affiliate: c.affiliate, active: c.active, enabled };
+            if coupons.insert(key, coupon).is_some() {
                 problems.push(format!("{at}: duplicate code (codes are compared ignoring case)"));
             }
         }
@@ -647,24 +728,83 @@ impl Program {
             return Err(ProgramError::Invalid(problems));
         }
         Ok(Program {
-            digest: blake3::hash(source.as_bytes()).to_hex().to_string(),
+            digest,
             source: source.to_owned(),
             advertisers,
             affiliates,
+            groups,
             offers,
             links,
             coupons,
             inline_credentials,
             calendar,
+            managed,
         })
     }
 
-    /// The coupon with this code, compared ignoring ASCII case.
+    /// This program with `edit`'s entities put on its managed ones, validated as a whole.
+    pub fn with_edit(&self, edit: &Edit) -> Result<Program, ProgramError> {
+        let mut managed = (*self.managed).clone();
+        managed.apply(edit);
+        Program::compose(&self.source, Arc::new(managed))
+    }
+
+    /// The enabled coupon with this code, compared ignoring ASCII case.
     pub fn coupon(&self, code: &str) -> Option<&Coupon> {
+        self.any_coupon(code).filter(|c| c.enabled)
+    }
+
+    /// The coupon with this code, enabled or not.
+    pub fn any_coupon(&self, code: &str) -> Option<&Coupon> {
         if code.is_empty() || code.len() > MAX_ID_LEN {
             return None;
         }
         self.coupons.get(&code.to_ascii_uppercase())
+    }
+
+    pub fn coupons(&self) -> impl Iterator<Item = &Coupon> {
+        self.coupons.values()
+    }
+
+    /// The terms `affiliate` gets on `goal` of `offer` ([`EffectiveTerms`]).
+    pub fn terms<'a>(&'a self, offer: &Offer, goal: &'a Goal, affiliate: &str) -> EffectiveTerms<'a> {
+        let mut t = EffectiveTerms {
+            payout: &goal.payout,
+            payout_from: TermsFrom::Goal,
+            daily_cap: goal.affiliate_daily_cap,
+            hold_days: goal.hold_days,
+        };
+        let aff = self.affiliates.get(affiliate);
+        let group = aff.and_then(|a| a.group.as_ref()).and_then(|g| self.groups.get(g));
+        // Least specific first, so each later level overwrites what it sets.
+        let mut levels: Vec<(TermsFrom<'a>, &'a Terms)> = Vec::new();
+        for (from, list) in [
+            group.map(|g| (TermsFrom::Group(g.id.as_str()), &g.terms)),
+            aff.map(|a| (TermsFrom::Affiliate(a.id.as_str()), &a.terms)),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            for fit in [1, 2] {
+                levels.extend(list.iter().filter(|x| x.fit(&offer.id, &goal.id) == fit).map(|x| (from, x)));
+            }
+        }
+        for (from, x) in levels {
+            if let Some(p) = &x.payout {
+                t.payout = p;
+                t.payout_from = from;
+            }
+            t.daily_cap = x.daily_cap.or(t.daily_cap);
+            t.hold_days = x.hold_days.unwrap_or(t.hold_days);
+        }
+        if let Some((id, o)) = goal.overrides.get_key_value(affiliate) {
+            if let Some(p) = &o.payout {
+                t.payout = p;
+                t.payout_from = TermsFrom::Affiliate(id.as_str());
+            }
+            t.daily_cap = o.daily_cap.or(t.daily_cap);
+        }
+        t
     }
 
     /// The longest attribution window of any offer, in days: clicks older than this can never
@@ -673,9 +813,14 @@ impl Program {
         self.offers.values().map(|o| o.window_days).max().unwrap_or(DEFAULT_WINDOW_DAYS)
     }
 
-    /// The active link with this code, if any.
+    /// The enabled link with this code, if any.
     pub fn link(&self, code: &str) -> Option<&Link> {
-        self.links.get(code).filter(|l| l.active)
+        self.links.get(code).filter(|l| l.enabled)
+    }
+
+    /// The link with this code, enabled or not.
+    pub fn any_link(&self, code: &str) -> Option<&Link> {
+        self.links.get(code)
     }
 
     pub fn links(&self) -> impl Iterator<Item = &Link> {
@@ -734,6 +879,58 @@ pub fn is_credential_name(name: &str) -> bool {
     (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
 }
 
+/// Puts each of `managed` into `list`: in place of the entity with the same key, else at the end.
+fn put_all<'a, T: Clone + 'a>(list: &mut Vec<T>, managed: impl Iterator<Item = &'a T>, key: impl Fn(&T) -> String) {
+    let mut at: HashMap<String, usize> = list.iter().enumerate().map(|(i, x)| (key(x), i)).collect();
+    for m in managed {
+        let k = key(m);
+        match at.get(&k) {
+            Some(&i) => list[i] = m.clone(),
+            None => {
+                at.insert(k, list.len());
+                list.push(m.clone());
+            }
+        }
+    }
+}
+
+/// Checks an affiliate's or a group's terms against the offers.
+fn validate_terms(
+    problems: &mut Vec<String>,
+    at: &str,
+    offers: &BTreeMap<String, Arc<Offer>>,
+    specs: Vec<TermsSpec>,
+) -> Vec<Terms> {
+    let mut out: Vec<Terms> = Vec::with_capacity(specs.len());
+    for t in specs {
+        let goal = (!t.goal.is_empty()).then_some(t.goal);
+        let tat = match &goal {
+            Some(g) => format!("{at}.terms[{}.{g}]", t.offer),
+            None => format!("{at}.terms[{}]", t.offer),
+        };
+        if t.payout.is_none() && t.daily_cap.is_none() && t.hold_days.is_none() {
+            problems.push(format!("{tat}: sets nothing (give payout, daily_cap or hold_days)"));
+        }
+        let Some(offer) = offers.get(&t.offer) else {
+            problems.push(format!("{tat}.offer: unknown offer \"{}\"", t.offer));
+            continue;
+        };
+        if let Some(g) = goal.as_ref().filter(|g| offer.goal(g).is_none()) {
+            problems.push(format!("{tat}.goal: offer \"{}\" has no goal \"{g}\"", t.offer));
+        }
+        if out.iter().any(|x| x.offer == t.offer && x.goal == goal) {
+            problems.push(format!("{tat}: duplicate terms for the same offer and goal"));
+        }
+        if t.hold_days.is_some_and(|d| d > 3650) {
+            problems.push(format!("{tat}.hold_days: must be 0-3650"));
+        }
+        let payout =
+            t.payout.and_then(|p| validate_payout(problems, &format!("{tat}.payout"), Some(offer.currency), p));
+        out.push(Terms { offer: t.offer, goal, payout, daily_cap: t.daily_cap, hold_days: t.hold_days });
+    }
+    out
+}
+
 fn check_id(problems: &mut Vec<String>, section: &str, id: &str) {
     if !is_valid_id(id) {
         problems.push(format!("{section}[{id}]: ids must be 1-{MAX_ID_LEN} characters of A-Z a-z 0-9 _ . -"));
@@ -750,7 +947,7 @@ pub fn is_valid_id(id: &str) -> bool {
 fn validate_offer(
     problems: &mut Vec<String>,
     advertisers: &BTreeMap<String, Advertiser>,
-    affiliates: &BTreeMap<String, Affiliate>,
+    affiliates: &BTreeMap<String, bool>,
     o: RawOffer,
 ) -> Option<Offer> {
     let before = problems.len();
@@ -878,7 +1075,7 @@ fn validate_offer(
 }
 
 /// Checks one payout (of a goal or of an override).
-fn validate_payout(problems: &mut Vec<String>, at: &str, currency: Option<Currency>, p: RawPayout) -> Option<Payout> {
+fn validate_payout(problems: &mut Vec<String>, at: &str, currency: Option<Currency>, p: PayoutSpec) -> Option<Payout> {
     let rate = |problems: &mut Vec<String>, at: &str, amount: Option<String>, bps: Option<u32>| -> Option<Rate> {
         match (amount, bps) {
             (Some(amount), None) => match currency.map(|c| parse_minor(&amount, c, false)) {
@@ -1369,6 +1566,121 @@ affiliate = "ghost"
         assert!(p.coupon("other").is_none());
         assert!(p.coupon("").is_none());
         assert_eq!(p.max_window_days(), 30);
+    }
+
+    fn fixed(amount: &str) -> Option<crate::managed::PayoutSpec> {
+        Some(crate::managed::PayoutSpec { kind: "fixed".into(), amount: Some(amount.into()), bps: None, tiers: None })
+    }
+
+    fn terms(offer: &str, goal: &str) -> TermsSpec {
+        TermsSpec { offer: offer.into(), goal: goal.into(), payout: None, daily_cap: None, hold_days: None }
+    }
+
+    fn affiliate(id: &str, group: &str) -> AffiliateSpec {
+        AffiliateSpec { id: id.into(), name: String::new(), group: group.into(), active: true, terms: vec![] }
+    }
+
+    #[test]
+    fn terms_come_from_the_override_the_affiliate_its_group_then_the_goal() {
+        let file = format!(
+            "{}\n[[groups]]\nid = \"gold\"\n[[groups.terms]]\noffer = \"shoes\"\nhold_days = 3\npayout = {{ kind = \"fixed\", amount = \"4.00\" }}\n",
+            with_rules("")
+        );
+        let base = Program::from_toml(&file).unwrap();
+        let offer = base.offer("shoes").unwrap().clone();
+        let tiered = offer.goal("tiered").unwrap();
+        // No group yet: the goal's terms (and aff1's override from the file).
+        let t = base.terms(&offer, tiered, "aff2");
+        assert_eq!((t.payout_from, t.daily_cap, t.hold_days), (TermsFrom::Goal, Some(10), 0));
+        let edit = Edit {
+            affiliates: vec![
+                affiliate("aff2", "gold"),
+                AffiliateSpec {
+                    terms: vec![TermsSpec { payout: fixed("7.00"), daily_cap: Some(1), ..terms("shoes", "tiered") }],
+                    ..affiliate("aff1", "gold")
+                },
+                affiliate("aff3", "gold"),
+            ],
+            groups: vec![],
+            ..Edit::default()
+        };
+        let p = base.with_edit(&edit).unwrap();
+        assert_ne!(p.digest, base.digest);
+        assert_eq!(p.source, base.source, "the base stays the file");
+        let offer = p.offer("shoes").unwrap().clone();
+        let tiered = offer.goal("tiered").unwrap();
+        let t = p.terms(&offer, tiered, "aff2");
+        assert_eq!(t.payout_from, TermsFrom::Group("gold"));
+        assert_eq!((t.payout, t.daily_cap, t.hold_days), (&Payout::Fixed { amount: 400 }, Some(10), 3));
+        // aff1: the file's override beats its own terms' payout; its own cap beats the group's.
+        let t = p.terms(&offer, tiered, "aff1");
+        assert_eq!(t.payout_from, TermsFrom::Affiliate("aff1"));
+        assert_eq!((t.payout, t.daily_cap, t.hold_days), (&Payout::Fixed { amount: 300 }, Some(20), 3));
+        // The same edit twice is the same program.
+        assert_eq!(p.with_edit(&edit).unwrap().digest, p.digest);
+        // Recomposed from the file and the managed entities: the same digest.
+        assert_eq!(Program::compose(&file, p.managed.clone()).unwrap().digest, p.digest);
+    }
+
+    #[test]
+    fn disabled_affiliates_links_and_coupons_do_not_credit() {
+        let p = Program::from_toml(&with_rules("")).unwrap();
+        assert!(p.link("demo").is_some() && p.coupon("SPRING10").is_some());
+        let off = p
+            .with_edit(&Edit {
+                affiliates: vec![AffiliateSpec { active: false, ..affiliate("aff1", "") }],
+                ..Edit::default()
+            })
+            .unwrap();
+        assert!(off.link("demo").is_none(), "a disabled affiliate's link does not redirect");
+        assert!(off.any_link("demo").is_some_and(|l| l.active && !l.enabled));
+        assert!(off.coupon("spring10").is_none());
+        assert!(off.any_coupon("spring10").is_some_and(|c| c.active && !c.enabled));
+        let coupon_off = p
+            .with_edit(&Edit {
+                coupons: vec![CouponSpec {
+                    code: "spring10".into(),
+                    offer: "shoes".into(),
+                    affiliate: "aff1".into(),
+                    active: false,
+                }],
+                ..Edit::default()
+            })
+            .unwrap();
+        assert!(coupon_off.coupon("SPRING10").is_none());
+        assert_eq!(coupon_off.coupons().count(), 1, "the managed coupon replaced the file's, ignoring case");
+    }
+
+    #[test]
+    fn managed_entities_are_validated_with_the_program() {
+        let p = Program::from_toml(&with_rules("")).unwrap();
+        let edit = Edit {
+            groups: vec![GroupSpec {
+                id: "g".into(),
+                name: String::new(),
+                terms: vec![
+                    terms("nope", ""),
+                    TermsSpec { hold_days: Some(9999), ..terms("shoes", "missing") },
+                    TermsSpec { payout: fixed("1.234"), ..terms("shoes", "") },
+                ],
+            }],
+            affiliates: vec![affiliate("bad id", ""), affiliate("a9", "platinum")],
+            links: vec![LinkSpec { code: "x".into(), offer: "shoes".into(), affiliate: "ghost".into(), active: true }],
+            ..Edit::default()
+        };
+        let all = p.with_edit(&edit).unwrap_err().problems().join("\n");
+        for needle in [
+            "groups[g].terms[nope].offer: unknown offer \"nope\"",
+            "groups[g].terms[shoes.missing].goal: offer \"shoes\" has no goal \"missing\"",
+            "groups[g].terms[shoes.missing].hold_days: must be 0-3650",
+            "groups[g].terms[shoes].payout.amount",
+            "affiliates[bad id]: ids must be",
+            "affiliates[a9].group: unknown group \"platinum\"",
+            "links[x].affiliate: unknown affiliate \"ghost\"",
+            "terms[nope]: sets nothing",
+        ] {
+            assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+        }
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! ```text
 //! offset  size  field
 //! 0       1     format version (currently 4; versions 1 to 3 still decode, see below)
-//! 1       1     event kind (1 click, 2 conversion, 3 program change; see EventKind)
+//! 1       1     event kind (1 click, 2 conversion, 3 program change, 4 program edit;
+//!               see EventKind)
 //! 2       4     payload length n, u32 big-endian
 //! 6       n     payload: the event's chained fields, postcard 1.x
 //! 6+n     4     checksum: low 32 bits of xxh3-64 over bytes [0, 6+n), big-endian
@@ -30,7 +31,8 @@
 //!
 //! - **4** (written by this build): `Conversion` gained `advertiser` (the advertiser whose
 //!   credential authenticated a postback), before the seal. Clicks and program changes are
-//!   laid out as in version 3.
+//!   laid out as in version 3. Program edits (kind 4) were added in version 4 and exist in
+//!   no other.
 //! - **3**: personal fields moved to the trailer; clicks carry a
 //!   `visitor` key (8 bytes) and both clicks and conversions a `seal` (12 bytes) at the end
 //!   of their chained payload.
@@ -134,15 +136,19 @@ pub fn encode_salted(event: &Event, salt: [u8; SALT_LEN], buf: &mut Vec<u8>) -> 
     match event {
         Event::Click(c) => encode_click_into(&ClickView::from(c), salt, buf),
         Event::Conversion(c) => encode_conversion(c, salt, buf),
-        Event::ProgramChange(p) => {
-            let start = buf.len();
-            buf.extend_from_slice(&[FORMAT_VERSION, EventKind::ProgramChange as u8, 0, 0, 0, 0]);
-            let payload_start = buf.len();
-            let taken = std::mem::take(buf);
-            *buf = postcard::to_extend(p, taken).map_err(|e| RecordError::Payload(e.to_string()))?;
-            seal_envelope(buf, start, payload_start)
-        }
+        Event::ProgramChange(p) => encode_plain(EventKind::ProgramChange, p, buf),
+        Event::ProgramEdit(p) => encode_plain(EventKind::ProgramEdit, p, buf),
     }
+}
+
+/// An event with no personal field: its postcard payload in the envelope.
+fn encode_plain<T: Serialize>(kind: EventKind, event: &T, buf: &mut Vec<u8>) -> Result<(), RecordError> {
+    let start = buf.len();
+    buf.extend_from_slice(&[FORMAT_VERSION, kind as u8, 0, 0, 0, 0]);
+    let payload_start = buf.len();
+    let taken = std::mem::take(buf);
+    *buf = postcard::to_extend(event, taken).map_err(|e| RecordError::Payload(e.to_string()))?;
+    seal_envelope(buf, start, payload_start)
 }
 
 /// Appends the record of a click given as borrowed fields (the edge's hot path), its
@@ -330,6 +336,9 @@ pub fn decode_personal(bytes: &[u8]) -> Result<(Event, Personal), RecordError> {
             Ok((Event::Conversion(chained.into_conversion(ip)), personal))
         }
         (_, EventKind::ProgramChange) => Ok((Event::ProgramChange(canonical(payload)?), Personal::Chained)),
+        // Program edits exist from format 4 on: an older version byte is not their encoding.
+        (FORMAT_VERSION, EventKind::ProgramEdit) => Ok((Event::ProgramEdit(canonical(payload)?), Personal::Chained)),
+        (_, EventKind::ProgramEdit) => Err(RecordError::UnknownVersion(parts.version)),
     }
 }
 
@@ -350,7 +359,7 @@ fn open_trailer<'a>(trailer: &'a [u8], seal: &[u8; SEAL_LEN]) -> Result<(Option<
 /// (the seal is not checked against the trailer: [`decode_personal`] does that).
 pub fn personal(bytes: &[u8]) -> Result<Personal, RecordError> {
     let parts = check(bytes)?;
-    if parts.version < VERSION_3 || parts.kind == EventKind::ProgramChange {
+    if parts.version < VERSION_3 || !parts.kind.has_personal() {
         return Ok(Personal::Chained);
     }
     if !parts.trailer.is_empty() {
@@ -711,7 +720,7 @@ fn check(bytes: &[u8]) -> Result<Parts<'_>, RecordError> {
     let declared = u32::from_be_bytes([bytes[2], bytes[3], bytes[4], bytes[5]]) as usize;
     let actual = bytes.len() - HEADER_LEN - CHECKSUM_LEN;
     // Only clicks and conversions from version 3 on may carry bytes past the checksum.
-    let trailer_allowed = version >= VERSION_3 && kind != EventKind::ProgramChange;
+    let trailer_allowed = version >= VERSION_3 && kind.has_personal();
     if declared > actual || (declared != actual && !trailer_allowed) {
         return Err(RecordError::LengthMismatch { declared, actual });
     }
@@ -790,6 +799,10 @@ mod tests {
         Event::ProgramChange(ProgramChange { ts_ms: 5, digest: "ab".into(), source: "x".into() })
     }
 
+    fn golden_program_edit() -> Event {
+        Event::ProgramEdit(ProgramEdit { ts_ms: 6, actor: "ops".into(), digest: "cd".into(), edit: "{}".into() })
+    }
+
     fn salted(event: &Event) -> Vec<u8> {
         let mut buf = Vec::new();
         encode_salted(event, SALT, &mut buf).unwrap();
@@ -802,6 +815,7 @@ mod tests {
     const GOLDEN_CLICK: &str = "04010000005910018bcfe5680000070123456789abcdef80d095ffbc310464656d6f0573686f657304616666310161000000016502666200010110018bcfd625c00003fedcba9876543210634b53f9fac5bcf037fb0feb3195c2fd09794d40fe9a09ab5a5a5a5a5a5a5a5a0b3230332e302e3131332e3002554100";
     const GOLDEN_CONVERSION: &str = "040200000048a0dd9bffbc31010110018bcfe5680000070000000000000001000573686f65730473616c6503542d3101f2c001035553440100000000000461636d6509c5cd1a493c5f1b427abbd95c1c9e285a5a5a5a5a5a5a5a0c3139382e35312e3130302e300000";
     const GOLDEN_PROGRAM: &str = "040300000006050261620178867b783f";
+    const GOLDEN_PROGRAM_EDIT: &str = "04040000000b06036f7073026364027b7dd94770ae";
 
     // Version 3: personal fields in the trailer, no advertiser. Decode-only.
     const GOLDEN_CLICK_V3: &str = "03010000005910018bcfe5680000070123456789abcdef80d095ffbc310464656d6f0573686f657304616666310161000000016502666200010110018bcfd625c00003fedcba9876543210634b53f9fac5bcf037fb0feb3195c2fd09794d409b7302945a5a5a5a5a5a5a5a0b3230332e302e3131332e3002554100";
@@ -824,6 +838,7 @@ mod tests {
             (golden_click(Some(golden_prior_click())), GOLDEN_CLICK),
             (golden_conversion_of("acme"), GOLDEN_CONVERSION),
             (golden_program(), GOLDEN_PROGRAM),
+            (golden_program_edit(), GOLDEN_PROGRAM_EDIT),
         ] {
             let bytes = salted(&event);
             assert_eq!(hex(&bytes), golden, "format of {:?} changed", event.kind());
@@ -886,7 +901,7 @@ mod tests {
                     c.referrer.clear();
                 }
                 Event::Conversion(c) => c.ip.clear(),
-                Event::ProgramChange(_) => unreachable!(),
+                Event::ProgramChange(_) | Event::ProgramEdit(_) => unreachable!(),
             }
             assert_eq!(erased, expected);
             // Readers in place see the same click either way.
@@ -1266,8 +1281,13 @@ mod tests {
     }
 
     fn any_program() -> impl Strategy<Value = Event> {
-        (any::<u64>(), "[0-9a-f]{0,64}", ".{0,200}")
-            .prop_map(|(ts_ms, digest, source)| Event::ProgramChange(ProgramChange { ts_ms, digest, source }))
+        prop_oneof![
+            (any::<u64>(), "[0-9a-f]{0,64}", ".{0,200}")
+                .prop_map(|(ts_ms, digest, source)| Event::ProgramChange(ProgramChange { ts_ms, digest, source })),
+            (any::<u64>(), ".{0,20}", "[0-9a-f]{0,64}", ".{0,200}").prop_map(|(ts_ms, actor, digest, edit)| {
+                Event::ProgramEdit(ProgramEdit { ts_ms, actor, digest, edit })
+            }),
+        ]
     }
 
     proptest! {

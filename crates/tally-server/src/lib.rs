@@ -109,18 +109,30 @@ impl App {
             ])
             .into());
         }
-        // The program file with the admin API's link overlay from the data directory on top;
-        // in a cluster, the cluster's program if it has one.
-        let mut program = tally_edge::load_for(&config.edge)?;
+        let data_dir = config.data_dir().to_owned();
+        let log_metrics = LogMetrics::default();
+        let log = Log::open(&data_dir, config.log.clone(), log_metrics.clone())?;
+        // The program file, with the entities the admin API put (the log's program edits) on
+        // top; in a cluster, the cluster's program if it has one.
+        let managed = tally_edge::managed_in_log(&log.reader())?;
+        let mut program = tally_edge::load_for(&config.edge, Arc::new(managed))?;
+        let mut catch_up = tally_model::Edit::default();
         let mut seed_cluster = false;
         let bus = config.bus_with_credential()?;
         if let Some(bus) = &bus {
-            match tally_bus::fetch_program(bus, Duration::from_secs(5)) {
-                Ok(Some(source)) if source != program.program.source => {
-                    match tally_edge::serving_program(&source, &config.edge.secrets) {
+            match tally_bus::fetch_program(bus, Duration::from_secs(5))
+                .map(|d| d.map(|d| tally_edge::parse_program_doc(&d)))
+            {
+                Ok(Some(Ok((base, theirs)))) => {
+                    let edit = program.program.managed.diff(&theirs);
+                    let mut managed = (*program.program.managed).clone();
+                    managed.apply(&edit);
+                    match tally_edge::serving_composed(&base, Arc::new(managed), &config.edge.secrets) {
+                        Ok(p) if p.digest == program.program.digest => {}
                         Ok(p) => {
                             tracing::info!(digest = %p.digest, "serving the cluster's program, not this node's file");
-                            program = tally_edge::Loaded { base: source, program: p };
+                            program = tally_edge::Loaded { base, program: p };
+                            catch_up = edit;
                         }
                         Err(e) => tracing::error!(
                             error = %e,
@@ -128,7 +140,10 @@ impl App {
                         ),
                     }
                 }
-                Ok(Some(_)) => {}
+                Ok(Some(Err(e))) => tracing::error!(
+                    error = %e,
+                    "cannot read the cluster's program; serving this node's file until the next program"
+                ),
                 Ok(None) => seed_cluster = true,
                 Err(e) => tracing::warn!(
                     error = %e,
@@ -136,13 +151,22 @@ impl App {
                 ),
             }
         }
-        let data_dir = config.data_dir().to_owned();
-        let log_metrics = LogMetrics::default();
-        let log = Log::open(&data_dir, config.log.clone(), log_metrics.clone())?;
-        // Every start records the program in force, so a replay judges what follows by it.
-        let record =
-            tally_edge::program_change_record(&program.program).map_err(|e| AppError::ProgramChange(e.to_string()))?;
-        log.submit(record).and_then(tally_log::Pending::wait).map_err(|e| AppError::ProgramChange(e.to_string()))?;
+        // Every start records the program in force, so a replay judges what follows by it:
+        // the base, then the cluster's entities this node lacked.
+        let mut records =
+            vec![tally_edge::program_change_record(&program.program)
+                .map_err(|e| AppError::ProgramChange(e.to_string()))?];
+        if !catch_up.is_empty() {
+            records.push(
+                tally_edge::program_edit_record("cluster", &catch_up, &program.program)
+                    .map_err(|e| AppError::ProgramChange(e.to_string()))?,
+            );
+        }
+        for record in records {
+            log.submit(record)
+                .and_then(tally_log::Pending::wait)
+                .map_err(|e| AppError::ProgramChange(e.to_string()))?;
+        }
         // The process's one metrics registry: build, process and disk; the log's, the
         // worker's and (added by the edge) the edge's, served by the admin listener.
         let mut registry = prometheus_client::registry::Registry::default();
@@ -173,13 +197,13 @@ impl App {
             }
             None => (None, None),
         };
-        let source = program.program.source.clone();
+        let doc = tally_edge::program_doc(&program.program);
         let edge = Edge::new(config.edge.clone(), program, log.clone(), registry);
         if let Some((channel, _)) = &programs {
             let publish = channel.publisher();
-            edge.set_program_hook(Box::new(move |p| publish(&p.source)));
+            edge.set_program_hook(Box::new(move |p| publish(&tally_edge::program_doc(p))));
             if seed_cluster {
-                channel.publish(&source);
+                channel.publish(&doc);
             }
         }
         let stats = if config.bus.is_some() {

@@ -32,9 +32,22 @@ impl Client {
 
     /// A request to the admin listener; `token` goes in `Authorization: Bearer`.
     pub fn admin(&self, method: &str, path: &str, token: Option<&str>, body: &str) -> Resp {
+        self.admin_with(method, path, token, &[("Content-Type", "application/json")], body)
+    }
+
+    /// [`Client::admin`] with the given headers (a content type among them, if any).
+    pub fn admin_with(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> Resp {
         let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+        let headers: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
         Conn::open(self.admin).send(&format!(
-            "{method} {path} HTTP/1.1\r\nHost: t\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            "{method} {path} HTTP/1.1\r\nHost: t\r\n{auth}{headers}Content-Length: {}\r\n\r\n{body}",
             body.len()
         ))
     }

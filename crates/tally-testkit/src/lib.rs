@@ -204,6 +204,16 @@ pub fn wait_for_ledger(data_dir: &Path, n: usize) {
     wait_for(&format!("{n} ledger entries"), || ledger(data_dir).len() >= n);
 }
 
+/// Replays the log of `data_dir` from its start and compares with the live ledger: panics
+/// on any difference, returns the number of entries compared.
+pub fn assert_replay_matches(data_dir: &Path) -> u64 {
+    let options = tally_audit::ReplayOptions { no_snapshots: true, ..tally_audit::ReplayOptions::default() };
+    let report = tally_audit::replay(data_dir, &options, &mut |_, _, _| {}).unwrap();
+    assert!(report.differences.is_empty(), "replay differs from the live ledger: {:?}", report.differences);
+    assert_eq!(report.digest_replayed, report.digest_live, "ledger digests differ");
+    report.compared
+}
+
 /// The events of one type (`click`, `conversion`, `program_change`).
 pub fn of_type<'a>(events: &'a [serde_json::Value], kind: &str) -> Vec<&'a serde_json::Value> {
     events.iter().filter(|e| e["type"] == kind).collect()

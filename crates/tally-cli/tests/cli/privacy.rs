@@ -165,7 +165,9 @@ fn retention_erases_what_is_older_than_the_window_and_keeps_the_ledger() {
     // the server would have.
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
     let old = now - 40 * DAY;
-    let program = tally_edge::load_for(&tally_server::Config::load(&env.config()).unwrap().edge).unwrap().program;
+    let program = tally_edge::load_for(&tally_server::Config::load(&env.config()).unwrap().edge, Default::default())
+        .unwrap()
+        .program;
     let old_click = ClickBuilder::new().at(old).link("demo").ip("198.51.100.40").user_agent("Old-UA/40").build();
     let conversion = ConversionBuilder::new()
         .at(old + 60_000)

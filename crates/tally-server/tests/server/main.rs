@@ -10,6 +10,7 @@ mod fast_path;
 mod ingest;
 mod limits;
 mod ops;
+mod program_api;
 mod security;
 mod tag;
 

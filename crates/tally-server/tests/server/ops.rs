@@ -321,17 +321,18 @@ fn a_link_added_through_the_api_redirects_at_once_survives_a_restart_and_is_logg
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(server.get("/c/demo").status, 404);
 
-    // The log holds each change as a ProgramChange whose program has the edit, before the
-    // click that used it.
+    // The log holds each change as a ProgramEdit naming the program it makes, before the
+    // click that used it; the program itself is logged once, at the start.
     let events = events(&env.data());
-    let changes = of_type(&events, "program_change");
-    assert_eq!(changes.len(), 3, "start, add, disable");
-    assert_eq!(changes[1]["program_digest"], digest.as_str());
+    assert_eq!(of_type(&events, "program_change").len(), 1, "the start");
+    let changes = of_type(&events, "program_edit");
+    assert_eq!(changes.len(), 2, "add, disable");
+    assert_eq!(changes[0]["program_digest"], digest.as_str());
     let spring_click = events.iter().position(|e| e["type"] == "click" && e["link"] == "spring").unwrap();
     let add_seq = events.iter().position(|e| e["program_digest"] == digest.as_str()).unwrap();
     assert!(add_seq < spring_click);
 
-    // A restart reads the overlay from the data directory; a reload keeps it too.
+    // A restart rebuilds the edits from the log; a reload keeps them too.
     assert!(server.stop());
     let server = env.serve();
     assert_eq!(server.get("/c/spring").status, 302);

@@ -1,0 +1,300 @@
+//! The program's managed part: affiliates, groups, coupons and links as the admin API
+//! creates, updates and disables them, one [`Edit`] at a time.
+//!
+//! The program in force is the program file (the *base*: advertisers, offers and goals, and
+//! any affiliates, groups, coupons and links written there) with the [`Managed`] entities on
+//! top: a managed entity replaces the file's entity with the same ID (or link or coupon code).
+//! An [`Edit`] is what one API call or one bulk import changed; it is logged as a
+//! `ProgramEdit` event and applied in log order, so replay rebuilds the same [`Managed`] and
+//! the same program. Edits only put entities (create or replace); an entity is never deleted,
+//! since ledger entries name it, but `active = false` disables it.
+//!
+//! The spec types here are also the program file's own tables (`[[affiliates]]`,
+//! `[[groups]]`, `[[coupons]]`, `[[links]]`), and the admin API's JSON: one shape everywhere.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
+/// An affiliate (publisher, ambassador, partner).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AffiliateSpec {
+    pub id: String,
+    #[serde(default)]
+    pub name: String,
+    /// The group whose terms apply where the affiliate has none of its own; empty: none.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub group: String,
+    /// A disabled affiliate's links answer as unknown, its coupons credit nobody, and its
+    /// conversions are rejected (`affiliate_disabled`).
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub active: bool,
+    /// The affiliate's own terms, before its group's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub terms: Vec<TermsSpec>,
+}
+
+/// Affiliates sharing terms, so thousands of ambassadors need no per-affiliate override.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupSpec {
+    pub id: String,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub terms: Vec<TermsSpec>,
+}
+
+/// Terms for one offer (and one goal of it, or all its goals): each key given replaces the
+/// goal's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TermsSpec {
+    pub offer: String,
+    /// The goal these terms are for; empty: every goal of the offer.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub goal: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payout: Option<PayoutSpec>,
+    /// Conversions credited per day to one affiliate (the goal's `affiliate_daily_cap`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub daily_cap: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold_days: Option<u32>,
+}
+
+/// A payout as written: `{ kind = "fixed", amount = "2.50" }`, `{ kind = "revshare", bps =
+/// 800 }` or `{ kind = "tiered", tiers = [...] }`; amounts in the offer's currency.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PayoutSpec {
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amount: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bps: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tiers: Option<Vec<TierSpec>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TierSpec {
+    pub from: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amount: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bps: Option<u32>,
+}
+
+/// A coupon code that credits an affiliate with no click.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CouponSpec {
+    pub code: String,
+    pub offer: String,
+    pub affiliate: String,
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub active: bool,
+}
+
+/// A tracking link: `/c/{code}` credits `affiliate` on `offer`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkSpec {
+    pub code: String,
+    pub offer: String,
+    pub affiliate: String,
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub active: bool,
+}
+
+/// What one change puts: entities created or replaced, in the program file's section names.
+/// Its JSON is what a `ProgramEdit` event records.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Edit {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<GroupSpec>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub affiliates: Vec<AffiliateSpec>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub coupons: Vec<CouponSpec>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub links: Vec<LinkSpec>,
+}
+
+impl Edit {
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Entities it puts.
+    pub fn len(&self) -> usize {
+        self.groups.len() + self.affiliates.len() + self.coupons.len() + self.links.len()
+    }
+
+    /// `"2 affiliates, 1 link"`: what it changes, for logs and `--explain`.
+    pub fn summary(&self) -> String {
+        let parts: Vec<String> = [
+            (self.groups.len(), "group"),
+            (self.affiliates.len(), "affiliate"),
+            (self.coupons.len(), "coupon"),
+            (self.links.len(), "link"),
+        ]
+        .iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, what)| format!("{n} {what}{}", if *n == 1 { "" } else { "s" }))
+        .collect();
+        if parts.is_empty() {
+            "nothing".to_owned()
+        } else {
+            parts.join(", ")
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        // Serialising plain structs of strings and numbers cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    pub fn from_json(text: &str) -> Result<Edit, String> {
+        serde_json::from_str(text).map_err(|e| e.to_string())
+    }
+}
+
+/// Every managed entity in force: the fold of every [`Edit`] in log order. Coupons are keyed
+/// by their code in ASCII upper case (codes are matched ignoring case).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Managed {
+    #[serde(default)]
+    pub groups: BTreeMap<String, GroupSpec>,
+    #[serde(default)]
+    pub affiliates: BTreeMap<String, AffiliateSpec>,
+    #[serde(default)]
+    pub coupons: BTreeMap<String, CouponSpec>,
+    #[serde(default)]
+    pub links: BTreeMap<String, LinkSpec>,
+}
+
+impl Managed {
+    pub fn is_empty(&self) -> bool {
+        self.groups.is_empty() && self.affiliates.is_empty() && self.coupons.is_empty() && self.links.is_empty()
+    }
+
+    /// Puts every entity of `edit`, later ones replacing earlier ones with the same key.
+    pub fn apply(&mut self, edit: &Edit) {
+        for g in &edit.groups {
+            self.groups.insert(g.id.clone(), g.clone());
+        }
+        for a in &edit.affiliates {
+            self.affiliates.insert(a.id.clone(), a.clone());
+        }
+        for c in &edit.coupons {
+            self.coupons.insert(c.code.to_ascii_uppercase(), c.clone());
+        }
+        for l in &edit.links {
+            self.links.insert(l.code.clone(), l.clone());
+        }
+    }
+
+    /// The edit that turns `self` into `target` (entities new or different in `target`).
+    /// Entities are never removed, so this is all it takes for a node to catch up with
+    /// another's managed program.
+    pub fn diff(&self, target: &Managed) -> Edit {
+        fn changed<V: PartialEq + Clone>(from: &BTreeMap<String, V>, to: &BTreeMap<String, V>) -> Vec<V> {
+            to.iter().filter(|(k, v)| from.get(*k) != Some(*v)).map(|(_, v)| v.clone()).collect()
+        }
+        Edit {
+            groups: changed(&self.groups, &target.groups),
+            affiliates: changed(&self.affiliates, &target.affiliates),
+            coupons: changed(&self.coupons, &target.coupons),
+            links: changed(&self.links, &target.links),
+        }
+    }
+
+    /// BLAKE3 over its canonical JSON (maps in key order): the same entities give the same
+    /// digest however they arrived, so nodes that applied the same edits twice agree.
+    pub fn digest(&self) -> [u8; 32] {
+        let mut h = blake3::Hasher::new();
+        h.update(b"tally-managed-v1\n");
+        h.update(serde_json::to_string(self).unwrap_or_default().as_bytes());
+        *h.finalize().as_bytes()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn affiliate(id: &str, group: &str) -> AffiliateSpec {
+        AffiliateSpec { id: id.into(), name: String::new(), group: group.into(), active: true, terms: vec![] }
+    }
+
+    #[test]
+    fn edits_apply_in_order_and_diff_recovers_them() {
+        let mut m = Managed::default();
+        let first = Edit { affiliates: vec![affiliate("a", ""), affiliate("b", "")], ..Edit::default() };
+        m.apply(&first);
+        let mut later = m.clone();
+        later.apply(&Edit { affiliates: vec![affiliate("a", "gold")], ..Edit::default() });
+        assert_eq!(later.affiliates["a"].group, "gold");
+        let d = m.diff(&later);
+        assert_eq!(d.affiliates, vec![affiliate("a", "gold")]);
+        let mut caught_up = m.clone();
+        caught_up.apply(&d);
+        assert_eq!(caught_up, later);
+        assert_eq!(caught_up.digest(), later.digest());
+        assert_ne!(m.digest(), later.digest());
+    }
+
+    #[test]
+    fn coupons_are_keyed_ignoring_case() {
+        let mut m = Managed::default();
+        let c = |code: &str| CouponSpec { code: code.into(), offer: "o".into(), affiliate: "a".into(), active: true };
+        m.apply(&Edit { coupons: vec![c("spring")], ..Edit::default() });
+        m.apply(&Edit { coupons: vec![c("SPRING")], ..Edit::default() });
+        assert_eq!(m.coupons.len(), 1);
+        assert_eq!(m.coupons["SPRING"].code, "SPRING");
+    }
+
+    #[test]
+    fn edits_round_trip_through_json_and_name_what_they_change() {
+        let e = Edit {
+            affiliates: vec![AffiliateSpec {
+                terms: vec![TermsSpec {
+                    offer: "shoes".into(),
+                    goal: String::new(),
+                    payout: Some(PayoutSpec {
+                        kind: "fixed".into(),
+                        amount: Some("2.50".into()),
+                        bps: None,
+                        tiers: None,
+                    }),
+                    daily_cap: None,
+                    hold_days: Some(7),
+                }],
+                ..affiliate("a", "g")
+            }],
+            links: vec![LinkSpec { code: "l".into(), offer: "o".into(), affiliate: "a".into(), active: false }],
+            ..Edit::default()
+        };
+        let json = e.to_json();
+        assert_eq!(Edit::from_json(&json).unwrap(), e);
+        assert!(json.contains("\"active\":false"), "{json}");
+        assert!(!json.contains("\"active\":true"), "defaults are left out: {json}");
+        assert_eq!(e.summary(), "1 affiliate, 1 link");
+        assert!(Edit::from_json(r#"{"affiliates":[{"id":"a","colour":"red"}]}"#).unwrap_err().contains("colour"));
+    }
+}
