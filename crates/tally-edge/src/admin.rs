@@ -170,6 +170,7 @@ async fn api(edge: &Arc<Edge>, hooks: &AdminHooks, req: Request<Incoming>) -> Re
         return error(404, "no such admin endpoint");
     }
     match (&method, segments.as_slice()) {
+        (&Method::GET, ["openapi.json"]) => with_body(200, "application/json", Bytes::from(crate::openapi::document())),
         (&Method::GET, ["program"]) => program_info(edge),
         (&Method::POST, ["reload"]) => reload(edge).await,
         (&Method::GET, ["stats"]) => stats(hooks, req.uri().query().unwrap_or("")).await,

@@ -25,6 +25,7 @@ mod handlers;
 pub mod links;
 mod manage;
 pub mod metrics;
+pub mod openapi;
 mod privacy;
 mod respond;
 pub mod secrets;

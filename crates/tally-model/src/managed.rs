@@ -26,6 +26,7 @@ fn is_true(b: &bool) -> bool {
 
 /// An affiliate (publisher, ambassador, partner).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct AffiliateSpec {
     pub id: String,
@@ -45,6 +46,7 @@ pub struct AffiliateSpec {
 
 /// Affiliates sharing terms, so thousands of ambassadors need no per-affiliate override.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct GroupSpec {
     pub id: String,
@@ -57,6 +59,7 @@ pub struct GroupSpec {
 /// Terms for one offer (and one goal of it, or all its goals): each key given replaces the
 /// goal's.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct TermsSpec {
     pub offer: String,
@@ -75,6 +78,7 @@ pub struct TermsSpec {
 /// A payout as written: `{ kind = "fixed", amount = "2.50" }`, `{ kind = "revshare", bps =
 /// 800 }` or `{ kind = "tiered", tiers = [...] }`; amounts in the offer's currency.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct PayoutSpec {
     pub kind: String,
@@ -87,6 +91,7 @@ pub struct PayoutSpec {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct TierSpec {
     pub from: u32,
@@ -98,6 +103,7 @@ pub struct TierSpec {
 
 /// A coupon code that credits an affiliate with no click.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CouponSpec {
     pub code: String,
@@ -109,6 +115,7 @@ pub struct CouponSpec {
 
 /// A tracking link: `/c/{code}` credits `affiliate` on `offer`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct LinkSpec {
     pub code: String,
@@ -121,6 +128,7 @@ pub struct LinkSpec {
 /// What one change puts: entities created or replaced, in the program file's section names.
 /// Its JSON is what a `ProgramEdit` event records.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Edit {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -9,6 +9,7 @@ mod abuse;
 mod fast_path;
 mod ingest;
 mod limits;
+mod openapi;
 mod ops;
 mod program_api;
 mod security;
