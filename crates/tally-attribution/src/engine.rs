@@ -39,12 +39,13 @@ use std::sync::Arc;
 
 use tally_model::program::{AttributionModel, BrowserPolicy, BrowserReports, Goal, Offer, Payout, Rate, TermsFrom};
 use tally_model::{
-    format_minor, ClickId, ClickView, Conversion, ConversionSource, ConversionStatus, Currency, Edit, Event, Program,
+    format_minor, parse_minor, ClickId, ClickView, Conversion, ConversionSource, ConversionStatus, Currency, Decision,
+    Edit, Event, Program,
 };
 
 use crate::clicks::{ClickFacts, ClickFactsRef, FirstClick};
 use crate::keys;
-use crate::ledger::{Entry, EntryId, Kind, Reason, StatsKeyRef, Status, BROWSER_REVIEW_NOTE};
+use crate::ledger::{Adjustment, Entry, EntryId, Kind, Reason, Source, StatsKeyRef, Status, BROWSER_REVIEW_NOTE};
 use crate::state::State;
 use crate::stats::RowDelta;
 use crate::AttributionError;
@@ -104,6 +105,13 @@ pub fn apply(state: &mut State, seq: u64, event: &Event) -> Result<Outputs, Attr
                     // The edge validates programs before logging them, so this means the log
                     // was written by a newer build. Keep the rules in force; say so loudly.
                     tracing::error!(seq, error = %e, "program change in the log does not parse; keeping the previous rules");
+                    out.bad_program = true;
+                }
+            },
+            Event::Decision(d) => match Decision::from_json(&d.decision) {
+                Ok(decision) => operator_decision(state, seq, d.ts_ms, &d.actor, &decision, out)?,
+                Err(e) => {
+                    tracing::error!(seq, error = %e, "operator decision in the log does not parse; ignored");
                     out.bad_program = true;
                 }
             },
@@ -311,7 +319,8 @@ fn base_entry(seq: u64, c: &Conversion, program: &str) -> Entry {
         refers_to: None,
         reversed_by: None,
         confirmed_by: None,
-        source: c.source,
+        source: c.source.into(),
+        adjustments: Vec::new(),
     }
 }
 
@@ -839,23 +848,232 @@ fn reversal(state: &mut State, seq: u64, c: &Conversion, out: &mut Outputs) -> R
         }
     }
     original.reversed_by = Some(seq);
-    // The month as the program in force names it. Had the program's time zone changed since
-    // the original was credited, a conversion within hours of a month's end could be counted
-    // in one month and taken back from the other (README, The program file: time_zone).
-    let day = local_day(state, original.ts_ms);
-    let mkey = keys::month(month_of_day(day), &c.offer, &c.goal, &original.affiliate);
-    state.add_counter(&mkey, -1)?;
-    // Credited conversions are in the offer's currency, so their sale amount was revenue.
-    let revenue = original.sale_amount.unwrap_or(0);
-    let row = state.stats_mut(StatsKeyRef {
-        day: stats_day(state, original.ts_ms),
-        offer: &original.offer,
-        affiliate: &original.affiliate,
-        sub1: &original.sub1,
-    });
-    add_conversion(row, -1, revenue.saturating_neg(), original.amount.saturating_neg(), original.currency);
+    take_back_counts(state, &original)?;
     finish(state, original, out);
     finish(state, e, out);
+    Ok(())
+}
+
+/// An operator's decision (module docs of `tally_model::decision`). Its own entry (`decision`
+/// for approve, reject of a pending commission and adjust; a `clawback` for the reject of an
+/// approved one; a `bonus`) names who decided what and why; a decision that cannot apply to
+/// the ledger as it stands is booked `rejected` (`not_applicable`), changing nothing. One
+/// naming an entry that does not exist, or a bonus on an offer or affiliate the program does
+/// not know, makes no entry (the admin API refuses those before logging them).
+fn operator_decision(
+    state: &mut State,
+    seq: u64,
+    ts_ms: u64,
+    actor: &str,
+    d: &Decision,
+    out: &mut Outputs,
+) -> Result<(), AttributionError> {
+    let digest = state.program.as_ref().map(|p| p.digest.clone()).unwrap_or_default();
+    if let Decision::Bonus { affiliate, offer, amount, reason } = d {
+        let known = state.program.as_ref().and_then(|p| {
+            let o = p.offer(offer)?;
+            p.affiliates.contains_key(affiliate).then_some(o.currency)
+        });
+        let Some(currency) = known else {
+            tracing::warn!(seq, offer = %offer, affiliate = %affiliate, "bonus for an offer or affiliate the program does not know: no entry");
+            return Ok(());
+        };
+        let Ok(amount) = parse_minor(amount, currency, false) else {
+            tracing::warn!(seq, amount = %amount, "bonus amount does not parse in the offer's currency: no entry");
+            return Ok(());
+        };
+        let e = Entry {
+            kind: Kind::Bonus,
+            status: Status::Approved,
+            affiliate: affiliate.clone(),
+            offer: offer.clone(),
+            amount,
+            currency,
+            approved_seq: Some(seq),
+            rule: format!("bonus by {actor}: {reason}"),
+            ..decision_entry(seq, ts_ms, &digest, currency)
+        };
+        let row = state.stats_mut(StatsKeyRef { day: stats_day(state, ts_ms), offer, affiliate, sub1: "" });
+        add_conversion(row, 0, 0, amount, currency);
+        finish(state, e, out);
+        return Ok(());
+    }
+    let Some(target_id) = d.entry().and_then(EntryId::parse) else {
+        tracing::warn!(seq, entry = ?d.entry(), "operator decision names no valid entry: no entry");
+        return Ok(());
+    };
+    let Some(mut target) = state.entry(target_id)? else {
+        tracing::warn!(seq, entry = %target_id, "operator decision on an entry not in the ledger: no entry");
+        return Ok(());
+    };
+    let mut e = Entry {
+        refers_to: Some(target_id),
+        affiliate: target.affiliate.clone(),
+        offer: target.offer.clone(),
+        goal: target.goal.clone(),
+        click_id: target.click_id,
+        coupon: target.coupon.clone(),
+        sub1: target.sub1.clone(),
+        txid: target.txid.clone(),
+        approved_seq: Some(seq),
+        ..decision_entry(seq, ts_ms, &digest, target.currency)
+    };
+    let payable = matches!(target.kind, Kind::Commission | Kind::Bonus) && target.reversed_by.is_none();
+    let what = format!("{} {target_id}", target.kind.as_str());
+    let refuse = |mut e: Entry, why: String, state: &mut State, out: &mut Outputs| {
+        e.status = Status::Rejected;
+        e.reason = Reason::NotApplicable;
+        e.approved_seq = None;
+        e.rule = format!("{} by {actor} not applied: {why}", d.action());
+        finish(state, e, out);
+    };
+    let state_of = |t: &Entry| match (t.status, t.reversed_by) {
+        (_, Some(r)) => format!("{} (reversed by {r})", t.status.as_str()),
+        (s, None) => s.as_str().to_owned(),
+    };
+    match d {
+        Decision::Approve { note, .. } => {
+            if !(payable && target.status == Status::Pending) {
+                refuse(e, format!("{what} is {}, not pending", state_of(&target)), state, out);
+                return Ok(());
+            }
+            let awaiting = target.approve_at_ms.is_none() && target.confirmed_by.is_none();
+            if awaiting {
+                // Awaiting the merchant (or a browser's report under review): the operator
+                // confirms it in the merchant's place.
+                target.confirmed_by = Some(seq);
+            } else if let Some(at) = target.approve_at_ms {
+                state.remove_hold(at, target.id);
+            }
+            target.status = Status::Approved;
+            target.reason = Reason::None;
+            target.approved_seq = Some(seq);
+            e.rule = format!(
+                "{what} approved early by {actor}{}",
+                if note.is_empty() { String::new() } else { format!(": {note}") }
+            );
+        }
+        Decision::Reject { reason, .. } => match target.status {
+            Status::Pending if payable => {
+                if let Some(at) = target.approve_at_ms {
+                    state.remove_hold(at, target.id);
+                }
+                target.status = Status::Rejected;
+                target.reason = Reason::OperatorRejected;
+                target.reversed_by = Some(seq);
+                e.reason = Reason::OperatorRejected;
+                e.rule = format!("{what} rejected by {actor}: {reason}");
+                take_back_counts(state, &target)?;
+            }
+            Status::Approved if payable => {
+                target.reversed_by = Some(seq);
+                e.kind = Kind::Clawback;
+                e.reason = Reason::OperatorRejected;
+                e.amount = target.amount.saturating_neg();
+                e.rule = format!(
+                    "{what} rejected by {actor}: {reason}; clawback {}",
+                    format_minor(e.amount, target.currency)
+                );
+                take_back_counts(state, &target)?;
+            }
+            _ => {
+                refuse(e, format!("{what} is {}: nothing to reject", state_of(&target)), state, out);
+                return Ok(());
+            }
+        },
+        Decision::Adjust { amount, reason, .. } => {
+            if !(payable && matches!(target.status, Status::Pending | Status::Approved)) {
+                refuse(e, format!("{what} is {}: nothing to adjust", state_of(&target)), state, out);
+                return Ok(());
+            }
+            let new = match parse_minor(amount, target.currency, false) {
+                Ok(a) => a,
+                Err(err) => {
+                    refuse(e, format!("amount \"{amount}\": {err}"), state, out);
+                    return Ok(());
+                }
+            };
+            let before = target.amount;
+            target.adjustments.push(Adjustment { seq, before });
+            target.amount = new;
+            e.rule = format!(
+                "{what} adjusted from {} to {} by {actor}: {reason}",
+                format_minor(before, target.currency),
+                format_minor(new, target.currency)
+            );
+            let row = state.stats_mut(StatsKeyRef {
+                day: stats_day(state, target.ts_ms),
+                offer: &target.offer,
+                affiliate: &target.affiliate,
+                sub1: &target.sub1,
+            });
+            add_conversion(row, 0, 0, new.saturating_sub(before), target.currency);
+        }
+        Decision::Bonus { .. } => {}
+    }
+    finish(state, target, out);
+    finish(state, e, out);
+    Ok(())
+}
+
+/// The entry of an operator's decision at `seq`, before what it decided is filled in.
+fn decision_entry(seq: u64, ts_ms: u64, program: &str, currency: Currency) -> Entry {
+    Entry {
+        id: EntryId::of_event(seq),
+        kind: Kind::Decision,
+        status: Status::Approved,
+        reason: Reason::None,
+        ts_ms,
+        offer: String::new(),
+        goal: String::new(),
+        affiliate: String::new(),
+        click_id: None,
+        coupon: String::new(),
+        sub1: String::new(),
+        txid: String::new(),
+        sale_amount: None,
+        amount: 0,
+        currency,
+        rule: String::new(),
+        program: program.to_owned(),
+        approve_at_ms: None,
+        approved_seq: None,
+        refers_to: None,
+        reversed_by: None,
+        confirmed_by: None,
+        source: Source::Operator,
+        adjustments: Vec::new(),
+    }
+}
+
+/// What a rejected commission no longer counts: its month's rank (later conversions may fall
+/// in a lower tier) and its stats (conversion, revenue, payout), as a refund takes them back.
+fn take_back_counts(state: &mut State, target: &Entry) -> Result<(), AttributionError> {
+    if target.kind != Kind::Commission {
+        let row = state.stats_mut(StatsKeyRef {
+            day: stats_day(state, target.ts_ms),
+            offer: &target.offer,
+            affiliate: &target.affiliate,
+            sub1: &target.sub1,
+        });
+        add_conversion(row, 0, 0, target.amount.saturating_neg(), target.currency);
+        return Ok(());
+    }
+    // The month as the program in force names it. Had the program's time zone changed since
+    // the commission was credited, a conversion within hours of a month's end could be
+    // counted in one month and taken back from the other (README, The program file: time_zone).
+    let day = local_day(state, target.ts_ms);
+    let mkey = keys::month(month_of_day(day), &target.offer, &target.goal, &target.affiliate);
+    state.add_counter(&mkey, -1)?;
+    // Credited conversions are in the offer's currency, so their sale amount was revenue.
+    let revenue = target.sale_amount.unwrap_or(0);
+    let row = state.stats_mut(StatsKeyRef {
+        day: stats_day(state, target.ts_ms),
+        offer: &target.offer,
+        affiliate: &target.affiliate,
+        sub1: &target.sub1,
+    });
+    add_conversion(row, -1, revenue.saturating_neg(), target.amount.saturating_neg(), target.currency);
     Ok(())
 }
 

@@ -59,6 +59,9 @@ pub enum Kind {
     /// The merchant's approval of a commission it had reported pending: pays nothing itself;
     /// the commission it refers to goes on to its hold, or is approved.
     Confirmation,
+    /// An operator's decision on the entry it refers to (approve, reject a pending one,
+    /// adjust): pays nothing itself; its rule says who decided what and why.
+    Decision,
 }
 
 impl Kind {
@@ -69,6 +72,7 @@ impl Kind {
             Kind::Clawback => "clawback",
             Kind::Reversal => "reversal",
             Kind::Confirmation => "confirmation",
+            Kind::Decision => "decision",
         }
     }
 }
@@ -164,6 +168,11 @@ pub enum Reason {
     AffiliateDisabled,
     /// The coupon is disabled.
     CouponDisabled,
+    /// An operator rejected it (an `OperatorDecision`), or took it back.
+    OperatorRejected,
+    /// An operator's decision that could not apply: no such entry, or one in a state the
+    /// decision does not change (the rule says which).
+    NotApplicable,
 }
 
 impl Reason {
@@ -199,6 +208,8 @@ impl Reason {
             Reason::BrowserAmountOverLimit => "browser_amount_over_limit",
             Reason::AffiliateDisabled => "affiliate_disabled",
             Reason::CouponDisabled => "coupon_disabled",
+            Reason::OperatorRejected => "operator_rejected",
+            Reason::NotApplicable => "not_applicable",
         }
     }
 }
@@ -243,28 +254,83 @@ pub struct Entry {
     /// For a commission the merchant reported pending: the event of its approval report.
     /// (Not a column of the canonical CSV: the approval's own entry refers to it.)
     pub confirmed_by: Option<u64>,
-    /// Who reported the event that made the entry: a browser (`Pixel`, `Tag`) or the
-    /// merchant's server (`Postback`).
-    pub source: ConversionSource,
+    /// Who reported the event that made the entry: a browser (`Pixel`, `Tag`), the
+    /// merchant's server (`Postback`), or an operator (`Operator`: decisions and manual bonuses).
+    pub source: Source,
+    /// Operators' adjustments of `amount`, in order: the decision's sequence number and the
+    /// amount before it (so [`Entry::as_of`] can undo them). Entries stored before this field
+    /// existed decode with none ([`crate::store`]).
+    pub adjustments: Vec<Adjustment>,
+}
+
+/// One adjustment of an entry's amount.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Adjustment {
+    pub seq: u64,
+    pub before: i64,
+}
+
+/// Who made the event behind an entry. The first three are the conversion's own source, in
+/// the same order (stored entries keep their bytes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Source {
+    Pixel,
+    Postback,
+    Tag,
+    Operator,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Pixel => "pixel",
+            Source::Postback => "postback",
+            Source::Tag => "tag",
+            Source::Operator => "operator",
+        }
+    }
+
+    pub fn is_browser(self) -> bool {
+        matches!(self, Source::Pixel | Source::Tag)
+    }
+}
+
+impl From<ConversionSource> for Source {
+    fn from(s: ConversionSource) -> Source {
+        match s {
+            ConversionSource::Pixel => Source::Pixel,
+            ConversionSource::Postback => Source::Postback,
+            ConversionSource::Tag => Source::Tag,
+        }
+    }
 }
 
 impl Entry {
     /// This entry as it stood once event `seq` had been applied, or `None` if it did not
-    /// exist yet. After its creation an entry changes in four ways only, each recording
-    /// the event that did it: a hold's approval (`approved_seq`), a reversal that rejects
-    /// a pending commission or marks an approved one clawed back (`reversed_by`), and the
-    /// merchant's approval of a commission it reported pending (`confirmed_by`). Undoing
-    /// those that came after `seq` gives the earlier entry exactly, which is how a replay
-    /// that stops at `seq` is compared with a live ledger that went on.
+    /// exist yet. After its creation an entry changes in these ways only, each recording
+    /// the event that did it: a hold's (or an operator's early) approval (`approved_seq`), a
+    /// reversal (a refund, the merchant's or an operator's rejection) that rejects a pending
+    /// commission or marks an approved one clawed back (`reversed_by`), the merchant's (or an
+    /// operator's) approval of a commission reported pending (`confirmed_by`), and an
+    /// operator's adjustment of its amount (`adjustments`). Undoing those that came after
+    /// `seq` gives the earlier entry exactly, which is how a replay that stops at `seq` is
+    /// compared with a live ledger that went on.
     pub fn as_of(&self, seq: u64) -> Option<Entry> {
         if self.id.seq > seq {
             return None;
         }
         let mut e = self.clone();
+        while let Some(a) = e.adjustments.last().copied().filter(|a| a.seq > seq) {
+            e.amount = a.before;
+            e.adjustments.pop();
+        }
         if e.reversed_by.is_some_and(|r| r > seq) {
             e.reversed_by = None;
             if e.status == Status::Rejected
-                && matches!(e.reason, Reason::Refunded | Reason::Chargeback | Reason::MerchantRejected)
+                && matches!(
+                    e.reason,
+                    Reason::Refunded | Reason::Chargeback | Reason::MerchantRejected | Reason::OperatorRejected
+                )
             {
                 e.status = Status::Pending;
                 // Only a commission awaiting the merchant is pending without a due time.
@@ -350,5 +416,56 @@ mod tests {
             assert_eq!(EntryId::parse(&id.to_string()), Some(id));
         }
         assert_eq!(EntryId::parse("x"), None);
+    }
+
+    fn entry() -> Entry {
+        Entry {
+            id: EntryId::of_event(9),
+            kind: Kind::Commission,
+            status: Status::Approved,
+            reason: Reason::None,
+            ts_ms: 1,
+            offer: "shoes".into(),
+            goal: "sale".into(),
+            affiliate: "aff1".into(),
+            click_id: None,
+            coupon: String::new(),
+            sub1: String::new(),
+            txid: "T".into(),
+            sale_amount: Some(10_000),
+            amount: 800,
+            currency: tally_model::Currency::from_code("USD").unwrap(),
+            rule: "r".into(),
+            program: String::new(),
+            approve_at_ms: None,
+            approved_seq: Some(9),
+            refers_to: None,
+            reversed_by: None,
+            confirmed_by: None,
+            source: Source::Postback,
+            adjustments: Vec::new(),
+        }
+    }
+
+    /// Entries stored before `adjustments` existed are today's bytes without the last one
+    /// (an empty list is a zero byte); they decode with no adjustments. Sources keep the
+    /// conversion's variant numbers.
+    #[test]
+    fn entries_stored_before_adjustments_still_decode() {
+        let e = entry();
+        let bytes = postcard::to_stdvec(&e).unwrap();
+        assert_eq!(bytes.last(), Some(&0));
+        let old = &bytes[..bytes.len() - 1];
+        assert_eq!(crate::store::decode_entry(old).unwrap(), e);
+        assert_eq!(crate::store::decode_entry(&bytes).unwrap(), e);
+        assert!(crate::store::decode_entry(&old[..old.len() - 3]).is_err(), "a cut entry is still corrupt");
+        for (s, c) in [
+            (Source::Pixel, ConversionSource::Pixel),
+            (Source::Postback, ConversionSource::Postback),
+            (Source::Tag, ConversionSource::Tag),
+        ] {
+            assert_eq!(postcard::to_stdvec(&s).unwrap(), postcard::to_stdvec(&c).unwrap());
+            assert_eq!(Source::from(c), s);
+        }
     }
 }

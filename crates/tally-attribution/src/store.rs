@@ -141,6 +141,22 @@ pub(crate) fn decode<T: for<'de> Deserialize<'de>>(what: &str, bytes: &[u8]) -> 
     postcard::from_bytes(bytes).map_err(|e| AttributionError::Corrupt(format!("{what}: {e}")))
 }
 
+/// A stored ledger entry. Entries stored before `Entry::adjustments` existed end where it
+/// starts: postcard writes an empty list as one zero byte, so such an entry is its bytes and
+/// a zero (as the log decodes version-1 clicks).
+pub(crate) fn decode_entry(bytes: &[u8]) -> Result<Entry, AttributionError> {
+    match postcard::from_bytes(bytes) {
+        Ok(e) => Ok(e),
+        Err(postcard::Error::DeserializeUnexpectedEnd) => {
+            let mut v = Vec::with_capacity(bytes.len() + 1);
+            v.extend_from_slice(bytes);
+            v.push(0);
+            decode("ledger entry", &v)
+        }
+        Err(e) => Err(AttributionError::Corrupt(format!("ledger entry: {e}"))),
+    }
+}
+
 pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     // Serialising our own structs into a Vec cannot fail.
     postcard::to_stdvec(value).unwrap_or_default()
@@ -325,7 +341,7 @@ impl Store {
 
     pub(crate) fn entry(&self, id: EntryId) -> Result<Option<Entry>, AttributionError> {
         match self.db.get_pinned_cf(self.cf(CF_LEDGER)?, keys::entry(id)).map_err(db_err)? {
-            Some(v) => Ok(Some(decode("ledger entry", &v)?)),
+            Some(v) => Ok(Some(decode_entry(&v)?)),
             None => Ok(None),
         }
     }
@@ -368,7 +384,7 @@ impl Store {
             Err(e) => Box::new(std::iter::once(Err(e))),
             Ok(cf) => Box::new(self.db.iterator_cf(cf, IteratorMode::Start).map(|item| {
                 let (_, v) = item.map_err(db_err)?;
-                decode("ledger entry", &v)
+                decode_entry(&v)
             })),
         }
     }
@@ -387,7 +403,7 @@ impl Store {
             if id.seq > to {
                 break;
             }
-            out.insert(id, decode("ledger entry", &v)?);
+            out.insert(id, decode_entry(&v)?);
         }
         Ok(())
     }

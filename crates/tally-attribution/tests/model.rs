@@ -87,7 +87,7 @@ fn model(events: &[Event]) -> BTreeMap<EntryId, Outcome> {
                 continue;
             }
             // The model's logs have no program edits.
-            Event::Click(_) | Event::ProgramEdit(_) => continue,
+            Event::Click(_) | Event::ProgramEdit(_) | Event::Decision(_) => continue,
             Event::Conversion(c) => c,
         };
         let id = EntryId::of_event(seq);

@@ -458,3 +458,103 @@ fn program_edits_put_groups_whose_terms_pay_their_affiliates_across_program_chan
     d.apply(Event::Conversion(c));
     assert_eq!(d.own_entry().reason, Reason::CouponDisabled);
 }
+
+fn decide(d: &mut Driver, json: &str) -> Vec<tally_attribution::Entry> {
+    let decision = tally_model::Decision::from_json(json).unwrap();
+    let event =
+        tally_model::event::OperatorDecision { ts_ms: d.now, actor: "alice".into(), decision: decision.to_json() };
+    d.apply(Event::Decision(event))
+}
+
+#[test]
+fn operators_approve_early_reject_and_adjust_and_each_decision_is_an_entry() {
+    let mut d = Driver::new();
+    let cid = d.click("shoes", "aff1");
+    // Sale: 10% of 100.00, held 10 days.
+    let sale = d.convert("shoes", "sale", Some(cid), "T1", Some(10_000));
+    assert_eq!((sale.status, sale.amount), (Status::Pending, 1000));
+    let out = decide(&mut d, &format!(r#"{{"action":"approve","entry":"{}","note":"trusted partner"}}"#, sale.id));
+    assert_eq!(out.len(), 2, "{out:?}");
+    let target = d.entry(sale.id);
+    assert_eq!((target.status, target.approved_seq), (Status::Approved, Some(d.seq)));
+    let own = d.own_entry();
+    assert_eq!((own.kind, own.status, own.refers_to, own.amount), (Kind::Decision, Status::Approved, Some(sale.id), 0));
+    assert_eq!(own.rule, format!("commission {} approved early by alice: trusted partner", sale.id));
+    assert_eq!(own.source.as_str(), "operator");
+    // The hold passing later changes nothing more.
+    d.wait(11 * DAY);
+    assert!(d.tick().is_empty());
+    // As of before the decision, it was pending: how replay compares.
+    assert_eq!(target.as_of(sale.id.seq).unwrap().status, Status::Pending);
+
+    // Adjust a pending commission: a partial refund; as_of undoes it.
+    let sale2 = d.convert("shoes", "sale", Some(cid), "T2", Some(20_000));
+    decide(
+        &mut d,
+        &format!(r#"{{"action":"adjust","entry":"{}","amount":"12.50","reason":"partial refund"}}"#, sale2.id),
+    );
+    let adjusted = d.entry(sale2.id);
+    assert_eq!((adjusted.amount, adjusted.status), (1250, Status::Pending));
+    assert_eq!(
+        d.own_entry().rule,
+        format!("commission {} adjusted from 20.00 to 12.50 by alice: partial refund", sale2.id)
+    );
+    assert_eq!(adjusted.as_of(d.seq - 1).unwrap().amount, 2000);
+    assert_eq!(adjusted.as_of(d.seq).unwrap(), adjusted);
+
+    // Reject: the pending one is rejected; the approved one is clawed back.
+    decide(&mut d, &format!(r#"{{"action":"reject","entry":"{}","reason":"self-referral"}}"#, sale2.id));
+    let rejected = d.entry(sale2.id);
+    assert_eq!(
+        (rejected.status, rejected.reason, rejected.reversed_by),
+        (Status::Rejected, Reason::OperatorRejected, Some(d.seq))
+    );
+    let back = rejected.as_of(d.seq - 1).unwrap();
+    assert_eq!((back.status, back.reason, back.amount), (Status::Pending, Reason::None, 1250));
+    decide(&mut d, &format!(r#"{{"action":"reject","entry":"{}","reason":"fraud"}}"#, sale.id));
+    let claw = d.own_entry();
+    assert_eq!(
+        (claw.kind, claw.status, claw.amount, claw.reason),
+        (Kind::Clawback, Status::Approved, -1000, Reason::OperatorRejected)
+    );
+
+    // What cannot apply is booked, changing nothing.
+    decide(&mut d, &format!(r#"{{"action":"approve","entry":"{}"}}"#, sale2.id));
+    let own = d.own_entry();
+    assert_eq!((own.status, own.reason), (Status::Rejected, Reason::NotApplicable));
+    assert!(own.rule.contains("is rejected (reversed by"), "{}", own.rule);
+    decide(&mut d, &format!(r#"{{"action":"adjust","entry":"{}","amount":"1.234","reason":"x"}}"#, sale.id));
+    assert_eq!(d.own_entry().reason, Reason::NotApplicable);
+    // An entry that does not exist makes no entry.
+    assert!(decide(&mut d, r#"{"action":"approve","entry":"999999"}"#).is_empty());
+
+    // A manual bonus, approved at once, in the offer's currency.
+    decide(&mut d, r#"{"action":"bonus","affiliate":"aff2","offer":"hotels","amount":"25.00","reason":"Q4 contest"}"#);
+    let bonus = d.own_entry();
+    assert_eq!(
+        (bonus.kind, bonus.status, bonus.amount, bonus.currency.code()),
+        (Kind::Bonus, Status::Approved, 2500, "EUR")
+    );
+    assert_eq!(bonus.rule, "bonus by alice: Q4 contest");
+    assert!(decide(&mut d, r#"{"action":"bonus","affiliate":"ghost","offer":"hotels","amount":"1","reason":"x"}"#)
+        .is_empty());
+}
+
+#[test]
+fn an_operator_approves_what_awaits_the_merchant_in_its_place() {
+    let mut d = Driver::new();
+    let cid = d.click("shoes", "aff1");
+    let c = d.conversion_event("shoes", "lead", Some(cid), "P1", None, ConversionStatus::Pending);
+    d.apply(Event::Conversion(c));
+    let pending = d.own_entry();
+    assert_eq!((pending.status, pending.reason), (Status::Pending, Reason::MerchantPending));
+    decide(&mut d, &format!(r#"{{"action":"approve","entry":"{}"}}"#, pending.id));
+    let now = d.entry(pending.id);
+    assert_eq!((now.status, now.reason, now.confirmed_by), (Status::Approved, Reason::None, Some(d.seq)));
+    assert_eq!(now.as_of(d.seq - 1).unwrap(), pending, "undone exactly");
+    // The merchant's approval afterwards is a duplicate that changes nothing.
+    let c = d.conversion_event("shoes", "lead", Some(cid), "P1", None, ConversionStatus::Approved);
+    d.apply(Event::Conversion(c));
+    assert_eq!(d.own_entry().status, Status::Duplicate);
+    assert_eq!(d.entry(pending.id), now);
+}

@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use tally_attribution::{state_dir, Entry, EntryId, LedgerReader, Status};
+use tally_attribution::{state_dir, Entry, EntryId, LedgerReader, Source, Status};
 use tally_log::LogReader;
 use tally_model::time::format_ts;
 use tally_model::{format_minor, ClickId, Event};
@@ -180,7 +180,20 @@ pub fn explain(data_dir: &Path, target: &str) -> Result<Explanation, AuditError>
                     }
                 }
                 Some(p) => {
-                    if p.status != e.status && e.status == Status::Approved {
+                    let by_operator = history
+                        .iter()
+                        .any(|(_, x)| x.id.seq == *seq && x.refers_to == Some(id) && x.source == Source::Operator);
+                    if p.amount != e.amount {
+                        lines.push(format!(
+                            "  seq {seq}: amount {} -> {}{}",
+                            format_minor(p.amount, e.currency),
+                            format_minor(e.amount, e.currency),
+                            if by_operator { " by an operator's decision" } else { "" }
+                        ));
+                    }
+                    if p.status != e.status && e.status == Status::Approved && by_operator {
+                        lines.push(format!("  seq {seq}: approved by an operator's decision"));
+                    } else if p.status != e.status && e.status == Status::Approved {
                         lines.push(format!(
                             "  seq {seq}: approved (hold passed at event time {})",
                             format_ts(e.ts_ms.max(e.approve_at_ms.unwrap_or(0)))

@@ -79,9 +79,11 @@ pub const COLUMNS: &[&str] = &[
     // The advertiser whose credential sent a postback (empty for browser reports and for
     // records older than format 4).
     "advertiser",
-    // A program edit's author (`X-Tally-Actor`) and what it put, as JSON (decision 0046).
+    // A program edit's or an operator decision's author (`X-Tally-Actor`), and what it put
+    // or decided, as JSON (decisions 0046, 0047).
     "actor",
     "edit",
+    "decision",
 ];
 
 /// One event as `(column, value)` pairs, in [`COLUMNS`] order, for the columns it has.
@@ -129,6 +131,7 @@ pub fn row(seq: u64, event: &Event, personal: Personal) -> Vec<(&'static str, Va
         Event::ProgramEdit(p) => {
             r.push(("program_digest", p.digest.as_str().into()));
         }
+        Event::Decision(_) => {}
     }
     r.push(("time", tally_model::time::format_ts(event.ts_ms()).into()));
     match event {
@@ -144,6 +147,10 @@ pub fn row(seq: u64, event: &Event, personal: Personal) -> Vec<(&'static str, Va
         Event::ProgramEdit(p) => {
             r.push(("actor", p.actor.as_str().into()));
             r.push(("edit", p.edit.as_str().into()));
+        }
+        Event::Decision(d) => {
+            r.push(("actor", d.actor.as_str().into()));
+            r.push(("decision", d.decision.as_str().into()));
         }
     }
     r

@@ -4,6 +4,7 @@
 pub mod alloc;
 mod audit;
 mod cluster;
+mod decide;
 mod export;
 mod ledger;
 mod ops;
@@ -216,6 +217,13 @@ enum Command {
         #[arg(long, value_enum, default_value_t = ledger::TableFormat::Table)]
         format: ledger::TableFormat,
     },
+    /// An operator's decision on the ledger (approve early, reject, adjust, bonus), sent to
+    /// the running server's admin API, which logs it and answers with what attribution did.
+    /// Exits 1 when the decision could not apply to the ledger as it stands.
+    Decide {
+        #[command(subcommand)]
+        command: decide::DecideCommand,
+    },
     /// Probe a health endpoint: exits 0 when it answers 200 (a container HEALTHCHECK
     /// without curl).
     Health {
@@ -359,7 +367,10 @@ pub fn main() -> ExitCode {
     // Commands that print their result: when the reader of their standard output goes away
     // (`tally export events | head`), they stop there, as `cat` would. The others talk to
     // sockets, where a broken pipe is a real error.
-    let prints = !matches!(cli.command, Command::Serve(_) | Command::Attribute { .. } | Command::Health { .. });
+    let prints = !matches!(
+        cli.command,
+        Command::Serve(_) | Command::Attribute { .. } | Command::Health { .. } | Command::Decide { .. }
+    );
     let result = match cli.command {
         Command::Serve(args) => serve(args),
         Command::Config { command: ConfigCommand::Check { config, format } } => config_check(&config, format),
@@ -404,6 +415,7 @@ pub fn main() -> ExitCode {
         Command::Erase { data_dir, clicks, ips, format } => privacy::erase(&data_dir, clicks, ips, format),
         Command::Retention { data_dir, days, format } => privacy::retention(&data_dir, days, format),
         Command::Health { url, timeout_ms } => ops::health(&url, Duration::from_millis(timeout_ms)),
+        Command::Decide { command } => decide::run(command),
         Command::Completions { shell } => completions(shell),
         Command::Man { out_dir } => man(out_dir.as_deref()),
     };

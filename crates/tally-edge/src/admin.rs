@@ -64,11 +64,41 @@ pub trait LogLevel: Send + Sync {
     fn set(&self, filter: &str) -> Result<(), String>;
 }
 
+/// Which ledger entries a list wants.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LedgerQuery {
+    pub affiliate: Option<String>,
+    pub offer: Option<String>,
+    pub status: Option<String>,
+    pub kind: Option<String>,
+    /// The entry ID after which the page starts.
+    pub after: Option<String>,
+    pub limit: usize,
+}
+
+/// What the admin API reads of the commission ledger, which attribution keeps (the edge has
+/// none of its own). Entries are their ledger rows, as `tally commissions --format jsonl`
+/// prints them. Every method blocks; the API calls them on a blocking thread.
+pub trait LedgerView: Send + Sync {
+    /// The entry `id` (`"1234"`, `"1234.1"`), `None` when the ledger has none.
+    fn entry(&self, id: &str) -> Result<Option<Value>, HookError>;
+    /// The entries that refer to `id` (duplicates, reversals, decisions), in id order.
+    fn related(&self, id: &str) -> Result<Vec<Value>, HookError>;
+    /// A page of entries: `{"entries":[...],"next","attributed_through_seq"}`.
+    fn list(&self, query: &LedgerQuery) -> Result<Value, HookError>;
+    /// Waits until attribution has applied the event at `seq`, at most `timeout`; whether it has.
+    fn wait_applied(&self, seq: u64, timeout: std::time::Duration) -> Result<bool, HookError>;
+    /// The entries the event at `seq` made (`seq`, `seq.1`, ...).
+    fn made_by(&self, seq: u64) -> Result<Vec<Value>, HookError>;
+}
+
 /// What the admin API needs from outside this crate.
 #[derive(Clone, Default)]
 pub struct AdminHooks {
     pub stats: Option<Arc<StatsFn>>,
     pub log_level: Option<Arc<dyn LogLevel>>,
+    /// The ledger, where this process has one (not on an edge of a cluster).
+    pub ledger: Option<Arc<dyn LedgerView>>,
 }
 
 impl std::fmt::Debug for AdminHooks {
@@ -76,6 +106,7 @@ impl std::fmt::Debug for AdminHooks {
         f.debug_struct("AdminHooks")
             .field("stats", &self.stats.is_some())
             .field("log_level", &self.log_level.is_some())
+            .field("ledger", &self.ledger.is_some())
             .finish()
     }
 }
@@ -162,6 +193,9 @@ async fn api(edge: &Arc<Edge>, hooks: &AdminHooks, req: Request<Incoming>) -> Re
     let path = req.uri().path().trim_end_matches('/').to_owned();
     let method = req.method().clone();
     let segments: Vec<&str> = path.split('/').skip(2).collect();
+    if matches!(segments.first(), Some(&("commissions" | "bonuses"))) {
+        return crate::decisions::route(edge, hooks, req, &segments).await;
+    }
     let managed = matches!(segments.first(), Some(&("affiliates" | "groups" | "coupons" | "links" | "import")));
     if managed {
         if let Some(r) = crate::manage::route(edge, req, &segments).await {
@@ -197,7 +231,7 @@ async fn api(edge: &Arc<Edge>, hooks: &AdminHooks, req: Request<Incoming>) -> Re
     }
 }
 
-async fn read_json<T: for<'de> Deserialize<'de>>(req: Request<Incoming>) -> Result<T, Box<Response<Body>>> {
+pub(crate) async fn read_json<T: for<'de> Deserialize<'de>>(req: Request<Incoming>) -> Result<T, Box<Response<Body>>> {
     let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {

@@ -20,6 +20,7 @@ pub mod admin;
 mod click;
 pub mod config;
 mod conversion;
+pub mod decisions;
 mod fast;
 mod handlers;
 pub mod links;
@@ -42,7 +43,7 @@ use tally_log::{Appender, Log};
 use tally_model::event::ProgramEdit;
 use tally_model::{Edit, Event, Managed, Program, ProgramChange};
 
-pub use admin::{serve_admin, AdminHooks};
+pub use admin::{serve_admin, AdminHooks, LedgerQuery, LedgerView};
 pub use config::Config;
 pub use links::{Overlay, OverlayLink};
 pub use server::serve;
@@ -244,6 +245,16 @@ impl Edge {
         let seq = self.log_edit_and_swap(actor, &edit, program).await?;
         self.announce();
         Ok((self.program(), seq))
+    }
+
+    /// Logs an operator's decision; returns its sequence number. Attribution judges it.
+    pub async fn log_decision(&self, actor: &str, d: &tally_model::Decision) -> Result<u64, ReloadError> {
+        let record = tally_model::encode(&Event::Decision(tally_model::event::OperatorDecision {
+            ts_ms: now_ms(),
+            actor: actor.to_owned(),
+            decision: d.to_json(),
+        }))?;
+        Ok(self.appender.submit(record)?.await?)
     }
 
     async fn log_edit_and_swap(&self, actor: &str, edit: &Edit, program: Program) -> Result<u64, ReloadError> {

@@ -188,6 +188,109 @@ pub struct Stats {
     pub attributed_through_seq: u64,
 }
 
+/// A page of ledger entries (each a row of `tally commissions --format jsonl`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LedgerPage {
+    #[schema(value_type = Vec<Object>)]
+    pub entries: Vec<serde_json::Value>,
+    /// The entry ID to pass as `after` for the next page.
+    pub next: Option<String>,
+    pub attributed_through_seq: u64,
+}
+
+/// An entry and the entries that refer to it (duplicates, reversals, decisions).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LedgerEntry {
+    #[schema(value_type = Object)]
+    pub entry: serde_json::Value,
+    #[schema(value_type = Vec<Object>)]
+    pub related: Vec<serde_json::Value>,
+}
+
+/// A decision attribution applied: its own entry, and the entry it changed as it now is.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DecisionApplied {
+    pub seq: u64,
+    pub applied: bool,
+    #[schema(value_type = Object)]
+    pub decision: serde_json::Value,
+    #[schema(value_type = Option<Object>)]
+    pub entry: Option<serde_json::Value>,
+}
+
+/// A decision logged, not yet applied (or applied elsewhere: an edge of a cluster).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DecisionLogged {
+    pub seq: u64,
+    pub applied: bool,
+    pub note: Option<String>,
+}
+
+/// A decision that could not apply to the ledger as it stood: logged, booked
+/// `not_applicable`, nothing changed.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DecisionRefused {
+    pub error: String,
+    pub seq: u64,
+    #[schema(value_type = Object)]
+    pub decision: serde_json::Value,
+}
+
+pub mod ledger {
+    #[allow(unused_imports)]
+    use super::*;
+    use crate::decisions::{AdjustBody, ApproveBody, BonusBody, RejectBody};
+
+    /// A page of ledger entries, in ID order.
+    #[utoipa::path(get, path = "/admin/commissions", tag = "ledger",
+        params(
+            ("affiliate" = Option<String>, Query, description = "only this affiliate's"),
+            ("offer" = Option<String>, Query, description = "only this offer's"),
+            ("status" = Option<String>, Query, description = "pending, approved, rejected, ..."),
+            ("kind" = Option<String>, Query, description = "commission, bonus, clawback, reversal, confirmation, decision"),
+            ("after" = Option<String>, Query, description = "the entry ID after which the page starts"),
+            ("limit" = Option<u32>, Query, description = "1-10000, default 1000"),
+        ),
+        responses((status = 200, description = "done", body = LedgerPage), (status = 400, description = "refused: the reason (and every problem)", body = ErrorBody)))]
+    pub fn list_commissions() {}
+
+    /// One entry and what refers to it.
+    #[utoipa::path(get, path = "/admin/commissions/{id}", tag = "ledger",
+        params(("id" = String, Path, description = "the entry ID (1234 or 1234.1)")),
+        responses((status = 200, description = "done", body = LedgerEntry), (status = 404, description = "no such entry", body = ErrorBody)))]
+    pub fn get_commission() {}
+
+    /// Approves a pending commission now (in its hold, or awaiting the merchant).
+    #[utoipa::path(post, path = "/admin/commissions/{id}/approve", tag = "ledger", request_body = ApproveBody,
+        params(("id" = String, Path, description = "the entry ID"), ("X-Tally-Actor" = Option<String>, Header, description = "who decides")),
+        responses((status = 200, description = "applied", body = DecisionApplied), (status = 202, description = "logged, not yet applied", body = DecisionLogged),
+                  (status = 404, description = "no such entry", body = ErrorBody), (status = 409, description = "it cannot apply", body = DecisionRefused)))]
+    pub fn approve() {}
+
+    /// Rejects a pending commission, or takes back an approved one (a clawback).
+    #[utoipa::path(post, path = "/admin/commissions/{id}/reject", tag = "ledger", request_body = RejectBody,
+        params(("id" = String, Path, description = "the entry ID"), ("X-Tally-Actor" = Option<String>, Header, description = "who decides")),
+        responses((status = 200, description = "applied", body = DecisionApplied), (status = 202, description = "logged, not yet applied", body = DecisionLogged),
+                  (status = 400, description = "refused: the reason", body = ErrorBody), (status = 404, description = "no such entry", body = ErrorBody),
+                  (status = 409, description = "it cannot apply", body = DecisionRefused)))]
+    pub fn reject() {}
+
+    /// Sets a pending or approved commission's amount (a partial refund, a correction).
+    #[utoipa::path(post, path = "/admin/commissions/{id}/adjust", tag = "ledger", request_body = AdjustBody,
+        params(("id" = String, Path, description = "the entry ID"), ("X-Tally-Actor" = Option<String>, Header, description = "who decides")),
+        responses((status = 200, description = "applied", body = DecisionApplied), (status = 202, description = "logged, not yet applied", body = DecisionLogged),
+                  (status = 400, description = "refused: the reason", body = ErrorBody), (status = 404, description = "no such entry", body = ErrorBody),
+                  (status = 409, description = "it cannot apply", body = DecisionRefused)))]
+    pub fn adjust() {}
+
+    /// A manual bonus to an affiliate, approved at once.
+    #[utoipa::path(post, path = "/admin/bonuses", tag = "ledger", request_body = BonusBody,
+        params(("X-Tally-Actor" = Option<String>, Header, description = "who decides")),
+        responses((status = 200, description = "applied", body = DecisionApplied), (status = 202, description = "logged, not yet applied", body = DecisionLogged),
+                  (status = 400, description = "refused: the reason", body = ErrorBody)))]
+    pub fn bonus() {}
+}
+
 /// The operations of one kind of entity, as stub functions carrying their descriptions.
 macro_rules! entity_paths {
     ($module:ident, $plural:literal, $key:literal, $spec:ty, $list:ty, $one:ty, $change:ty $(, $fname:literal, $fdesc:literal)?) => {
@@ -387,6 +490,7 @@ impl Modify for BearerToken {
         link_toggles::disable, link_toggles::enable,
         other::import, other::program, other::reload, other::stats, other::log_level, other::set_log_level,
         other::erase, other::retention, other::openapi,
+        ledger::list_commissions, ledger::get_commission, ledger::approve, ledger::reject, ledger::adjust, ledger::bonus,
     ),
     components(schemas(AffiliateSpec, GroupSpec, CouponSpec, LinkSpec, TermsSpec, PayoutSpec, TierSpec, Edit)),
     modifiers(&BearerToken),

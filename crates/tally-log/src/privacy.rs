@@ -85,7 +85,7 @@ impl Erasure {
         let (click_id, ip) = match event {
             Event::Click(c) => (Some(c.click_id), c.ip.as_str()),
             Event::Conversion(c) => (c.click_id, c.ip.as_str()),
-            Event::ProgramChange(_) | Event::ProgramEdit(_) => return false,
+            Event::ProgramChange(_) | Event::ProgramEdit(_) | Event::Decision(_) => return false,
         };
         click_id.is_some_and(|id| self.click_ids.contains(&id)) || (!ip.is_empty() && self.ips.iter().any(|i| i == ip))
     }

@@ -381,12 +381,24 @@ pub struct ProgramEdit {
     pub edit: String,
 }
 
+/// An operator's decision on the ledger ([`crate::decision::Decision`]): approve, reject,
+/// adjust, bonus.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OperatorDecision {
+    pub ts_ms: u64,
+    /// Who decided, as the admin API's caller named itself (`X-Tally-Actor`), else `admin`.
+    pub actor: String,
+    /// The decision as JSON, self-describing like a program edit's payload.
+    pub decision: String,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
     Click(Click),
     Conversion(Conversion),
     ProgramChange(ProgramChange),
     ProgramEdit(ProgramEdit),
+    Decision(OperatorDecision),
 }
 
 impl Event {
@@ -396,6 +408,7 @@ impl Event {
             Event::Conversion(c) => c.ts_ms,
             Event::ProgramChange(p) => p.ts_ms,
             Event::ProgramEdit(p) => p.ts_ms,
+            Event::Decision(d) => d.ts_ms,
         }
     }
 
@@ -405,6 +418,7 @@ impl Event {
             Event::Conversion(_) => EventKind::Conversion,
             Event::ProgramChange(_) => EventKind::ProgramChange,
             Event::ProgramEdit(_) => EventKind::ProgramEdit,
+            Event::Decision(_) => EventKind::Decision,
         }
     }
 }
@@ -417,11 +431,17 @@ pub enum EventKind {
     Conversion = 2,
     ProgramChange = 3,
     ProgramEdit = 4,
+    Decision = 5,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 4] =
-        [EventKind::Click, EventKind::Conversion, EventKind::ProgramChange, EventKind::ProgramEdit];
+    pub const ALL: [EventKind; 5] = [
+        EventKind::Click,
+        EventKind::Conversion,
+        EventKind::ProgramChange,
+        EventKind::ProgramEdit,
+        EventKind::Decision,
+    ];
 
     pub fn from_byte(b: u8) -> Option<EventKind> {
         match b {
@@ -429,6 +449,7 @@ impl EventKind {
             2 => Some(EventKind::Conversion),
             3 => Some(EventKind::ProgramChange),
             4 => Some(EventKind::ProgramEdit),
+            5 => Some(EventKind::Decision),
             _ => None,
         }
     }
@@ -439,6 +460,7 @@ impl EventKind {
             EventKind::Conversion => "conversion",
             EventKind::ProgramChange => "program_change",
             EventKind::ProgramEdit => "program_edit",
+            EventKind::Decision => "decision",
         }
     }
 

@@ -6,6 +6,7 @@
 //! (the one exception, [`ClickId::mint`], draws randomness on purpose).
 
 pub mod click_id;
+pub mod decision;
 pub mod event;
 pub mod managed;
 pub mod money;
@@ -14,6 +15,7 @@ pub mod record;
 pub mod time;
 
 pub use click_id::{ClickId, ClickIdError};
+pub use decision::Decision;
 pub use event::{
     click_flags, legacy_visitor_key, visitor_key, Click, ClickView, Conversion, ConversionSource, ConversionStatus,
     Event, EventKind, ProgramChange,

@@ -3,8 +3,8 @@
 //! ```text
 //! offset  size  field
 //! 0       1     format version (currently 4; versions 1 to 3 still decode, see below)
-//! 1       1     event kind (1 click, 2 conversion, 3 program change, 4 program edit;
-//!               see EventKind)
+//! 1       1     event kind (1 click, 2 conversion, 3 program change, 4 program edit,
+//!               5 operator decision; see EventKind)
 //! 2       4     payload length n, u32 big-endian
 //! 6       n     payload: the event's chained fields, postcard 1.x
 //! 6+n     4     checksum: low 32 bits of xxh3-64 over bytes [0, 6+n), big-endian
@@ -31,8 +31,8 @@
 //!
 //! - **4** (written by this build): `Conversion` gained `advertiser` (the advertiser whose
 //!   credential authenticated a postback), before the seal. Clicks and program changes are
-//!   laid out as in version 3. Program edits (kind 4) were added in version 4 and exist in
-//!   no other.
+//!   laid out as in version 3. Program edits (kind 4) and operator decisions (kind 5) were
+//!   added in version 4 and exist in no other.
 //! - **3**: personal fields moved to the trailer; clicks carry a
 //!   `visitor` key (8 bytes) and both clicks and conversions a `seal` (12 bytes) at the end
 //!   of their chained payload.
@@ -138,6 +138,7 @@ pub fn encode_salted(event: &Event, salt: [u8; SALT_LEN], buf: &mut Vec<u8>) -> 
         Event::Conversion(c) => encode_conversion(c, salt, buf),
         Event::ProgramChange(p) => encode_plain(EventKind::ProgramChange, p, buf),
         Event::ProgramEdit(p) => encode_plain(EventKind::ProgramEdit, p, buf),
+        Event::Decision(d) => encode_plain(EventKind::Decision, d, buf),
     }
 }
 
@@ -338,7 +339,8 @@ pub fn decode_personal(bytes: &[u8]) -> Result<(Event, Personal), RecordError> {
         (_, EventKind::ProgramChange) => Ok((Event::ProgramChange(canonical(payload)?), Personal::Chained)),
         // Program edits exist from format 4 on: an older version byte is not their encoding.
         (FORMAT_VERSION, EventKind::ProgramEdit) => Ok((Event::ProgramEdit(canonical(payload)?), Personal::Chained)),
-        (_, EventKind::ProgramEdit) => Err(RecordError::UnknownVersion(parts.version)),
+        (FORMAT_VERSION, EventKind::Decision) => Ok((Event::Decision(canonical(payload)?), Personal::Chained)),
+        (_, EventKind::ProgramEdit | EventKind::Decision) => Err(RecordError::UnknownVersion(parts.version)),
     }
 }
 
@@ -799,6 +801,10 @@ mod tests {
         Event::ProgramChange(ProgramChange { ts_ms: 5, digest: "ab".into(), source: "x".into() })
     }
 
+    fn golden_decision() -> Event {
+        Event::Decision(OperatorDecision { ts_ms: 7, actor: "ops".into(), decision: "{}".into() })
+    }
+
     fn golden_program_edit() -> Event {
         Event::ProgramEdit(ProgramEdit { ts_ms: 6, actor: "ops".into(), digest: "cd".into(), edit: "{}".into() })
     }
@@ -816,6 +822,7 @@ mod tests {
     const GOLDEN_CONVERSION: &str = "040200000048a0dd9bffbc31010110018bcfe5680000070000000000000001000573686f65730473616c6503542d3101f2c001035553440100000000000461636d6509c5cd1a493c5f1b427abbd95c1c9e285a5a5a5a5a5a5a5a0c3139382e35312e3130302e300000";
     const GOLDEN_PROGRAM: &str = "040300000006050261620178867b783f";
     const GOLDEN_PROGRAM_EDIT: &str = "04040000000b06036f7073026364027b7dd94770ae";
+    const GOLDEN_DECISION: &str = "04050000000807036f7073027b7d472cd956";
 
     // Version 3: personal fields in the trailer, no advertiser. Decode-only.
     const GOLDEN_CLICK_V3: &str = "03010000005910018bcfe5680000070123456789abcdef80d095ffbc310464656d6f0573686f657304616666310161000000016502666200010110018bcfd625c00003fedcba9876543210634b53f9fac5bcf037fb0feb3195c2fd09794d409b7302945a5a5a5a5a5a5a5a0b3230332e302e3131332e3002554100";
@@ -839,6 +846,7 @@ mod tests {
             (golden_conversion_of("acme"), GOLDEN_CONVERSION),
             (golden_program(), GOLDEN_PROGRAM),
             (golden_program_edit(), GOLDEN_PROGRAM_EDIT),
+            (golden_decision(), GOLDEN_DECISION),
         ] {
             let bytes = salted(&event);
             assert_eq!(hex(&bytes), golden, "format of {:?} changed", event.kind());
@@ -901,7 +909,7 @@ mod tests {
                     c.referrer.clear();
                 }
                 Event::Conversion(c) => c.ip.clear(),
-                Event::ProgramChange(_) | Event::ProgramEdit(_) => unreachable!(),
+                Event::ProgramChange(_) | Event::ProgramEdit(_) | Event::Decision(_) => unreachable!(),
             }
             assert_eq!(erased, expected);
             // Readers in place see the same click either way.
@@ -1287,6 +1295,8 @@ mod tests {
             (any::<u64>(), ".{0,20}", "[0-9a-f]{0,64}", ".{0,200}").prop_map(|(ts_ms, actor, digest, edit)| {
                 Event::ProgramEdit(ProgramEdit { ts_ms, actor, digest, edit })
             }),
+            (any::<u64>(), ".{0,20}", ".{0,200}")
+                .prop_map(|(ts_ms, actor, decision)| Event::Decision(OperatorDecision { ts_ms, actor, decision })),
         ]
     }
 

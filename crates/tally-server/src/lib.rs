@@ -16,6 +16,7 @@
 //! does both. It owns no storage format and no rule: it wires the libraries together.
 
 pub mod config;
+mod ledger_view;
 pub mod notify;
 pub mod process_metrics;
 mod stats;
@@ -35,6 +36,7 @@ use tally_edge::{AdminHooks, Edge};
 use tally_log::{Log, LogMetrics};
 
 pub use config::{Config, ConfigError};
+pub use ledger_view::StateLedger;
 pub use stats::stats_hook;
 pub use worker::InProcess;
 
@@ -216,9 +218,14 @@ impl App {
             });
             to_tier
         } else {
-            stats_hook(data_dir)
+            stats_hook(data_dir.clone())
         };
-        let hooks = AdminHooks { stats: Some(stats), log_level: Some(Arc::new(telemetry::RuntimeLevel)) };
+        // An edge of a cluster keeps no ledger; a single node's is its worker's state.
+        let ledger: Option<Arc<dyn tally_edge::LedgerView>> = match config.bus {
+            Some(_) => None,
+            None => Some(Arc::new(ledger_view::StateLedger::new(&data_dir))),
+        };
+        let hooks = AdminHooks { stats: Some(stats), log_level: Some(Arc::new(telemetry::RuntimeLevel)), ledger };
         Ok(App { config, log, edge, hooks, worker, shipper, programs })
     }
 

@@ -204,6 +204,11 @@ pub fn wait_for_ledger(data_dir: &Path, n: usize) {
     wait_for(&format!("{n} ledger entries"), || ledger(data_dir).len() >= n);
 }
 
+/// `tally replay --explain TARGET` of `data_dir`: its lines.
+pub fn explain(data_dir: &Path, target: &str) -> Vec<String> {
+    tally_audit::explain(data_dir, target).unwrap().lines
+}
+
 /// Replays the log of `data_dir` from its start and compares with the live ledger: panics
 /// on any difference, returns the number of entries compared.
 pub fn assert_replay_matches(data_dir: &Path) -> u64 {

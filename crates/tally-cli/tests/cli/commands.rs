@@ -353,3 +353,69 @@ fn refused_postbacks_and_pixels_are_logged_with_what_failed_never_the_secret() {
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(!text.contains(TOKEN), "a credential reached the log:\n{text}");
 }
+
+#[test]
+fn tally_decide_sends_operator_decisions_through_the_admin_api() {
+    let env = Env::new("");
+    let token = "test-admin-token-0123456789";
+    env.append_config(&format!("[admin]\ntoken = \"{token}\"\n"));
+    let server = env.serve();
+    let token_file = env.tmp.path().join("admin.token");
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    let r = server.get(&format!("/postback?offer=shoes&goal=sale&coupon=SPRING10&txid=D1&amount=100.00&token={TOKEN}"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let ledger = ledger_with(&env.data(), "D1");
+    let id = ledger.iter().find(|e| e["txid"] == "D1").unwrap()["id"].as_str().unwrap().to_owned();
+    let admin = format!("http://{}", server.admin);
+    let with = |args: &[&str]| {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--admin", &admin, "--token-file", token_file.to_str().unwrap(), "--actor", "bob"]);
+        run_code(&all)
+    };
+    let (code, out, err) = with(&["decide", "adjust", &id, "--amount", "4.00", "--reason", "partial refund"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("adjusted from 8.00 to 4.00 by bob: partial refund"), "{out}");
+    let (code, out, err) = with(&["decide", "approve", &id]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(&format!("entry {id}: approved 4.00 USD")), "{out}");
+    // It is approved: approving again cannot apply (exit 1, the ledger's reason).
+    let (code, _, err) = with(&["decide", "approve", &id]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("not pending"), "{err}");
+    let (code, out, err) = with(&[
+        "decide",
+        "bonus",
+        "--affiliate",
+        "aff2",
+        "--offer",
+        "shoes",
+        "--amount",
+        "10.00",
+        "--reason",
+        "launch",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["answer"]["decision"]["amount"], "10.00");
+    // Trouble: a refused request, a wrong token, nothing listening.
+    let (code, _, err) = with(&["decide", "adjust", &id, "--amount", "4.001", "--reason", "x"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("amount"), "{err}");
+    std::fs::write(&token_file, "wrong-token-wrong-token").unwrap();
+    let (code, _, err) = with(&["decide", "approve", &id]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("401"), "{err}");
+    let (code, _, err) = run_code(&[
+        "decide",
+        "approve",
+        &id,
+        "--admin",
+        "http://127.0.0.1:1",
+        "--token-file",
+        token_file.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("cannot reach"), "{err}");
+}

@@ -89,7 +89,7 @@ fn expected_row(i: u64) -> Vec<String> {
             r.push(c.advertiser);
             r
         }
-        Event::ProgramChange(_) | Event::ProgramEdit(_) => unreachable!(),
+        Event::ProgramChange(_) | Event::ProgramEdit(_) | Event::Decision(_) => unreachable!(),
     }
 }
 

@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod abuse;
+mod decisions;
 mod fast_path;
 mod ingest;
 mod limits;

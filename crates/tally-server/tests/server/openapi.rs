@@ -4,7 +4,7 @@
 
 use serde_json::{json, Value};
 
-use crate::common::{Env, TestServer};
+use crate::common::{ledger_with, Env, TestServer, TOKEN};
 
 const ADMIN: &str = "test-admin-token-0123456789";
 
@@ -88,13 +88,14 @@ fn mismatches(doc: &Value, schema: &Value, v: &Value, at: &str) -> Vec<String> {
 }
 
 /// A request body for the operation, and the key its path's parameter takes.
-fn request_for(path: &str, method: &str) -> (String, Option<Value>, &'static str) {
+fn request_for<'a>(path: &str, method: &str, commission: &'a str) -> (String, Option<Value>, &'a str) {
     let kind = path.split('/').nth(2).unwrap_or("");
     let key = match kind {
         "affiliates" => "aff1",
         "groups" => "api-group",
         "coupons" => "SPRING10",
         "links" => "demo",
+        "commissions" => commission,
         _ => "",
     };
     let path = path.replace("{id}", key).replace("{code}", key);
@@ -113,6 +114,12 @@ fn request_for(path: &str, method: &str) -> (String, Option<Value>, &'static str
         ("log-level", "put", _) => Some(json!({"level": "info"})),
         ("erase", _, _) => Some(json!({"ips": ["203.0.113.99"]})),
         ("retention", _, _) => Some(json!({"days": 30})),
+        ("bonuses", _, _) => {
+            Some(json!({"affiliate": "aff1", "offer": "shoes", "amount": "5.00", "reason": "contest"}))
+        }
+        ("commissions", "post", _) if path.ends_with("/approve") => Some(json!({"note": "early"})),
+        ("commissions", "post", _) if path.ends_with("/reject") => Some(json!({"reason": "test"})),
+        ("commissions", "post", _) if path.ends_with("/adjust") => Some(json!({"amount": "1.00", "reason": "test"})),
         _ => None,
     };
     (path, body, key)
@@ -131,6 +138,13 @@ fn every_operation_the_description_names_answers_as_it_says() {
     // A group for the operations on one group.
     let r = server.admin("POST", "/admin/groups", Some(ADMIN), r#"{"id":"api-group"}"#);
     assert_eq!(r.status, 201, "{}", r.text());
+    // A pending commission for the operations on one (adjusted, approved, then rejected:
+    // the paths come in that order).
+    let r =
+        server.get(&format!("/postback?offer=shoes&goal=sale&coupon=SPRING10&txid=OA1&amount=100.00&token={TOKEN}"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let ledger = ledger_with(&env.data(), "OA1");
+    let commission = ledger.iter().find(|e| e["txid"] == "OA1").unwrap()["id"].as_str().unwrap().to_owned();
 
     let mut operations = 0;
     let mut problems = Vec::new();
@@ -145,7 +159,7 @@ fn every_operation_the_description_names_answers_as_it_says() {
                     problems.push(format!("{method} {path}: response {status} has no description"));
                 }
             }
-            let (target, body, _) = request_for(path, method);
+            let (target, body, _) = request_for(path, method, &commission);
             let body = body.map(|b| b.to_string()).unwrap_or_default();
             let r = server.admin(&method.to_uppercase(), &target, Some(ADMIN), &body);
             operations += 1;

@@ -1,0 +1,116 @@
+//! The admin API's view of the commission ledger (`tally_edge::LedgerView`): the worker's
+//! state in the data directory, opened read-only (a RocksDB secondary) per request. Entries
+//! are rendered as `tally commissions --format jsonl` renders them (`tally_audit::digest::row`).
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tally_attribution::{Entry, EntryId, LedgerReader, Status};
+use tally_edge::admin::HookError;
+use tally_edge::{LedgerQuery, LedgerView};
+
+/// The ledger of the attribution state in `dir` (`tally_attribution::state_dir`).
+#[derive(Debug)]
+pub struct StateLedger {
+    dir: PathBuf,
+}
+
+impl StateLedger {
+    pub fn new(data_dir: &std::path::Path) -> StateLedger {
+        StateLedger { dir: tally_attribution::state_dir(data_dir) }
+    }
+
+    fn open(&self) -> Result<LedgerReader, HookError> {
+        LedgerReader::open(&self.dir).map_err(|e| HookError::new(503, format!("attribution state unavailable: {e}")))
+    }
+}
+
+fn row(e: &Entry) -> Value {
+    Value::Object(tally_audit::digest::row(e).into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
+}
+
+fn entry_id(id: &str) -> Result<EntryId, HookError> {
+    EntryId::parse(id)
+        .ok_or_else(|| HookError::new(400, format!("\"{id}\" is not a ledger entry ID (like 1234 or 1234.1)")))
+}
+
+fn read_error(e: tally_attribution::AttributionError) -> HookError {
+    HookError::new(500, format!("cannot read the ledger: {e}"))
+}
+
+impl LedgerView for StateLedger {
+    fn entry(&self, id: &str) -> Result<Option<Value>, HookError> {
+        let id = entry_id(id)?;
+        Ok(self.open()?.entry(id).map_err(read_error)?.map(|e| row(&e)))
+    }
+
+    fn related(&self, id: &str) -> Result<Vec<Value>, HookError> {
+        let id = entry_id(id)?;
+        let reader = self.open()?;
+        let mut out = Vec::new();
+        for e in reader.entries() {
+            let e = e.map_err(read_error)?;
+            // What refers to an entry was made by a later event.
+            if e.id.seq > id.seq && e.refers_to == Some(id) {
+                out.push(row(&e));
+            }
+        }
+        Ok(out)
+    }
+
+    fn list(&self, q: &LedgerQuery) -> Result<Value, HookError> {
+        let after = q.after.as_deref().map(entry_id).transpose()?;
+        if let Some(s) = q.status.as_deref().filter(|s| Status::parse(s).is_none()) {
+            return Err(HookError::new(
+                400,
+                format!("status: \"{s}\" is not pending, approved, rejected, rejected_cap, duplicate or unattributed"),
+            ));
+        }
+        let reader = self.open()?;
+        let mut entries = Vec::new();
+        let mut next = None;
+        for e in reader.entries() {
+            let e = e.map_err(read_error)?;
+            if after.is_some_and(|a| e.id <= a) {
+                continue;
+            }
+            let keep = q.affiliate.as_deref().is_none_or(|a| e.affiliate == a)
+                && q.offer.as_deref().is_none_or(|o| e.offer == o)
+                && q.status.as_deref().is_none_or(|s| e.status.as_str() == s)
+                && q.kind.as_deref().is_none_or(|k| e.kind.as_str() == k);
+            if !keep {
+                continue;
+            }
+            if entries.len() == q.limit {
+                next = entries.last().and_then(|v: &Value| v["id"].as_str().map(str::to_owned));
+                break;
+            }
+            entries.push(row(&e));
+        }
+        Ok(json!({
+            "entries": entries,
+            "next": next,
+            "attributed_through_seq": reader.checkpoint().position,
+        }))
+    }
+
+    fn wait_applied(&self, seq: u64, timeout: Duration) -> Result<bool, HookError> {
+        let deadline = Instant::now() + timeout;
+        let mut reader = self.open()?;
+        loop {
+            if reader.checkpoint().position >= seq {
+                return Ok(true);
+            }
+            if Instant::now() >= deadline {
+                return Ok(false);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+            reader.refresh().map_err(read_error)?;
+        }
+    }
+
+    fn made_by(&self, seq: u64) -> Result<Vec<Value>, HookError> {
+        Ok(self.open()?.entries_range(seq, seq).map_err(read_error)?.iter().map(row).collect())
+    }
+}
