@@ -124,15 +124,16 @@ pub fn apply(state: &mut State, seq: u64, event: &Event) -> Result<Outputs, Attr
                         return Ok(());
                     }
                 };
-                let mut managed = (*state.managed).clone();
-                managed.apply(&edit);
-                state.set_managed(Arc::new(managed));
-                let Some(base) = state.program.as_ref().map(|p| p.source.clone()) else { return Ok(()) };
-                match Program::compose(&base, state.managed.clone()) {
+                state.apply_edit(&edit);
+                let Some(program) = state.program.clone() else { return Ok(()) };
+                match program.with_edit(&edit) {
                     Ok(program) => {
                         if program.digest != p.digest {
                             tracing::warn!(seq, logged = %p.digest, computed = %program.digest, "program edit gives another digest here than on the edge that logged it");
                         }
+                        // One copy of the entities: the program's (they share all but the
+                        // shards the edit touched anyway).
+                        state.managed = Arc::clone(&program.managed);
                         state.set_program(Arc::new(program));
                     }
                     Err(e) => {

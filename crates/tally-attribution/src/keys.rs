@@ -12,7 +12,7 @@
 //! | `unique` | [`visitors`] | UTC day number (u32 BE) ‖ commit position (u64 BE) |
 //! | `clicks` | [`click_run`] | the run's first click ID (16 bytes, time first) |
 //! | `counters` | [`cap`], [`month`], [`milestone`] | text parts separated by NUL |
-//! | `meta` | [`META_CHECKPOINT`], [`META_PROGRAM`], [`META_MANAGED`], [`META_FORMAT`] | fixed names |
+//! | `meta` | [`META_CHECKPOINT`], [`META_PROGRAM`], [`META_FORMAT`]; [`META_MANAGED`] + kind + key | fixed names; one per managed entity |
 
 use tally_model::ClickId;
 
@@ -20,8 +20,17 @@ use crate::ledger::EntryId;
 
 pub(crate) const META_CHECKPOINT: &[u8] = b"checkpoint";
 pub(crate) const META_PROGRAM: &[u8] = b"program";
-/// The program's managed entities (JSON), written when a program edit changed them.
-pub(crate) const META_MANAGED: &[u8] = b"managed";
+/// The program's managed entities, one key each: this prefix, the kind byte (`g`, `a`, `c`,
+/// `l`) and the entity's key; the value its JSON. A program edit writes only what it put.
+pub(crate) const META_MANAGED: &[u8] = b"managed/";
+
+pub(crate) fn managed(kind: u8, key: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(META_MANAGED.len() + 1 + key.len());
+    k.extend_from_slice(META_MANAGED);
+    k.push(kind);
+    k.extend_from_slice(key.as_bytes());
+    k
+}
 pub(crate) const META_FORMAT: &[u8] = b"format";
 
 /// A ledger entry's key.

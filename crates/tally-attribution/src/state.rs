@@ -40,7 +40,8 @@ pub struct State {
     /// The program's managed entities: the fold of every program edit applied, composed on
     /// each new base (`tally_model::managed`).
     pub(crate) managed: Arc<Managed>,
-    managed_dirty: bool,
+    /// What program edits put since the last commit, as the store keeps it.
+    managed_pending: Vec<(u8, String, String)>,
     /// How far behind the watermark clicks stay live under `program`: its longest window
     /// and a day. Kept here because every event needs it.
     pub(crate) reach_ms: Option<u64>,
@@ -88,7 +89,7 @@ impl State {
             checkpoint: Checkpoint::default(),
             program: None,
             managed: Arc::new(Managed::default()),
-            managed_dirty: false,
+            managed_pending: Vec::new(),
             reach_ms: None,
             program_dirty: false,
             holds: BTreeSet::new(),
@@ -162,11 +163,7 @@ impl State {
         if let Some(checkpoint) = loaded.checkpoint {
             self.checkpoint = checkpoint;
         }
-        if let Some(json) = loaded.managed {
-            let managed: Managed = serde_json::from_str(&json)
-                .map_err(|e| AttributionError::Corrupt(format!("stored managed entities do not parse: {e}")))?;
-            self.managed = Arc::new(managed);
-        }
+        self.managed = Arc::new(loaded.managed);
         if let Some(source) = loaded.program {
             let program = Program::compose(&source, self.managed.clone())
                 .map_err(|e| AttributionError::Corrupt(format!("stored program no longer parses: {e}")))?;
@@ -187,9 +184,12 @@ impl State {
         self.program.as_ref()
     }
 
-    pub(crate) fn set_managed(&mut self, managed: Arc<Managed>) {
-        self.managed = managed;
-        self.managed_dirty = true;
+    /// Puts `edit`'s entities on the managed ones (the next commit stores them).
+    pub(crate) fn apply_edit(&mut self, edit: &tally_model::Edit) {
+        Arc::make_mut(&mut self.managed).apply(edit);
+        if self.store.is_some() {
+            self.managed_pending.extend(edit.keyed());
+        }
     }
 
     pub(crate) fn set_program(&mut self, program: Arc<Program>) {
@@ -313,11 +313,10 @@ impl State {
             return Ok(());
         };
         let program = self.program.as_ref().filter(|_| self.program_dirty).map(|p| p.source.as_str());
-        let managed = self.managed_dirty.then(|| serde_json::to_string(&*self.managed).unwrap_or_default());
         let commit = Commit {
             checkpoint: &self.checkpoint,
             program,
-            managed,
+            managed: &self.managed_pending,
             clicks_last: self.clicks_last,
             batch_hint: self.batch_bytes,
         };
@@ -336,7 +335,7 @@ impl State {
         }
         self.writes.committed(&mut self.counter_cache);
         self.program_dirty = false;
-        self.managed_dirty = false;
+        self.managed_pending.clear();
         // Keep the visitor sets of the last days only; older ones reload on demand (late
         // events are rare).
         let today = tally_model::time::day_of(self.checkpoint.watermark_ms);

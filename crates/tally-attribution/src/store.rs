@@ -9,7 +9,7 @@ use std::path::Path;
 use rocksdb::{ColumnFamilyDescriptor, DBRawIterator, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
 use serde::{Deserialize, Serialize};
 use tally_log::ScratchDir;
-use tally_model::ClickId;
+use tally_model::{ClickId, Managed};
 
 use crate::clicks::{self, ClickFacts, RunCursor};
 use crate::keys;
@@ -74,8 +74,8 @@ pub(crate) struct Commit<'a> {
     pub(crate) checkpoint: &'a Checkpoint,
     /// The program's source, when a program change was applied since the last commit.
     pub(crate) program: Option<&'a str>,
-    /// The program's managed entities (JSON), when a program edit changed them since.
-    pub(crate) managed: Option<String>,
+    /// Managed entities program edits put since the last commit: (kind, key, JSON).
+    pub(crate) managed: &'a [(u8, String, String)],
     /// The greatest click ID stored: the clicks above it become new runs.
     pub(crate) clicks_last: Option<ClickId>,
     /// The last commit's batch size, to allocate this one at once.
@@ -93,7 +93,7 @@ pub(crate) struct Written {
 pub(crate) struct Loaded {
     pub(crate) checkpoint: Option<Checkpoint>,
     pub(crate) program: Option<String>,
-    pub(crate) managed: Option<String>,
+    pub(crate) managed: Managed,
     pub(crate) holds: BTreeSet<(u64, EntryId)>,
     pub(crate) clicks_last: Option<ClickId>,
 }
@@ -286,12 +286,16 @@ impl Store {
             }
             None => None,
         };
-        let managed = match self.db.get_cf(meta, keys::META_MANAGED).map_err(db_err)? {
-            Some(v) => Some(
-                String::from_utf8(v).map_err(|_| AttributionError::Corrupt("managed entities are not UTF-8".into()))?,
-            ),
-            None => None,
-        };
+        let mut managed = Managed::default();
+        for item in self.db.iterator_cf(meta, IteratorMode::From(keys::META_MANAGED, Direction::Forward)) {
+            let (k, v) = item.map_err(db_err)?;
+            let Some(rest) = k.strip_prefix(keys::META_MANAGED) else { break };
+            let bad = |why: String| {
+                AttributionError::Corrupt(format!("managed entity {}: {why}", String::from_utf8_lossy(&k)))
+            };
+            let json = std::str::from_utf8(&v).map_err(|e| bad(e.to_string()))?;
+            managed.put_keyed(rest.first().copied().unwrap_or(0), json).map_err(bad)?;
+        }
         let mut holds = BTreeSet::new();
         for item in self.db.iterator_cf(self.cf(CF_HOLDS)?, IteratorMode::Start) {
             let (k, _) = item.map_err(db_err)?;
@@ -502,8 +506,8 @@ impl Store {
         if let Some(source) = commit.program {
             batch.put_cf(meta, keys::META_PROGRAM, source.as_bytes());
         }
-        if let Some(managed) = &commit.managed {
-            batch.put_cf(meta, keys::META_MANAGED, managed.as_bytes());
+        for (kind, key, json) in commit.managed {
+            batch.put_cf(meta, keys::managed(*kind, key), json.as_bytes());
         }
         let mut wo = WriteOptions::default();
         wo.set_sync(sync);

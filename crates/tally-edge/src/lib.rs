@@ -162,9 +162,13 @@ impl Edge {
         let parsed = tokio::task::spawn_blocking(move || -> Result<_, ReloadError> {
             let (base, theirs) = parse_program_doc(&doc)?;
             let edit = current.managed.diff(&theirs);
-            let mut managed = (*current.managed).clone();
-            managed.apply(&edit);
-            let program = serving_composed(&base, Arc::new(managed), &secrets)?;
+            let program = if base == current.source {
+                current.with_edit(&edit)?
+            } else {
+                let mut managed = (*current.managed).clone();
+                managed.apply(&edit);
+                serving_composed(&base, Arc::new(managed), &secrets)?
+            };
             Ok((base, edit, program))
         })
         .await
@@ -229,14 +233,11 @@ impl Edge {
         F: FnOnce(&Program) -> Result<Edit, EditError> + Send + 'static,
     {
         let _serial = self.changes.lock().await;
-        let secrets = self.config.secrets.clone();
         let current = self.program();
         let prepared = tokio::task::spawn_blocking(move || -> Result<_, EditError> {
             let edit = build(&current)?;
-            let mut managed = (*current.managed).clone();
-            managed.apply(&edit);
-            let program = serving_composed(&current.source, Arc::new(managed), &secrets)
-                .map_err(|e| EditError::Invalid(e.problems()))?;
+            // Incremental: the file, and so the resolved credentials, are the current ones.
+            let program = current.with_edit(&edit).map_err(|e| EditError::Invalid(e.problems()))?;
             Ok((edit, program))
         })
         .await

@@ -177,7 +177,7 @@ fn current(program: &Program, kind: Kind, key: &str) -> Option<Spec> {
 /// Every key of `kind` in `program`, in order.
 fn keys(program: &Program, kind: Kind) -> Vec<String> {
     let mut keys: Vec<String> = match kind {
-        Kind::Affiliates => return program.affiliates.keys().cloned().collect(),
+        Kind::Affiliates => program.affiliates.keys().cloned().collect(),
         Kind::Groups => return program.groups.keys().cloned().collect(),
         Kind::Coupons => program.coupons().map(|c| c.code.clone()).collect(),
         Kind::Links => program.links().map(|l| l.code.clone()).collect(),

@@ -12,6 +12,7 @@ pub mod managed;
 pub mod money;
 pub mod program;
 pub mod record;
+pub mod shards;
 pub mod time;
 
 pub use click_id::{ClickId, ClickIdError};

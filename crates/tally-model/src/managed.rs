@@ -16,6 +16,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::shards::Shards;
+
 fn yes() -> bool {
     true
 }
@@ -175,24 +177,105 @@ impl Edit {
         serde_json::to_string(self).unwrap_or_default()
     }
 
+    /// Each entity it puts as (kind byte, key, JSON): `g` groups, `a` affiliates, `c` coupons
+    /// (keyed by the code in upper case), `l` links; what a store keeps per entity, so that
+    /// applying an edit writes only what it changed ([`Managed::put_keyed`] reads them back).
+    pub fn keyed(&self) -> Vec<(u8, String, String)> {
+        let mut out = Vec::with_capacity(self.len());
+        out.extend(self.groups.iter().map(|g| (b'g', g.id.clone(), spec_json(g))));
+        out.extend(self.affiliates.iter().map(|a| (b'a', a.id.clone(), spec_json(a))));
+        out.extend(self.coupons.iter().map(|c| (b'c', c.code.to_ascii_uppercase(), spec_json(c))));
+        out.extend(self.links.iter().map(|l| (b'l', l.code.clone(), spec_json(l))));
+        out
+    }
+
     pub fn from_json(text: &str) -> Result<Edit, String> {
         serde_json::from_str(text).map_err(|e| e.to_string())
     }
 }
 
 /// Every managed entity in force: the fold of every [`Edit`] in log order. Coupons are keyed
-/// by their code in ASCII upper case (codes are matched ignoring case).
+/// by their code in ASCII upper case (codes are matched ignoring case). The maps are
+/// [`Shards`]: a copy is cheap and an edit copies only what it touches.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(into = "ManagedForm", from = "ManagedForm")]
 pub struct Managed {
+    pub groups: Shards<GroupSpec>,
+    pub affiliates: Shards<AffiliateSpec>,
+    pub coupons: Shards<CouponSpec>,
+    pub links: Shards<LinkSpec>,
+    /// The sum (mod 2^256, four limbs) of every entity's hash: the digest, kept up to date
+    /// entity by entity.
+    sum: [u64; 4],
+}
+
+/// How [`Managed`] is written: each kind's entities in key order.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ManagedForm {
     #[serde(default)]
-    pub groups: BTreeMap<String, GroupSpec>,
+    groups: BTreeMap<String, GroupSpec>,
     #[serde(default)]
-    pub affiliates: BTreeMap<String, AffiliateSpec>,
+    affiliates: BTreeMap<String, AffiliateSpec>,
     #[serde(default)]
-    pub coupons: BTreeMap<String, CouponSpec>,
+    coupons: BTreeMap<String, CouponSpec>,
     #[serde(default)]
-    pub links: BTreeMap<String, LinkSpec>,
+    links: BTreeMap<String, LinkSpec>,
+}
+
+impl From<Managed> for ManagedForm {
+    fn from(m: Managed) -> ManagedForm {
+        fn sorted<V: Clone>(s: &Shards<V>) -> BTreeMap<String, V> {
+            s.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+        }
+        ManagedForm {
+            groups: sorted(&m.groups),
+            affiliates: sorted(&m.affiliates),
+            coupons: sorted(&m.coupons),
+            links: sorted(&m.links),
+        }
+    }
+}
+
+impl From<ManagedForm> for Managed {
+    fn from(f: ManagedForm) -> Managed {
+        let mut m = Managed::default();
+        m.apply(&Edit {
+            groups: f.groups.into_values().collect(),
+            affiliates: f.affiliates.into_values().collect(),
+            coupons: f.coupons.into_values().collect(),
+            links: f.links.into_values().collect(),
+        });
+        m
+    }
+}
+
+/// One entity's share of the digest: BLAKE3 of its kind, key and JSON, as four limbs.
+fn entity_hash(kind: u8, key: &str, json: &str) -> [u64; 4] {
+    let mut h = blake3::Hasher::new();
+    h.update(&[kind, 0]);
+    h.update(key.as_bytes());
+    h.update(&[0]);
+    h.update(json.as_bytes());
+    let bytes = h.finalize();
+    let mut limbs = [0u64; 4];
+    for (i, limb) in limbs.iter_mut().enumerate() {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&bytes.as_bytes()[i * 8..i * 8 + 8]);
+        *limb = u64::from_le_bytes(b);
+    }
+    limbs
+}
+
+/// `a + b` (or `a - b`) mod 2^256, limbs little-endian.
+fn add_limbs(a: &mut [u64; 4], b: &[u64; 4], subtract: bool) {
+    let mut carry = false;
+    for i in 0..4 {
+        let (x, c1) = if subtract { a[i].overflowing_sub(b[i]) } else { a[i].overflowing_add(b[i]) };
+        let (y, c2) = if subtract { x.overflowing_sub(u64::from(carry)) } else { x.overflowing_add(u64::from(carry)) };
+        a[i] = y;
+        carry = c1 || c2;
+    }
 }
 
 impl Managed {
@@ -200,28 +283,55 @@ impl Managed {
         self.groups.is_empty() && self.affiliates.is_empty() && self.coupons.is_empty() && self.links.is_empty()
     }
 
+    /// Entities in all.
+    pub fn len(&self) -> usize {
+        self.groups.len() + self.affiliates.len() + self.coupons.len() + self.links.len()
+    }
+
     /// Puts every entity of `edit`, later ones replacing earlier ones with the same key.
     pub fn apply(&mut self, edit: &Edit) {
+        fn put<V: Clone + Serialize>(sum: &mut [u64; 4], map: &mut Shards<V>, kind: u8, key: String, v: &V) {
+            if let Some(old) = map.get(&key) {
+                add_limbs(sum, &entity_hash(kind, &key, &spec_json(old)), true);
+            }
+            add_limbs(sum, &entity_hash(kind, &key, &spec_json(v)), false);
+            map.insert(key, v.clone());
+        }
         for g in &edit.groups {
-            self.groups.insert(g.id.clone(), g.clone());
+            put(&mut self.sum, &mut self.groups, b'g', g.id.clone(), g);
         }
         for a in &edit.affiliates {
-            self.affiliates.insert(a.id.clone(), a.clone());
+            put(&mut self.sum, &mut self.affiliates, b'a', a.id.clone(), a);
         }
         for c in &edit.coupons {
-            self.coupons.insert(c.code.to_ascii_uppercase(), c.clone());
+            put(&mut self.sum, &mut self.coupons, b'c', c.code.to_ascii_uppercase(), c);
         }
         for l in &edit.links {
-            self.links.insert(l.code.clone(), l.clone());
+            put(&mut self.sum, &mut self.links, b'l', l.code.clone(), l);
         }
     }
 
-    /// The edit that turns `self` into `target` (entities new or different in `target`).
-    /// Entities are never removed, so this is all it takes for a node to catch up with
-    /// another's managed program.
+    /// Puts one entity as [`Edit::keyed`] gave it.
+    pub fn put_keyed(&mut self, kind: u8, json: &str) -> Result<(), String> {
+        let mut edit = Edit::default();
+        let e = |e: serde_json::Error| e.to_string();
+        match kind {
+            b'g' => edit.groups.push(serde_json::from_str(json).map_err(e)?),
+            b'a' => edit.affiliates.push(serde_json::from_str(json).map_err(e)?),
+            b'c' => edit.coupons.push(serde_json::from_str(json).map_err(e)?),
+            b'l' => edit.links.push(serde_json::from_str(json).map_err(e)?),
+            other => return Err(format!("unknown entity kind {other}")),
+        }
+        self.apply(&edit);
+        Ok(())
+    }
+
+    /// The edit that turns `self` into `target` (entities new or different in `target`, in
+    /// key order). Entities are never removed, so this is all it takes for a node to catch
+    /// up with another's managed program.
     pub fn diff(&self, target: &Managed) -> Edit {
-        fn changed<V: PartialEq + Clone>(from: &BTreeMap<String, V>, to: &BTreeMap<String, V>) -> Vec<V> {
-            to.iter().filter(|(k, v)| from.get(*k) != Some(*v)).map(|(_, v)| v.clone()).collect()
+        fn changed<V: PartialEq + Clone>(from: &Shards<V>, to: &Shards<V>) -> Vec<V> {
+            to.sorted().into_iter().filter(|(k, v)| from.get(k) != Some(*v)).map(|(_, v)| v.clone()).collect()
         }
         Edit {
             groups: changed(&self.groups, &target.groups),
@@ -231,14 +341,22 @@ impl Managed {
         }
     }
 
-    /// BLAKE3 over its canonical JSON (maps in key order): the same entities give the same
-    /// digest however they arrived, so nodes that applied the same edits twice agree.
+    /// A content digest: the same entities give the same digest however they arrived (so
+    /// nodes that applied the same edits twice agree), kept up to date by [`Managed::apply`]
+    /// as a sum of per-entity BLAKE3 hashes, so an edit of one entity costs one hash.
     pub fn digest(&self) -> [u8; 32] {
         let mut h = blake3::Hasher::new();
-        h.update(b"tally-managed-v1\n");
-        h.update(serde_json::to_string(self).unwrap_or_default().as_bytes());
+        h.update(b"tally-managed-v2\n");
+        for limb in self.sum {
+            h.update(&limb.to_le_bytes());
+        }
         *h.finalize().as_bytes()
     }
+}
+
+/// A spec as JSON (serialising plain structs of strings and numbers cannot fail).
+fn spec_json<T: Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -257,7 +375,7 @@ mod tests {
         m.apply(&first);
         let mut later = m.clone();
         later.apply(&Edit { affiliates: vec![affiliate("a", "gold")], ..Edit::default() });
-        assert_eq!(later.affiliates["a"].group, "gold");
+        assert_eq!(later.affiliates.get("a").unwrap().group, "gold");
         let d = m.diff(&later);
         assert_eq!(d.affiliates, vec![affiliate("a", "gold")]);
         let mut caught_up = m.clone();
@@ -274,7 +392,7 @@ mod tests {
         m.apply(&Edit { coupons: vec![c("spring")], ..Edit::default() });
         m.apply(&Edit { coupons: vec![c("SPRING")], ..Edit::default() });
         assert_eq!(m.coupons.len(), 1);
-        assert_eq!(m.coupons["SPRING"].code, "SPRING");
+        assert_eq!(m.coupons.get("SPRING").unwrap().code, "SPRING");
     }
 
     #[test]
@@ -303,6 +421,14 @@ mod tests {
         assert!(json.contains("\"active\":false"), "{json}");
         assert!(!json.contains("\"active\":true"), "defaults are left out: {json}");
         assert_eq!(e.summary(), "1 affiliate, 1 link");
+        let mut m = Managed::default();
+        for (kind, _, json) in e.keyed() {
+            m.put_keyed(kind, &json).unwrap();
+        }
+        let mut direct = Managed::default();
+        direct.apply(&e);
+        assert_eq!(m, direct, "entities stored one by one read back as the edit");
+        assert!(m.put_keyed(b'x', "{}").is_err());
         assert!(Edit::from_json(r#"{"affiliates":[{"id":"a","colour":"red"}]}"#).unwrap_err().contains("colour"));
     }
 }

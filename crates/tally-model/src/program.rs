@@ -12,10 +12,10 @@ use std::sync::Arc;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde::Deserialize;
 use thiserror::Error;
-use xxhash_rust::xxh3::Xxh3DefaultBuilder;
 
 use crate::managed::{AffiliateSpec, CouponSpec, Edit, GroupSpec, LinkSpec, Managed, PayoutSpec, TermsSpec};
 use crate::money::{parse_minor, Currency};
+use crate::shards::Shards;
 
 /// Default attribution window when an offer sets none.
 pub const DEFAULT_WINDOW_DAYS: u32 = 30;
@@ -184,16 +184,18 @@ pub struct Program {
     /// BLAKE3 of the source text, hex; with managed entities, of the source's digest and
     /// theirs ([`Program::compose`]).
     pub digest: String,
+    /// BLAKE3 of the source text.
+    source_digest: [u8; 32],
     /// The program file's text (the base) this program was composed on, kept so it can be
     /// logged verbatim.
     pub source: String,
     pub advertisers: BTreeMap<String, Advertiser>,
-    pub affiliates: BTreeMap<String, Affiliate>,
+    pub affiliates: Shards<Affiliate>,
     pub groups: BTreeMap<String, Group>,
     pub offers: BTreeMap<String, Arc<Offer>>,
-    links: HashMap<String, Link, Xxh3DefaultBuilder>,
+    links: Shards<Link>,
     /// Keyed by the code in ASCII upper case: shoppers type coupons in any case.
-    coupons: BTreeMap<String, Coupon>,
+    coupons: Shards<Coupon>,
     /// Where the source writes a credential inline (`advertisers[acme].postback_token`).
     inline_credentials: Vec<String>,
     /// The calendar its days and months are counted in: `time_zone`, UTC by default.
@@ -564,15 +566,7 @@ impl Program {
         let mut raw: RawProgram =
             toml::from_str(source).map_err(|e| ProgramError::Syntax(e.to_string().trim().to_owned()))?;
         let source_digest = blake3::hash(source.as_bytes());
-        let digest = if managed.is_empty() {
-            source_digest.to_hex().to_string()
-        } else {
-            let mut h = blake3::Hasher::new();
-            h.update(b"tally-program-v2\n");
-            h.update(source_digest.as_bytes());
-            h.update(&managed.digest());
-            h.finalize().to_hex().to_string()
-        };
+        let digest = program_digest(source_digest.as_bytes(), &managed);
         put_all(&mut raw.groups, managed.groups.values(), |g| g.id.clone());
         put_all(&mut raw.affiliates, managed.affiliates.values(), |a| a.id.clone());
         put_all(&mut raw.coupons, managed.coupons.values(), |c| c.code.to_ascii_uppercase());
@@ -657,70 +651,32 @@ impl Program {
 
         let mut groups = BTreeMap::new();
         for g in raw.groups {
-            let at = format!("groups[{}]", g.id);
-            check_id(&mut problems, "groups", &g.id);
-            let terms = validate_terms(&mut problems, &at, &offers, g.terms.clone());
-            let group = Group { id: g.id.clone(), name: g.name.clone(), terms, spec: g };
-            if groups.insert(group.id.clone(), group).is_some() {
-                problems.push(format!("{at}: duplicate id"));
+            let group = build_group(&mut problems, &offers, g);
+            if let Some(g) = groups.insert(group.id.clone(), group) {
+                problems.push(format!("groups[{}]: duplicate id", g.id));
             }
         }
 
-        let mut affiliates = BTreeMap::new();
+        let mut affiliates = Shards::default();
         for a in raw.affiliates {
-            let at = format!("affiliates[{}]", a.id);
-            let group = (!a.group.is_empty()).then(|| a.group.clone());
-            if let Some(g) = group.as_ref().filter(|g| !groups.contains_key(*g)) {
-                problems.push(format!("{at}.group: unknown group \"{g}\""));
-            }
-            let terms = validate_terms(&mut problems, &at, &offers, a.terms.clone());
-            let affiliate =
-                Affiliate { id: a.id.clone(), name: a.name.clone(), group, active: a.active, terms, spec: a };
+            let affiliate = build_affiliate(&mut problems, &offers, &groups, a);
             affiliates.insert(affiliate.id.clone(), affiliate);
         }
-        let affiliate_active = |id: &str| affiliates.get(id).is_some_and(|a| a.active);
 
-        let mut links = HashMap::with_hasher(Xxh3DefaultBuilder::new());
+        let mut links = Shards::default();
         for l in raw.links {
-            check_id(&mut problems, "links", &l.code);
-            if !affiliates.contains_key(&l.affiliate) {
-                problems.push(format!("links[{}].affiliate: unknown affiliate \"{}\"", l.code, l.affiliate));
-            }
-            let Some(offer) = offers.get(&l.offer) else {
-                problems.push(format!("links[{}].offer: unknown offer \"{}\"", l.code, l.offer));
-                continue;
-            };
-            let enabled = l.active && affiliate_active(&l.affiliate);
-            let link = Link {
-                code: l.code.clone(),
-                offer: Arc::clone(offer),
-                affiliate: l.affiliate,
-                active: l.active,
-                enabled,
-            };
-            if links.insert(l.code.clone(), link).is_some() {
-                problems.push(format!("links[{}]: duplicate code", l.code));
+            if let Some(link) = build_link(&mut problems, &offers, &affiliates, l) {
+                if let Some(l) = links.insert(link.code.clone(), link) {
+                    problems.push(format!("links[{}]: duplicate code", l.code));
+                }
             }
         }
 
-        let mut coupons = BTreeMap::new();
+        let mut coupons = Shards::default();
         for c in raw.coupons {
-            let at = format!("coupons[{}]", c.code);
-            if c.code.is_empty() || c.code.len() > MAX_ID_LEN || !c.code.bytes().all(|b| b.is_ascii_graphic()) {
-                problems.push(format!("{at}: codes must be 1-{MAX_ID_LEN} printable ASCII characters, no spaces"));
-            }
-            if !affiliates.contains_key(&c.affiliate) {
-                problems.push(format!("{at}.affiliate: unknown affiliate \"{}\"", c.affiliate));
-            }
-            if !offers.contains_key(&c.offer) {
-                problems.push(format!("{at}.offer: unknown offer \"{}\"", c.offer));
-            }
-            let key = c.code.to_ascii_uppercase();
-            let enabled = c.active && affiliate_active(&c.affiliate);
-            let coupon =
-                Coupon { code: c.code.clone(), offer: c.offer, affiliate: c.affiliate, active: c.active, enabled };
-            if coupons.insert(key, coupon).is_some() {
-                problems.push(format!("{at}: duplicate code (codes are compared ignoring case)"));
+            let coupon = build_coupon(&mut problems, &offers, &affiliates, c);
+            if let Some(c) = coupons.insert(coupon.code.to_ascii_uppercase(), coupon) {
+                problems.push(format!("coupons[{}]: duplicate code (codes are compared ignoring case)", c.code));
             }
         }
 
@@ -729,6 +685,7 @@ impl Program {
         }
         Ok(Program {
             digest,
+            source_digest: *source_digest.as_bytes(),
             source: source.to_owned(),
             advertisers,
             affiliates,
@@ -742,11 +699,63 @@ impl Program {
         })
     }
 
-    /// This program with `edit`'s entities put on its managed ones, validated as a whole.
+    /// This program with `edit`'s entities put on its managed ones: the program
+    /// [`Program::compose`] would give for the same file and entities (a property test holds
+    /// the two equal), in time proportional to the edit, not to the program. Only the edit's
+    /// entities are checked: nothing is ever removed from a program, so nothing else can stop
+    /// being valid. Entities are put in the edit's order (groups, affiliates, links, coupons),
+    /// so an affiliate may name a group, and a link an affiliate, of the same edit.
     pub fn with_edit(&self, edit: &Edit) -> Result<Program, ProgramError> {
         let mut managed = (*self.managed).clone();
         managed.apply(edit);
-        Program::compose(&self.source, Arc::new(managed))
+        let mut p = self.clone();
+        let mut problems = Vec::new();
+        // An entity the edit puts twice is put as it last has it (as the managed map keeps it).
+        for g in last_of(&edit.groups, |g| g.id.clone()) {
+            let group = build_group(&mut problems, &p.offers, g.clone());
+            p.groups.insert(group.id.clone(), group);
+        }
+        let mut toggled = std::collections::BTreeSet::new();
+        for a in last_of(&edit.affiliates, |a| a.id.clone()) {
+            check_id(&mut problems, "affiliates", &a.id);
+            let affiliate = build_affiliate(&mut problems, &p.offers, &p.groups, a.clone());
+            if let Some(old) = p.affiliates.insert(affiliate.id.clone(), affiliate) {
+                if old.active != a.active {
+                    toggled.insert(a.id.clone());
+                }
+            }
+        }
+        // Links and coupons of an affiliate enabled or disabled by this edit.
+        if !toggled.is_empty() {
+            let active = |id: &str| p.affiliates.get(id).is_some_and(|a| a.active);
+            let links_active: Vec<(String, bool)> = toggled.iter().map(|id| (id.clone(), active(id))).collect();
+            let now = |aff: &str| links_active.iter().find(|(id, _)| id == aff).map(|(_, on)| *on);
+            p.links.update_where(|l| {
+                now(&l.affiliate)
+                    .map(|on| Link { enabled: l.active && on, ..l.clone() })
+                    .filter(|n| n.enabled != l.enabled)
+            });
+            p.coupons.update_where(|c| {
+                now(&c.affiliate)
+                    .map(|on| Coupon { enabled: c.active && on, ..c.clone() })
+                    .filter(|n| n.enabled != c.enabled)
+            });
+        }
+        for l in last_of(&edit.links, |l| l.code.clone()) {
+            if let Some(link) = build_link(&mut problems, &p.offers, &p.affiliates, l.clone()) {
+                p.links.insert(link.code.clone(), link);
+            }
+        }
+        for c in last_of(&edit.coupons, |c| c.code.to_ascii_uppercase()) {
+            let coupon = build_coupon(&mut problems, &p.offers, &p.affiliates, c.clone());
+            p.coupons.insert(coupon.code.to_ascii_uppercase(), coupon);
+        }
+        if !problems.is_empty() {
+            return Err(ProgramError::Invalid(problems));
+        }
+        p.digest = program_digest(&p.source_digest, &managed);
+        p.managed = Arc::new(managed);
+        Ok(p)
     }
 
     /// The enabled coupon with this code, compared ignoring ASCII case.
@@ -877,6 +886,91 @@ pub const MIN_SECRET_LEN: usize = 16;
 /// Secret names: short, and safe as a file name and (upper-cased) in an environment variable.
 pub fn is_credential_name(name: &str) -> bool {
     (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+}
+
+/// The digest of the program file with digest `source` and the `managed` entities: the file's
+/// own when nothing is managed (so deployments that never used the API keep theirs), else
+/// BLAKE3 over both digests.
+fn program_digest(source: &[u8; 32], managed: &Managed) -> String {
+    if managed.is_empty() {
+        return blake3::Hash::from_bytes(*source).to_hex().to_string();
+    }
+    let mut h = blake3::Hasher::new();
+    h.update(b"tally-program-v2\n");
+    h.update(source);
+    h.update(&managed.digest());
+    h.finalize().to_hex().to_string()
+}
+
+/// The last of `items` with each key, in the order of those last ones.
+fn last_of<T>(items: &[T], key: impl Fn(&T) -> String) -> Vec<&T> {
+    let mut seen = std::collections::HashSet::new();
+    let mut out: Vec<&T> = items.iter().rev().filter(|x| seen.insert(key(x))).collect();
+    out.reverse();
+    out
+}
+
+fn build_group(problems: &mut Vec<String>, offers: &BTreeMap<String, Arc<Offer>>, g: GroupSpec) -> Group {
+    let at = format!("groups[{}]", g.id);
+    check_id(problems, "groups", &g.id);
+    let terms = validate_terms(problems, &at, offers, g.terms.clone());
+    Group { id: g.id.clone(), name: g.name.clone(), terms, spec: g }
+}
+
+/// An affiliate's group and terms checked (its ID is checked where duplicates are).
+fn build_affiliate(
+    problems: &mut Vec<String>,
+    offers: &BTreeMap<String, Arc<Offer>>,
+    groups: &BTreeMap<String, Group>,
+    a: AffiliateSpec,
+) -> Affiliate {
+    let at = format!("affiliates[{}]", a.id);
+    let group = (!a.group.is_empty()).then(|| a.group.clone());
+    if let Some(g) = group.as_ref().filter(|g| !groups.contains_key(*g)) {
+        problems.push(format!("{at}.group: unknown group \"{g}\""));
+    }
+    let terms = validate_terms(problems, &at, offers, a.terms.clone());
+    Affiliate { id: a.id.clone(), name: a.name.clone(), group, active: a.active, terms, spec: a }
+}
+
+fn build_link(
+    problems: &mut Vec<String>,
+    offers: &BTreeMap<String, Arc<Offer>>,
+    affiliates: &Shards<Affiliate>,
+    l: LinkSpec,
+) -> Option<Link> {
+    check_id(problems, "links", &l.code);
+    let affiliate = affiliates.get(&l.affiliate);
+    if affiliate.is_none() {
+        problems.push(format!("links[{}].affiliate: unknown affiliate \"{}\"", l.code, l.affiliate));
+    }
+    let Some(offer) = offers.get(&l.offer) else {
+        problems.push(format!("links[{}].offer: unknown offer \"{}\"", l.code, l.offer));
+        return None;
+    };
+    let enabled = l.active && affiliate.is_some_and(|a| a.active);
+    Some(Link { code: l.code, offer: Arc::clone(offer), affiliate: l.affiliate, active: l.active, enabled })
+}
+
+fn build_coupon(
+    problems: &mut Vec<String>,
+    offers: &BTreeMap<String, Arc<Offer>>,
+    affiliates: &Shards<Affiliate>,
+    c: CouponSpec,
+) -> Coupon {
+    let at = format!("coupons[{}]", c.code);
+    if c.code.is_empty() || c.code.len() > MAX_ID_LEN || !c.code.bytes().all(|b| b.is_ascii_graphic()) {
+        problems.push(format!("{at}: codes must be 1-{MAX_ID_LEN} printable ASCII characters, no spaces"));
+    }
+    let affiliate = affiliates.get(&c.affiliate);
+    if affiliate.is_none() {
+        problems.push(format!("{at}.affiliate: unknown affiliate \"{}\"", c.affiliate));
+    }
+    if !offers.contains_key(&c.offer) {
+        problems.push(format!("{at}.offer: unknown offer \"{}\"", c.offer));
+    }
+    let enabled = c.active && affiliate.is_some_and(|a| a.active);
+    Coupon { code: c.code, offer: c.offer, affiliate: c.affiliate, active: c.active, enabled }
 }
 
 /// Puts each of `managed` into `list`: in place of the entity with the same key, else at the end.
@@ -1997,5 +2091,99 @@ affiliate = "aff9""#,
         assert!(
             is_credential_name("acme-token.v2_1") && !is_credential_name("") && !is_credential_name(&"x".repeat(65))
         );
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod incremental {
+    use super::*;
+    use proptest::prelude::*;
+
+    const FILE: &str = include_str!("../../../tests/fixtures/program-good.toml");
+
+    /// Small pools, so edits hit each other's keys, unknown references and toggles.
+    fn any_edit() -> impl Strategy<Value = Edit> {
+        let id = prop::sample::select(vec!["a1", "a2", "a3", "aff1", "ghost", "bad id"]);
+        let group = prop::sample::select(vec!["", "g1", "g2", "nope"]);
+        let offer = prop::sample::select(vec!["shoes", "hotels", "nope"]);
+        let code = prop::sample::select(vec!["c1", "C1", "c2", "demo", "x y"]);
+        let affiliate = (id.clone(), group.clone(), any::<bool>(), prop::option::of(0u32..5)).prop_map(
+            |(id, group, active, hold)| AffiliateSpec {
+                id: id.into(),
+                name: String::new(),
+                group: group.into(),
+                active,
+                terms: hold
+                    .map(|d| {
+                        vec![TermsSpec {
+                            offer: "shoes".into(),
+                            goal: String::new(),
+                            payout: None,
+                            daily_cap: None,
+                            hold_days: Some(d),
+                        }]
+                    })
+                    .unwrap_or_default(),
+            },
+        );
+        let groups = prop::collection::vec(prop::sample::select(vec!["g1", "g2", "bad g"]), 0..2).prop_map(|ids| {
+            ids.into_iter().map(|id| GroupSpec { id: id.into(), name: String::new(), terms: vec![] }).collect()
+        });
+        let links =
+            prop::collection::vec((code.clone(), offer.clone(), id.clone(), any::<bool>()), 0..3).prop_map(|v| {
+                v.into_iter()
+                    .map(|(c, o, a, active)| LinkSpec { code: c.into(), offer: o.into(), affiliate: a.into(), active })
+                    .collect()
+            });
+        let coupons = prop::collection::vec((code, offer, id, any::<bool>()), 0..3).prop_map(|v| {
+            v.into_iter()
+                .map(|(c, o, a, active)| CouponSpec { code: c.into(), offer: o.into(), affiliate: a.into(), active })
+                .collect()
+        });
+        (groups, prop::collection::vec(affiliate, 0..3), coupons, links)
+            .prop_map(|(groups, affiliates, coupons, links)| Edit { groups, affiliates, coupons, links })
+    }
+
+    /// Everything a program decides by, in a comparable form.
+    fn view(p: &Program) -> (String, Vec<String>, Vec<String>, Vec<String>, Vec<String>) {
+        let affiliates = p
+            .affiliates
+            .sorted()
+            .iter()
+            .map(|(k, a)| format!("{k} {:?} {} {:?}", a.group, a.active, a.terms))
+            .collect();
+        let groups = p.groups.values().map(|g| format!("{} {:?}", g.id, g.terms)).collect();
+        let mut links: Vec<String> = p
+            .links()
+            .map(|l| format!("{} {} {} {} {}", l.code, l.offer.id, l.affiliate, l.active, l.enabled))
+            .collect();
+        links.sort();
+        let mut coupons: Vec<String> =
+            p.coupons().map(|c| format!("{} {} {} {} {}", c.code, c.offer, c.affiliate, c.active, c.enabled)).collect();
+        coupons.sort();
+        (p.digest.clone(), affiliates, groups, links, coupons)
+    }
+
+    proptest! {
+        /// An edit applied incrementally gives exactly the program composed from scratch, and
+        /// is refused exactly when that one is.
+        #[test]
+        fn with_edit_is_compose(edits in prop::collection::vec(any_edit(), 1..8)) {
+            let mut p = Program::from_toml(FILE).unwrap();
+            for edit in edits {
+                let mut managed = (*p.managed).clone();
+                managed.apply(&edit);
+                let full = Program::compose(&p.source, Arc::new(managed));
+                match (p.with_edit(&edit), full) {
+                    (Ok(inc), Ok(full)) => {
+                        prop_assert_eq!(view(&inc), view(&full));
+                        p = inc;
+                    }
+                    (Err(_), Err(_)) => {}
+                    (inc, full) => prop_assert!(false, "incremental {:?} but composed {:?}", inc.map(|p| p.digest), full.map(|p| p.digest)),
+                }
+            }
+        }
     }
 }
