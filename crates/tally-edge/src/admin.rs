@@ -76,6 +76,47 @@ pub struct LedgerQuery {
     pub limit: usize,
 }
 
+impl LedgerQuery {
+    /// Reads a list's query: `affiliate` and `offer` only where `scoped` is `None` (the admin
+    /// API), else the affiliate is `scoped` and may not be asked for; `status`, `kind`,
+    /// `after`, `limit` (1-`max`, default `default`). The error is the `400`'s reason.
+    pub(crate) fn parse(query: &str, scoped: Option<&str>, default: usize, max: usize) -> Result<LedgerQuery, String> {
+        let mut q = LedgerQuery { affiliate: scoped.map(str::to_owned), limit: default, ..LedgerQuery::default() };
+        for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+            let v = v.into_owned();
+            match k.as_ref() {
+                "affiliate" if scoped.is_none() => q.affiliate = Some(v),
+                "offer" if scoped.is_none() => q.offer = Some(v),
+                "status" => q.status = Some(v),
+                "kind" => q.kind = Some(v),
+                "after" => q.after = Some(v),
+                "limit" => match v.parse::<usize>() {
+                    Ok(n) if (1..=max).contains(&n) => q.limit = n,
+                    _ => return Err(format!("limit: give 1-{max}, not \"{v}\"")),
+                },
+                other => {
+                    let known = if scoped.is_none() { "affiliate, offer, status" } else { "status" };
+                    return Err(format!("unknown parameter \"{other}\"; use {known}, kind, after, limit"));
+                }
+            }
+        }
+        Ok(q)
+    }
+}
+
+/// A stats query's `from` and `to`, unparsed; the error is the `400`'s reason.
+pub(crate) fn stats_range(query: &str) -> Result<(Option<String>, Option<String>), String> {
+    let (mut from, mut to) = (None, None);
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        match k.as_ref() {
+            "from" => from = Some(v.into_owned()),
+            "to" => to = Some(v.into_owned()),
+            other => return Err(format!("unknown parameter \"{other}\"; use from and to")),
+        }
+    }
+    Ok((from, to))
+}
+
 /// What the admin API reads of the commission ledger, which attribution keeps (the edge has
 /// none of its own). Entries are their ledger rows, as `tally commissions --format jsonl`
 /// prints them. Every method blocks; the API calls them on a blocking thread.
@@ -371,14 +412,10 @@ async fn stats(hooks: &AdminHooks, query: &str) -> Response<Body> {
     let Some(f) = hooks.stats.clone() else {
         return error(404, "stats are not available in this process");
     };
-    let (mut from, mut to) = (None, None);
-    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
-        match k.as_ref() {
-            "from" => from = Some(v.into_owned()),
-            "to" => to = Some(v.into_owned()),
-            other => return error(400, &format!("unknown parameter \"{other}\"; use from and to")),
-        }
-    }
+    let (from, to) = match stats_range(query) {
+        Ok(r) => r,
+        Err(why) => return error(400, &why),
+    };
     match tokio::task::spawn_blocking(move || f(from.as_deref(), to.as_deref())).await {
         Ok(Ok(v)) => json_response(200, &v),
         Ok(Err(e)) => error(e.status, &e.reason),

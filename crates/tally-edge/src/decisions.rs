@@ -166,27 +166,10 @@ async fn read<T: Send + 'static>(
 }
 
 async fn list(ledger: Option<Arc<dyn LedgerView>>, query: &str) -> Response<Body> {
-    let mut q = LedgerQuery { limit: DEFAULT_PAGE, ..LedgerQuery::default() };
-    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
-        let v = v.into_owned();
-        match k.as_ref() {
-            "affiliate" => q.affiliate = Some(v),
-            "offer" => q.offer = Some(v),
-            "status" => q.status = Some(v),
-            "kind" => q.kind = Some(v),
-            "after" => q.after = Some(v),
-            "limit" => match v.parse::<usize>() {
-                Ok(n) if (1..=MAX_PAGE).contains(&n) => q.limit = n,
-                _ => return error(400, &format!("limit: give 1-{MAX_PAGE}, not \"{v}\"")),
-            },
-            other => {
-                return error(
-                    400,
-                    &format!("unknown parameter \"{other}\"; use affiliate, offer, status, kind, after, limit"),
-                )
-            }
-        }
-    }
+    let q = match LedgerQuery::parse(query, None, DEFAULT_PAGE, MAX_PAGE) {
+        Ok(q) => q,
+        Err(why) => return error(400, &why),
+    };
     let Some(ledger) = ledger else { return no_ledger() };
     match read(ledger, move |l| l.list(&q)).await {
         Ok(v) => json_response(200, &v),

@@ -23,6 +23,8 @@ pub async fn route(edge: Arc<Edge>, peer: SocketAddr, req: Request<Incoming>) ->
     let path = req.uri().path();
     let (route, resp) = if let Some(code) = path.strip_prefix("/c/") {
         (Route::click, click(&edge, &req, peer, code).await)
+    } else if path == "/v1/affiliate" || path.starts_with("/v1/affiliate/") {
+        (Route::affiliate_api, crate::portal::route(&edge, req).await)
     } else {
         match path {
             "/px.gif" => (Route::pixel, Box::pin(pixel(&edge, &req, peer)).await),

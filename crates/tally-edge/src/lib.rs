@@ -27,6 +27,7 @@ pub mod links;
 mod manage;
 pub mod metrics;
 pub mod openapi;
+pub mod portal;
 mod privacy;
 mod respond;
 pub mod secrets;
@@ -67,6 +68,9 @@ pub struct Edge {
     /// Told of every program this edge puts in force from its own file or API (not of those
     /// it [`Edge::adopt`]s): a cluster publishes them to the other edges.
     on_program: std::sync::OnceLock<ProgramHook>,
+    /// What the affiliate API reads beyond the program ([`portal`]).
+    portal: std::sync::OnceLock<portal::PortalHooks>,
+    portal_limiter: portal::Limiter,
 }
 
 /// What [`Edge::set_program_hook`] installs.
@@ -135,7 +139,14 @@ impl Edge {
             metrics,
             day_keys,
             on_program: std::sync::OnceLock::new(),
+            portal: std::sync::OnceLock::new(),
+            portal_limiter: portal::Limiter::default(),
         })
+    }
+
+    /// Gives the affiliate API the ledger and stats; a second call is ignored.
+    pub fn set_portal_hooks(&self, hooks: portal::PortalHooks) {
+        let _ = self.portal.set(hooks);
     }
 
     /// Installs the hook told of every program this edge puts in force from its own file or

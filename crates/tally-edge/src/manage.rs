@@ -202,6 +202,11 @@ fn item(edge: &Edge, program: &Program, kind: Kind, key: &str) -> Value {
         match &spec {
             Spec::Affiliate(a) => {
                 m.insert("active".into(), json!(a.active));
+                // A token's hash is no business of a reader: its ID and name name it.
+                if !a.tokens.is_empty() {
+                    let tokens: Vec<Value> = a.tokens.iter().map(|t| json!({ "id": t.id, "name": t.name })).collect();
+                    m.insert("tokens".into(), json!(tokens));
+                }
             }
             Spec::Coupon(c) => {
                 m.insert("active".into(), json!(c.active));
@@ -262,6 +267,18 @@ pub(crate) async fn route(edge: &Edge, req: Request<Incoming>, segments: &[&str]
                 (Err(r), _) | (_, Err(r)) => *r,
             }
         }
+        (&Method::POST, [key, "tokens"]) if kind == Kind::Affiliates => {
+            let key = (*key).to_owned();
+            match (actor(&req), read_object(req, crate::admin::MAX_BODY).await) {
+                (Ok(actor), Ok(body)) => new_token(edge, &actor, key, body).await,
+                (Err(r), _) | (_, Err(r)) => *r,
+            }
+        }
+        (&Method::DELETE, [key, "tokens", id]) if kind == Kind::Affiliates => match actor(&req) {
+            Ok(actor) => revoke_token(edge, &actor, (*key).to_owned(), (*id).to_owned()).await,
+            Err(r) => *r,
+        },
+        (_, [_, "tokens"] | [_, "tokens", _]) if kind == Kind::Affiliates => not_allowed(&method),
         (&Method::POST, [key, action @ ("disable" | "enable")]) if kind != Kind::Groups => match actor(&req) {
             Ok(actor) => set_active(edge, kind, &actor, (*key).to_owned(), *action == "enable").await,
             Err(r) => *r,
@@ -444,6 +461,7 @@ async fn replace(
                 .map_err(|e| EditError::Invalid(vec![format!("{}[{k}]: {e}", kind.name())]))?;
             let mut edit = Edit::default();
             spec.put_into(&mut edit);
+            keep_what_rows_cannot_say(program, &mut edit, false);
             Ok(edit)
         })
         .await;
@@ -471,6 +489,80 @@ async fn set_active(edge: &Edge, kind: Kind, actor: &str, key: String, active: b
         .await;
     match result {
         Ok((program, seq)) => changed(edge, kind, &key, 200, &program, seq),
+        Err(e) => edit_error(e),
+    }
+}
+
+// ---- affiliates' API tokens -----------------------------------------------------------------
+
+fn affiliate_spec(program: &Program, id: &str) -> Result<AffiliateSpec, EditError> {
+    program
+        .affiliates
+        .get(id)
+        .map(|a| a.spec.clone())
+        .ok_or_else(|| EditError::NotFound(format!("no affiliate \"{id}\"")))
+}
+
+/// `POST /admin/affiliates/{id}/tokens` `{"name"}`: a new token for the affiliate API, shown
+/// in this answer only (the program keeps its hash).
+async fn new_token(edge: &Edge, actor: &str, id: String, body: Map<String, Value>) -> Response<Body> {
+    let name = match body.get("name") {
+        None => String::new(),
+        Some(Value::String(n)) if n.len() <= 100 && !n.chars().any(char::is_control) => n.clone(),
+        Some(_) => return error(400, "name: a label of at most 100 characters"),
+    };
+    if let Some(k) = body.keys().find(|k| *k != "name") {
+        return error(400, &format!("unknown field \"{k}\"; give name"));
+    }
+    let token = crate::portal::new_token();
+    let hash = crate::portal::token_hash(&token);
+    let token_id = format!("t{}", &hash[..12]);
+    let (a, tid) = (id.clone(), token_id.clone());
+    let result = edge
+        .edit_program(actor, move |program| {
+            let mut spec = affiliate_spec(program, &a)?;
+            spec.tokens.push(tally_model::managed::TokenSpec { id: tid, name, hash });
+            Ok(Edit { affiliates: vec![spec], ..Edit::default() })
+        })
+        .await;
+    match result {
+        Ok((program, seq)) => {
+            tracing::info!(affiliate = %id, token = %token_id, seq, "affiliate API token made");
+            json_response(
+                201,
+                &json!({
+                    "token": token,
+                    "id": token_id,
+                    "affiliate": item(edge, &program, Kind::Affiliates, &id),
+                    "program_digest": program.digest,
+                    "seq": seq,
+                    "note": "the token is shown here only; keep it secret",
+                }),
+            )
+        }
+        Err(e) => edit_error(e),
+    }
+}
+
+/// `DELETE /admin/affiliates/{id}/tokens/{token_id}`: revokes a token at once.
+async fn revoke_token(edge: &Edge, actor: &str, id: String, token_id: String) -> Response<Body> {
+    let (a, tid) = (id.clone(), token_id.clone());
+    let result = edge
+        .edit_program(actor, move |program| {
+            let mut spec = affiliate_spec(program, &a)?;
+            let before = spec.tokens.len();
+            spec.tokens.retain(|t| t.id != tid);
+            if spec.tokens.len() == before {
+                return Err(EditError::NotFound(format!("affiliate \"{a}\" has no token \"{tid}\"")));
+            }
+            Ok(Edit { affiliates: vec![spec], ..Edit::default() })
+        })
+        .await;
+    match result {
+        Ok((program, seq)) => {
+            tracing::info!(affiliate = %id, token = %token_id, seq, "affiliate API token revoked");
+            changed(edge, Kind::Affiliates, &id, 200, &program, seq)
+        }
         Err(e) => edit_error(e),
     }
 }
@@ -591,7 +683,8 @@ async fn import(edge: &Edge, req: Request<Incoming>) -> Response<Body> {
             )
         }
     };
-    let Parsed { edit, rows, mut problems } = parsed;
+    let Parsed { mut edit, rows, mut problems } = parsed;
+    keep_what_rows_cannot_say(&edge.program(), &mut edit, content_type == "text/csv");
     if edit.is_empty() && problems.is_empty() {
         return error(400, "nothing to import: the body has no rows");
     }
@@ -647,6 +740,21 @@ async fn import(edge: &Edge, req: Request<Incoming>) -> Response<Body> {
         // The program changed between the check and the edit (a reload, another edit).
         Err(EditError::Invalid(ps)) => refused(ps.into_iter().map(|p| rows.program_problem(p)).collect()),
         Err(e) => edit_error(e),
+    }
+}
+
+/// An affiliate put again keeps its API tokens unless the new spec names some (tokens are
+/// made and revoked by their own endpoints), and, from a CSV (whose columns cannot say
+/// them), its terms.
+fn keep_what_rows_cannot_say(program: &Program, edit: &mut Edit, csv: bool) {
+    for a in &mut edit.affiliates {
+        let Some(old) = program.affiliates.get(&a.id) else { continue };
+        if a.tokens.is_empty() {
+            a.tokens = old.spec.tokens.clone();
+        }
+        if csv && a.terms.is_empty() {
+            a.terms = old.spec.terms.clone();
+        }
     }
 }
 
@@ -756,6 +864,7 @@ fn parse_csv(kind: Kind, body: &[u8]) -> Parsed {
                         group: get("group"),
                         active,
                         terms: vec![],
+                        tokens: vec![],
                     }),
                 );
                 if !link.is_empty() {

@@ -23,9 +23,11 @@ pub enum Route {
     admin,
     /// `/t.js` and `/t/convert`: the JavaScript tag and its conversions.
     tag,
+    /// `/v1/affiliate/...`: the affiliate API.
+    affiliate_api,
 }
 
-const ROUTES: [Route; 9] = [
+const ROUTES: [Route; 10] = [
     Route::click,
     Route::pixel,
     Route::postback,
@@ -35,6 +37,7 @@ const ROUTES: [Route; 9] = [
     Route::other,
     Route::admin,
     Route::tag,
+    Route::affiliate_api,
 ];
 
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]

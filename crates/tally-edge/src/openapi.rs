@@ -8,7 +8,9 @@ use serde::Serialize;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
-use tally_model::managed::{AffiliateSpec, CouponSpec, Edit, GroupSpec, LinkSpec, PayoutSpec, TermsSpec, TierSpec};
+use tally_model::managed::{
+    AffiliateSpec, CouponSpec, Edit, GroupSpec, LinkSpec, PayoutSpec, TermsSpec, TierSpec, TokenSpec,
+};
 
 /// An error: what was wrong, and every problem when there are several.
 #[derive(Debug, Serialize, ToSchema)]
@@ -71,7 +73,7 @@ pub enum ImportOutcome {
 /// program file), and for those that can be disabled, `active` as set and `enabled` (in
 /// force: it and its affiliate are active).
 macro_rules! entity_schemas {
-    ($spec:ty, $item:ident, $list:ident, $one:ident, $change:ident, $plural:ident, $singular:ident) => {
+    ($spec:ty, $item:ident, $list:ident, $one:ident, $change:ident, $plural:ident, $singular:ident $(, $extra:ident: $ety:ty)*) => {
         #[derive(Debug, Serialize, ToSchema)]
         pub struct $item {
             #[serde(flatten)]
@@ -79,6 +81,10 @@ macro_rules! entity_schemas {
             pub managed_by_api: bool,
             #[serde(skip_serializing_if = "Option::is_none")]
             pub enabled: Option<bool>,
+            $(
+                #[serde(skip_serializing_if = "Option::is_none")]
+                pub $extra: Option<$ety>,
+            )*
         }
 
         /// A page in key order; `next` is the key to pass as `after` for the page after.
@@ -108,7 +114,23 @@ macro_rules! entity_schemas {
     };
 }
 
-entity_schemas!(AffiliateSpec, AffiliateItem, AffiliateList, AffiliateOne, AffiliateChange, affiliates, affiliate);
+/// An API token as the admin API shows it: named, never shown again.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TokenInfo {
+    pub id: String,
+    pub name: String,
+}
+
+entity_schemas!(
+    AffiliateSpec,
+    AffiliateItem,
+    AffiliateList,
+    AffiliateOne,
+    AffiliateChange,
+    affiliates,
+    affiliate,
+    tokens: Vec<TokenInfo>
+);
 entity_schemas!(GroupSpec, GroupItem, GroupList, GroupOne, GroupChange, groups, group);
 entity_schemas!(CouponSpec, CouponItem, CouponList, CouponOne, CouponChange, coupons, coupon);
 entity_schemas!(LinkSpec, LinkItem, LinkList, LinkOne, LinkChange, links, link);
@@ -401,6 +423,43 @@ toggle_paths!(affiliate_toggles, "affiliates", "id", AffiliateChange);
 toggle_paths!(coupon_toggles, "coupons", "code", CouponChange);
 toggle_paths!(link_toggles, "links", "code", LinkChange);
 
+/// A new affiliate API token: shown here only.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NewToken {
+    pub token: String,
+    pub id: String,
+    pub affiliate: AffiliateItem,
+    pub program_digest: String,
+    pub seq: u64,
+    pub note: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TokenName {
+    #[serde(default)]
+    pub name: String,
+}
+
+pub mod tokens {
+    #[allow(unused_imports)]
+    use super::*;
+
+    /// Makes an API token for the affiliate API (`/v1/affiliate/...` on the public listener),
+    /// scoped to this affiliate. The token is in this answer only; the program keeps its hash.
+    #[utoipa::path(post, path = "/admin/affiliates/{id}/tokens", tag = "affiliates", request_body = TokenName,
+        params(("id" = String, Path, description = "the affiliate"), ("X-Tally-Actor" = Option<String>, Header, description = "who acts")),
+        responses((status = 201, description = "created", body = NewToken), (status = 400, description = "refused: the reason", body = ErrorBody),
+                  (status = 404, description = "no such affiliate", body = ErrorBody)))]
+    pub fn create_token() {}
+
+    /// Revokes a token at once.
+    #[utoipa::path(delete, path = "/admin/affiliates/{id}/tokens/{token_id}", tag = "affiliates",
+        params(("id" = String, Path, description = "the affiliate"), ("token_id" = String, Path, description = "the token's ID"),
+               ("X-Tally-Actor" = Option<String>, Header, description = "who acts")),
+        responses((status = 200, description = "revoked", body = AffiliateChange), (status = 404, description = "no such affiliate or token", body = ErrorBody)))]
+    pub fn revoke_token() {}
+}
+
 pub mod other {
     #[allow(unused_imports)]
     use super::*;
@@ -490,9 +549,10 @@ impl Modify for BearerToken {
         link_toggles::disable, link_toggles::enable,
         other::import, other::program, other::reload, other::stats, other::log_level, other::set_log_level,
         other::erase, other::retention, other::openapi,
+        tokens::create_token, tokens::revoke_token,
         ledger::list_commissions, ledger::get_commission, ledger::approve, ledger::reject, ledger::adjust, ledger::bonus,
     ),
-    components(schemas(AffiliateSpec, GroupSpec, CouponSpec, LinkSpec, TermsSpec, PayoutSpec, TierSpec, Edit)),
+    components(schemas(AffiliateSpec, GroupSpec, CouponSpec, LinkSpec, TermsSpec, PayoutSpec, TierSpec, TokenSpec, Edit)),
     modifiers(&BearerToken),
     security(("admin_token" = [])),
 )]

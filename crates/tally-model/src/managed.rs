@@ -44,6 +44,22 @@ pub struct AffiliateSpec {
     /// The affiliate's own terms, before its group's.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub terms: Vec<TermsSpec>,
+    /// API tokens that read this affiliate's own data (links, stats, commissions) on the
+    /// public listener: their hashes, never the tokens.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tokens: Vec<TokenSpec>,
+}
+
+/// An affiliate's API token, as the program keeps it: an ID to name it by, a label, and the
+/// BLAKE3 hash (hex) of the token, which is shown once, when it is made, and kept nowhere.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct TokenSpec {
+    pub id: String,
+    #[serde(default)]
+    pub name: String,
+    pub hash: String,
 }
 
 /// Affiliates sharing terms, so thousands of ambassadors need no per-affiliate override.
@@ -365,7 +381,14 @@ mod tests {
     use super::*;
 
     fn affiliate(id: &str, group: &str) -> AffiliateSpec {
-        AffiliateSpec { id: id.into(), name: String::new(), group: group.into(), active: true, terms: vec![] }
+        AffiliateSpec {
+            id: id.into(),
+            name: String::new(),
+            group: group.into(),
+            active: true,
+            terms: vec![],
+            tokens: vec![],
+        }
     }
 
     #[test]

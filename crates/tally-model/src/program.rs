@@ -13,6 +13,8 @@ use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde::Deserialize;
 use thiserror::Error;
 
+#[cfg(test)]
+use crate::managed::TokenSpec;
 use crate::managed::{AffiliateSpec, CouponSpec, Edit, GroupSpec, LinkSpec, Managed, PayoutSpec, TermsSpec};
 use crate::money::{parse_minor, Currency};
 use crate::shards::Shards;
@@ -196,6 +198,8 @@ pub struct Program {
     links: Shards<Link>,
     /// Keyed by the code in ASCII upper case: shoppers type coupons in any case.
     coupons: Shards<Coupon>,
+    /// Affiliates' API tokens: the token's hash (hex) → the affiliate's ID.
+    tokens: Shards<String>,
     /// Where the source writes a credential inline (`advertisers[acme].postback_token`).
     inline_credentials: Vec<String>,
     /// The calendar its days and months are counted in: `time_zone`, UTC by default.
@@ -658,8 +662,10 @@ impl Program {
         }
 
         let mut affiliates = Shards::default();
+        let mut tokens = Shards::default();
         for a in raw.affiliates {
             let affiliate = build_affiliate(&mut problems, &offers, &groups, a);
+            index_tokens(&mut problems, &mut tokens, &affiliate);
             affiliates.insert(affiliate.id.clone(), affiliate);
         }
 
@@ -693,6 +699,7 @@ impl Program {
             offers,
             links,
             coupons,
+            tokens,
             inline_credentials,
             calendar,
             managed,
@@ -716,9 +723,18 @@ impl Program {
             p.groups.insert(group.id.clone(), group);
         }
         let mut toggled = std::collections::BTreeSet::new();
-        for a in last_of(&edit.affiliates, |a| a.id.clone()) {
+        let affiliates = last_of(&edit.affiliates, |a| a.id.clone());
+        // The tokens of the affiliates replaced go first, so a token may move between two
+        // affiliates of the edit in either order, as when composing from scratch.
+        for a in &affiliates {
+            for t in p.affiliates.get(&a.id).map(|o| o.spec.tokens.clone()).unwrap_or_default() {
+                p.tokens.remove(&t.hash);
+            }
+        }
+        for a in affiliates {
             check_id(&mut problems, "affiliates", &a.id);
             let affiliate = build_affiliate(&mut problems, &p.offers, &p.groups, a.clone());
+            index_tokens(&mut problems, &mut p.tokens, &affiliate);
             if let Some(old) = p.affiliates.insert(affiliate.id.clone(), affiliate) {
                 if old.active != a.active {
                     toggled.insert(a.id.clone());
@@ -773,6 +789,11 @@ impl Program {
 
     pub fn coupons(&self) -> impl Iterator<Item = &Coupon> {
         self.coupons.values()
+    }
+
+    /// The affiliate whose API token has this hash (hex BLAKE3 of the token).
+    pub fn affiliate_of_token(&self, hash: &str) -> Option<&Affiliate> {
+        self.tokens.get(hash).and_then(|id| self.affiliates.get(id))
     }
 
     /// The terms `affiliate` gets on `goal` of `offer` ([`EffectiveTerms`]).
@@ -930,7 +951,32 @@ fn build_affiliate(
         problems.push(format!("{at}.group: unknown group \"{g}\""));
     }
     let terms = validate_terms(problems, &at, offers, a.terms.clone());
+    let mut ids = std::collections::BTreeSet::new();
+    for t in &a.tokens {
+        if !is_valid_id(&t.id) || !ids.insert(t.id.as_str()) {
+            problems
+                .push(format!("{at}.tokens[{}]: token IDs are 1-{MAX_ID_LEN} of A-Z a-z 0-9 _ . -, once each", t.id));
+        }
+        if t.hash.len() != 64 || !t.hash.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+            problems.push(format!("{at}.tokens[{}].hash: 64 lower-case hex digits (BLAKE3 of the token)", t.id));
+        }
+    }
     Affiliate { id: a.id.clone(), name: a.name.clone(), group, active: a.active, terms, spec: a }
+}
+
+/// Puts `affiliate`'s token hashes in the index; a hash another affiliate holds is a problem.
+fn index_tokens(problems: &mut Vec<String>, index: &mut Shards<String>, affiliate: &Affiliate) {
+    for t in &affiliate.spec.tokens {
+        match index.get(&t.hash) {
+            Some(other) if *other != affiliate.id => problems.push(format!(
+                "affiliates[{}].tokens[{}]: the same token as affiliate \"{other}\"",
+                affiliate.id, t.id
+            )),
+            _ => {
+                index.insert(t.hash.clone(), affiliate.id.clone());
+            }
+        }
+    }
 }
 
 fn build_link(
@@ -1671,7 +1717,14 @@ affiliate = "ghost"
     }
 
     fn affiliate(id: &str, group: &str) -> AffiliateSpec {
-        AffiliateSpec { id: id.into(), name: String::new(), group: group.into(), active: true, terms: vec![] }
+        AffiliateSpec {
+            id: id.into(),
+            name: String::new(),
+            group: group.into(),
+            active: true,
+            terms: vec![],
+            tokens: vec![],
+        }
     }
 
     #[test]
@@ -2108,12 +2161,16 @@ mod incremental {
         let group = prop::sample::select(vec!["", "g1", "g2", "nope"]);
         let offer = prop::sample::select(vec!["shoes", "hotels", "nope"]);
         let code = prop::sample::select(vec!["c1", "C1", "c2", "demo", "x y"]);
-        let affiliate = (id.clone(), group.clone(), any::<bool>(), prop::option::of(0u32..5)).prop_map(
-            |(id, group, active, hold)| AffiliateSpec {
+        let token = prop::option::of(prop::sample::select(vec!["aa", "bb"]));
+        let affiliate = (id.clone(), group.clone(), any::<bool>(), prop::option::of(0u32..5), token).prop_map(
+            |(id, group, active, hold, token)| AffiliateSpec {
                 id: id.into(),
                 name: String::new(),
                 group: group.into(),
                 active,
+                tokens: token
+                    .map(|t| vec![TokenSpec { id: "t1".into(), name: String::new(), hash: t.repeat(32) }])
+                    .unwrap_or_default(),
                 terms: hold
                     .map(|d| {
                         vec![TermsSpec {
@@ -2162,7 +2219,9 @@ mod incremental {
         let mut coupons: Vec<String> =
             p.coupons().map(|c| format!("{} {} {} {} {}", c.code, c.offer, c.affiliate, c.active, c.enabled)).collect();
         coupons.sort();
-        (p.digest.clone(), affiliates, groups, links, coupons)
+        let mut tokens: Vec<String> = p.tokens.iter().map(|(h, a)| format!("{h} {a}")).collect();
+        tokens.sort();
+        (p.digest.clone(), affiliates, groups, links, [coupons, tokens].concat())
     }
 
     proptest! {

@@ -92,6 +92,19 @@ impl<V: Clone> Shards<V> {
         old
     }
 
+    /// Removes `key`, copying its shard first if another copy of the map shares it.
+    pub fn remove(&mut self, key: &str) -> Option<V> {
+        let i = shard_of(key);
+        if !self.shards[i].contains_key(key) {
+            return None;
+        }
+        let old = Arc::make_mut(&mut Arc::make_mut(&mut self.shards)[i]).remove(key);
+        if old.is_some() {
+            self.len -= 1;
+        }
+        old
+    }
+
     /// Changes every value `f` returns true for (it may change the value it is given),
     /// copying only the shards where something changed.
     pub fn update_where(&mut self, mut f: impl FnMut(&V) -> Option<V>) {
@@ -151,5 +164,6 @@ mod tests {
         let sorted: Vec<&String> = a.sorted().into_iter().map(|(k, _)| k).take(3).collect();
         assert_eq!(sorted, ["k0", "k1", "k10"]);
         assert_eq!(a.clone(), a);
+        assert_eq!((b.remove("k7"), b.remove("k7"), b.len(), a.get("k7")), (Some(70), None, 1000, Some(&7)));
     }
 }

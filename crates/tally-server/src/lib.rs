@@ -225,6 +225,13 @@ impl App {
             Some(_) => None,
             None => Some(Arc::new(ledger_view::StateLedger::new(&data_dir))),
         };
+        // The affiliate API reads the same ledger and stats, scoped to the token's affiliate.
+        if config.bus.is_none() {
+            edge.set_portal_hooks(tally_edge::portal::PortalHooks {
+                ledger: ledger.clone(),
+                stats: Some(Arc::clone(&stats)),
+            });
+        }
         let hooks = AdminHooks { stats: Some(stats), log_level: Some(Arc::new(telemetry::RuntimeLevel)), ledger };
         Ok(App { config, log, edge, hooks, worker, shipper, programs })
     }

@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod abuse;
+mod affiliate_api;
 mod decisions;
 mod fast_path;
 mod ingest;

@@ -108,6 +108,7 @@ fn request_for<'a>(path: &str, method: &str, commission: &'a str) -> (String, Op
         ("groups", "put", _) => Some(json!({"id": key, "name": "Put"})),
         ("coupons", "put", _) => Some(json!({"code": key, "offer": "shoes", "affiliate": "aff2"})),
         ("links", "put", _) => Some(json!({"code": key, "offer": "shoes", "affiliate": "aff1"})),
+        ("affiliates", "post", _) if path.ends_with("/tokens") => Some(json!({"name": "portal"})),
         ("affiliates" | "groups", "patch", _) => Some(json!({"name": "Patched"})),
         ("coupons" | "links", "patch", _) => Some(json!({"active": true})),
         ("import", _, _) => Some(json!({"affiliates": [{"id": "oi-new"}]})),
@@ -159,7 +160,11 @@ fn every_operation_the_description_names_answers_as_it_says() {
                     problems.push(format!("{method} {path}: response {status} has no description"));
                 }
             }
-            let (target, body, _) = request_for(path, method, &commission);
+            let (mut target, body, _) = request_for(path, method, &commission);
+            if target.contains("{token_id}") {
+                let r = server.admin("POST", "/admin/affiliates/aff1/tokens", Some(ADMIN), "{}");
+                target = target.replace("{token_id}", r.json()["id"].as_str().unwrap());
+            }
             let body = body.map(|b| b.to_string()).unwrap_or_default();
             let r = server.admin(&method.to_uppercase(), &target, Some(ADMIN), &body);
             operations += 1;
