@@ -525,6 +525,143 @@ pub mod other {
 #[derive(Debug)]
 struct BearerToken;
 
+/// The affiliate API's answers.
+pub mod affiliate_api {
+    #[allow(unused_imports)]
+    use super::*;
+
+    #[derive(Debug, Serialize, ToSchema)]
+    pub struct Me {
+        pub id: String,
+        pub name: String,
+        pub group: String,
+        pub active: bool,
+    }
+
+    #[derive(Debug, Serialize, ToSchema)]
+    pub struct MeBody {
+        pub affiliate: Me,
+    }
+
+    #[derive(Debug, Serialize, ToSchema)]
+    pub struct MyLink {
+        pub code: String,
+        pub offer: String,
+        pub active: bool,
+        pub enabled: bool,
+        /// Where the link answers on this listener: `/c/{code}`.
+        pub path: String,
+    }
+
+    #[derive(Debug, Serialize, ToSchema)]
+    pub struct MyLinks {
+        pub links: Vec<MyLink>,
+    }
+
+    #[derive(Debug, Serialize, ToSchema)]
+    pub struct MyCoupon {
+        pub code: String,
+        pub offer: String,
+        pub active: bool,
+        pub enabled: bool,
+    }
+
+    #[derive(Debug, Serialize, ToSchema)]
+    pub struct MyCoupons {
+        pub coupons: Vec<MyCoupon>,
+    }
+
+    #[derive(Debug, Serialize, ToSchema)]
+    pub struct MyEntry {
+        #[schema(value_type = Object)]
+        pub entry: serde_json::Value,
+    }
+
+    #[derive(Debug, Serialize, ToSchema)]
+    pub struct MyStats {
+        pub from: Option<String>,
+        pub to: Option<String>,
+        pub attributed_through_seq: u64,
+        #[schema(value_type = Vec<Object>)]
+        pub rows: Vec<serde_json::Value>,
+    }
+
+    /// The token's affiliate.
+    #[utoipa::path(get, path = "/v1/affiliate", tag = "affiliate",
+        responses((status = 200, description = "done", body = MeBody), (status = 401, description = "no, a wrong or a revoked token", body = ErrorBody),
+                  (status = 403, description = "the affiliate is disabled", body = ErrorBody), (status = 429, description = "too many requests", body = ErrorBody)))]
+    pub fn me() {}
+
+    /// Its links.
+    #[utoipa::path(get, path = "/v1/affiliate/links", tag = "affiliate",
+        responses((status = 200, description = "done", body = MyLinks), (status = 401, description = "no, a wrong or a revoked token", body = ErrorBody)))]
+    pub fn links() {}
+
+    /// Its coupons.
+    #[utoipa::path(get, path = "/v1/affiliate/coupons", tag = "affiliate",
+        responses((status = 200, description = "done", body = MyCoupons), (status = 401, description = "no, a wrong or a revoked token", body = ErrorBody)))]
+    pub fn coupons() {}
+
+    /// A page of its ledger entries, in ID order.
+    #[utoipa::path(get, path = "/v1/affiliate/commissions", tag = "affiliate",
+        params(("status" = Option<String>, Query, description = "pending, approved, ..."), ("kind" = Option<String>, Query, description = "commission, bonus, ..."),
+               ("after" = Option<String>, Query, description = "the entry ID after which the page starts"), ("limit" = Option<u32>, Query, description = "1-1000, default 100")),
+        responses((status = 200, description = "done", body = LedgerPage), (status = 400, description = "refused: the reason", body = ErrorBody),
+                  (status = 401, description = "no, a wrong or a revoked token", body = ErrorBody)))]
+    pub fn commissions() {}
+
+    /// One of its entries; another affiliate's is answered as missing.
+    #[utoipa::path(get, path = "/v1/affiliate/commissions/{id}", tag = "affiliate",
+        params(("id" = String, Path, description = "the entry ID")),
+        responses((status = 200, description = "done", body = MyEntry), (status = 404, description = "no such entry of this affiliate", body = ErrorBody)))]
+    pub fn commission() {}
+
+    /// Its stats rows for an inclusive range of days.
+    #[utoipa::path(get, path = "/v1/affiliate/stats", tag = "affiliate",
+        params(("from" = Option<String>, Query, description = "YYYY-MM-DD"), ("to" = Option<String>, Query, description = "YYYY-MM-DD")),
+        responses((status = 200, description = "done", body = MyStats), (status = 400, description = "refused: the reason", body = ErrorBody)))]
+    pub fn stats() {}
+
+    /// This description (no token needed).
+    #[utoipa::path(get, path = "/v1/affiliate/openapi.json", tag = "affiliate", security(()),
+        responses((status = 200, description = "an OpenAPI 3.1 document", content_type = "application/json")))]
+    pub fn openapi() {}
+}
+
+#[derive(Debug)]
+struct AffiliateToken;
+
+impl Modify for AffiliateToken {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        if let Some(components) = openapi.components.as_mut() {
+            components.add_security_scheme("affiliate_token", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
+        }
+    }
+}
+
+#[derive(Debug, OpenApi)]
+#[openapi(
+    info(
+        title = "Tally affiliate API",
+        description = "Served on the public listener. Every request needs Authorization: Bearer <an affiliate token> and answers about that affiliate only."
+    ),
+    paths(
+        affiliate_api::me, affiliate_api::links, affiliate_api::coupons, affiliate_api::commissions,
+        affiliate_api::commission, affiliate_api::stats, affiliate_api::openapi,
+    ),
+    components(schemas(ErrorBody)),
+    modifiers(&AffiliateToken),
+    security(("affiliate_token" = [])),
+)]
+pub struct AffiliateApi;
+
+/// The affiliate API's description as JSON.
+pub fn affiliate_document() -> String {
+    let mut doc = AffiliateApi::openapi();
+    doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
+    doc.to_pretty_json().unwrap_or_default()
+}
+
 impl Modify for BearerToken {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         if let Some(components) = openapi.components.as_mut() {

@@ -100,6 +100,9 @@ pub(crate) async fn route(edge: &Arc<Edge>, req: Request<Incoming>) -> Response<
     if req.method() != Method::GET {
         return error(405, "the affiliate API is read-only: use GET");
     }
+    if req.uri().path() == "/v1/affiliate/openapi.json" {
+        return crate::respond::with_body(200, "application/json", crate::openapi::affiliate_document().into());
+    }
     let Some(token) = req
         .headers()
         .get(AUTHORIZATION)

@@ -204,3 +204,42 @@ fn the_schema_check_catches_what_does_not_match() {
     assert!(mismatches(&doc, &either, &Value::Null, "x").is_empty());
     assert_eq!(mismatches(&doc, &either, &json!(3), "x").len(), 1);
 }
+
+#[test]
+fn the_affiliate_api_answers_as_its_description_says() {
+    let env = Env::new("");
+    env.append_config(&format!("[admin]\ntoken = \"{ADMIN}\"\n"));
+    let server: TestServer = env.serve();
+    let r = server.get("/v1/affiliate/openapi.json");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let doc = r.json();
+    let r = server.admin("POST", "/admin/affiliates/aff2/tokens", Some(ADMIN), "{}");
+    let token = r.json()["token"].as_str().unwrap().to_owned();
+    let r = server.get(&format!("/postback?offer=shoes&goal=sale&coupon=SPRING10&txid=OA2&amount=10.00&token={TOKEN}"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let ledger = ledger_with(&env.data(), "OA2");
+    let entry = ledger.iter().find(|e| e["txid"] == "OA2").unwrap()["id"].as_str().unwrap().to_owned();
+    let mut problems = Vec::new();
+    let mut operations = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            operations += 1;
+            let target = path.replace("{id}", &entry);
+            let r = crate::common::Conn::open(server.addr).send(&format!(
+                "{} {target} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {token}\r\n\r\n",
+                method.to_uppercase()
+            ));
+            let documented = &op["responses"][r.status.to_string()];
+            if documented.is_null() || r.status >= 400 {
+                problems.push(format!("{method} {target}: {} {}", r.status, r.text()));
+                continue;
+            }
+            if let Some(schema) = documented["content"]["application/json"].get("schema") {
+                let v: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
+                problems.extend(mismatches(&doc, schema, &v, &format!("{method} {target}")));
+            }
+        }
+    }
+    assert!(operations >= 7, "{operations} operations");
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
