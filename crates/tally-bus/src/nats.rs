@@ -104,5 +104,10 @@ pub(crate) async fn events_stream(
         max_age: config.retention.unwrap_or_default(),
         ..Default::default()
     };
-    Ok(js.get_or_create_stream(wanted).await?)
+    match js.get_or_create_stream(wanted).await {
+        Ok(s) => Ok(s),
+        // Two processes starting together (an edge's shipper, the tier's consumer) may both
+        // find no stream and both create it: the one that loses finds it there.
+        Err(e) => js.get_stream(&config.stream).await.map_err(|_| e.into()),
+    }
 }

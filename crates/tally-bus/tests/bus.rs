@@ -302,6 +302,9 @@ fn messages_stay_under_the_limit_with_their_chain_entries() {
     }
     let metrics = BusMetrics::default();
     let shipper = Shipper::start(edge.clone(), 6, config.clone(), metrics.clone()).unwrap();
+    // The consumer after the stream exists: this test counts the consumer's errors, and one
+    // racing the shipper to create the stream on a slow machine is not what it is about.
+    wait_for("a first message shipped", || metrics.shipped_messages.get() > 0);
     let merging = BusMetrics::default();
     let consumer = Consumer::start(merged.clone(), config, "small".into(), merging.clone()).unwrap();
     wait_for("merged", || merged_through(&merged, 6) == 120);

@@ -189,13 +189,37 @@ fn keys(program: &Program, kind: Kind) -> Vec<String> {
 /// An entity's JSON: its spec, whether it is in force (`enabled`, for those that can be
 /// disabled) and whether the API manages it (else the program file does).
 fn item(edge: &Edge, program: &Program, kind: Kind, key: &str) -> Value {
-    let Some(spec) = current(program, kind, key) else { return Value::Null };
+    match current(program, kind, key) {
+        Some(spec) => item_of(program, kind, key, spec, &LegacyLinks::load(edge, kind)),
+        None => Value::Null,
+    }
+}
+
+/// The links the API added before program edits existed, in `links.toml`: read once per
+/// answer (a page of links would otherwise read the file once a link).
+struct LegacyLinks(Option<crate::Overlay>);
+
+impl LegacyLinks {
+    fn load(edge: &Edge, kind: Kind) -> LegacyLinks {
+        LegacyLinks(
+            (kind == Kind::Links)
+                .then(|| crate::Overlay::load(&crate::Overlay::path(&edge.config.data_dir)).ok())
+                .flatten(),
+        )
+    }
+
+    fn has(&self, code: &str) -> bool {
+        self.0.as_ref().is_some_and(|o| o.links.contains_key(code))
+    }
+}
+
+fn item_of(program: &Program, kind: Kind, key: &str, spec: Spec, legacy: &LegacyLinks) -> Value {
     let mut v = spec.to_json();
     let managed = match kind {
         Kind::Affiliates => program.managed.affiliates.contains_key(key),
         Kind::Groups => program.managed.groups.contains_key(key),
         Kind::Coupons => program.managed.coupons.contains_key(&kind.key_of(key)),
-        Kind::Links => program.managed.links.contains_key(key) || legacy_overlay_has(edge, key),
+        Kind::Links => program.managed.links.contains_key(key) || legacy.has(key),
     };
     if let Value::Object(m) = &mut v {
         // The spec leaves `active` out when true; an API reader wants it spelled out.
@@ -221,11 +245,6 @@ fn item(edge: &Edge, program: &Program, kind: Kind, key: &str) -> Value {
         m.insert("managed_by_api".into(), json!(managed));
     }
     v
-}
-
-/// Links the API added before program edits existed live in `links.toml`.
-fn legacy_overlay_has(edge: &Edge, code: &str) -> bool {
-    crate::Overlay::load(&crate::Overlay::path(&edge.config.data_dir)).is_ok_and(|o| o.links.contains_key(code))
 }
 
 /// Who makes a change: `X-Tally-Actor` (1-64 printable ASCII characters), else `admin`.
@@ -336,14 +355,22 @@ fn list(edge: &Edge, kind: Kind, query: &str) -> Response<Body> {
         }
     }
     let program = edge.program();
+    let legacy = LegacyLinks::load(edge, kind);
     let mut items = Vec::new();
     let mut next = None;
     let mut total = 0usize;
     for key in keys(&program, kind) {
-        let v = item(edge, &program, kind, &key);
-        let keep = active.is_none_or(|a| v["active"].as_bool().unwrap_or(true) == a)
-            && group.as_deref().is_none_or(|g| v["group"].as_str().unwrap_or("") == g)
-            && affiliate.as_deref().is_none_or(|a| v["affiliate"].as_str() == Some(a));
+        let Some(spec) = current(&program, kind, &key) else { continue };
+        // Filtered on the spec: only the page's entities become JSON.
+        let (is_active, in_group, owner) = match &spec {
+            Spec::Affiliate(a) => (a.active, a.group.as_str(), ""),
+            Spec::Group(_) => (true, "", ""),
+            Spec::Coupon(c) => (c.active, "", c.affiliate.as_str()),
+            Spec::Link(l) => (l.active, "", l.affiliate.as_str()),
+        };
+        let keep = active.is_none_or(|a| is_active == a)
+            && group.as_deref().is_none_or(|g| in_group == g)
+            && affiliate.as_deref().is_none_or(|a| owner == a);
         if !keep {
             continue;
         }
@@ -355,7 +382,7 @@ fn list(edge: &Edge, kind: Kind, query: &str) -> Response<Body> {
             next = next.or_else(|| items.last().and_then(|v: &Value| v[kind.key_field()].as_str().map(str::to_owned)));
             continue;
         }
-        items.push(v);
+        items.push(item_of(&program, kind, &key, spec, &legacy));
     }
     json_response(200, &json!({ "program_digest": program.digest, kind.name(): items, "next": next, "total": total }))
 }
