@@ -141,7 +141,7 @@ sed -e "s/^in_process = .*/in_process = false/" -e "s/^replicas = .*/replicas = 
     "$REPO/config/tally.toml" >"$TMP/config/tally.toml"
 CONFIG="$TMP/config/tally.toml"
 export TALLY_SECRET_ACME_TOKEN=bench-acme-token-0123456789 TALLY_SECRET_ACME_HMAC=bench-acme-hmac-0123456789 \
-    TALLY_SECRET_GLOBEX_TOKEN=bench-globex-token-0123456789
+    TALLY_SECRET_GLOBEX_TOKEN=bench-globex-token-0123456789 TALLY_SECRET_CUSTOMER_KEY=bench-customer-key-0123456789
 
 # --- NATS ---------------------------------------------------------------------------------
 read -r -a NATS_PORTS <<<"$(free_ports $((2 * NATS_NODES)))"

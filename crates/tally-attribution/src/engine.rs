@@ -37,10 +37,12 @@
 
 use std::sync::Arc;
 
-use tally_model::program::{AttributionModel, BrowserPolicy, BrowserReports, Goal, Offer, Payout, Rate, TermsFrom};
+use tally_model::program::{
+    AttributionModel, BrowserPolicy, BrowserReports, Goal, Offer, Payout, Rate, Recurring, TermsFrom,
+};
 use tally_model::{
-    format_minor, parse_minor, ClickId, ClickView, Conversion, ConversionSource, ConversionStatus, Currency, Decision,
-    Edit, Event, Program,
+    format_minor, parse_minor, ClickId, ClickView, Conversion, ConversionSource, ConversionStatus, Currency,
+    CustomerKey, Decision, Edit, Event, Program,
 };
 
 use crate::clicks::{ClickFacts, ClickFactsRef, FirstClick};
@@ -49,7 +51,7 @@ use crate::ledger::{Adjustment, Entry, EntryId, Kind, Reason, Source, StatsKeyRe
 use crate::state::State;
 use crate::stats::RowDelta;
 use crate::AttributionError;
-use tally_model::time::{day_of, month_of_day, DAY_MS};
+use tally_model::time::{day_of, format_day, month_of_day, DAY_MS};
 
 /// What one event did to the ledger: entries created or changed, in the order it happened.
 #[derive(Debug, Default)]
@@ -340,6 +342,18 @@ fn transaction_key(c: &Conversion) -> Vec<u8> {
     k
 }
 
+/// The key that binds a customer of `offer` to the affiliate its first credited sale
+/// credited, in the `dedup` family beside the transaction keys: it maps to that sale's
+/// entry, which holds the affiliate, the click or coupon and the time the binding began.
+fn customer_binding_key(offer: &str, customer: &CustomerKey) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + 4 + offer.len() + 16);
+    k.push(0xfe); // never the first byte of the other keys of the family (see below)
+    k.extend_from_slice(&(offer.len() as u32).to_be_bytes());
+    k.extend_from_slice(offer.as_bytes());
+    k.extend_from_slice(&customer.0);
+    k
+}
+
 /// The key a report that named no offer claims its transaction by besides
 /// [`transaction_key`]: advertiser, click and txid. A later report of the transaction that
 /// names no offer either (a refund, a confirmation) finds it by this key even once its click
@@ -544,10 +558,37 @@ fn conversion(
         }
     }
 
-    let (affiliate, click_id, sub1, coupon) = match join(state, program, offer, c)? {
+    // Recurring commissions: a customer some affiliate referred earlier pays that affiliate
+    // while the goal's recurring terms hold, whatever click or coupon this report names.
+    let binding_key = c.customer.as_ref().map(|k| customer_binding_key(&c.offer, &k.key));
+    let bound = match &binding_key {
+        Some(k) => match state.dedup(k)? {
+            Some(id) => state.entry(id)?,
+            None => None,
+        },
+        None => None,
+    };
+    let recurring = bound.as_ref().filter(|b| goal.recurring.holds(&program.calendar, b.ts_ms, c.ts_ms));
+    let credit = match recurring {
+        Some(b) => Ok((b.affiliate.clone(), b.click_id, b.sub1.clone(), b.coupon.clone())),
+        None => join(state, program, offer, c)?,
+    };
+    let (affiliate, click_id, sub1, coupon) = match credit {
         Ok(credit) => credit,
         Err(reason) => {
-            e.reason = reason;
+            e.reason = match (&bound, reason) {
+                (Some(b), Reason::NoClick) if goal.recurring != Recurring::Off => {
+                    e.rule = format!(
+                        "goal {}: recurring {} from entry {} ({}) has ended",
+                        goal.id,
+                        goal.recurring.describe(),
+                        b.id,
+                        format_day(program.calendar.day_of(b.ts_ms))
+                    );
+                    Reason::RecurringEnded
+                }
+                (_, reason) => reason,
+            };
             finish(state, e, out);
             return Ok(());
         }
@@ -584,6 +625,20 @@ fn conversion(
         return Ok(());
     }
 
+    // The customer's first credited sale of the offer binds it to the affiliate credited,
+    // for good: whether a later sale pays it is the later goal's recurring terms' call.
+    if let (Some(key), None) = (binding_key, &bound) {
+        state.put_dedup(key, e.id);
+    }
+    let recurring_text = recurring.map(|b| {
+        format!(
+            "recurring {} from entry {} ({}); ",
+            goal.recurring.describe(),
+            b.id,
+            format_day(program.calendar.day_of(b.ts_ms))
+        )
+    });
+
     let terms = program.terms(offer, goal, &e.affiliate);
     let day = local_day(state, c.ts_ms);
     let goal_cap_key = keys::cap(day, &c.offer, &c.goal, "");
@@ -604,11 +659,12 @@ fn conversion(
     }
 
     let payout = terms.payout;
-    let source = match terms.payout_from {
-        TermsFrom::Goal => format!("goal {}", goal.id),
-        TermsFrom::Affiliate(a) => format!("override {a}"),
-        TermsFrom::Group(g) => format!("group {g}"),
-    };
+    let mut source = recurring_text.unwrap_or_default();
+    match terms.payout_from {
+        TermsFrom::Goal => source.push_str(&format!("goal {}", goal.id)),
+        TermsFrom::Affiliate(a) => source.push_str(&format!("override {a}")),
+        TermsFrom::Group(g) => source.push_str(&format!("group {g}")),
+    }
     let month = month_of_day(day);
     let mkey = keys::month(month, &c.offer, &c.goal, &e.affiliate);
     let rank = state.counter(&mkey)?.saturating_add(1);

@@ -173,6 +173,9 @@ pub enum Reason {
     /// An operator's decision that could not apply: no such entry, or one in a state the
     /// decision does not change (the rule says which).
     NotApplicable,
+    /// A conversion of a customer whose recurring period with its referrer has ended, with
+    /// no click or coupon of its own to credit.
+    RecurringEnded,
 }
 
 impl Reason {
@@ -210,6 +213,7 @@ impl Reason {
             Reason::CouponDisabled => "coupon_disabled",
             Reason::OperatorRejected => "operator_rejected",
             Reason::NotApplicable => "not_applicable",
+            Reason::RecurringEnded => "recurring_ended",
         }
     }
 }

@@ -262,6 +262,7 @@ mod tests {
             subs: Default::default(),
             ip: String::new(),
             advertiser: String::new(),
+            customer: None,
         });
         let events = [
             Event::Click(click(1, 0)),

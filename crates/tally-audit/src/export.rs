@@ -84,6 +84,11 @@ pub const COLUMNS: &[&str] = &[
     "actor",
     "edit",
     "decision",
+    // A conversion's customer (record format 5): `customer`, the pseudonym recurring
+    // commissions join on (32 hex digits), and `customer_id`, the merchant's own ID,
+    // personal data like `ip` (empty once erased).
+    "customer",
+    "customer_id",
 ];
 
 /// One event as `(column, value)` pairs, in [`COLUMNS`] order, for the columns it has.
@@ -142,6 +147,8 @@ pub fn row(seq: u64, event: &Event, personal: Personal) -> Vec<(&'static str, Va
         Event::Conversion(c) => {
             r.push(("personal", personal.as_str().into()));
             r.push(("advertiser", c.advertiser.as_str().into()));
+            r.push(("customer", c.customer.as_ref().map(|k| k.key.to_hex()).unwrap_or_default().into()));
+            r.push(("customer_id", c.customer.as_ref().map_or("", |k| k.id.as_str()).into()));
         }
         Event::ProgramChange(_) => {}
         Event::ProgramEdit(p) => {
@@ -203,6 +210,8 @@ pub const CONVERSION_COLUMNS: &[&str] = &[
     "time",
     "personal",
     "advertiser",
+    "customer",
+    "customer_id",
 ];
 
 /// What to export.
@@ -448,6 +457,7 @@ mod tests {
             subs: Default::default(),
             ip: String::new(),
             advertiser: String::new(),
+            customer: None,
         });
         for (event, columns) in [(click, CLICK_COLUMNS), (conversion, CONVERSION_COLUMNS)] {
             let keys: Vec<&str> =

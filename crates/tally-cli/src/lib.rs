@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use clap::{CommandFactory, Parser, Subcommand};
 use serde_json::json;
-use tally_log::LogReader;
+use tally_log::{Erasure, LogReader};
 use tally_server::{App, Config};
 
 use output::{found, hex, print_json, OutputFormat};
@@ -168,7 +168,7 @@ enum Command {
         #[arg(long, value_enum, default_value_t)]
         format: OutputFormat,
     },
-    /// Erase the personal fields (IP, user agent, referrer) of clicks and conversions, for an
+    /// Erase the personal fields (IP, user agent, referrer, customer ID) of clicks and conversions, for an
     /// erasure request; verify, replay and the ledger are unaffected. The server must be
     /// stopped (a running one: POST /admin/erase).
     Erase {
@@ -181,6 +181,10 @@ enum Command {
         /// Repeatable.
         #[arg(long = "ip", value_name = "IP")]
         ips: Vec<String>,
+        /// A merchant's customer ID (`customer=` on conversions): every conversion of that
+        /// customer. Repeatable.
+        #[arg(long = "customer", value_name = "CUSTOMER_ID")]
+        customers: Vec<String>,
         #[arg(long, value_enum, default_value_t)]
         format: OutputFormat,
     },
@@ -412,7 +416,9 @@ pub fn main() -> ExitCode {
         Command::Report { data_dir, by, from, to, tz, format } => {
             ledger::report(&data_dir, &by, from.as_deref(), to.as_deref(), tz.as_deref(), format)
         }
-        Command::Erase { data_dir, clicks, ips, format } => privacy::erase(&data_dir, clicks, ips, format),
+        Command::Erase { data_dir, clicks, ips, customers, format } => {
+            privacy::erase(&data_dir, Erasure { click_ids: clicks, ips, customers }, format)
+        }
         Command::Retention { data_dir, days, format } => privacy::retention(&data_dir, days, format),
         Command::Health { url, timeout_ms } => ops::health(&url, Duration::from_millis(timeout_ms)),
         Command::Decide { command } => decide::run(command),

@@ -8,7 +8,6 @@ use std::process::ExitCode;
 use anyhow::Context;
 use serde_json::json;
 use tally_log::{Erasure, ErasureReport, Log, LogMetrics, LogOptions};
-use tally_model::ClickId;
 
 use crate::output::{print_json, OutputFormat};
 
@@ -46,14 +45,11 @@ fn records_line(r: &ErasureReport) -> String {
     line
 }
 
-pub fn erase(
-    data_dir: &Path,
-    clicks: Vec<ClickId>,
-    ips: Vec<String>,
-    format: OutputFormat,
-) -> anyhow::Result<ExitCode> {
-    let what = Erasure { click_ids: clicks, ips };
-    anyhow::ensure!(!what.is_empty(), "nothing to erase: give --click and/or --ip");
+pub fn erase(data_dir: &Path, what: Erasure, format: OutputFormat) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(!what.is_empty(), "nothing to erase: give --click, --ip and/or --customer");
+    if let Some(c) = what.customers.iter().find(|c| c.is_empty()) {
+        anyhow::bail!("--customer \"{c}\": empty");
+    }
     let log = open_for_writing(data_dir, ASK_THE_SERVER)?;
     let report = log.erase(&what).context("erasure failed")?;
     log.close();

@@ -296,6 +296,8 @@ struct EraseRequest {
     click_ids: Vec<String>,
     #[serde(default)]
     ips: Vec<String>,
+    #[serde(default)]
+    customers: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -305,7 +307,7 @@ struct RetentionRequest {
     days: Option<u32>,
 }
 
-/// `POST /admin/erase`: an erasure request, by click IDs and/or stored IPs.
+/// `POST /admin/erase`: an erasure request, by click IDs, stored IPs and/or customer IDs.
 async fn erase(edge: &Arc<Edge>, req: EraseRequest) -> Response<Body> {
     let mut click_ids = Vec::with_capacity(req.click_ids.len());
     for id in &req.click_ids {
@@ -317,9 +319,12 @@ async fn erase(edge: &Arc<Edge>, req: EraseRequest) -> Response<Body> {
     if let Some(ip) = req.ips.iter().find(|ip| ip.is_empty()) {
         return error(400, &format!("ips: \"{ip}\" is empty"));
     }
-    let what = tally_log::Erasure { click_ids, ips: req.ips };
+    if let Some(c) = req.customers.iter().find(|c| c.is_empty()) {
+        return error(400, &format!("customers: \"{c}\" is empty"));
+    }
+    let what = tally_log::Erasure { click_ids, ips: req.ips, customers: req.customers };
     if what.is_empty() {
-        return error(400, "nothing to erase: give click_ids and/or ips");
+        return error(400, "nothing to erase: give click_ids, ips and/or customers");
     }
     match edge.erase(what).await {
         Ok(report) => json_response(200, &json!(report)),

@@ -12,7 +12,7 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use tally_log::LogError;
 use tally_model::program::Advertiser;
-use tally_model::{Conversion, ConversionSource, Currency, Event, Program};
+use tally_model::{Conversion, ConversionSource, Currency, Customer, Event, Program};
 use tally_protocol::auth::{AuthError, Authenticated};
 use tally_protocol::headers::cookie_click_id;
 use tally_protocol::params::{self, Field, FieldError, RawParams};
@@ -42,6 +42,7 @@ fn build_conversion(
     source: ConversionSource,
     ip: String,
     advertiser: Option<&Advertiser>,
+    customer_secret: &[u8; 32],
 ) -> Result<Conversion, EdgeError> {
     let p = params::validate(raw).map_err(EdgeError::Field)?;
     let offer_id = match (&p.offer, p.click_id) {
@@ -109,6 +110,7 @@ fn build_conversion(
         subs: p.subs,
         ip,
         advertiser: advertiser.map(|a| a.id.clone()).unwrap_or_default(),
+        customer: (!p.customer.is_empty()).then(|| Customer::new(customer_secret, &p.customer)),
     };
     Ok(conversion)
 }
@@ -160,7 +162,7 @@ pub(crate) async fn pixel(edge: &Edge, req: &Request<Incoming>, peer: SocketAddr
     let now = now_ms();
     let ip = edge.config.ip.render(edge.config.ip.client_ip(peer.ip(), req.headers()), now);
     // The program snapshot is released before the wait on the log: a reload must not wait.
-    let built = build_conversion(&edge.program.load(), &raw, ConversionSource::Pixel, ip, None);
+    let built = build_conversion(&edge.program.load(), &raw, ConversionSource::Pixel, ip, None, &edge.customer_secret);
     let result = match built {
         Ok(conversion) => append_conversion(edge, conversion).await.map_err(EdgeError::Unavailable),
         Err(e) => Err(e),
@@ -293,18 +295,25 @@ async fn postback_inner(
             }));
         }
         let (advertiser, auth) = found.pop().ok_or(EdgeError::Auth(AuthError::Wrong))?;
-        let mut conversion = build_conversion(&program, &params, ConversionSource::Postback, ip, Some(advertiser))
-            .inspect_err(|e| {
-                if let EdgeError::Field(f) = e {
-                    tally_telemetry::warn_limited!(
-                        advertiser = %advertiser.id,
-                        offer = %offer_id,
-                        field = f.field,
-                        reason = %f.reason,
-                        "postback refused"
-                    );
-                }
-            })?;
+        let mut conversion = build_conversion(
+            &program,
+            &params,
+            ConversionSource::Postback,
+            ip,
+            Some(advertiser),
+            &edge.customer_secret,
+        )
+        .inspect_err(|e| {
+            if let EdgeError::Field(f) = e {
+                tally_telemetry::warn_limited!(
+                    advertiser = %advertiser.id,
+                    offer = %offer_id,
+                    field = f.field,
+                    reason = %f.reason,
+                    "postback refused"
+                );
+            }
+        })?;
         if let (Authenticated::Signature { mac, .. }, true) = (&auth, conversion.txid.is_empty()) {
             // A signature covers the time and the exact request, so a second request with it
             // is a replay (captured, or a sender's retry): the transaction ID derived from it
@@ -388,7 +397,8 @@ async fn tag_conversion_inner(edge: &Edge, req: Request<Incoming>, peer: SocketA
             raw.set_if_absent(Field::ClickId, cid.to_owned());
         }
         let ip = edge.config.ip.render(edge.config.ip.client_ip(peer.ip(), &parts.headers), now_ms());
-        let conversion = build_conversion(&edge.program.load(), &raw, ConversionSource::Tag, ip, None)?;
+        let conversion =
+            build_conversion(&edge.program.load(), &raw, ConversionSource::Tag, ip, None, &edge.customer_secret)?;
         append_conversion(edge, conversion).await.map_err(EdgeError::Unavailable)
     }
     .await;

@@ -47,6 +47,7 @@ use tally_model::{Edit, Event, Managed, Program, ProgramChange};
 pub use admin::{serve_admin, AdminHooks, LedgerQuery, LedgerView};
 pub use config::Config;
 pub use links::{Overlay, OverlayLink};
+pub use privacy::CUSTOMER_KEY_SECRET;
 pub use server::serve;
 
 use metrics::{EdgeMetrics, ReloadOutcome};
@@ -65,6 +66,8 @@ pub struct Edge {
     pub metrics: EdgeMetrics,
     /// Day keys of visitor pseudonyms ([`privacy`]).
     day_keys: privacy::DayKeys,
+    /// The key of customer pseudonyms on conversions ([`privacy::customer_secret`]).
+    customer_secret: [u8; 32],
     /// Told of every program this edge puts in force from its own file or API (not of those
     /// it [`Edge::adopt`]s): a cluster publishes them to the other edges.
     on_program: std::sync::OnceLock<ProgramHook>,
@@ -122,14 +125,17 @@ impl Edge {
     /// The edge of `log`, serving the program `loaded`. Its own metrics are added to
     /// `registry`, which the application fills with the rest of the process's (the log's,
     /// the attribution worker's) and which the admin listener serves on `/metrics`.
-    pub fn new(config: Config, loaded: Loaded, log: Log, mut registry: Registry) -> Arc<Edge> {
+    ///
+    /// Fails if the customer key cannot be had (see [`privacy::customer_secret`]).
+    pub fn new(config: Config, loaded: Loaded, log: Log, mut registry: Registry) -> Result<Arc<Edge>, ReloadError> {
         let Loaded { program, .. } = loaded;
+        let customer_secret = privacy::customer_secret(&config.secrets, &log)?;
         let metrics = EdgeMetrics::new(&mut registry);
         metrics.program_links.set(program.links().count() as i64);
         // Before the first click: the day keys around now (blocking, as opening the log is).
         let day_keys = privacy::DayKeys::new();
         day_keys.prepare(&log, &program, now_ms());
-        Arc::new(Edge {
+        Ok(Arc::new(Edge {
             config,
             program: ArcSwap::from_pointee(program),
             changes: tokio::sync::Mutex::new(()),
@@ -138,10 +144,11 @@ impl Edge {
             registry,
             metrics,
             day_keys,
+            customer_secret,
             on_program: std::sync::OnceLock::new(),
             portal: std::sync::OnceLock::new(),
             portal_limiter: portal::Limiter::default(),
-        })
+        }))
     }
 
     /// Gives the affiliate API the ledger and stats; a second call is ignored.

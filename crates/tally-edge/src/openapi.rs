@@ -185,6 +185,9 @@ pub struct EraseBody {
     pub click_ids: Vec<String>,
     #[serde(default)]
     pub ips: Vec<String>,
+    /// Merchants' customer IDs: those customers' conversions.
+    #[serde(default)]
+    pub customers: Vec<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]

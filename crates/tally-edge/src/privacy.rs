@@ -16,6 +16,29 @@ use arc_swap::ArcSwap;
 use tally_log::{Erasure, ErasureReport, Log, RetentionReport};
 use tally_model::Program;
 
+use crate::secrets::{Secrets, SecretsConfig};
+use crate::ReloadError;
+
+/// The name, in the secrets store, of the customer key (`TALLY_SECRET_CUSTOMER_KEY`).
+pub const CUSTOMER_KEY_SECRET: &str = "customer-key";
+
+/// The key of customer pseudonyms on this edge's conversions (`tally_model::CustomerKey`):
+/// derived from the secret [`CUSTOMER_KEY_SECRET`] when the store has it, else the log's
+/// own random key. Every edge of a cluster must have the same one, and so must a log
+/// restored from a snapshot (which leaves the log's key behind): a customer whose
+/// pseudonym changed is a new customer to lifetime commissions. Blocking.
+pub fn customer_secret(secrets: &SecretsConfig, log: &Log) -> Result<[u8; 32], ReloadError> {
+    let store = Secrets::load(secrets)?;
+    match store.get(CUSTOMER_KEY_SECRET) {
+        Some(value) if value.trim().len() < 16 => Err(ReloadError::Read {
+            path: format!("secret {CUSTOMER_KEY_SECRET}"),
+            reason: "shorter than 16 characters: use a long random value (openssl rand -hex 32)".into(),
+        }),
+        Some(value) => Ok(blake3::derive_key("tally customer key v1", value.trim().as_bytes())),
+        None => Ok(log.customer_key()?),
+    }
+}
+
 /// The day keys in use: at most a handful of days.
 pub(crate) struct DayKeys {
     keys: ArcSwap<Vec<(u32, [u8; 32])>>,

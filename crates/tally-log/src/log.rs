@@ -199,6 +199,13 @@ impl Log {
         crate::privacy::day_key(&self.shared.db, day)
     }
 
+    /// The key of customer pseudonyms on conversions, random per log unless the operator
+    /// gives one (a cluster's edges must share it), created on first use and kept for good.
+    /// Blocking.
+    pub fn customer_key(&self) -> Result<[u8; 32], LogError> {
+        crate::privacy::customer_key(&self.shared.db)
+    }
+
     /// Erases the personal fields of the records `what` matches (see [`crate::Erasure`]),
     /// leaving their chained bytes, so `verify` and replay are unaffected. Reads the whole
     /// log; blocking.

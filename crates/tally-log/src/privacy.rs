@@ -14,17 +14,22 @@
 //! |------------------------------|-----------------------------------------------------|
 //! | `day_key` ‖ day, u32 BE      | 32 random bytes: the visitor key of that program day |
 //! | `floor`                      | seq, u64 BE: retention has erased everything before |
+//! | `customer_key`               | 32 random bytes: the key of customer pseudonyms     |
+//!
+//! The customer key, unlike day keys, is never deleted: lifetime commissions join a
+//! customer's purchases by the pseudonym it gives, for as long as the program runs.
 
 use rocksdb::{IteratorMode, WriteBatch, WriteOptions};
 use tally_model::record::{self, Personal};
 use tally_model::{ClickId, Event};
 
 use crate::db::{cf, Db};
-use crate::keys::{self, CF_BUS, CF_CHAIN, CF_EVENTS, CF_PRIVACY, CF_UNIQUE};
+use crate::keys::{self, CF_BUS, CF_CHAIN, CF_EVENTS, CF_PRIVACY, CF_PROGRAM, CF_UNIQUE};
 use crate::LogError;
 
 const DAY_KEY: &[u8] = b"day_key";
 const FLOOR: &[u8] = b"floor";
+const CUSTOMER_KEY: &[u8] = b"customer_key";
 /// Records are written in sequence order but stamped by the edge's clock, which may step
 /// back a little: retention reads this far past the cutoff before it decides it is done.
 const CLOCK_SLACK_MS: u64 = 3_600_000;
@@ -59,6 +64,20 @@ pub(crate) fn day_key(db: &Db, day: u32) -> Result<[u8; 32], LogError> {
     Ok(key)
 }
 
+/// The key of customer pseudonyms (`tally_model::CustomerKey`), created at random and
+/// stored durably on first use.
+pub(crate) fn customer_key(db: &Db) -> Result<[u8; 32], LogError> {
+    let privacy = cf(db, CF_PRIVACY)?;
+    if let Some(v) = db.get_cf(privacy, CUSTOMER_KEY).map_err(read_err)? {
+        return <[u8; 32]>::try_from(v.as_slice())
+            .map_err(|_| LogError::Corrupt("customer key is not 32 bytes".into()));
+    }
+    let key: [u8; 32] = rand::random();
+    db.put_cf(privacy, CUSTOMER_KEY, key).map_err(write_err)?;
+    settle(db)?;
+    Ok(key)
+}
+
 /// Makes the `privacy` family's last writes durable by flushing its memtable. Besides
 /// syncing them, this keeps the family from pinning write-ahead log files: RocksDB deletes a
 /// WAL file only once every family with data in it has flushed, and this one, written a few
@@ -74,20 +93,25 @@ pub struct Erasure {
     pub click_ids: Vec<ClickId>,
     /// Clicks and conversions recorded with these IPs (as stored, after the privacy policy).
     pub ips: Vec<String>,
+    /// Conversions of these customers, by the merchant's customer ID. Their pseudonym stays
+    /// (it is chained, and it is what keeps paying the customer's referrer).
+    pub customers: Vec<String>,
 }
 
 impl Erasure {
     pub fn is_empty(&self) -> bool {
-        self.click_ids.is_empty() && self.ips.is_empty()
+        self.click_ids.is_empty() && self.ips.is_empty() && self.customers.is_empty()
     }
 
     fn matches(&self, event: &Event) -> bool {
-        let (click_id, ip) = match event {
-            Event::Click(c) => (Some(c.click_id), c.ip.as_str()),
-            Event::Conversion(c) => (c.click_id, c.ip.as_str()),
+        let (click_id, ip, customer) = match event {
+            Event::Click(c) => (Some(c.click_id), c.ip.as_str(), ""),
+            Event::Conversion(c) => (c.click_id, c.ip.as_str(), c.customer.as_ref().map_or("", |k| k.id.as_str())),
             Event::ProgramChange(_) | Event::ProgramEdit(_) | Event::Decision(_) => return false,
         };
-        click_id.is_some_and(|id| self.click_ids.contains(&id)) || (!ip.is_empty() && self.ips.iter().any(|i| i == ip))
+        click_id.is_some_and(|id| self.click_ids.contains(&id))
+            || (!ip.is_empty() && self.ips.iter().any(|i| i == ip))
+            || (!customer.is_empty() && self.customers.iter().any(|c| c == customer))
     }
 }
 
@@ -262,7 +286,7 @@ impl<'a> Rewrite<'a> {
     fn finish(mut self) -> Result<(), LogError> {
         self.flush_batch()?;
         let Some((first, last)) = self.range else { return Ok(()) };
-        for name in [CF_EVENTS, CF_CHAIN, CF_UNIQUE, CF_PRIVACY, CF_BUS] {
+        for name in [CF_EVENTS, CF_CHAIN, CF_UNIQUE, CF_PRIVACY, CF_BUS, CF_PROGRAM] {
             self.db.flush_cf(cf(self.db, name)?).map_err(write_err)?;
         }
         let events = cf(self.db, CF_EVENTS)?;

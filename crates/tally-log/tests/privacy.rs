@@ -55,6 +55,7 @@ fn conversion(click: &Click, ip: &str) -> Conversion {
         subs: Default::default(),
         ip: ip.into(),
         advertiser: String::new(),
+        customer: None,
     }
 }
 
@@ -105,10 +106,12 @@ fn erasure_by_click_and_by_ip_keeps_the_chain_and_the_other_fields() {
     assert_eq!((before.personal.present, before.personal.erased), (5, 0));
 
     // Click a: the click and the conversion that claims it.
-    let report = log.erase(&Erasure { click_ids: vec![a.click_id], ips: vec![] }).unwrap();
+    let report = log.erase(&Erasure { click_ids: vec![a.click_id], ..Default::default() }).unwrap();
     assert_eq!((report.scanned, report.erased, report.already_erased, report.chained), (6, 2, 0, 0));
     // By IP: c's click and the format-2 click share one; only c's can be erased.
-    let report = log.erase(&Erasure { click_ids: vec![a.click_id], ips: vec!["203.0.113.0".into()] }).unwrap();
+    let report = log
+        .erase(&Erasure { click_ids: vec![a.click_id], ips: vec!["203.0.113.0".into()], ..Default::default() })
+        .unwrap();
     assert_eq!((report.erased, report.already_erased, report.chained), (1, 2, 1));
 
     let after = log.reader().verify().unwrap();
@@ -143,6 +146,52 @@ fn erasure_by_click_and_by_ip_keeps_the_chain_and_the_other_fields() {
         assert!(!holds(&bytes, gone), "{gone} is still in the log's files");
     }
     assert!(holds(&bytes, "Kept-UA/2.0"));
+}
+
+/// A customer's ID is personal data: erasing by it cuts the trailers of that customer's
+/// conversions and leaves the chained pseudonym, which recurring commissions join on.
+#[test]
+fn erasure_by_customer_keeps_the_pseudonym_and_the_customer_key_is_kept_for_good() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), LogOptions::default(), LogMetrics::default()).unwrap();
+    let secret = log.customer_key().unwrap();
+    assert_eq!(log.customer_key().unwrap(), secret, "created once");
+    let k = click(1, NOW, "198.51.100.1", "UA/1.0");
+    let of = |customer: &str, ip: &str| {
+        let mut c = conversion(&k, ip);
+        c.txid = format!("T-{ip}");
+        c.customer = Some(tally_model::Customer::new(&secret, customer));
+        Event::Conversion(c)
+    };
+    let alice = [of("alice@example.com", "198.51.100.7"), of("alice@example.com", "198.51.100.8")];
+    let bob = of("bob@example.com", "198.51.100.9");
+    append(&log, &[alice[0].clone(), bob.clone(), alice[1].clone()]);
+    let before = log.reader().verify().unwrap();
+
+    let report = log.erase(&Erasure { customers: vec!["alice@example.com".into()], ..Default::default() }).unwrap();
+    assert_eq!((report.scanned, report.erased), (3, 2));
+    let after = log.reader().verify().unwrap();
+    assert!(after.is_ok());
+    assert_eq!(after.head, before.head, "the chain is untouched");
+    let got = events(&log);
+    for (i, original) in [(0, &alice[0]), (2, &alice[1])] {
+        let (Event::Conversion(erased), Personal::Erased) = &got[i] else { panic!("{:?}", got[i]) };
+        let Event::Conversion(original) = original else { unreachable!() };
+        let key = erased.customer.as_ref().unwrap();
+        assert_eq!((key.key, key.id.as_str(), erased.ip.as_str()), (original.customer.as_ref().unwrap().key, "", ""));
+    }
+    assert_eq!(got[1], (bob, Personal::Present));
+
+    log.close();
+    drop(log);
+    let bytes = dir_bytes(dir.path());
+    assert!(!holds(&bytes, "alice@example.com"), "the erased customer ID is still in the log's files");
+    assert!(holds(&bytes, "bob@example.com"));
+
+    // Retention drops day keys, never the customer key.
+    let log = Log::open(dir.path(), LogOptions::default(), LogMetrics::default()).unwrap();
+    log.apply_retention(NOW + 400 * DAY).unwrap();
+    assert_eq!(log.customer_key().unwrap(), secret);
 }
 
 #[test]

@@ -313,6 +313,48 @@ pub struct Conversion {
     /// `offer` is empty attribution takes the offer from the click, and credits it only if
     /// that offer is this advertiser's. From record format 4 on (older records: empty).
     pub advertiser: String,
+    /// Who bought, as the merchant identifies its customer (`customer=`): what lets a goal
+    /// with recurring or lifetime terms pay the affiliate who referred the customer's first
+    /// purchase on the customer's later ones. From record format 5 on (older: `None`).
+    pub customer: Option<Customer>,
+}
+
+/// A merchant's customer on a conversion: the keyed hash attribution joins on, chained
+/// (replay needs it), and the merchant's own ID, personal data, kept in the record's
+/// erasable trailer (empty once erased, or when the record was rebuilt without it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Customer {
+    pub key: CustomerKey,
+    pub id: String,
+}
+
+impl Customer {
+    /// The customer `id` under `secret` (see [`CustomerKey::of`]).
+    pub fn new(secret: &[u8; 32], id: &str) -> Customer {
+        Customer { key: CustomerKey::of(secret, id), id: id.to_owned() }
+    }
+}
+
+/// A pseudonym of a merchant's customer ID: the first 16 bytes of keyed BLAKE3 of the ID
+/// under the log's customer secret. 128 bits, so two customers of even a very large program
+/// do not collide (a collision would credit one customer's purchases to the other's
+/// referrer); keyed, so the stored value confirms no guessed e-mail address without the
+/// secret. The same ID under the same secret is the same key for the life of the program:
+/// lifetime commissions depend on it, so the secret is never rotated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct CustomerKey(pub [u8; 16]);
+
+impl CustomerKey {
+    pub fn of(secret: &[u8; 32], id: &str) -> CustomerKey {
+        let mut out = [0u8; 16];
+        out.copy_from_slice(&blake3::keyed_hash(secret, id.as_bytes()).as_bytes()[..16]);
+        CustomerKey(out)
+    }
+
+    /// Lower-case hex, as reports and the API show it.
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
 }
 
 impl Conversion {
@@ -527,6 +569,7 @@ mod tests {
             subs: Default::default(),
             ip: String::new(),
             advertiser: advertiser.into(),
+            customer: None,
         }
     }
 

@@ -19,7 +19,7 @@ pub use click_id::{ClickId, ClickIdError};
 pub use decision::Decision;
 pub use event::{
     click_flags, legacy_visitor_key, visitor_key, Click, ClickView, Conversion, ConversionSource, ConversionStatus,
-    Event, EventKind, ProgramChange,
+    Customer, CustomerKey, Event, EventKind, ProgramChange,
 };
 pub use managed::{Edit, Managed};
 pub use money::{format_minor, parse_minor, parse_reported_minor, Currency, MoneyError};

@@ -153,6 +153,12 @@ struct RawGoal {
     /// Browser reports without a transaction ID are not paid.
     #[serde(default)]
     require_txid: Option<bool>,
+    /// Pays on a referred customer's later purchases for this many months ([`Recurring`]).
+    #[serde(default)]
+    recurring_months: Option<u32>,
+    /// Pays on a referred customer's later purchases for as long as the program runs.
+    #[serde(default)]
+    lifetime: bool,
 }
 
 /// The browser policy keys, as an offer (the default of its goals) or a goal writes them.
@@ -407,6 +413,46 @@ pub struct Goal {
     pub milestones: Vec<Milestone>,
     /// What a report from a browser (pixel, tag) may do for this goal.
     pub browser: BrowserPolicy,
+    /// Whether a conversion of a customer some affiliate referred earlier pays that
+    /// affiliate, with or without a click or coupon of its own.
+    pub recurring: Recurring,
+}
+
+/// Recurring and lifetime commissions: the first credited conversion of a customer (a
+/// conversion that carries a customer ID) binds the customer to the affiliate it credited,
+/// for the offer. A later conversion of that customer, of a goal with recurring terms, pays
+/// the bound affiliate while the binding is in force, whatever click or coupon it names
+/// (the referrer keeps the customer); after that, or for a goal without recurring terms,
+/// it is attributed by its own click or coupon like any other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Recurring {
+    #[default]
+    Off,
+    /// For this many calendar months from the binding conversion (`recurring_months`).
+    Months(u32),
+    /// For as long as the program runs (`lifetime = true`).
+    Lifetime,
+}
+
+impl Recurring {
+    /// Whether a binding made at `bound_ms` still holds at `ts_ms`, in `calendar`'s days:
+    /// for `Months(n)`, up to (not including) the same day of the month `n` months later,
+    /// or that month's last day when it is shorter.
+    pub fn holds(self, calendar: &crate::time::Calendar, bound_ms: u64, ts_ms: u64) -> bool {
+        match self {
+            Recurring::Off => false,
+            Recurring::Lifetime => true,
+            Recurring::Months(n) => calendar.day_of(ts_ms) < crate::time::add_months(calendar.day_of(bound_ms), n),
+        }
+    }
+
+    pub fn describe(self) -> String {
+        match self {
+            Recurring::Off => "none".into(),
+            Recurring::Lifetime => "lifetime".into(),
+            Recurring::Months(n) => format!("{n} months"),
+        }
+    }
 }
 
 /// How far a goal trusts reports from browsers (the pixel and the tag): anyone who holds a
@@ -1191,6 +1237,19 @@ fn validate_offer(
                 overrides,
                 milestones,
                 browser,
+                recurring: match (g.recurring_months, g.lifetime) {
+                    (Some(_), true) => {
+                        problems.push(format!("{gat}: recurring_months and lifetime = true exclude each other"));
+                        Recurring::Off
+                    }
+                    (Some(n), false) if !(1..=1200).contains(&n) => {
+                        problems.push(format!("{gat}.recurring_months: must be 1-1200, got {n}"));
+                        Recurring::Off
+                    }
+                    (Some(n), false) => Recurring::Months(n),
+                    (None, true) => Recurring::Lifetime,
+                    (None, false) => Recurring::Off,
+                },
             });
         }
         if g.hold_days > 3650 {
@@ -1676,6 +1735,31 @@ affiliate = "ghost"
         ] {
             let e = Program::from_toml(&base(payout)).unwrap_err().to_string();
             assert!(e.contains(needle), "{payout}: {e}");
+        }
+    }
+
+    #[test]
+    fn recurring_terms_load_and_bad_ones_are_named() {
+        let goal = |extra: &str| {
+            GOOD.replace(
+                r#"payout = { kind = "fixed", amount = "2.50" }"#,
+                &format!("payout = {{ kind = \"fixed\", amount = \"2.50\" }}\n{extra}"),
+            )
+        };
+        let recurring = |src: &str| {
+            let p = Program::from_toml(src).unwrap();
+            p.offers.values().flat_map(|o| o.goals.iter().map(|g| g.recurring).collect::<Vec<_>>()).collect::<Vec<_>>()
+        };
+        assert!(recurring(&goal("recurring_months = 12")).contains(&Recurring::Months(12)));
+        assert!(recurring(&goal("lifetime = true")).contains(&Recurring::Lifetime));
+        assert!(recurring(GOOD).iter().all(|r| *r == Recurring::Off));
+        for (extra, needle) in [
+            ("recurring_months = 0", "recurring_months: must be 1-1200, got 0"),
+            ("recurring_months = 1201", "recurring_months: must be 1-1200"),
+            ("recurring_months = 3\nlifetime = true", "exclude each other"),
+        ] {
+            let e = Program::from_toml(&goal(extra)).unwrap_err().to_string();
+            assert!(e.contains(needle), "{extra}: {e}");
         }
     }
 

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! offset  size  field
-//! 0       1     format version (currently 4; versions 1 to 3 still decode, see below)
+//! 0       1     format version (currently 5; versions 1 to 4 still decode, see below)
 //! 1       1     event kind (1 click, 2 conversion, 3 program change, 4 program edit,
 //!               5 operator decision; see EventKind)
 //! 2       4     payload length n, u32 big-endian
@@ -11,7 +11,9 @@
 //! ---- the chained part ends here: the log's hash chain covers bytes [0, 10+n) ----
 //! 10+n    m     personal trailer (format 3+ clicks and conversions; absent when the event
 //!               has no personal field, or after they were erased):
-//!               postcard of (salt [u8; 8], ip, user_agent, referrer)
+//!               postcard of (salt [u8; 8], ip, user_agent, referrer); a format-5
+//!               conversion, which has no user agent or referrer, keeps its customer's ID
+//!               in the second string (conversions before format 5 left it empty)
 //! ```
 //!
 //! The checksum catches torn or bit-rotted records; it is not a MAC (tampering is caught by
@@ -29,7 +31,10 @@
 //!
 //! Versions:
 //!
-//! - **4** (written by this build): `Conversion` gained `advertiser` (the advertiser whose
+//! - **5** (written by this build): `Conversion` gained `customer`: the customer's key
+//!   (`Option<[u8; 16]>`) chained before the seal, the merchant's customer ID in the
+//!   trailer. Clicks, program changes, edits and decisions are laid out as in version 4.
+//! - **4**: `Conversion` gained `advertiser` (the advertiser whose
 //!   credential authenticated a postback), before the seal. Clicks and program changes are
 //!   laid out as in version 3. Program edits (kind 4) and operator decisions (kind 5) were
 //!   added in version 4 and exist in no other.
@@ -39,7 +44,7 @@
 //! - **2**: `Click` gained `prior_click`. Personal fields inside the payload, chained.
 //! - **1**: the first format: a click payload has no `prior_click` (it decodes as `None`).
 //!
-//! Decoding an older record and encoding the event again gives a version-4 record, not the
+//! Decoding an older record and encoding the event again gives a version-5 record, not the
 //! original bytes; stored records are never rewritten (only trailers are ever cut), so the
 //! log keeps every version it was written in. Personal fields of version 1 and 2 records are
 //! chained and cannot be erased without breaking `verify`.
@@ -50,12 +55,15 @@ use xxhash_rust::xxh3::xxh3_64;
 
 use crate::click_id::ClickId;
 use crate::event::{
-    legacy_visitor_key, Click, ClickView, Conversion, ConversionSource, ConversionStatus, Event, EventKind,
+    legacy_visitor_key, Click, ClickView, Conversion, ConversionSource, ConversionStatus, Customer, CustomerKey, Event,
+    EventKind,
 };
 use crate::money::Currency;
 
 /// The version byte written by this build.
-pub const FORMAT_VERSION: u8 = 4;
+pub const FORMAT_VERSION: u8 = 5;
+/// Before `Conversion::customer`; still decoded, never written.
+const VERSION_4: u8 = 4;
 /// Before `Conversion::advertiser`; still decoded, never written.
 const VERSION_3: u8 = 3;
 /// Before personal fields moved to the trailer; still decoded, never written.
@@ -231,12 +239,13 @@ fn encode_conversion(c: &Conversion, salt: [u8; SALT_LEN], buf: &mut Vec<u8>) ->
     let start = buf.len();
     buf.extend_from_slice(&[FORMAT_VERSION, EventKind::Conversion as u8, 0, 0, 0, 0]);
     let payload_start = buf.len();
-    let chained = ConversionV4Fields::from(c);
+    let chained = ConversionV5Fields::from(c);
     let taken = std::mem::take(buf);
     *buf = postcard::to_extend(&chained, taken).map_err(|e| RecordError::Payload(e.to_string()))?;
     // The seal, serialised last as raw bytes, is written by `finish_personal`.
     buf.truncate(buf.len() - SEAL_LEN);
-    finish_personal(buf, start, payload_start, [&c.ip, "", ""], salt)
+    let customer = c.customer.as_ref().map(|k| k.id.as_str()).unwrap_or("");
+    finish_personal(buf, start, payload_start, [&c.ip, customer, ""], salt)
 }
 
 /// Fills in the envelope of the record begun at `start` and ending at the buffer's end: the
@@ -330,16 +339,26 @@ pub fn decode_personal(bytes: &[u8]) -> Result<(Event, Personal), RecordError> {
             let ip = trailer.map(|t| t.ip.to_owned()).unwrap_or_default();
             Ok((Event::Conversion(chained.into_conversion(ip)), personal))
         }
-        (_, EventKind::Conversion) => {
+        (VERSION_4, EventKind::Conversion) => {
             let chained: ConversionV4Fields = canonical(payload)?;
             let (trailer, personal) = open_trailer(parts.trailer, &chained.seal)?;
             let ip = trailer.map(|t| t.ip.to_owned()).unwrap_or_default();
             Ok((Event::Conversion(chained.into_conversion(ip)), personal))
         }
+        (_, EventKind::Conversion) => {
+            let chained: ConversionV5Fields = canonical(payload)?;
+            let (trailer, personal) = open_trailer(parts.trailer, &chained.seal)?;
+            let [ip, customer] = trailer.map(|t| [t.ip, t.user_agent]).unwrap_or_default();
+            Ok((Event::Conversion(chained.into_conversion(ip.to_owned(), customer.to_owned())), personal))
+        }
         (_, EventKind::ProgramChange) => Ok((Event::ProgramChange(canonical(payload)?), Personal::Chained)),
         // Program edits exist from format 4 on: an older version byte is not their encoding.
-        (FORMAT_VERSION, EventKind::ProgramEdit) => Ok((Event::ProgramEdit(canonical(payload)?), Personal::Chained)),
-        (FORMAT_VERSION, EventKind::Decision) => Ok((Event::Decision(canonical(payload)?), Personal::Chained)),
+        (VERSION_4 | FORMAT_VERSION, EventKind::ProgramEdit) => {
+            Ok((Event::ProgramEdit(canonical(payload)?), Personal::Chained))
+        }
+        (VERSION_4 | FORMAT_VERSION, EventKind::Decision) => {
+            Ok((Event::Decision(canonical(payload)?), Personal::Chained))
+        }
         (_, EventKind::ProgramEdit | EventKind::Decision) => Err(RecordError::UnknownVersion(parts.version)),
     }
 }
@@ -392,7 +411,7 @@ pub enum EventView<'a> {
 pub fn decode_view(bytes: &[u8]) -> Result<EventView<'_>, RecordError> {
     let parts = check(bytes)?;
     match (parts.version, parts.kind) {
-        (VERSION_3 | FORMAT_VERSION, EventKind::Click) => {
+        (VERSION_3 | VERSION_4 | FORMAT_VERSION, EventKind::Click) => {
             canonical_by_size::<ClickV3>(parts.payload).map(|c| EventView::Click(c.view("", "", "")))
         }
         (VERSION_2, EventKind::Click) => {
@@ -484,6 +503,7 @@ impl ConversionV3Fields {
             subs: self.subs,
             ip,
             advertiser: String::new(),
+            customer: None,
         }
     }
 }
@@ -521,12 +541,13 @@ impl ConversionV2 {
             subs: self.subs,
             ip: self.ip,
             advertiser: String::new(),
+            customer: None,
         }
     }
 }
 
 /// A version-4 conversion's chained payload: version 3's with `advertiser` before the seal.
-/// The on-disk format: never change it.
+/// Frozen; decoded, never written.
 #[derive(Serialize, Deserialize)]
 struct ConversionV4Fields {
     ts_ms: u64,
@@ -542,26 +563,6 @@ struct ConversionV4Fields {
     subs: [String; 5],
     advertiser: String,
     seal: [u8; SEAL_LEN],
-}
-
-impl From<&Conversion> for ConversionV4Fields {
-    fn from(c: &Conversion) -> Self {
-        ConversionV4Fields {
-            ts_ms: c.ts_ms,
-            source: c.source,
-            click_id: c.click_id,
-            coupon: c.coupon.clone(),
-            offer: c.offer.clone(),
-            goal: c.goal.clone(),
-            txid: c.txid.clone(),
-            amount: c.amount,
-            currency: c.currency,
-            status: c.status,
-            subs: c.subs.clone(),
-            advertiser: c.advertiser.clone(),
-            seal: [0; SEAL_LEN],
-        }
-    }
 }
 
 impl ConversionV4Fields {
@@ -580,6 +581,69 @@ impl ConversionV4Fields {
             subs: self.subs,
             ip,
             advertiser: self.advertiser,
+            customer: None,
+        }
+    }
+}
+
+/// A version-5 conversion's chained payload: version 4's with the customer's key before the
+/// seal (the customer's ID is in the trailer). The on-disk format: never change it.
+#[derive(Serialize, Deserialize)]
+struct ConversionV5Fields {
+    ts_ms: u64,
+    source: ConversionSource,
+    click_id: Option<ClickId>,
+    coupon: String,
+    offer: String,
+    goal: String,
+    txid: String,
+    amount: Option<i64>,
+    currency: Currency,
+    status: ConversionStatus,
+    subs: [String; 5],
+    advertiser: String,
+    customer: Option<[u8; 16]>,
+    seal: [u8; SEAL_LEN],
+}
+
+impl From<&Conversion> for ConversionV5Fields {
+    fn from(c: &Conversion) -> Self {
+        ConversionV5Fields {
+            ts_ms: c.ts_ms,
+            source: c.source,
+            click_id: c.click_id,
+            coupon: c.coupon.clone(),
+            offer: c.offer.clone(),
+            goal: c.goal.clone(),
+            txid: c.txid.clone(),
+            amount: c.amount,
+            currency: c.currency,
+            status: c.status,
+            subs: c.subs.clone(),
+            advertiser: c.advertiser.clone(),
+            customer: c.customer.as_ref().map(|k| k.key.0),
+            seal: [0; SEAL_LEN],
+        }
+    }
+}
+
+impl ConversionV5Fields {
+    fn into_conversion(self, ip: String, customer_id: String) -> Conversion {
+        Conversion {
+            ts_ms: self.ts_ms,
+            source: self.source,
+            click_id: self.click_id,
+            coupon: self.coupon,
+            offer: self.offer,
+            goal: self.goal,
+            txid: self.txid,
+            amount: self.amount,
+            currency: self.currency,
+            status: self.status,
+            subs: self.subs,
+            ip,
+            advertiser: self.advertiser,
+            customer: self.customer.map(|k| Customer { key: CustomerKey(k), id: customer_id }),
         }
     }
 }
@@ -715,7 +779,7 @@ fn check(bytes: &[u8]) -> Result<Parts<'_>, RecordError> {
         return Err(RecordError::Truncated(bytes.len()));
     }
     let version = bytes[0];
-    if !matches!(version, VERSION_1 | VERSION_2 | VERSION_3 | FORMAT_VERSION) {
+    if !matches!(version, VERSION_1 | VERSION_2 | VERSION_3 | VERSION_4 | FORMAT_VERSION) {
         return Err(RecordError::UnknownVersion(version));
     }
     let kind = EventKind::from_byte(bytes[1]).ok_or(RecordError::UnknownKind(bytes[1]))?;
@@ -794,7 +858,15 @@ mod tests {
             subs: Default::default(),
             ip: "198.51.100.0".into(),
             advertiser: advertiser.into(),
+            customer: None,
         })
+    }
+
+    /// Versions before 5 decode with no customer.
+    fn golden_conversion_v5() -> Event {
+        let Event::Conversion(mut c) = golden_conversion_of("acme") else { unreachable!() };
+        c.customer = Some(Customer::new(&[7; 32], "cust-42"));
+        Event::Conversion(c)
     }
 
     fn golden_program() -> Event {
@@ -815,14 +887,21 @@ mod tests {
         buf
     }
 
-    // These bytes ARE the on-disk format (version 4, salt 0x5a…). If this test fails, you
+    // These bytes ARE the on-disk format (version 5, salt 0x5a…). If this test fails, you
     // changed the format: restore it, or bump FORMAT_VERSION, keep decoders for versions 1 to
-    // 4, and keep these strings as decode-only tests like the older ones below.
-    const GOLDEN_CLICK: &str = "04010000005910018bcfe5680000070123456789abcdef80d095ffbc310464656d6f0573686f657304616666310161000000016502666200010110018bcfd625c00003fedcba9876543210634b53f9fac5bcf037fb0feb3195c2fd09794d40fe9a09ab5a5a5a5a5a5a5a5a0b3230332e302e3131332e3002554100";
-    const GOLDEN_CONVERSION: &str = "040200000048a0dd9bffbc31010110018bcfe5680000070000000000000001000573686f65730473616c6503542d3101f2c001035553440100000000000461636d6509c5cd1a493c5f1b427abbd95c1c9e285a5a5a5a5a5a5a5a0c3139382e35312e3130302e300000";
-    const GOLDEN_PROGRAM: &str = "040300000006050261620178867b783f";
-    const GOLDEN_PROGRAM_EDIT: &str = "04040000000b06036f7073026364027b7dd94770ae";
-    const GOLDEN_DECISION: &str = "04050000000807036f7073027b7d472cd956";
+    // 5, and keep these strings as decode-only tests like the older ones below.
+    const GOLDEN_CLICK: &str = "05010000005910018bcfe5680000070123456789abcdef80d095ffbc310464656d6f0573686f657304616666310161000000016502666200010110018bcfd625c00003fedcba9876543210634b53f9fac5bcf037fb0feb3195c2fd09794d4037131c305a5a5a5a5a5a5a5a0b3230332e302e3131332e3002554100";
+    const GOLDEN_CONVERSION: &str = "050200000059a0dd9bffbc31010110018bcfe5680000070000000000000001000573686f65730473616c6503542d3101f2c001035553440100000000000461636d650163a1e7b64899af16d370c3dc44f1e7faccab65a7f7b85a635bdd16fee959bcab5a5a5a5a5a5a5a5a0c3139382e35312e3130302e3007637573742d343200";
+    const GOLDEN_PROGRAM: &str = "050300000006050261620178b3101140";
+    const GOLDEN_PROGRAM_EDIT: &str = "05040000000b06036f7073026364027b7d2da2096a";
+    const GOLDEN_DECISION: &str = "05050000000807036f7073027b7ddc8a6b5c";
+
+    // Version 4: conversions without a customer. Decode-only.
+    const GOLDEN_CLICK_V4: &str = "04010000005910018bcfe5680000070123456789abcdef80d095ffbc310464656d6f0573686f657304616666310161000000016502666200010110018bcfd625c00003fedcba9876543210634b53f9fac5bcf037fb0feb3195c2fd09794d40fe9a09ab5a5a5a5a5a5a5a5a0b3230332e302e3131332e3002554100";
+    const GOLDEN_CONVERSION_V4: &str = "040200000048a0dd9bffbc31010110018bcfe5680000070000000000000001000573686f65730473616c6503542d3101f2c001035553440100000000000461636d6509c5cd1a493c5f1b427abbd95c1c9e285a5a5a5a5a5a5a5a0c3139382e35312e3130302e300000";
+    const GOLDEN_PROGRAM_V4: &str = "040300000006050261620178867b783f";
+    const GOLDEN_PROGRAM_EDIT_V4: &str = "04040000000b06036f7073026364027b7dd94770ae";
+    const GOLDEN_DECISION_V4: &str = "04050000000807036f7073027b7d472cd956";
 
     // Version 3: personal fields in the trailer, no advertiser. Decode-only.
     const GOLDEN_CLICK_V3: &str = "03010000005910018bcfe5680000070123456789abcdef80d095ffbc310464656d6f0573686f657304616666310161000000016502666200010110018bcfd625c00003fedcba9876543210634b53f9fac5bcf037fb0feb3195c2fd09794d409b7302945a5a5a5a5a5a5a5a0b3230332e302e3131332e3002554100";
@@ -843,7 +922,7 @@ mod tests {
     fn golden_bytes_are_frozen() {
         for (event, golden) in [
             (golden_click(Some(golden_prior_click())), GOLDEN_CLICK),
-            (golden_conversion_of("acme"), GOLDEN_CONVERSION),
+            (golden_conversion_v5(), GOLDEN_CONVERSION),
             (golden_program(), GOLDEN_PROGRAM),
             (golden_program_edit(), GOLDEN_PROGRAM_EDIT),
             (golden_decision(), GOLDEN_DECISION),
@@ -857,6 +936,11 @@ mod tests {
     #[test]
     fn older_golden_bytes_still_decode() {
         for (golden, event, personal) in [
+            (GOLDEN_CLICK_V4, golden_click(Some(golden_prior_click())), Personal::Present),
+            (GOLDEN_CONVERSION_V4, golden_conversion_of("acme"), Personal::Present),
+            (GOLDEN_PROGRAM_V4, golden_program(), Personal::Chained),
+            (GOLDEN_PROGRAM_EDIT_V4, golden_program_edit(), Personal::Chained),
+            (GOLDEN_DECISION_V4, golden_decision(), Personal::Chained),
             (GOLDEN_CLICK_V3, golden_click(Some(golden_prior_click())), Personal::Present),
             (GOLDEN_CONVERSION_V3, golden_conversion(), Personal::Present),
             (GOLDEN_PROGRAM_V3, golden_program(), Personal::Chained),
@@ -880,7 +964,7 @@ mod tests {
                 assert_eq!(self::personal(cut).unwrap(), Personal::Erased);
                 assert!(decode(cut).is_ok());
             }
-            // Re-encoded, an old record is a version-4 record of the same event.
+            // Re-encoded, an old record is a version-5 record of the same event.
             let again = salted(&event);
             assert_eq!(again[0], FORMAT_VERSION);
             assert_eq!(decode(&again).unwrap(), event);
@@ -891,7 +975,7 @@ mod tests {
     /// the record still decodes, with its personal fields gone and everything else intact.
     #[test]
     fn erasing_cuts_the_trailer_and_keeps_the_chained_bytes() {
-        for event in [golden_click(Some(golden_prior_click())), golden_conversion()] {
+        for event in [golden_click(Some(golden_prior_click())), golden_conversion(), golden_conversion_v5()] {
             let full = salted(&event);
             assert_eq!(self::personal(&full).unwrap(), Personal::Present);
             let cut = without_personal(&full).unwrap();
@@ -908,7 +992,13 @@ mod tests {
                     c.user_agent.clear();
                     c.referrer.clear();
                 }
-                Event::Conversion(c) => c.ip.clear(),
+                Event::Conversion(c) => {
+                    // The customer's key is chained, to keep paying its referrer; its ID goes.
+                    c.ip.clear();
+                    if let Some(k) = &mut c.customer {
+                        k.id.clear();
+                    }
+                }
                 Event::ProgramChange(_) | Event::ProgramEdit(_) | Event::Decision(_) => unreachable!(),
             }
             assert_eq!(erased, expected);
@@ -981,13 +1071,18 @@ mod tests {
         let as_v1 = envelope(VERSION_1, EventKind::Click, payload(&v2));
         assert!(matches!(decode(&as_v1), Err(RecordError::Payload(_))));
         // A conversion's advertiser under a version-3 header, and a version-3 payload read as
-        // version 4, are not the event they were written as.
-        let v4 = salted(&golden_conversion_of("acme"));
+        // version 4, are not the event they were written as; nor a customer under version 4.
+        let v4 = from_hex(GOLDEN_CONVERSION_V4);
         let as_v3 = envelope(VERSION_3, EventKind::Conversion, payload(&v4));
         assert!(decode(&as_v3).is_err_and(|e| matches!(e, RecordError::Payload(_) | RecordError::NonCanonical)));
         let v3 = from_hex(GOLDEN_CONVERSION_V3);
-        let as_v4 = envelope(FORMAT_VERSION, EventKind::Conversion, payload(&v3));
+        let as_v4 = envelope(VERSION_4, EventKind::Conversion, payload(&v3));
         assert!(decode(&as_v4).is_err());
+        let v5 = salted(&golden_conversion_v5());
+        let as_v4 = envelope(VERSION_4, EventKind::Conversion, payload(&v5));
+        assert!(decode(&as_v4).is_err());
+        let as_v5 = envelope(FORMAT_VERSION, EventKind::Conversion, payload(&v4));
+        assert!(decode(&as_v5).is_err());
     }
 
     #[test]
@@ -1049,7 +1144,7 @@ mod tests {
         for forged in ["0103000000078500026162017821619e73", "01030000000705820061620178e7ca1d4b"] {
             let v1 = from_hex(forged);
             assert_eq!(decode(&v1), Err(RecordError::NonCanonical), "{forged}");
-            for version in [VERSION_2, FORMAT_VERSION] {
+            for version in [VERSION_2, VERSION_4, FORMAT_VERSION] {
                 let v = envelope(version, EventKind::ProgramChange, payload(&v1));
                 assert_eq!(decode(&v), Err(RecordError::NonCanonical), "{forged} as version {version}");
             }
@@ -1256,6 +1351,7 @@ mod tests {
             prop::sample::select(ConversionStatus::ALL.to_vec()),
             subs(),
             "[a-z0-9_-]{0,16}",
+            proptest::option::of((any::<[u8; 16]>(), ".{0,16}")),
         )
             .prop_map(
                 |(
@@ -1268,6 +1364,7 @@ mod tests {
                     status,
                     subs,
                     advertiser,
+                    customer,
                 )| {
                     Event::Conversion(Conversion {
                         ts_ms,
@@ -1283,6 +1380,7 @@ mod tests {
                         subs,
                         ip,
                         advertiser,
+                        customer: customer.map(|(key, id)| Customer { key: CustomerKey(key), id }),
                     })
                 },
             )

@@ -120,6 +120,15 @@ pub fn parse_time(s: &str) -> Option<u64> {
     Some(day * DAY_MS + ms)
 }
 
+/// The day `months` calendar months after `day`: the same day of the month, or the month's
+/// last day when it is shorter (January 31st plus one month is February 28th or 29th).
+pub fn add_months(day: u32, months: u32) -> u32 {
+    let (y, m, d) = civil_from_days(i64::from(day));
+    let total = y * 12 + i64::from(m) - 1 + i64::from(months);
+    let (ty, tm) = (total.div_euclid(12), u32::try_from(total.rem_euclid(12)).unwrap_or(0) + 1);
+    u32::try_from(days_from_civil(ty, tm, d.min(days_in_month(ty, tm)))).unwrap_or(u32::MAX)
+}
+
 fn days_in_month(y: i64, m: u32) -> u32 {
     match m {
         2 if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 => 29,
@@ -158,6 +167,21 @@ fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn adding_months_keeps_the_day_or_takes_the_months_last() {
+        let d = |s| parse_day(s).unwrap();
+        for (from, n, to) in [
+            ("2026-01-15", 1, "2026-02-15"),
+            ("2026-01-31", 1, "2026-02-28"),
+            ("2024-01-31", 1, "2024-02-29"),
+            ("2026-11-30", 3, "2027-02-28"),
+            ("2026-12-01", 12, "2027-12-01"),
+            ("2026-05-31", 0, "2026-05-31"),
+        ] {
+            assert_eq!(format_day(add_months(d(from), n)), to, "{from} + {n}");
+        }
+    }
 
     #[test]
     fn calendar() {

@@ -19,6 +19,7 @@ pub enum Field {
     Status,
     Sub(u8),
     Token,
+    Customer,
 }
 
 impl Field {
@@ -39,6 +40,7 @@ impl Field {
             Field::Sub(4) => "sub4",
             Field::Sub(_) => "sub5",
             Field::Token => "token",
+            Field::Customer => "customer",
         }
     }
 
@@ -54,11 +56,12 @@ impl Field {
             Field::Status => 7,
             Field::Token => 8,
             Field::Sub(n) => 8 + usize::from(n.clamp(1, 5)),
+            Field::Customer => 14,
         }
     }
 }
 
-const SLOTS: usize = 14;
+const SLOTS: usize = 15;
 
 /// `(parameter name, field, rank)`; rank 0 is canonical, higher ranks lose to lower ones.
 const NAMES: &[(&str, Field, u8)] = &[
@@ -89,6 +92,8 @@ const NAMES: &[(&str, Field, u8)] = &[
     ("currency", Field::Currency, 0),
     ("status", Field::Status, 0),
     ("token", Field::Token, 0),
+    ("customer", Field::Customer, 0),
+    ("customer_id", Field::Customer, 1), // Tapfiliate, Rewardful, FirstPromoter
     ("sub1", Field::Sub(1), 0),
     ("sub2", Field::Sub(2), 0),
     ("sub3", Field::Sub(3), 0),
@@ -170,6 +175,7 @@ impl FieldError {
 pub const MAX_TXID: usize = 128;
 pub const MAX_COUPON: usize = 64;
 pub const MAX_SUB: usize = 256;
+pub const MAX_CUSTOMER: usize = 128;
 
 /// Validated conversion fields (before the program is consulted for offer and goal).
 #[derive(Debug)]
@@ -185,6 +191,9 @@ pub struct ConversionParams {
     pub currency: Option<Currency>,
     pub status: ConversionStatus,
     pub subs: [String; 5],
+    /// The merchant's ID of the customer who bought, empty if not given: what recurring
+    /// and lifetime commissions follow.
+    pub customer: String,
 }
 
 pub fn validate(p: &RawParams) -> Result<ConversionParams, FieldError> {
@@ -204,6 +213,7 @@ pub fn validate(p: &RawParams) -> Result<ConversionParams, FieldError> {
         .transpose()?;
     let coupon = bounded(p, Field::Coupon, MAX_COUPON)?;
     let txid = bounded(p, Field::TxId, MAX_TXID)?;
+    let customer = bounded(p, Field::Customer, MAX_CUSTOMER)?;
     let currency = p
         .get(Field::Currency)
         .map(|c| Currency::from_code(c).map_err(|e| FieldError::invalid(Field::Currency, e)))
@@ -228,7 +238,9 @@ pub fn validate(p: &RawParams) -> Result<ConversionParams, FieldError> {
                 reason: format!("missing field: txid (a {} report names the transaction it is about)", status.as_str()),
             });
         }
-    } else if click_id.is_none() && coupon.is_empty() {
+    } else if click_id.is_none() && coupon.is_empty() && (customer.is_empty() || offer.is_none()) {
+        // A customer alone is enough where the offer is named: a repeat purchase pays the
+        // customer's referrer under recurring terms, with no click or coupon.
         return Err(if offer.is_none() {
             FieldError::missing(Field::Offer)
         } else {
@@ -253,6 +265,7 @@ pub fn validate(p: &RawParams) -> Result<ConversionParams, FieldError> {
         currency,
         status,
         subs,
+        customer,
     })
 }
 
@@ -317,6 +330,9 @@ mod tests {
             (format!("cid={cid}&offer=o&status=1"), "status"),
             (format!("cid={cid}&offer=o&txid={long}"), "txid"),
             (format!("cid={cid}&offer=o&sub3=a%0Db"), "sub3"),
+            (format!("cid={cid}&offer=o&customer={}", "c".repeat(129)), "customer"),
+            (format!("cid={cid}&offer=o&customer_id=a%0Ab"), "customer"),
+            ("customer=c1".to_string(), "offer"),
         ] {
             let e = validate(&RawParams::from_query(&q)).unwrap_err();
             assert_eq!(e.field, field, "{q}: {e:?}");
@@ -341,6 +357,14 @@ mod tests {
         assert_eq!((v.offer, v.status), (None, ConversionStatus::Pending));
         let v = validate(&RawParams::from_query(&format!("cid={cid}&txid=T1&status=refund"))).unwrap();
         assert_eq!((v.offer, v.status), (None, ConversionStatus::Refunded));
+    }
+
+    #[test]
+    fn a_customer_with_an_offer_is_enough() {
+        let v = validate(&RawParams::from_query("customer_id=C-7&offer=o&txid=T9&amount=5")).unwrap();
+        assert_eq!((v.click_id, v.coupon.as_str(), v.customer.as_str()), (None, "", "C-7"));
+        let v = validate(&RawParams::from_query("customer_id=C-7&customer=C-8&offer=o")).unwrap();
+        assert_eq!(v.customer, "C-8", "the canonical name wins");
     }
 
     #[test]

@@ -200,7 +200,14 @@ impl App {
             None => (None, None),
         };
         let doc = tally_edge::program_doc(&program.program);
-        let edge = Edge::new(config.edge.clone(), program, log.clone(), registry);
+        let edge = Edge::new(config.edge.clone(), program, log.clone(), registry)?;
+        if config.bus.is_some() && !customer_key_configured(&config.edge.secrets) {
+            tracing::warn!(
+                "no customer-key secret: this edge hashes customer IDs with its own log's key, so a customer \
+                 who buys through another edge is a new customer to recurring commissions; give every edge \
+                 the same TALLY_SECRET_CUSTOMER_KEY"
+            );
+        }
         if let Some((channel, _)) = &programs {
             let publish = channel.publisher();
             edge.set_program_hook(Box::new(move |p| publish(&tally_edge::program_doc(p))));
@@ -398,4 +405,9 @@ pub fn unix_signals(edge: Arc<Edge>) -> io::Result<impl Future<Output = ()>> {
             _ = int.recv() => tracing::info!("SIGINT: draining"),
         }
     })
+}
+
+/// Whether the secrets store gives the customer key (a cluster's edges must share it).
+fn customer_key_configured(secrets: &tally_edge::secrets::SecretsConfig) -> bool {
+    tally_edge::secrets::Secrets::load(secrets).is_ok_and(|s| s.get(tally_edge::CUSTOMER_KEY_SECRET).is_some())
 }

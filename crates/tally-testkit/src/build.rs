@@ -159,6 +159,7 @@ impl ConversionBuilder {
             subs: Default::default(),
             ip: String::new(),
             advertiser: String::new(),
+            customer: None,
         })
     }
 
@@ -231,6 +232,12 @@ impl ConversionBuilder {
         self
     }
 
+    /// The customer who bought, keyed as an edge keys it under [`CUSTOMER_SECRET`].
+    pub fn customer(mut self, id: &str) -> Self {
+        self.0.customer = Some(tally_model::Customer::new(&CUSTOMER_SECRET, id));
+        self
+    }
+
     pub fn build(self) -> Conversion {
         self.0
     }
@@ -239,6 +246,10 @@ impl ConversionBuilder {
         Event::Conversion(self.0)
     }
 }
+
+/// The customer key the builders use: tests' logs have their own, but a conversion built
+/// here only needs one that is the same for the same customer.
+pub const CUSTOMER_SECRET: [u8; 32] = [0x42; 32];
 
 fn usd() -> Currency {
     Currency::from_code("USD").unwrap_or_else(|e| panic!("USD: {e}"))

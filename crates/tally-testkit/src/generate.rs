@@ -617,6 +617,7 @@ impl<S: RngCore> Generator<S> {
             subs: Default::default(),
             ip: String::new(),
             advertiser: String::new(),
+            customer: None,
         })
     }
 

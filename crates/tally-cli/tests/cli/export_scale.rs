@@ -42,6 +42,7 @@ fn event(i: u64) -> Event {
             subs: [format!("c{}", i % 11), String::new(), "x,y".into(), String::new(), String::new()],
             ip: format!("10.0.{}.0", i % 256),
             advertiser: String::new(),
+            customer: None,
         });
     }
     Event::Click(Click {
@@ -87,6 +88,7 @@ fn expected_row(i: u64) -> Vec<String> {
             r.extend(["USD".into(), c.status.as_str().into(), tally_model::time::format_ts(c.ts_ms)]);
             r.push(personal.into());
             r.push(c.advertiser);
+            r.extend([String::new(), String::new()]); // customer, customer_id
             r
         }
         Event::ProgramChange(_) | Event::ProgramEdit(_) | Event::Decision(_) => unreachable!(),

@@ -129,7 +129,10 @@ fn erasure_by_the_admin_api_and_the_cli_keeps_verify_replay_and_the_ledger() {
     assert_eq!(row(&c)["personal"], "present");
     assert!(!ra["visitor"].as_str().unwrap().is_empty(), "the visitor key stays: unique clicks do not change");
     let conversions = run(&["export", "conversions", "--data-dir", d, "--format", "csv"]).1;
-    assert!(conversions.lines().next().unwrap().ends_with(",time,personal,advertiser"), "{conversions}");
+    assert!(
+        conversions.lines().next().unwrap().ends_with(",time,personal,advertiser,customer,customer_id"),
+        "{conversions}"
+    );
     let bytes = file_bytes(&data);
     assert!(!holds(&bytes, "Erasable-UA/1.0") && !holds(&bytes, "198.51.100.7"), "erased values left in the files");
     assert!(holds(&bytes, "Kept-UA/2.0"), "the scan reads the files");
@@ -150,6 +153,11 @@ fn erasure_by_the_admin_api_and_the_cli_keeps_verify_replay_and_the_ledger() {
     assert!(code == 2 && err.contains("nothing to erase"), "{err}");
     let (code, _, err) = run_code(&["erase", "--data-dir", d, "--click", "nope"]);
     assert!(code == 2 && err.contains("nope"), "{err}");
+    let (code, _, err) = run_code(&["erase", "--data-dir", d, "--customer", ""]);
+    assert!(code == 2 && err.contains("--customer"), "{err}");
+    // A customer no conversion names: nothing to erase, and that is no error.
+    let (code, v) = run_json(&["erase", "--data-dir", d, "--customer", "nobody@example.com", "--format", "json"]);
+    assert!(code == 0 && v["erased"] == 0, "{v}");
     let missing = env.tmp.path().join("missing");
     let (code, _, err) = run_code(&["erase", "--data-dir", missing.to_str().unwrap(), "--ip", "1.2.3.4"]);
     assert!(code == 2 && err.contains("no Tally log"), "{err}");

@@ -14,6 +14,7 @@ mod limits;
 mod openapi;
 mod ops;
 mod program_api;
+mod recurring;
 mod security;
 mod tag;
 
