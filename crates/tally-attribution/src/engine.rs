@@ -35,6 +35,7 @@
 //! negative clawback entry. Reversals lower the monthly count (later conversions may fall
 //! in a lower tier) but never free cap room or take back a bonus already earned.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use tally_model::program::{
@@ -47,7 +48,9 @@ use tally_model::{
 
 use crate::clicks::{ClickFacts, ClickFactsRef, FirstClick};
 use crate::keys;
-use crate::ledger::{Adjustment, Entry, EntryId, Kind, Reason, Source, StatsKeyRef, Status, BROWSER_REVIEW_NOTE};
+use crate::ledger::{
+    Adjustment, Entry, EntryId, Kind, Payment, Reason, Source, StatsKeyRef, Status, BROWSER_REVIEW_NOTE,
+};
 use crate::state::State;
 use crate::stats::RowDelta;
 use crate::AttributionError;
@@ -324,6 +327,7 @@ fn base_entry(seq: u64, c: &Conversion, program: &str) -> Entry {
         confirmed_by: None,
         source: c.source.into(),
         adjustments: Vec::new(),
+        payments: Vec::new(),
     }
 }
 
@@ -955,6 +959,16 @@ fn operator_decision(
         finish(state, e, out);
         return Ok(());
     }
+    match d {
+        Decision::Payout { payout, up_to, affiliates, group, note } => {
+            let run = PayoutRun { payout, up_to, affiliates, group, note };
+            return payout_run(state, seq, ts_ms, actor, &digest, &run, out);
+        }
+        Decision::VoidPayout { payout, reason } => {
+            return void_payout(state, seq, ts_ms, actor, &digest, payout, reason, out)
+        }
+        _ => {}
+    }
     let Some(target_id) = d.entry().and_then(EntryId::parse) else {
         tracing::warn!(seq, entry = ?d.entry(), "operator decision names no valid entry: no entry");
         return Ok(());
@@ -1043,6 +1057,11 @@ fn operator_decision(
                 refuse(e, format!("{what} is {}: nothing to adjust", state_of(&target)), state, out);
                 return Ok(());
             }
+            if let Some(p) = target.paid_in() {
+                let why = format!("{what} was paid in payout {p}: reject it (a clawback) or pay a bonus instead");
+                refuse(e, why, state, out);
+                return Ok(());
+            }
             let new = match parse_minor(amount, target.currency, false) {
                 Ok(a) => a,
                 Err(err) => {
@@ -1066,9 +1085,179 @@ fn operator_decision(
             });
             add_conversion(row, 0, 0, new.saturating_sub(before), target.currency);
         }
-        Decision::Bonus { .. } => {}
+        Decision::Bonus { .. } | Decision::Payout { .. } | Decision::VoidPayout { .. } => {}
     }
     finish(state, target, out);
+    finish(state, e, out);
+    Ok(())
+}
+
+/// The key that claims a payout ID for the payout run that used it, in the `dedup` family
+/// beside transaction keys (which start with a zero byte) and customer bindings (`0xfe`).
+fn payout_key(payout: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + payout.len());
+    k.push(0xfd);
+    k.extend_from_slice(payout.as_bytes());
+    k
+}
+
+/// What a payout run decision names.
+struct PayoutRun<'a> {
+    payout: &'a str,
+    up_to: &'a str,
+    affiliates: &'a [String],
+    group: &'a str,
+    note: &'a str,
+}
+
+/// A payout run (`tally_model::Decision::Payout`): the ledger's approved, unpaid entries
+/// made up to the run's end, of the affiliates it names (by list or group; all if neither),
+/// summed per affiliate and currency; each sum that is positive and reaches the affiliate's
+/// minimum (`Program::payout_minimum_for`) is paid: its entries get a [`Payment`] mark.
+/// The rest wait for a later run. The run's own entry, kind `payout` with the payout ID as
+/// `txid`, pays nothing and says what was paid; a payout ID is used once, ever.
+fn payout_run(
+    state: &mut State,
+    seq: u64,
+    ts_ms: u64,
+    actor: &str,
+    digest: &str,
+    run: &PayoutRun<'_>,
+    out: &mut Outputs,
+) -> Result<(), AttributionError> {
+    let Some(program) = state.program.clone() else {
+        tracing::warn!(seq, "payout run with no program in force: no entry");
+        return Ok(());
+    };
+    let fallback = program.offers.values().next().map(|o| o.currency);
+    let key = payout_key(run.payout);
+    let earlier = state.dedup(&key)?;
+    let mut lines: BTreeMap<(String, Currency), (i64, Vec<Entry>)> = BTreeMap::new();
+    let end = tally_model::decision::up_to_end_ms(run.up_to);
+    if let (None, Some(end)) = (earlier, end) {
+        let chosen = |a: &str| {
+            (run.affiliates.is_empty() || run.affiliates.iter().any(|x| x == a))
+                && (run.group.is_empty()
+                    || program.affiliates.get(a).and_then(|x| x.group.as_deref()) == Some(run.group))
+        };
+        state.for_each_entry(|e| {
+            if e.payable() && e.ts_ms < end && chosen(&e.affiliate) {
+                let line = lines.entry((e.affiliate.clone(), e.currency)).or_default();
+                line.0 = line.0.saturating_add(e.amount);
+                line.1.push(e.clone());
+            }
+        })?;
+    }
+    let currency = lines.keys().next().map(|(_, c)| *c).or(fallback);
+    let Some(currency) = currency else {
+        tracing::warn!(seq, "payout run with a program that has no offer: no entry");
+        return Ok(());
+    };
+    let mut e = Entry {
+        kind: Kind::Payout,
+        txid: run.payout.to_owned(),
+        approved_seq: Some(seq),
+        ..decision_entry(seq, ts_ms, digest, currency)
+    };
+    let not_applied = |e: &mut Entry, why: String| {
+        e.status = Status::Rejected;
+        e.reason = Reason::NotApplicable;
+        e.approved_seq = None;
+        e.rule = format!("payout {} by {actor} not applied: {why}", run.payout);
+    };
+    if let Some(first) = earlier {
+        not_applied(&mut e, format!("payout ID {} was used by entry {first}", run.payout));
+        finish(state, e, out);
+        return Ok(());
+    }
+    if end.is_none() {
+        not_applied(&mut e, format!("up_to \"{}\" is not a date or time", run.up_to));
+        finish(state, e, out);
+        return Ok(());
+    }
+    state.put_dedup(key, e.id);
+    let (mut paid_lines, mut paid_entries, mut below) = (0u64, 0u64, 0u64);
+    let mut totals: BTreeMap<Currency, i64> = BTreeMap::new();
+    for ((affiliate, cur), (total, entries)) in lines {
+        if total <= 0 || total < program.payout_minimum_for(&affiliate, cur) {
+            below += 1;
+            continue;
+        }
+        paid_lines += 1;
+        let sum = totals.entry(cur).or_default();
+        *sum = sum.saturating_add(total);
+        for mut paid in entries {
+            paid.payments.push(Payment { seq, payout: run.payout.to_owned() });
+            paid_entries += 1;
+            finish(state, paid, out);
+        }
+    }
+    let totals = totals.iter().map(|(c, v)| format!("{c} {}", format_minor(*v, *c))).collect::<Vec<_>>().join(", ");
+    e.rule = format!(
+        "payout {} by {actor} up to {}: {paid_lines} balance(s) paid in {paid_entries} entries{}{}{}",
+        run.payout,
+        run.up_to,
+        if totals.is_empty() { String::new() } else { format!(" ({totals})") },
+        if below == 0 { String::new() } else { format!("; {below} below the minimum or not positive, carried over") },
+        if run.note.is_empty() { String::new() } else { format!("; {}", run.note) },
+    );
+    finish(state, e, out);
+    Ok(())
+}
+
+/// The void of a payout run: the entries it paid are unpaid again (a void [`Payment`]
+/// mark), the run's entry is `reversed_by` the void, and the void's own entry, a `decision`,
+/// refers to it.
+#[allow(clippy::too_many_arguments)]
+fn void_payout(
+    state: &mut State,
+    seq: u64,
+    ts_ms: u64,
+    actor: &str,
+    digest: &str,
+    payout: &str,
+    reason: &str,
+    out: &mut Outputs,
+) -> Result<(), AttributionError> {
+    let run = match state.dedup(&payout_key(payout))? {
+        Some(id) => state.entry(id)?,
+        None => None,
+    };
+    let Some(mut run) = run else {
+        tracing::warn!(seq, payout = %payout, "void of a payout run not in the ledger: no entry");
+        return Ok(());
+    };
+    let mut e = Entry {
+        refers_to: Some(run.id),
+        txid: payout.to_owned(),
+        approved_seq: Some(seq),
+        ..decision_entry(seq, ts_ms, digest, run.currency)
+    };
+    if run.status != Status::Approved || run.reversed_by.is_some() {
+        e.status = Status::Rejected;
+        e.reason = Reason::NotApplicable;
+        e.approved_seq = None;
+        let why = match run.reversed_by {
+            Some(r) => format!("it was voided by {r}"),
+            None => "it paid nothing".to_owned(),
+        };
+        e.rule = format!("void of payout {payout} by {actor} not applied: {why}");
+        finish(state, e, out);
+        return Ok(());
+    }
+    let mut unpaid = Vec::new();
+    state.for_each_entry(|x| {
+        if x.paid_in() == Some(payout) {
+            unpaid.push(x.clone());
+        }
+    })?;
+    e.rule = format!("payout {payout} voided by {actor}: {reason}; {} entries unpaid again", unpaid.len());
+    for mut x in unpaid {
+        x.payments.push(Payment { seq, payout: String::new() });
+        finish(state, x, out);
+    }
+    run.reversed_by = Some(seq);
+    finish(state, run, out);
     finish(state, e, out);
     Ok(())
 }
@@ -1100,6 +1289,7 @@ fn decision_entry(seq: u64, ts_ms: u64, program: &str, currency: Currency) -> En
         confirmed_by: None,
         source: Source::Operator,
         adjustments: Vec::new(),
+        payments: Vec::new(),
     }
 }
 

@@ -62,6 +62,9 @@ pub enum Kind {
     /// An operator's decision on the entry it refers to (approve, reject a pending one,
     /// adjust): pays nothing itself; its rule says who decided what and why.
     Decision,
+    /// A payout run (`txid` is its payout ID): pays nothing itself; the entries it paid carry
+    /// it in `payments`. `reversed_by` is the decision that voided it.
+    Payout,
 }
 
 impl Kind {
@@ -73,6 +76,7 @@ impl Kind {
             Kind::Reversal => "reversal",
             Kind::Confirmation => "confirmation",
             Kind::Decision => "decision",
+            Kind::Payout => "payout",
         }
     }
 }
@@ -265,6 +269,18 @@ pub struct Entry {
     /// amount before it (so [`Entry::as_of`] can undo them). Entries stored before this field
     /// existed decode with none ([`crate::store`]).
     pub adjustments: Vec<Adjustment>,
+    /// Payout runs that paid this entry and voids of them, in order: paid now under the last
+    /// one's payout ID, unless it is a void (an empty ID). Entries stored before this field
+    /// existed decode with none ([`crate::store`]).
+    pub payments: Vec<Payment>,
+}
+
+/// A payout run's mark on an entry it paid, or (`payout` empty) the void of that run.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Payment {
+    /// The payout run's (or void's) sequence number.
+    pub seq: u64,
+    pub payout: String,
 }
 
 /// One adjustment of an entry's amount.
@@ -319,6 +335,17 @@ impl Entry {
     /// operator's adjustment of its amount (`adjustments`). Undoing those that came after
     /// `seq` gives the earlier entry exactly, which is how a replay that stops at `seq` is
     /// compared with a live ledger that went on.
+    /// The payout ID this entry is paid under: the last payout run that paid it, unless
+    /// that run was voided.
+    pub fn paid_in(&self) -> Option<&str> {
+        self.payments.last().map(|p| p.payout.as_str()).filter(|p| !p.is_empty())
+    }
+
+    /// Whether a payout run may pay it: approved, paying something, and not paid already.
+    pub fn payable(&self) -> bool {
+        self.status == Status::Approved && self.amount != 0 && self.paid_in().is_none()
+    }
+
     pub fn as_of(&self, seq: u64) -> Option<Entry> {
         if self.id.seq > seq {
             return None;
@@ -327,6 +354,9 @@ impl Entry {
         while let Some(a) = e.adjustments.last().copied().filter(|a| a.seq > seq) {
             e.amount = a.before;
             e.adjustments.pop();
+        }
+        while e.payments.last().is_some_and(|p| p.seq > seq) {
+            e.payments.pop();
         }
         if e.reversed_by.is_some_and(|r| r > seq) {
             e.reversed_by = None;
@@ -448,21 +478,32 @@ mod tests {
             confirmed_by: None,
             source: Source::Postback,
             adjustments: Vec::new(),
+            payments: Vec::new(),
         }
     }
 
-    /// Entries stored before `adjustments` existed are today's bytes without the last one
-    /// (an empty list is a zero byte); they decode with no adjustments. Sources keep the
-    /// conversion's variant numbers.
+    /// Entries stored before `payments` (and before `adjustments`) existed are today's bytes
+    /// without the last one (two) (an empty list is a zero byte); they decode with none.
+    /// Sources keep the conversion's variant numbers.
     #[test]
-    fn entries_stored_before_adjustments_still_decode() {
+    fn entries_stored_before_adjustments_and_payments_still_decode() {
         let e = entry();
         let bytes = postcard::to_stdvec(&e).unwrap();
-        assert_eq!(bytes.last(), Some(&0));
-        let old = &bytes[..bytes.len() - 1];
-        assert_eq!(crate::store::decode_entry(old).unwrap(), e);
+        assert_eq!(&bytes[bytes.len() - 2..], &[0, 0]);
+        let before_payments = &bytes[..bytes.len() - 1];
+        let before_adjustments = &bytes[..bytes.len() - 2];
+        assert_eq!(crate::store::decode_entry(before_payments).unwrap(), e);
+        assert_eq!(crate::store::decode_entry(before_adjustments).unwrap(), e);
         assert_eq!(crate::store::decode_entry(&bytes).unwrap(), e);
-        assert!(crate::store::decode_entry(&old[..old.len() - 3]).is_err(), "a cut entry is still corrupt");
+        let cut = &before_adjustments[..before_adjustments.len() - 3];
+        assert!(crate::store::decode_entry(cut).is_err(), "a cut entry is still corrupt");
+        let mut paid = e.clone();
+        paid.payments.push(Payment { seq: 12, payout: "2026-11".into() });
+        assert_eq!(crate::store::decode_entry(&postcard::to_stdvec(&paid).unwrap()).unwrap(), paid);
+        assert_eq!(paid.paid_in(), Some("2026-11"));
+        assert_eq!(paid.as_of(11).unwrap().paid_in(), None);
+        paid.payments.push(Payment { seq: 13, payout: String::new() });
+        assert_eq!(paid.paid_in(), None, "voided");
         for (s, c) in [
             (Source::Pixel, ConversionSource::Pixel),
             (Source::Postback, ConversionSource::Postback),

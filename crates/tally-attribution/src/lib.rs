@@ -32,7 +32,7 @@ use std::path::PathBuf;
 
 pub use config::{AttributionConfig, AttributionSection};
 pub use engine::{apply, apply_click, ClickIn, Outputs};
-pub use ledger::{Adjustment, Entry, EntryId, Kind, Reason, Source, StatsKey, Status};
+pub use ledger::{Adjustment, Entry, EntryId, Kind, Payment, Reason, Source, StatsKey, Status};
 pub use metrics::AttributionMetrics;
 pub use reader::LedgerReader;
 pub use snapshots::SnapshotPolicy;

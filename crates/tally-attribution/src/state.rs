@@ -385,6 +385,22 @@ impl State {
         }
     }
 
+    /// Calls `f` with every ledger entry, committed or not (what is applied wins over what
+    /// is stored), in no promised order: for the rare decisions that read the whole ledger
+    /// (payout runs and their voids).
+    pub(crate) fn for_each_entry(&self, mut f: impl FnMut(&Entry)) -> Result<(), AttributionError> {
+        if let Some(store) = &self.store {
+            for e in store.entries() {
+                let e = e?;
+                if !self.writes.entries.contains_key(&e.id) {
+                    f(&e);
+                }
+            }
+        }
+        self.writes.entries.values().for_each(f);
+        Ok(())
+    }
+
     /// Ledger entries created by events `from..=to`, in id order, including what is applied
     /// but not committed (a replay never commits).
     pub fn entries_range(&self, from: u64, to: u64) -> Result<Vec<Entry>, AttributionError> {

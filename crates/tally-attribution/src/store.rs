@@ -141,20 +141,20 @@ pub(crate) fn decode<T: for<'de> Deserialize<'de>>(what: &str, bytes: &[u8]) -> 
     postcard::from_bytes(bytes).map_err(|e| AttributionError::Corrupt(format!("{what}: {e}")))
 }
 
-/// A stored ledger entry. Entries stored before `Entry::adjustments` existed end where it
-/// starts: postcard writes an empty list as one zero byte, so such an entry is its bytes and
-/// a zero (as the log decodes version-1 clicks).
+/// A stored ledger entry. Entries stored before `Entry::adjustments` or `Entry::payments`
+/// existed end where the first missing list starts: postcard writes an empty list as one
+/// zero byte, so such an entry is its bytes and a zero for each missing list (as the log
+/// decodes version-1 clicks).
 pub(crate) fn decode_entry(bytes: &[u8]) -> Result<Entry, AttributionError> {
-    match postcard::from_bytes(bytes) {
-        Ok(e) => Ok(e),
-        Err(postcard::Error::DeserializeUnexpectedEnd) => {
-            let mut v = Vec::with_capacity(bytes.len() + 1);
-            v.extend_from_slice(bytes);
-            v.push(0);
-            decode("ledger entry", &v)
+    let mut padded = None::<Vec<u8>>;
+    for _ in 0..2 {
+        match postcard::from_bytes(padded.as_deref().unwrap_or(bytes)) {
+            Ok(e) => return Ok(e),
+            Err(postcard::Error::DeserializeUnexpectedEnd) => padded.get_or_insert_with(|| bytes.to_vec()).push(0),
+            Err(e) => return Err(AttributionError::Corrupt(format!("ledger entry: {e}"))),
         }
-        Err(e) => Err(AttributionError::Corrupt(format!("ledger entry: {e}"))),
     }
+    decode("ledger entry", padded.as_deref().unwrap_or(bytes))
 }
 
 pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {

@@ -197,12 +197,6 @@ fn replaying_the_same_events_gives_the_same_ledger() {
         d.wait(20 * DAY);
         apply(&mut d, |t| sale(t, "renewal", &format!("R{i}"), "cust-1"));
     }
-    let mut again = tally_attribution::State::in_memory();
-    for (i, e) in d.events.iter().enumerate() {
-        tally_attribution::apply(&mut again, i as u64 + 1, e).unwrap();
-    }
-    let live: Vec<Entry> = d.state.entries().map(Result::unwrap).collect();
-    let replayed: Vec<Entry> = again.entries().map(Result::unwrap).collect();
-    assert_eq!(live, replayed);
+    let live = d.assert_replay_matches();
     assert_eq!(live.iter().filter(|e| e.affiliate == "aff1" && e.amount > 0).count(), 5, "{live:#?}");
 }

@@ -12,8 +12,8 @@ use tally_model::format_minor;
 
 /// Version of the canonical form, printed next to every digest; a change of columns is a new
 /// version, never a silent change of digests.
-/// v2 (December 2026) added `source`.
-pub const DIGEST_FORM: &str = "tally-ledger-csv-v2";
+/// v2 (December 2026) added `source`; v3 (December 2026) added `payout`.
+pub const DIGEST_FORM: &str = "tally-ledger-csv-v3";
 
 /// The columns of a commission row, in order.
 pub const COLUMNS: &[&str] = &[
@@ -40,6 +40,7 @@ pub const COLUMNS: &[&str] = &[
     "reversed_by",
     "program",
     "source",
+    "payout",
 ];
 
 /// One entry as `(column, value)` pairs in [`COLUMNS`] order (numbers stay numbers for JSON).
@@ -70,6 +71,7 @@ pub fn row(e: &Entry) -> Vec<(&'static str, Value)> {
         ("reversed_by", opt(e.reversed_by.map(|v| v.to_string()))),
         ("program", e.program.as_str().into()),
         ("source", e.source.as_str().into()),
+        ("payout", e.paid_in().unwrap_or("").into()),
     ]
 }
 

@@ -216,6 +216,12 @@ pub fn explain(data_dir: &Path, target: &str) -> Result<Explanation, AuditError>
                             lines.push(format!("  seq {r}: reversed ({why})"));
                         }
                     }
+                    for pay in e.payments.iter().skip(p.payments.len()) {
+                        match pay.payout.as_str() {
+                            "" => lines.push(format!("  seq {}: its payout was voided: unpaid again", pay.seq)),
+                            id => lines.push(format!("  seq {}: paid in payout {id}", pay.seq)),
+                        }
+                    }
                 }
             }
             previous = Some(e);

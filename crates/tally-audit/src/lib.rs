@@ -9,6 +9,7 @@
 //!   those rows that anyone can recompute from an export;
 //! - [`export`] streams the raw log or the ledger, over a half-open range, as CSV, JSON lines
 //!   or (cargo feature `parquet`) Parquet, by one schema: its columns and one event as a row;
+//! - [`payouts`] reads payout runs, balances and per-affiliate statements off the ledger;
 //! - [`snapshot`] copies a whole data directory as of one point in time, for auditors.
 //!
 //! Nothing here writes to the data directory it reads (a snapshot writes only its copy): the log and the live state are opened as
@@ -17,6 +18,7 @@
 pub mod digest;
 pub mod explain;
 pub mod export;
+pub mod payouts;
 pub mod replay;
 pub mod snapshot;
 pub mod zone_report;

@@ -58,6 +58,35 @@ pub enum DecideCommand {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Run a payout: every approved, unpaid entry up to --up-to is marked paid under the
+    /// payout ID, per affiliate and currency whose balance reaches its minimum.
+    Payout {
+        /// The last day (YYYY-MM-DD, UTC, inclusive) or time (RFC 3339 UTC) it pays.
+        #[arg(long)]
+        up_to: String,
+        /// The payout ID (1-64 of A-Z a-z 0-9 - _ .); default: --up-to.
+        #[arg(long, default_value = "")]
+        id: String,
+        /// Only this affiliate (repeatable).
+        #[arg(long = "affiliate")]
+        affiliates: Vec<String>,
+        /// Only this group's affiliates.
+        #[arg(long, default_value = "")]
+        group: String,
+        #[arg(long, default_value = "")]
+        note: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Void a payout run: its entries are unpaid again.
+    VoidPayout {
+        /// The payout ID.
+        payout: String,
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// Pay an affiliate a manual bonus in an offer's currency, approved at once.
     Bonus {
         #[arg(long)]
@@ -83,6 +112,17 @@ pub fn run(command: DecideCommand) -> anyhow::Result<ExitCode> {
         }
         DecideCommand::Adjust { entry, amount, reason, admin } => {
             (format!("/admin/commissions/{entry}/adjust"), json!({ "amount": amount, "reason": reason }), admin)
+        }
+        DecideCommand::Payout { up_to, id, affiliates, group, note, admin } => (
+            "/admin/payouts".to_owned(),
+            json!({ "payout": id, "up_to": up_to, "affiliates": affiliates, "group": group, "note": note }),
+            admin,
+        ),
+        DecideCommand::VoidPayout { payout, reason, admin } => {
+            if payout.is_empty() || payout.contains(|c: char| !(c.is_ascii_alphanumeric() || "-_.".contains(c))) {
+                bail!("payout: \"{payout}\" is not a payout ID (1-64 of A-Z a-z 0-9 - _ .)");
+            }
+            (format!("/admin/payouts/{payout}/void"), json!({ "reason": reason }), admin)
         }
         DecideCommand::Bonus { affiliate, offer, amount, reason, admin } => (
             "/admin/bonuses".to_owned(),

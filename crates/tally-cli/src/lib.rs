@@ -9,6 +9,7 @@ mod export;
 mod ledger;
 mod ops;
 mod output;
+mod payouts;
 mod privacy;
 mod progress;
 mod snapshot;
@@ -144,6 +145,30 @@ enum Command {
         /// of their `--format csv` rows without the header line.
         #[arg(long)]
         digest: bool,
+    },
+    /// Payout runs in the ledger; with --payout, one run's lines, or with --out a statement
+    /// per affiliate it paid (CSV and JSON). Runs and voids: `tally decide payout`.
+    Payouts {
+        #[arg(long, env = "TALLY_DATA_DIR")]
+        data_dir: PathBuf,
+        /// The payout ID.
+        #[arg(long)]
+        payout: Option<String>,
+        /// Write each affiliate's statement of --payout into this directory.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t)]
+        format: OutputFormat,
+    },
+    /// Balances per affiliate and currency: approved unpaid, pending, paid, and the minimum a
+    /// payout run needs.
+    Balances {
+        #[arg(long, env = "TALLY_DATA_DIR")]
+        data_dir: PathBuf,
+        #[arg(long)]
+        affiliate: Option<String>,
+        #[arg(long, value_enum, default_value_t)]
+        format: OutputFormat,
     },
     /// Re-run attribution over the raw log into a scratch state and compare it with the live
     /// ledger; exits 1 on any difference. Works while a server is running.
@@ -393,6 +418,10 @@ pub fn main() -> ExitCode {
             export::range(args.window.from.as_deref(), args.window.to.as_deref())
                 .and_then(|range| export::export(what, &args.data_dir, &range, args.format, args.out.as_deref()))
         }
+        Command::Payouts { data_dir, payout, out, format } => {
+            payouts::payouts(&data_dir, payout.as_deref(), out.as_ref(), format)
+        }
+        Command::Balances { data_dir, affiliate, format } => payouts::balances(&data_dir, affiliate.as_deref(), format),
         Command::Verify { data_dir, anchor, origins, format } => verify(&data_dir, anchor.as_ref(), origins, format),
         Command::Snapshot { data_dir, out, format } => snapshot::snapshot(&data_dir, &out, format),
         Command::Attribute { config, data_dir, once, metrics_listen, bus } => {

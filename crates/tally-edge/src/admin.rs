@@ -131,6 +131,22 @@ pub trait LedgerView: Send + Sync {
     fn wait_applied(&self, seq: u64, timeout: std::time::Duration) -> Result<bool, HookError>;
     /// The entries the event at `seq` made (`seq`, `seq.1`, ...).
     fn made_by(&self, seq: u64) -> Result<Vec<Value>, HookError>;
+    /// Balances by affiliate and currency (approved unpaid, pending, paid), with the minimum
+    /// a payout run needs under `program`: `[{affiliate, currency, approved, pending, paid,
+    /// minimum, payable}]`, of `affiliate` only if given.
+    fn balances(&self, program: &tally_model::Program, affiliate: Option<&str>) -> Result<Value, HookError>;
+    /// Payout runs in log order, with their totals, each with its lines (per affiliate and
+    /// currency) when `lines`; of `affiliate` only (runs that paid it, its lines) if given.
+    fn payouts(&self, affiliate: Option<&str>, lines: bool) -> Result<Value, HookError>;
+    /// `affiliate`'s statement of payout run `payout`, `None` without such a run.
+    fn statement(&self, payout: &str, affiliate: &str) -> Result<Option<StatementDoc>, HookError>;
+}
+
+/// A statement in both forms: JSON and CSV (`text/csv`).
+#[derive(Debug, Clone)]
+pub struct StatementDoc {
+    pub json: Value,
+    pub csv: String,
 }
 
 /// What the admin API needs from outside this crate.
@@ -236,6 +252,9 @@ async fn api(edge: &Arc<Edge>, hooks: &AdminHooks, req: Request<Incoming>) -> Re
     let segments: Vec<&str> = path.split('/').skip(2).collect();
     if matches!(segments.first(), Some(&("commissions" | "bonuses"))) {
         return crate::decisions::route(edge, hooks, req, &segments).await;
+    }
+    if matches!(segments.first(), Some(&("payouts" | "balances"))) {
+        return crate::payouts::route(edge, hooks, req, &segments).await;
     }
     let managed = matches!(segments.first(), Some(&("affiliates" | "groups" | "coupons" | "links" | "import")));
     if managed {

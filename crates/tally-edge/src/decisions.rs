@@ -123,7 +123,9 @@ pub(crate) async fn route(
 }
 
 /// A JSON body; `None` when there is none.
-async fn read_body<T: for<'de> Deserialize<'de>>(req: Request<Incoming>) -> Result<Option<T>, Box<Response<Body>>> {
+pub(crate) async fn read_body<T: for<'de> Deserialize<'de>>(
+    req: Request<Incoming>,
+) -> Result<Option<T>, Box<Response<Body>>> {
     let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
@@ -138,11 +140,14 @@ async fn read_body<T: for<'de> Deserialize<'de>>(req: Request<Incoming>) -> Resu
 }
 
 /// A body the request must have.
-async fn required<T: for<'de> Deserialize<'de>>(req: Request<Incoming>, what: &str) -> Result<T, Box<Response<Body>>> {
+pub(crate) async fn required<T: for<'de> Deserialize<'de>>(
+    req: Request<Incoming>,
+    what: &str,
+) -> Result<T, Box<Response<Body>>> {
     read_body(req).await?.ok_or_else(|| Box::new(error(400, &format!("a JSON body is required: {what}"))))
 }
 
-fn no_ledger() -> Response<Body> {
+pub(crate) fn no_ledger() -> Response<Body> {
     error(
         404,
         "this process keeps no ledger (an edge of a cluster): ask the attribution tier (tally commissions on its data directory)",
@@ -154,7 +159,7 @@ fn hook_error(e: HookError) -> Response<Body> {
 }
 
 /// Runs a ledger read on a blocking thread.
-async fn read<T: Send + 'static>(
+pub(crate) async fn read<T: Send + 'static>(
     ledger: Arc<dyn LedgerView>,
     f: impl FnOnce(&dyn LedgerView) -> Result<T, HookError> + Send + 'static,
 ) -> Result<T, Response<Body>> {
@@ -193,7 +198,12 @@ async fn show(ledger: Option<Arc<dyn LedgerView>>, id: String) -> Response<Body>
 
 /// Checks what can be checked before logging, logs the decision, and (with a ledger) waits
 /// for attribution to apply it.
-async fn decide(edge: &Arc<Edge>, ledger: Option<Arc<dyn LedgerView>>, actor: &str, d: Decision) -> Response<Body> {
+pub(crate) async fn decide(
+    edge: &Arc<Edge>,
+    ledger: Option<Arc<dyn LedgerView>>,
+    actor: &str,
+    d: Decision,
+) -> Response<Body> {
     if let Some(problem) = d.problem() {
         return error(400, &problem);
     }

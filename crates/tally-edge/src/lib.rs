@@ -27,6 +27,7 @@ pub mod links;
 mod manage;
 pub mod metrics;
 pub mod openapi;
+pub mod payouts;
 pub mod portal;
 mod privacy;
 mod respond;

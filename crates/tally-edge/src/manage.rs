@@ -904,7 +904,15 @@ fn parse_csv(kind: Kind, body: &[u8]) -> Parsed {
                     out.put(row, Spec::Coupon(CouponSpec { code: coupon, offer, affiliate: key, active: true }));
                 }
             }
-            Kind::Groups => out.put(row, Spec::Group(GroupSpec { id: key, name: get("name"), terms: vec![] })),
+            Kind::Groups => out.put(
+                row,
+                Spec::Group(GroupSpec {
+                    id: key,
+                    name: get("name"),
+                    terms: vec![],
+                    payout_minimum: Default::default(),
+                }),
+            ),
             Kind::Coupons => out.put(
                 row,
                 Spec::Coupon(CouponSpec { code: key, offer: get("offer"), affiliate: get("affiliate"), active }),

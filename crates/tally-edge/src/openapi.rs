@@ -261,6 +261,157 @@ pub struct DecisionRefused {
     pub decision: serde_json::Value,
 }
 
+/// One affiliate's money in one currency.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BalanceRow {
+    pub affiliate: String,
+    pub currency: String,
+    /// Approved and not yet paid.
+    pub approved: String,
+    /// In a hold, or awaiting the merchant or an operator.
+    pub pending: String,
+    /// Paid by payout runs (not voided).
+    pub paid: String,
+    /// The smallest balance a payout run pays (the group's, else the program's).
+    pub minimum: String,
+    /// Whether the next run would pay `approved`.
+    pub payable: bool,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Balances {
+    pub balances: Vec<BalanceRow>,
+}
+
+/// A total in one currency.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PayoutTotal {
+    pub currency: String,
+    pub entries: u64,
+    pub amount: String,
+}
+
+/// What a run paid one affiliate in one currency.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PayoutLine {
+    pub affiliate: String,
+    pub currency: String,
+    pub entries: u64,
+    pub amount: String,
+}
+
+/// A payout run.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PayoutRunBody {
+    pub payout: String,
+    /// Its ledger entry (kind `payout`).
+    pub entry: String,
+    /// `paid`, `voided` or `not_applied`.
+    pub state: String,
+    pub time: String,
+    pub voided_by: Option<u64>,
+    pub rule: String,
+    /// Affiliates paid.
+    pub affiliates: u64,
+    pub totals: Vec<PayoutTotal>,
+    /// Per affiliate and currency (one run, or an affiliate's own list).
+    pub lines: Option<Vec<PayoutLine>>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PayoutRuns {
+    pub payouts: Vec<PayoutRunBody>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OnePayout {
+    pub payout: PayoutRunBody,
+}
+
+/// An entry a run paid, on a statement.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StatementLine {
+    pub entry: String,
+    pub date: String,
+    pub kind: String,
+    pub offer: String,
+    pub goal: String,
+    pub txid: String,
+    pub sale_amount: Option<String>,
+    pub amount: String,
+    pub currency: String,
+    pub rule: String,
+}
+
+/// An affiliate's statement of one payout run (as CSV with `?format=csv`).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StatementBody {
+    pub payout: String,
+    pub affiliate: String,
+    pub paid_at: String,
+    pub run_entry: String,
+    pub voided_by: Option<u64>,
+    pub entries: Vec<StatementLine>,
+    pub totals: Vec<PayoutTotal>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OneStatement {
+    pub statement: StatementBody,
+}
+
+pub mod payouts {
+    #[allow(unused_imports)]
+    use super::*;
+    use crate::payouts::{PayoutBody, VoidBody};
+
+    /// Balances per affiliate and currency.
+    #[utoipa::path(get, path = "/admin/balances", tag = "payouts",
+        params(("affiliate" = Option<String>, Query, description = "only this affiliate's")),
+        responses((status = 200, description = "done", body = Balances), (status = 400, description = "refused: the reason", body = ErrorBody)))]
+    pub fn balances() {}
+
+    /// Payout runs, in order.
+    #[utoipa::path(get, path = "/admin/payouts", tag = "payouts",
+        responses((status = 200, description = "done", body = PayoutRuns)))]
+    pub fn list() {}
+
+    /// A payout run: approved, unpaid entries up to a date, paid per affiliate and currency whose balance reaches its minimum.
+    #[utoipa::path(post, path = "/admin/payouts", tag = "payouts", request_body = PayoutBody,
+        params(("X-Tally-Actor" = Option<String>, Header, description = "who decides")),
+        responses((status = 200, description = "applied", body = DecisionApplied), (status = 202, description = "logged, not yet applied", body = DecisionLogged),
+                  (status = 400, description = "refused: the reason", body = ErrorBody), (status = 409, description = "it cannot apply (the payout ID was used)", body = DecisionRefused)))]
+    pub fn run() {}
+
+    /// One payout run, with what it paid each affiliate.
+    #[utoipa::path(get, path = "/admin/payouts/{id}", tag = "payouts",
+        params(("id" = String, Path, description = "the payout ID")),
+        responses((status = 200, description = "done", body = OnePayout), (status = 404, description = "no such payout", body = ErrorBody)))]
+    pub fn get() {}
+
+    /// Voids a payout run: its entries are unpaid again.
+    #[utoipa::path(post, path = "/admin/payouts/{id}/void", tag = "payouts", request_body = VoidBody,
+        params(("id" = String, Path, description = "the payout ID"), ("X-Tally-Actor" = Option<String>, Header, description = "who decides")),
+        responses((status = 200, description = "applied", body = DecisionApplied), (status = 202, description = "logged, not yet applied", body = DecisionLogged),
+                  (status = 400, description = "refused: the reason", body = ErrorBody), (status = 404, description = "no such payout", body = ErrorBody),
+                  (status = 409, description = "it cannot apply (voided already)", body = DecisionRefused)))]
+    pub fn void() {}
+
+    /// An affiliate's statement of a payout run.
+    #[utoipa::path(get, path = "/admin/payouts/{id}/statements/{affiliate}", tag = "payouts",
+        params(("id" = String, Path, description = "the payout ID"), ("affiliate" = String, Path, description = "the affiliate"),
+               ("format" = Option<String>, Query, description = "json (default) or csv")),
+        responses((status = 200, description = "done", body = OneStatement), (status = 400, description = "refused: the reason", body = ErrorBody),
+                  (status = 404, description = "no such payout", body = ErrorBody)))]
+    pub fn statement() {}
+}
+
 pub mod ledger {
     #[allow(unused_imports)]
     use super::*;
@@ -625,6 +776,23 @@ pub mod affiliate_api {
         responses((status = 200, description = "done", body = MyStats), (status = 400, description = "refused: the reason", body = ErrorBody)))]
     pub fn stats() {}
 
+    /// Its balances per currency.
+    #[utoipa::path(get, path = "/v1/affiliate/balances", tag = "affiliate",
+        responses((status = 200, description = "done", body = Balances), (status = 401, description = "no, a wrong or a revoked token", body = ErrorBody)))]
+    pub fn balances() {}
+
+    /// The payout runs that paid it, with its lines.
+    #[utoipa::path(get, path = "/v1/affiliate/payouts", tag = "affiliate",
+        responses((status = 200, description = "done", body = PayoutRuns), (status = 401, description = "no, a wrong or a revoked token", body = ErrorBody)))]
+    pub fn payouts() {}
+
+    /// Its statement of a payout run that paid it.
+    #[utoipa::path(get, path = "/v1/affiliate/payouts/{id}", tag = "affiliate",
+        params(("id" = String, Path, description = "the payout ID"), ("format" = Option<String>, Query, description = "json (default) or csv")),
+        responses((status = 200, description = "done", body = OneStatement), (status = 400, description = "refused: the reason", body = ErrorBody),
+                  (status = 404, description = "no payout that paid this affiliate", body = ErrorBody)))]
+    pub fn statement() {}
+
     /// This description (no token needed).
     #[utoipa::path(get, path = "/v1/affiliate/openapi.json", tag = "affiliate", security(()),
         responses((status = 200, description = "an OpenAPI 3.1 document", content_type = "application/json")))]
@@ -650,7 +818,8 @@ impl Modify for AffiliateToken {
     ),
     paths(
         affiliate_api::me, affiliate_api::links, affiliate_api::coupons, affiliate_api::commissions,
-        affiliate_api::commission, affiliate_api::stats, affiliate_api::openapi,
+        affiliate_api::commission, affiliate_api::stats, affiliate_api::balances, affiliate_api::payouts,
+        affiliate_api::statement, affiliate_api::openapi,
     ),
     components(schemas(ErrorBody)),
     modifiers(&AffiliateToken),
@@ -691,6 +860,7 @@ impl Modify for BearerToken {
         other::erase, other::retention, other::openapi,
         tokens::create_token, tokens::revoke_token,
         ledger::list_commissions, ledger::get_commission, ledger::approve, ledger::reject, ledger::adjust, ledger::bonus,
+        payouts::balances, payouts::list, payouts::run, payouts::get, payouts::void, payouts::statement,
     ),
     components(schemas(AffiliateSpec, GroupSpec, CouponSpec, LinkSpec, TermsSpec, PayoutSpec, TierSpec, TokenSpec, Edit)),
     modifiers(&BearerToken),

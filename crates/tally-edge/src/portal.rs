@@ -9,6 +9,9 @@
 //! | `GET /v1/affiliate/commissions?status=&kind=&after=&limit=` | a page of its ledger entries |
 //! | `GET /v1/affiliate/commissions/{id}` | one of its entries; `404` for anyone else's |
 //! | `GET /v1/affiliate/stats?from=&to=` | its stats rows |
+//! | `GET /v1/affiliate/balances` | its balances per currency: approved unpaid, pending, paid |
+//! | `GET /v1/affiliate/payouts` | the payout runs that paid it, with its totals |
+//! | `GET /v1/affiliate/payouts/{id}?format=json\|csv` | its statement of a run |
 //!
 //! Tokens are made and revoked by the admin API (`POST /admin/affiliates/{id}/tokens`,
 //! `DELETE .../tokens/{token_id}`); the program keeps their BLAKE3 hashes only. Each token
@@ -144,6 +147,15 @@ pub(crate) async fn route(edge: &Arc<Edge>, req: Request<Incoming>) -> Response<
         ["commissions"] => commissions(hooks.ledger, me, &query).await,
         ["commissions", id] => commission(hooks.ledger, me, (*id).to_owned()).await,
         ["stats"] => stats(hooks.stats, me, query).await,
+        ["balances"] => match no_params(&query) {
+            Some(r) => r,
+            None => crate::payouts::balances(edge, hooks.ledger, Some(me)).await,
+        },
+        ["payouts"] => match no_params(&query) {
+            Some(r) => r,
+            None => crate::payouts::payouts(hooks.ledger, Some(me)).await,
+        },
+        ["payouts", id] => crate::payouts::statement(hooks.ledger, (*id).to_owned(), me, &query, true).await,
         _ => error(404, "no such affiliate API endpoint"),
     }
 }

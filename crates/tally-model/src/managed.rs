@@ -72,6 +72,10 @@ pub struct GroupSpec {
     pub name: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub terms: Vec<TermsSpec>,
+    /// The smallest balance a payout run pays the group's affiliates, per currency code
+    /// (`{"USD": "50.00"}`), replacing the program's `payout_minimum`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub payout_minimum: BTreeMap<String, String>,
 }
 
 /// Terms for one offer (and one goal of it, or all its goals): each key given replaces the

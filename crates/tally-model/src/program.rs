@@ -66,6 +66,10 @@ struct RawProgram {
     links: Vec<LinkSpec>,
     #[serde(default)]
     coupons: Vec<CouponSpec>,
+    /// The smallest balance a payout run pays, per currency (`{ USD = "50.00" }`); a group's
+    /// own minimum replaces it for its affiliates.
+    #[serde(default)]
+    payout_minimum: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -212,6 +216,8 @@ pub struct Program {
     pub calendar: crate::time::Calendar,
     /// The entities the admin API put on top of the source ([`crate::managed`]).
     pub managed: Arc<Managed>,
+    /// `payout_minimum`: the smallest balance a payout run pays, minor units by currency.
+    pub payout_minimum: BTreeMap<Currency, i64>,
 }
 
 #[derive(Debug, Clone)]
@@ -325,6 +331,8 @@ pub struct Group {
     pub id: String,
     pub name: String,
     pub terms: Vec<Terms>,
+    /// The group's `payout_minimum`, replacing the program's for its affiliates.
+    pub payout_minimum: BTreeMap<Currency, i64>,
     /// As written (in the file or through the API).
     pub spec: GroupSpec,
 }
@@ -732,10 +740,12 @@ impl Program {
             }
         }
 
+        let payout_minimum = payout_minimum(&mut problems, "", &raw.payout_minimum);
         if !problems.is_empty() {
             return Err(ProgramError::Invalid(problems));
         }
         Ok(Program {
+            payout_minimum,
             digest,
             source_digest: *source_digest.as_bytes(),
             source: source.to_owned(),
@@ -838,6 +848,17 @@ impl Program {
     }
 
     /// The affiliate whose API token has this hash (hex BLAKE3 of the token).
+    /// The smallest balance in `currency` a payout run pays `affiliate`: its group's
+    /// `payout_minimum` for the currency, else the program's, else nothing (zero).
+    pub fn payout_minimum_for(&self, affiliate: &str, currency: Currency) -> i64 {
+        let group = self.affiliates.get(affiliate).and_then(|a| a.group.as_deref()).and_then(|g| self.groups.get(g));
+        group
+            .and_then(|g| g.payout_minimum.get(&currency))
+            .or_else(|| self.payout_minimum.get(&currency))
+            .copied()
+            .unwrap_or(0)
+    }
+
     pub fn affiliate_of_token(&self, hash: &str) -> Option<&Affiliate> {
         self.tokens.get(hash).and_then(|id| self.affiliates.get(id))
     }
@@ -981,7 +1002,28 @@ fn build_group(problems: &mut Vec<String>, offers: &BTreeMap<String, Arc<Offer>>
     let at = format!("groups[{}]", g.id);
     check_id(problems, "groups", &g.id);
     let terms = validate_terms(problems, &at, offers, g.terms.clone());
-    Group { id: g.id.clone(), name: g.name.clone(), terms, spec: g }
+    let payout_minimum = payout_minimum(problems, &at, &g.payout_minimum);
+    Group { id: g.id.clone(), name: g.name.clone(), terms, payout_minimum, spec: g }
+}
+
+/// A `payout_minimum` table (`{ USD = "50.00" }`), checked: known currencies, amounts exact
+/// in each, not negative.
+fn payout_minimum(problems: &mut Vec<String>, at: &str, table: &BTreeMap<String, String>) -> BTreeMap<Currency, i64> {
+    let mut out = BTreeMap::new();
+    for (code, amount) in table {
+        let field =
+            if at.is_empty() { format!("payout_minimum.{code}") } else { format!("{at}.payout_minimum.{code}") };
+        match Currency::from_code(code) {
+            Err(e) => problems.push(format!("{field}: {e}")),
+            Ok(c) => match parse_minor(amount, c, false) {
+                Ok(v) => {
+                    out.insert(c, v);
+                }
+                Err(e) => problems.push(format!("{field}: {e}")),
+            },
+        }
+    }
+    out
 }
 
 /// An affiliate's group and terms checked (its ID is checked where duplicates are).
@@ -1739,6 +1781,22 @@ affiliate = "ghost"
     }
 
     #[test]
+    fn payout_minimums_come_from_the_group_then_the_program() {
+        let src = format!(
+            "payout_minimum = {{ USD = \"50.00\" }}\n{}\n[[groups]]\nid = \"gold\"\npayout_minimum = {{ USD = \"10\", EUR = \"5\" }}\n",
+            GOOD.replacen("[[affiliates]]\nid = \"aff1\"", "[[affiliates]]\nid = \"aff1\"\ngroup = \"gold\"", 1)
+        );
+        let p = Program::from_toml(&src).unwrap();
+        let (usd, eur) = (Currency::from_code("USD").unwrap(), Currency::from_code("EUR").unwrap());
+        assert_eq!(p.payout_minimum_for("aff1", usd), 1_000);
+        assert_eq!(p.payout_minimum_for("aff1", eur), 500);
+        assert_eq!(p.payout_minimum_for("aff2", usd), 5_000);
+        assert_eq!(p.payout_minimum_for("aff2", eur), 0);
+        let bad = format!("payout_minimum = {{ USD = \"-1\" }}\n{GOOD}");
+        assert!(Program::from_toml(&bad).unwrap_err().to_string().contains("payout_minimum.USD"));
+    }
+
+    #[test]
     fn recurring_terms_load_and_bad_ones_are_named() {
         let goal = |extra: &str| {
             GOOD.replace(
@@ -1894,6 +1952,7 @@ affiliate = "ghost"
                     TermsSpec { hold_days: Some(9999), ..terms("shoes", "missing") },
                     TermsSpec { payout: fixed("1.234"), ..terms("shoes", "") },
                 ],
+                payout_minimum: [("XYZ", "1"), ("USD", "0.001")].map(|(c, a)| (c.into(), a.into())).into(),
             }],
             affiliates: vec![affiliate("bad id", ""), affiliate("a9", "platinum")],
             links: vec![LinkSpec { code: "x".into(), offer: "shoes".into(), affiliate: "ghost".into(), active: true }],
@@ -1909,6 +1968,8 @@ affiliate = "ghost"
             "affiliates[a9].group: unknown group \"platinum\"",
             "links[x].affiliate: unknown affiliate \"ghost\"",
             "terms[nope]: sets nothing",
+            "groups[g].payout_minimum.XYZ: ",
+            "groups[g].payout_minimum.USD: ",
         ] {
             assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
         }
@@ -2269,7 +2330,14 @@ mod incremental {
             },
         );
         let groups = prop::collection::vec(prop::sample::select(vec!["g1", "g2", "bad g"]), 0..2).prop_map(|ids| {
-            ids.into_iter().map(|id| GroupSpec { id: id.into(), name: String::new(), terms: vec![] }).collect()
+            ids.into_iter()
+                .map(|id| GroupSpec {
+                    id: id.into(),
+                    name: String::new(),
+                    terms: vec![],
+                    payout_minimum: BTreeMap::new(),
+                })
+                .collect()
         });
         let links =
             prop::collection::vec((code.clone(), offer.clone(), id.clone(), any::<bool>()), 0..3).prop_map(|v| {

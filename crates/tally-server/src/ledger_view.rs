@@ -7,8 +7,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use tally_attribution::{Entry, EntryId, LedgerReader, Status};
-use tally_edge::admin::HookError;
+use tally_audit::payouts;
+use tally_edge::admin::{HookError, StatementDoc};
 use tally_edge::{LedgerQuery, LedgerView};
+use tally_model::Program;
 
 /// The ledger of the attribution state in `dir` (`tally_attribution::state_dir`).
 #[derive(Debug)]
@@ -112,5 +114,49 @@ impl LedgerView for StateLedger {
 
     fn made_by(&self, seq: u64) -> Result<Vec<Value>, HookError> {
         Ok(self.open()?.entries_range(seq, seq).map_err(read_error)?.iter().map(row).collect())
+    }
+
+    fn balances(&self, program: &Program, affiliate: Option<&str>) -> Result<Value, HookError> {
+        let reader = self.open()?;
+        // Streamed: a balance is a few sums, the ledger may be millions of entries.
+        let mut failed = None;
+        let entries = reader.entries().map_while(|r| r.map_err(|e| failed = Some(e)).ok());
+        let all = payouts::balances(entries, |a| affiliate.is_none_or(|x| x == a));
+        if let Some(e) = failed {
+            return Err(read_error(e));
+        }
+        Ok(all.iter().map(|((a, c), b)| payouts::balance_json(a, *c, b, program.payout_minimum_for(a, *c))).collect())
+    }
+
+    fn payouts(&self, affiliate: Option<&str>, lines: bool) -> Result<Value, HookError> {
+        let relevant = self.payout_entries()?;
+        let mut runs = payouts::runs(&relevant);
+        if let Some(a) = affiliate {
+            runs.retain_mut(|r| {
+                r.lines.retain(|(x, _), _| x == a);
+                !r.lines.is_empty()
+            });
+        }
+        Ok(runs.iter().map(|r| r.json(lines)).collect())
+    }
+
+    fn statement(&self, payout: &str, affiliate: &str) -> Result<Option<StatementDoc>, HookError> {
+        let relevant = self.payout_entries()?;
+        Ok(payouts::statement(&relevant, payout, affiliate).map(|s| StatementDoc { json: s.json(), csv: s.csv() }))
+    }
+}
+
+impl StateLedger {
+    /// The entries payout reports need ([`payouts::concerns_payouts`]).
+    fn payout_entries(&self) -> Result<Vec<Entry>, HookError> {
+        let reader = self.open()?;
+        let mut out = Vec::new();
+        for e in reader.entries() {
+            let e = e.map_err(read_error)?;
+            if payouts::concerns_payouts(&e) {
+                out.push(e);
+            }
+        }
+        Ok(out)
     }
 }

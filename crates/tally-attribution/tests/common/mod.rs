@@ -118,6 +118,19 @@ impl Driver {
         self.state.entry(id).unwrap().unwrap_or_else(|| panic!("no entry {id}"))
     }
 
+    /// Asserts that the events applied so far, replayed into a fresh in-memory state, give
+    /// the same ledger; returns it.
+    pub fn assert_replay_matches(&self) -> Vec<Entry> {
+        let mut again = State::in_memory();
+        for (i, e) in self.events.iter().enumerate() {
+            apply(&mut again, i as u64 + 1, e).unwrap();
+        }
+        let live: Vec<Entry> = self.state.entries().map(Result::unwrap).collect();
+        let replayed: Vec<Entry> = again.entries().map(Result::unwrap).collect();
+        assert_eq!(live, replayed);
+        live
+    }
+
     /// A no-op event (a non-human click) that only moves the watermark to `now`.
     pub fn tick(&mut self) -> Vec<Entry> {
         let mut c = self.click_event("shoes", "aff1", None);

@@ -215,7 +215,7 @@ fn explain_names_browser_reports_and_offers_taken_from_the_click() {
     assert_eq!((pixel["source"].as_str(), by_click["source"].as_str()), (Some("pixel"), Some("postback")));
     assert_eq!((by_click["offer"].as_str(), by_click["goal"].as_str()), (Some("shoes"), Some("sale")));
     let (ok, csv, _) = run(&["commissions", "--data-dir", d, "--format", "csv"]);
-    assert!(ok && csv.lines().next().unwrap().ends_with(",program,source"), "{csv}");
+    assert!(ok && csv.lines().next().unwrap().ends_with(",program,source,payout"), "{csv}");
 
     let (ok, out, err) = run(&["replay", "--data-dir", d, "--explain", "PX-1"]);
     assert!(ok, "{out}{err}");

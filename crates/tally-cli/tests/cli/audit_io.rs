@@ -133,7 +133,7 @@ fn typed_exports_have_their_own_columns_and_honour_ranges() {
     assert_eq!(convs.len(), conversions);
     let first: serde_json::Value = serde_json::from_str(&convs[0]).unwrap();
     let keys: Vec<&str> = first.as_object().unwrap().keys().map(String::as_str).collect();
-    assert_eq!(keys.len(), 20, "{keys:?}");
+    assert_eq!(keys.len(), 22, "{keys:?}");
     assert!(!keys.contains(&"type") && !keys.contains(&"user_agent") && keys.contains(&"txid"), "{keys:?}");
     assert_eq!(first["amount"], "10.00");
     // The event time twice: milliseconds for programs, RFC 3339 UTC for people, the same instant.

@@ -399,6 +399,40 @@ fn tally_decide_sends_operator_decisions_through_the_admin_api() {
     assert_eq!(code, 0, "{out}{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["answer"]["decision"]["amount"], "10.00");
+    // A payout run pays aff2's bonus and its approved commission; the statements land in a directory; a void undoes it.
+    let (code, out, err) = with(&["decide", "payout", "--up-to", "2099-12-31", "--id", "run-1", "--note", "monthly"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("payout run-1 by bob up to 2099-12-31: 1 balance(s) paid in 2 entries (USD 14.00)"), "{out}");
+    let d = env.data();
+    let statements = env.tmp.path().join("statements");
+    let (code, out, err) = run_code(&[
+        "payouts",
+        "--data-dir",
+        d.to_str().unwrap(),
+        "--payout",
+        "run-1",
+        "--out",
+        statements.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("1 statements of payout run-1"), "{out}");
+    let csv = std::fs::read_to_string(statements.join("run-1-aff2.csv")).unwrap();
+    assert!(csv.lines().last().unwrap().starts_with("run-1,aff2,,,total,,,,,14.00,USD"), "{csv}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(statements.join("run-1-aff2.json")).unwrap()).unwrap();
+    assert_eq!(json["totals"][0]["amount"], "14.00");
+    let (code, out, _) = run_code(&["balances", "--data-dir", d.to_str().unwrap(), "--affiliate", "aff2"]);
+    assert!(code == 0 && out.lines().nth(1).unwrap().contains("14.00"), "{out}");
+    let (code, out, err) = run_code(&["payouts", "--data-dir", d.to_str().unwrap(), "--payout", "nope"]);
+    assert!(code == 2 && err.contains("no payout run \"nope\""), "{out}{err}");
+    let (code, out, err) = with(&["decide", "void-payout", "run-1", "--reason", "wrong account"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("payout run-1 voided by bob: wrong account; 2 entries unpaid again"), "{out}");
+    let (code, _, err) = with(&["decide", "void-payout", "run-1", "--reason", "again"]);
+    assert_eq!(code, 1, "{err}");
+    let (code, _, err) = with(&["decide", "void-payout", "no way", "--reason", "x"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("not a payout ID"), "{err}");
     // Trouble: a refused request, a wrong token, nothing listening.
     let (code, _, err) = with(&["decide", "adjust", &id, "--amount", "4.001", "--reason", "x"]);
     assert_eq!(code, 2, "{err}");

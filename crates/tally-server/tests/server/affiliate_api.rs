@@ -58,8 +58,23 @@ fn an_affiliate_token_reads_its_own_data_and_never_anothers() {
     let (_, coupons) = get(&server, "/v1/affiliate/coupons", Some(&t2));
     assert!(coupons.contains("SPRING10"), "{coupons}");
 
-    // Every endpoint with aff1's token: no trace of aff2 (its ID, its link, its coupon, its sale).
+    // A payout run that pays aff2 only (a bonus, approved at once).
+    let bonus = r#"{"affiliate":"aff2","offer":"shoes","amount":"33.00","reason":"contest"}"#;
+    assert_eq!(server.admin("POST", "/admin/bonuses", Some(ADMIN), bonus).status, 200);
+    let run = r#"{"payout":"aff2-only","up_to":"2099-12-31","affiliates":["aff2"]}"#;
+    let r = server.admin("POST", "/admin/payouts", Some(ADMIN), run);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let (status, own) = get(&server, "/v1/affiliate/payouts/aff2-only?format=csv", Some(&t2));
+    assert!(status == 200 && own.contains("33.00"), "{own}");
+
+    // Every endpoint with aff1's token: no trace of aff2 (its ID, its link, its coupon, its
+    // sale, its bonus, its payout).
     for path in [
+        "/v1/affiliate/balances".to_owned(),
+        "/v1/affiliate/payouts".to_owned(),
+        "/v1/affiliate/payouts/aff2-only".to_owned(),
+        "/v1/affiliate/payouts/aff2-only?format=csv".to_owned(),
+        "/v1/affiliate/balances?affiliate=aff2".to_owned(),
         "/v1/affiliate".to_owned(),
         "/v1/affiliate/links".to_owned(),
         "/v1/affiliate/coupons".to_owned(),
@@ -73,7 +88,7 @@ fn an_affiliate_token_reads_its_own_data_and_never_anothers() {
     ] {
         let (status, body) = get(&server, &path, Some(&t1));
         // Quoted: a hex digest in an answer may hold the letters aff2.
-        for other in ["\"aff2\"", "hotels-aff2", "SPRING10", "TXN-AFF2", "50.00"] {
+        for other in ["\"aff2\"", "hotels-aff2", "SPRING10", "TXN-AFF2", "50.00", "33.00", "aff2,"] {
             assert!(!body.contains(other), "{path} answered {status} with {other}: {body}");
         }
         if path.contains("aff2") || path.ends_with(&aff2_entry) {

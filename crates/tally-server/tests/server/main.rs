@@ -13,6 +13,7 @@ mod ingest;
 mod limits;
 mod openapi;
 mod ops;
+mod payouts;
 mod program_api;
 mod recurring;
 mod security;

@@ -96,9 +96,10 @@ fn request_for<'a>(path: &str, method: &str, commission: &'a str) -> (String, Op
         "coupons" => "SPRING10",
         "links" => "demo",
         "commissions" => commission,
+        "payouts" => "op-1",
         _ => "",
     };
-    let path = path.replace("{id}", key).replace("{code}", key);
+    let path = path.replace("{id}", key).replace("{code}", key).replace("{affiliate}", "aff1");
     let body = match (kind, method, path.split('/').count()) {
         ("affiliates", "post", 3) => Some(json!({"id": "oa-new", "name": "New"})),
         ("groups", "post", 3) => Some(json!({"id": "og-new"})),
@@ -121,6 +122,8 @@ fn request_for<'a>(path: &str, method: &str, commission: &'a str) -> (String, Op
         ("commissions", "post", _) if path.ends_with("/approve") => Some(json!({"note": "early"})),
         ("commissions", "post", _) if path.ends_with("/reject") => Some(json!({"reason": "test"})),
         ("commissions", "post", _) if path.ends_with("/adjust") => Some(json!({"amount": "1.00", "reason": "test"})),
+        ("payouts", "post", 3) => Some(json!({"payout": "op-1", "up_to": "2099-12-31", "note": "first"})),
+        ("payouts", "post", _) => Some(json!({"reason": "test"})),
         _ => None,
     };
     (path, body, key)
@@ -219,12 +222,17 @@ fn the_affiliate_api_answers_as_its_description_says() {
     assert_eq!(r.status, 200, "{}", r.text());
     let ledger = ledger_with(&env.data(), "OA2");
     let entry = ledger.iter().find(|e| e["txid"] == "OA2").unwrap()["id"].as_str().unwrap().to_owned();
+    // A payout that paid aff2 (a bonus, approved at once), for its statement.
+    let bonus = r#"{"affiliate":"aff2","offer":"shoes","amount":"7.00","reason":"contest"}"#;
+    assert_eq!(server.admin("POST", "/admin/bonuses", Some(ADMIN), bonus).status, 200);
+    let r = server.admin("POST", "/admin/payouts", Some(ADMIN), r#"{"payout":"op-2","up_to":"2099-12-31"}"#);
+    assert_eq!(r.status, 200, "{}", r.text());
     let mut problems = Vec::new();
     let mut operations = 0;
     for (path, item) in doc["paths"].as_object().unwrap() {
         for (method, op) in item.as_object().unwrap() {
             operations += 1;
-            let target = path.replace("{id}", &entry);
+            let target = path.replace("{id}", if path.contains("/payouts/") { "op-2" } else { &entry });
             let r = crate::common::Conn::open(server.addr).send(&format!(
                 "{} {target} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {token}\r\n\r\n",
                 method.to_uppercase()
@@ -240,6 +248,6 @@ fn the_affiliate_api_answers_as_its_description_says() {
             }
         }
     }
-    assert!(operations >= 7, "{operations} operations");
+    assert!(operations >= 10, "{operations} operations");
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
