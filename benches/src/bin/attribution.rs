@@ -14,8 +14,9 @@
 //!
 //! `run` is meant to be its own process so its peak RSS (VmHWM) is attribution's alone, not
 //! the generator's. Sizes come from the environment: `CLICKS` (default 10_000_000),
-//! `CONVERSIONS` (200_000), `DAYS` (40), `AFFILIATES` (1,000), `SEED`; `DIR` names the data directory for `all`
-//! (kept afterwards when given).
+//! `CONVERSIONS` (200_000), `DAYS` (40), `AFFILIATES` (1,000), `SEED`; `RECURRING=N` gives
+//! every conversion one of N customers and the sale goals recurring terms (issue 26); `DIR`
+//! names the data directory for `all` (kept afterwards when given).
 //!
 //! Targets: at least 500,000 events/s and a peak RSS under 512 MiB for the `run` phase;
 //! replay at least as fast as live attribution and at least 500,000 events/s.
@@ -28,7 +29,7 @@ use std::time::Instant;
 
 use tally_attribution::{state_dir, AttributionMetrics, Worker, WorkerOptions};
 use tally_log::{Log, LogMetrics, LogOptions, LogReader, Pending};
-use tally_testkit::fixtures::bench_program;
+use tally_testkit::fixtures::{bench_program, bench_program_recurring};
 use tally_testkit::generate::{Generator, Schedule, Shape, DAY};
 use tally_testkit::Rng;
 
@@ -155,9 +156,11 @@ fn generate(dir: &Path) -> Res<()> {
     let started = Instant::now();
     let log = Log::open(dir, LogOptions::default(), LogMetrics::default())?;
     let affiliates = env_u64("AFFILIATES", AFFILIATES)?;
-    let program = bench_program(affiliates);
+    let customers = env_u64("RECURRING", 0)?;
+    let program = if customers > 0 { bench_program_recurring(affiliates) } else { bench_program(affiliates) };
     let schedule = Schedule::Interleaved { clicks, conversions, span_ms: days * DAY };
-    let mut g = Generator::new(Shape::bench(affiliates), schedule, &[&program], Rng::with_source(SplitMix64(seed)));
+    let shape = Shape { customers, ..Shape::bench(affiliates) };
+    let mut g = Generator::new(shape, schedule, &[&program], Rng::with_source(SplitMix64(seed)));
     // The program is committed before any traffic is submitted.
     if let Some(program) = g.next() {
         log.submit(tally_model::encode(&program)?)?.wait()?;

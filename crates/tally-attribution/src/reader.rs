@@ -24,6 +24,13 @@ impl LedgerReader {
     pub fn refresh(&mut self) -> Result<(), AttributionError> {
         self.state.refresh()
     }
+
+    /// Pulls in the ledger entries and the checkpoint the worker has committed since; the
+    /// program stays the one loaded at open (cheaper than [`LedgerReader::refresh`] for a
+    /// reader kept open to serve ledger queries).
+    pub fn refresh_ledger(&mut self) -> Result<(), AttributionError> {
+        self.state.refresh_ledger()
+    }
 }
 
 impl std::ops::Deref for LedgerReader {

@@ -274,6 +274,14 @@ impl Store {
     }
 
     /// The checkpoint, the program in force, the pending holds and the greatest click ID.
+    /// The committed checkpoint alone (a reader of the ledger needs no more).
+    pub(crate) fn checkpoint(&self) -> Result<Option<Checkpoint>, AttributionError> {
+        match self.db.get_cf(self.cf(CF_META)?, keys::META_CHECKPOINT).map_err(db_err)? {
+            Some(v) => Ok(Some(decode("checkpoint", &v)?)),
+            None => Ok(None),
+        }
+    }
+
     pub(crate) fn load(&self) -> Result<Loaded, AttributionError> {
         let meta = self.cf(CF_META)?;
         let checkpoint = match self.db.get_cf(meta, keys::META_CHECKPOINT).map_err(db_err)? {

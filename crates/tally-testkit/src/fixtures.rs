@@ -15,6 +15,17 @@ pub fn program_variant() -> String {
         .replace("window_days = 7", "window_days = 2")
 }
 
+/// [`bench_program`] whose shoes sales and apps purchases pay a referred customer's
+/// referrer for 12 months and for life: every conversion that names a customer looks up its
+/// binding (traffic with [`crate::generate::Shape::customers`] set).
+pub fn bench_program_recurring(affiliates: u64) -> String {
+    bench_program(affiliates).replacen("hold_days = 10\n", "hold_days = 10\n  recurring_months = 12\n", 1).replacen(
+        "bps = 500 }\n  hold_days = 7\n",
+        "bps = 500 }\n  hold_days = 7\n  lifetime = true\n",
+        1,
+    )
+}
+
 /// The attribution benchmark's program with `affiliates` affiliates (`aff0000`...), for
 /// [`crate::generate::Shape::bench`]'s traffic.
 pub fn bench_program(affiliates: u64) -> String {
@@ -23,4 +34,24 @@ pub fn bench_program(affiliates: u64) -> String {
         s.push_str(&format!("\n[[affiliates]]\nid = \"aff{a:04}\"\n"));
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tally_model::program::Recurring;
+
+    #[test]
+    fn the_recurring_bench_program_has_recurring_goals() {
+        let recurring = |src: &str| -> Vec<Recurring> {
+            let p = tally_model::Program::from_toml(src).unwrap_or_else(|e| panic!("{e}"));
+            p.offers
+                .values()
+                .flat_map(|o| o.goals.iter().map(|g| g.recurring))
+                .filter(|r| *r != Recurring::Off)
+                .collect()
+        };
+        assert!(recurring(&bench_program(8)).is_empty());
+        assert_eq!(recurring(&bench_program_recurring(8)), [Recurring::Lifetime, Recurring::Months(12)]);
+    }
 }

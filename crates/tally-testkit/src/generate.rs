@@ -134,6 +134,9 @@ pub struct Shape {
     pub coupon_with_click: u64,
     /// A repeated transaction ID reported for another goal of the offer (not a repeat).
     pub duplicate_other_goal: u64,
+    /// Customers conversions are drawn from (`customer=`, for recurring commissions); 0:
+    /// conversions name none (and no draw is made, so other shapes' streams are unchanged).
+    pub customers: u64,
 }
 
 impl Shape {
@@ -190,6 +193,7 @@ impl Shape {
             click_offer_mismatch: 0,
             coupon_with_click: 0,
             duplicate_other_goal: 0,
+            customers: 0,
         }
     }
 
@@ -244,6 +248,7 @@ impl Shape {
             click_offer_mismatch: 20,
             coupon_with_click: 150,
             duplicate_other_goal: 300,
+            customers: 0,
         }
     }
 }
@@ -602,6 +607,10 @@ impl<S: RngCore> Generator<S> {
             self.mix.currency_mismatch += 1;
             currency = if currency == "USD" { "GBP" } else { "USD" };
         }
+        let customer = (s.customers > 0).then(|| {
+            let id = format!("cust{}", self.rng.below(s.customers));
+            tally_model::Customer::new(&crate::build::CUSTOMER_SECRET, &id)
+        });
         Event::Conversion(Conversion {
             ts_ms,
             source: if coupon.is_empty() { ConversionSource::Postback } else { ConversionSource::Pixel },
@@ -617,7 +626,7 @@ impl<S: RngCore> Generator<S> {
             subs: Default::default(),
             ip: String::new(),
             advertiser: String::new(),
-            customer: None,
+            customer,
         })
     }
 

@@ -30,7 +30,7 @@ pub mod nats;
 mod rng;
 mod server;
 
-pub use build::{ClickBuilder, ConversionBuilder};
+pub use build::{ClickBuilder, ConversionBuilder, CUSTOMER_SECRET};
 pub use http::{click_storm, Client, Conn, Resp};
 pub use rng::Rng;
 pub use server::{Process, TestServer};

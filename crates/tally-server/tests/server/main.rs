@@ -16,6 +16,7 @@ mod ops;
 mod payouts;
 mod program_api;
 mod recurring;
+mod referral;
 mod security;
 mod tag;
 
