@@ -67,6 +67,10 @@ pub struct State {
     /// program's: for a report in another time zone. Caps, tiers and the ledger still follow
     /// the program's calendar.
     pub(crate) stats_calendar: Option<tally_model::time::Calendar>,
+    /// Counts no stats (rows, unique visitors): see [`State::ledger_only`].
+    ledger_only: bool,
+    /// What a stats update writes to when stats are not counted.
+    scratch_row: RowDelta,
 }
 
 /// A day's grace past the longest window, so a click just outside its window is reported
@@ -99,7 +103,18 @@ impl State {
             counter_cache: FastMap::default(),
             purged_to_ms: 0,
             stats_calendar: None,
+            ledger_only: false,
+            scratch_row: RowDelta::default(),
         }
+    }
+
+    /// Keeps the ledger only from now on: no stats rows, no unique visitors. Nothing in the
+    /// ledger depends on them, and a replay, which compares ledgers, kept them all in memory:
+    /// with 100,000 affiliates, 3 GiB of a 4.9 GiB peak, and a fifth of its time.
+    pub fn ledger_only(&mut self) {
+        self.ledger_only = true;
+        self.writes.stats.clear();
+        self.unique_days.clear();
     }
 
     /// Counts stats by the days of `calendar` from now on (see `stats_calendar`): the
@@ -267,11 +282,18 @@ impl State {
 
     /// The changes to the stats row `key` since the last commit, to add to.
     pub(crate) fn stats_mut(&mut self, key: StatsKeyRef<'_>) -> &mut RowDelta {
+        if self.ledger_only {
+            self.scratch_row = RowDelta::default();
+            return &mut self.scratch_row;
+        }
         self.writes.stats_mut(key)
     }
 
     /// Records a visitor key for `day`; true if it was new.
     pub(crate) fn first_visit(&mut self, day: u32, key: u128) -> Result<bool, AttributionError> {
+        if self.ledger_only {
+            return Ok(false);
+        }
         let commits = self.commits();
         let set = match self.unique_days.entry(day) {
             std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),

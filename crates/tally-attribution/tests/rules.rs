@@ -558,3 +558,22 @@ fn an_operator_approves_what_awaits_the_merchant_in_its_place() {
     assert_eq!(d.own_entry().status, Status::Duplicate);
     assert_eq!(d.entry(pending.id), now);
 }
+
+/// A state that keeps the ledger only (what replay uses) gives the same ledger as one that
+/// counts stats, and holds no stats rows.
+#[test]
+fn a_ledger_only_state_gives_the_same_ledger_and_no_stats() {
+    let events = common::generate::log(7, 5_000, &[common::PROGRAM, &common::program_variant()]);
+    let mut full = tally_attribution::State::in_memory();
+    let mut ledger_only = tally_attribution::State::in_memory();
+    ledger_only.ledger_only();
+    for (i, e) in events.iter().enumerate() {
+        tally_attribution::apply(&mut full, i as u64 + 1, e).unwrap();
+        tally_attribution::apply(&mut ledger_only, i as u64 + 1, e).unwrap();
+    }
+    let entries = |s: &tally_attribution::State| s.entries().map(Result::unwrap).collect::<Vec<_>>();
+    assert!(entries(&full).len() > 100);
+    assert_eq!(entries(&full), entries(&ledger_only));
+    assert!(full.stats(0, u32::MAX).count() > 0);
+    assert_eq!(ledger_only.stats(0, u32::MAX).count(), 0);
+}

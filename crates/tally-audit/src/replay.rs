@@ -177,6 +177,7 @@ pub fn replay(
 
     let mut report = ReplayReport { from, to, log_head, live_position, ..ReplayReport::default() };
     let mut state = State::in_memory();
+    state.ledger_only();
     let mut in_memory = true;
     if !options.no_snapshots && from > 1 {
         let usable = match snapshots::latest_before(&snapshots::dir(data_dir), from)? {
@@ -193,6 +194,7 @@ pub fn replay(
         };
         if let Some((position, path, snapshot)) = usable {
             state = snapshot;
+            state.ledger_only();
             if state.checkpoint().position != position {
                 return Err(AuditError::Snapshot {
                     dir: path,
