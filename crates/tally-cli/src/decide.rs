@@ -133,14 +133,7 @@ pub fn run(command: DecideCommand) -> anyhow::Result<ExitCode> {
     if path.contains(|c: char| c.is_whitespace() || c == '?' || c == '#') {
         bail!("entry: give an entry ID like 1234 or 1234.1");
     }
-    let token = match &admin.token_file {
-        Some(f) => std::fs::read_to_string(f).with_context(|| format!("--token-file: cannot read {}", f.display()))?,
-        None => {
-            std::env::var("TALLY_ADMIN_TOKEN").context("the admin token: give --token-file or set TALLY_ADMIN_TOKEN")?
-        }
-    };
-    let actor = admin.actor.clone().or_else(|| std::env::var("USER").ok()).unwrap_or_else(|| "cli".to_owned());
-    let (status, answer) = post(&admin.admin, &path, token.trim(), &actor, &body.to_string())?;
+    let (status, answer) = admin.post(&path, "application/json", &body.to_string())?;
     let applied = status == 200;
     match admin.format {
         OutputFormat::Json => print_json(&json!({ "ok": applied, "status": status, "answer": answer }))?,
@@ -165,8 +158,31 @@ pub fn run(command: DecideCommand) -> anyhow::Result<ExitCode> {
     })
 }
 
+impl AdminArgs {
+    /// POSTs `body` to the admin API with the token and actor these arguments give; the
+    /// status and the JSON answer.
+    pub fn post(&self, path: &str, content_type: &str, body: &str) -> anyhow::Result<(u16, Value)> {
+        let token = match &self.token_file {
+            Some(f) => {
+                std::fs::read_to_string(f).with_context(|| format!("--token-file: cannot read {}", f.display()))?
+            }
+            None => std::env::var("TALLY_ADMIN_TOKEN")
+                .context("the admin token: give --token-file or set TALLY_ADMIN_TOKEN")?,
+        };
+        let actor = self.actor.clone().or_else(|| std::env::var("USER").ok()).unwrap_or_else(|| "cli".to_owned());
+        post(&self.admin, path, token.trim(), &actor, content_type, body)
+    }
+}
+
 /// POSTs `body` to the admin API at `base` (http://host:port); the status and the JSON answer.
-fn post(base: &str, path: &str, token: &str, actor: &str, body: &str) -> anyhow::Result<(u16, Value)> {
+fn post(
+    base: &str,
+    path: &str,
+    token: &str,
+    actor: &str,
+    content_type: &str,
+    body: &str,
+) -> anyhow::Result<(u16, Value)> {
     let authority = base
         .strip_prefix("http://")
         .map(|a| a.trim_end_matches('/'))
@@ -184,7 +200,7 @@ fn post(base: &str, path: &str, token: &str, actor: &str, body: &str) -> anyhow:
     write!(
         s,
         "POST {path} HTTP/1.1\r\nHost: {authority}\r\nAuthorization: Bearer {token}\r\nX-Tally-Actor: {actor}\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+         Content-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )?;
     let mut raw = Vec::new();

@@ -6,6 +6,7 @@ mod audit;
 mod cluster;
 mod decide;
 mod export;
+mod import;
 mod ledger;
 mod ops;
 mod output;
@@ -253,6 +254,24 @@ enum Command {
         #[command(subcommand)]
         command: decide::DecideCommand,
     },
+    /// Import affiliates, groups, coupons or links from a CSV, JSON Lines or JSON file through
+    /// the running server's admin API: all rows or none. Exits 1 when rows are refused
+    /// (each named), 2 on trouble.
+    Import {
+        /// A .csv (with --type), .jsonl/.ndjson or .json file.
+        file: PathBuf,
+        /// What a CSV file's rows are.
+        #[arg(long = "type", value_enum)]
+        kind: Option<import::ImportType>,
+        /// Check the file without importing it.
+        #[arg(long)]
+        dry_run: bool,
+        /// Let links and coupons move to another affiliate.
+        #[arg(long)]
+        reassign: bool,
+        #[command(flatten)]
+        admin: decide::AdminArgs,
+    },
     /// Probe a health endpoint: exits 0 when it answers 200 (a container HEALTHCHECK
     /// without curl).
     Health {
@@ -398,7 +417,11 @@ pub fn main() -> ExitCode {
     // sockets, where a broken pipe is a real error.
     let prints = !matches!(
         cli.command,
-        Command::Serve(_) | Command::Attribute { .. } | Command::Health { .. } | Command::Decide { .. }
+        Command::Serve(_)
+            | Command::Attribute { .. }
+            | Command::Health { .. }
+            | Command::Decide { .. }
+            | Command::Import { .. }
     );
     let result = match cli.command {
         Command::Serve(args) => serve(args),
@@ -451,6 +474,9 @@ pub fn main() -> ExitCode {
         Command::Retention { data_dir, days, format } => privacy::retention(&data_dir, days, format),
         Command::Health { url, timeout_ms } => ops::health(&url, Duration::from_millis(timeout_ms)),
         Command::Decide { command } => decide::run(command),
+        Command::Import { file, kind, dry_run, reassign, admin } => {
+            import::import(&file, kind, dry_run, reassign, &admin)
+        }
         Command::Completions { shell } => completions(shell),
         Command::Man { out_dir } => man(out_dir.as_deref()),
     };

@@ -453,3 +453,52 @@ fn tally_decide_sends_operator_decisions_through_the_admin_api() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("cannot reach"), "{err}");
 }
+
+#[test]
+fn tally_import_sends_a_file_to_the_bulk_import_and_names_bad_rows() {
+    let env = Env::new("");
+    let token = "test-admin-token-0123456789";
+    env.append_config(&format!("[admin]\ntoken = \"{token}\"\n"));
+    let server = env.serve();
+    let token_file = env.tmp.path().join("admin.token");
+    std::fs::write(&token_file, token).unwrap();
+    let admin = format!("http://{}", server.admin);
+    let with = |args: &[&str]| {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--admin", &admin, "--token-file", token_file.to_str().unwrap(), "--actor", "carol"]);
+        run_code(&all)
+    };
+    let csv = env.tmp.path().join("ambassadors.csv");
+    let mut rows = String::from("id,name,offer,link,coupon\n");
+    for i in 1..=50 {
+        rows.push_str(&format!("imp{i:02},Ambassador {i},shoes,l-imp{i:02},IMP{i:02}\n"));
+    }
+    std::fs::write(&csv, &rows).unwrap();
+    let file = csv.to_str().unwrap();
+
+    let (code, out, err) = with(&["import", file, "--type", "affiliates", "--dry-run"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("valid: would put 50 affiliates, 50 links, 50 coupons"), "{out}");
+    assert_eq!(server.get("/c/l-imp07").status, 404, "a dry run imports nothing");
+    let (code, out, err) = with(&["import", file, "--type", "affiliates"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("imported: 50 affiliates, 50 links, 50 coupons (log sequence"), "{out}");
+    assert_eq!(server.get("/c/l-imp07").status, 302);
+
+    // Bad rows: exit 1, each named; nothing imported.
+    let bad = env.tmp.path().join("bad.csv");
+    std::fs::write(&bad, "id,name,offer,link,coupon\nnew1,A,shoes,l-new1,NEW1\nnew2,B,nope,l-new2,NEW2\n").unwrap();
+    let (code, _, err) = with(&["import", bad.to_str().unwrap(), "--type", "affiliates"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("nothing was imported") && err.contains("row 3:") && err.contains("nope"), "{err}");
+    assert_eq!(server.get("/c/l-new1").status, 404);
+    // Trouble: a CSV without --type, a file of another kind, a missing file.
+    let (code, _, err) = with(&["import", file]);
+    assert!(code == 2 && err.contains("--type"), "{err}");
+    let txt = env.tmp.path().join("rows.txt");
+    std::fs::write(&txt, "x").unwrap();
+    let (code, _, err) = with(&["import", txt.to_str().unwrap()]);
+    assert!(code == 2 && err.contains("not .csv"), "{err}");
+    let (code, _, err) = with(&["import", "/nonexistent/rows.jsonl"]);
+    assert!(code == 2 && err.contains("cannot read"), "{err}");
+}
