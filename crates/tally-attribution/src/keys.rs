@@ -12,7 +12,7 @@
 //! | `unique` | [`visitors`] | UTC day number (u32 BE) ‖ commit position (u64 BE) |
 //! | `clicks` | [`click_run`] | the run's first click ID (16 bytes, time first) |
 //! | `counters` | [`cap`], [`month`], [`milestone`] | text parts separated by NUL |
-//! | `meta` | [`META_CHECKPOINT`], [`META_PROGRAM`], [`META_FORMAT`]; [`META_MANAGED`] + kind + key | fixed names; one per managed entity |
+//! | `meta` | [`META_CHECKPOINT`], [`META_PROGRAM`], [`META_FORMAT`]; [`META_MANAGED`] + kind + key; [`META_OUTBOX`] + seq + number | fixed names; one per managed entity; one per notification |
 
 use tally_model::ClickId;
 
@@ -32,6 +32,19 @@ pub(crate) fn managed(kind: u8, key: &str) -> Vec<u8> {
     k
 }
 pub(crate) const META_FORMAT: &[u8] = b"format";
+
+/// The outbox: notifications to deliver (`tally_model::delivery`), in log order: this
+/// prefix, the sequence number of the event that made them and their number within it.
+/// Written in the commit of the entry's change; only ever added to.
+pub(crate) const META_OUTBOX: &[u8] = b"outbox/";
+
+pub(crate) fn outbox(seq: u64, n: u32) -> Vec<u8> {
+    let mut k = Vec::with_capacity(META_OUTBOX.len() + 12);
+    k.extend_from_slice(META_OUTBOX);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k.extend_from_slice(&n.to_be_bytes());
+    k
+}
 
 /// A ledger entry's key.
 pub(crate) fn entry(id: EntryId) -> [u8; 9] {

@@ -11,10 +11,12 @@
 
 mod clicks;
 pub mod config;
+pub mod deliveries;
 pub mod engine;
 mod keys;
 pub mod ledger;
 pub mod metrics;
+mod notify;
 pub mod pipeline;
 mod reader;
 pub mod report;
@@ -39,6 +41,11 @@ pub use snapshots::SnapshotPolicy;
 pub use state::{Checkpoint, State};
 pub use stats::{Counters, Row};
 pub use worker::{Worker, WorkerOptions};
+
+/// The directory of the delivery log inside a data directory ([`deliveries`]).
+pub fn deliveries_dir(data_dir: &std::path::Path) -> PathBuf {
+    data_dir.join("deliveries")
+}
 
 /// The directory of the attribution state inside a data directory.
 pub fn state_dir(data_dir: &std::path::Path) -> PathBuf {

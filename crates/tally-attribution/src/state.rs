@@ -71,6 +71,10 @@ pub struct State {
     ledger_only: bool,
     /// What a stats update writes to when stats are not counted.
     scratch_row: RowDelta,
+    /// Whether the program in force (by digest) has receivers, worked out once per program.
+    notifies: Option<(String, bool)>,
+    /// The event whose notifications are being numbered, and how many it has made.
+    outbox_at: (u64, u32),
 }
 
 /// A day's grace past the longest window, so a click just outside its window is reported
@@ -105,6 +109,8 @@ impl State {
             stats_calendar: None,
             ledger_only: false,
             scratch_row: RowDelta::default(),
+            notifies: None,
+            outbox_at: (0, 0),
         }
     }
 
@@ -260,8 +266,75 @@ impl State {
         }
     }
 
+    /// Puts an entry, created or changed by the event being applied, and the notifications
+    /// its change makes ([`crate::notify`]) into the same commit.
     pub(crate) fn put_entry(&mut self, entry: Entry) {
+        if self.notifying() {
+            if let Some(program) = self.program.clone() {
+                let seq = self.checkpoint.position + 1;
+                // A read that fails tells of a change all the same.
+                let old = self.entry(entry.id).unwrap_or(None);
+                let ts = self.checkpoint.watermark_ms.max(entry.ts_ms);
+                for mut n in crate::notify::notifications(&program, ts, old.as_ref(), &entry) {
+                    // Numbered within the event, in the order changes happen: the same log
+                    // numbers them the same, however events are grouped into commits.
+                    if self.outbox_at.0 != seq {
+                        self.outbox_at = (seq, 0);
+                    }
+                    let number = self.outbox_at.1;
+                    self.outbox_at.1 += 1;
+                    n.key = format!("tally-{seq}-{number}");
+                    self.writes.outbox.push((keys::outbox(seq, number), n.to_json()));
+                }
+            }
+        }
         self.writes.entries.insert(entry.id, entry);
+    }
+
+    fn notifying(&mut self) -> bool {
+        if self.ledger_only {
+            return false;
+        }
+        let Some(program) = &self.program else { return false };
+        match &self.notifies {
+            Some((digest, yes)) if *digest == program.digest => *yes,
+            _ => {
+                let yes = program.notifies();
+                self.notifies = Some((program.digest.clone(), yes));
+                yes
+            }
+        }
+    }
+
+    /// Up to `limit` outbox items after the outbox key `after` (`None`: from the first), in
+    /// order: what is committed, then (for a state without a store) what is applied.
+    pub fn outbox_after(
+        &self,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, tally_model::delivery::Notification)>, AttributionError> {
+        let raw = match &self.store {
+            Some(store) => store.outbox_after(after, limit)?,
+            None => {
+                let mut all: Vec<(Vec<u8>, String)> = self
+                    .writes
+                    .outbox
+                    .iter()
+                    .filter(|(k, _)| after.is_none_or(|a| k.as_slice() > a))
+                    .cloned()
+                    .collect();
+                all.sort_by(|a, b| a.0.cmp(&b.0));
+                all.truncate(limit);
+                all
+            }
+        };
+        raw.into_iter()
+            .map(|(k, json)| {
+                let n = tally_model::delivery::Notification::from_json(&json)
+                    .map_err(|e| AttributionError::Corrupt(format!("outbox item: {e}")))?;
+                Ok((k, n))
+            })
+            .collect()
     }
 
     pub(crate) fn counter(&mut self, key: &[u8]) -> Result<i64, AttributionError> {

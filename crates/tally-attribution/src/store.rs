@@ -274,6 +274,30 @@ impl Store {
     }
 
     /// The checkpoint, the program in force, the pending holds and the greatest click ID.
+    /// Up to `limit` committed outbox items after `after` (an outbox key; `None`: from the
+    /// first), in order.
+    pub(crate) fn outbox_after(
+        &self,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, String)>, AttributionError> {
+        let meta = self.cf(CF_META)?;
+        let from = after.map(<[u8]>::to_vec).unwrap_or_else(|| keys::META_OUTBOX.to_vec());
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(meta, IteratorMode::From(&from, Direction::Forward)) {
+            let (k, v) = item.map_err(db_err)?;
+            if !k.starts_with(keys::META_OUTBOX) || out.len() == limit {
+                break;
+            }
+            if after.is_some_and(|a| *k == *a) {
+                continue;
+            }
+            let json = String::from_utf8(v.to_vec()).map_err(|_| AttributionError::Corrupt("outbox item".into()))?;
+            out.push((k.to_vec(), json));
+        }
+        Ok(out)
+    }
+
     /// The committed checkpoint alone (a reader of the ledger needs no more).
     pub(crate) fn checkpoint(&self) -> Result<Option<Checkpoint>, AttributionError> {
         match self.db.get_cf(self.cf(CF_META)?, keys::META_CHECKPOINT).map_err(db_err)? {
@@ -516,6 +540,9 @@ impl Store {
         }
         for (kind, key, json) in commit.managed {
             batch.put_cf(meta, keys::managed(*kind, key), json.as_bytes());
+        }
+        for (key, json) in &writes.outbox {
+            batch.put_cf(meta, key, json.as_bytes());
         }
         let mut wo = WriteOptions::default();
         wo.set_sync(sync);

@@ -36,6 +36,8 @@ pub(crate) struct WriteSet {
     spare_days: Vec<DayClicks>,
     /// Whether clicks keep their order for a commit.
     ordered: bool,
+    /// Notifications made since the last commit: outbox key and JSON.
+    pub(crate) outbox: Vec<(Vec<u8>, String)>,
 }
 
 impl WriteSet {
@@ -78,6 +80,7 @@ impl WriteSet {
         self.entries = BTreeMap::new();
         self.unique = Vec::new();
         self.holds = BTreeMap::new();
+        self.outbox = Vec::new();
     }
 
     /// Drops whole days before `day` (a state without a store, once they expired).

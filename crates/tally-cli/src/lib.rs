@@ -5,6 +5,7 @@ pub mod alloc;
 mod audit;
 mod cluster;
 mod decide;
+mod deliveries;
 mod export;
 mod import;
 mod ledger;
@@ -254,6 +255,11 @@ enum Command {
         #[command(subcommand)]
         command: decide::DecideCommand,
     },
+    /// Outgoing postbacks and webhooks: the delivery log, and redelivery.
+    Deliveries {
+        #[command(subcommand)]
+        command: deliveries::DeliveriesCommand,
+    },
     /// Import affiliates, groups, coupons or links from a CSV, JSON Lines or JSON file through
     /// the running server's admin API: all rows or none. Exits 1 when rows are refused
     /// (each named), 2 on trouble.
@@ -474,6 +480,7 @@ pub fn main() -> ExitCode {
         Command::Retention { data_dir, days, format } => privacy::retention(&data_dir, days, format),
         Command::Health { url, timeout_ms } => ops::health(&url, Duration::from_millis(timeout_ms)),
         Command::Decide { command } => decide::run(command),
+        Command::Deliveries { command } => deliveries::run(command),
         Command::Import { file, kind, dry_run, reassign, admin } => {
             import::import(&file, kind, dry_run, reassign, &admin)
         }

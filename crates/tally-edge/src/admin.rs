@@ -149,6 +149,22 @@ pub struct StatementDoc {
     pub csv: String,
 }
 
+/// The delivery log of outgoing postbacks and webhooks, where this process delivers them.
+pub trait DeliveriesView: Send + Sync {
+    /// A page in outbox order: `{"deliveries":[...],"next"}`, of a status and receiver if given.
+    fn list(
+        &self,
+        status: Option<&str>,
+        receiver: Option<&str>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Value, HookError>;
+    /// One delivery by its key (`tally-SEQ-N`).
+    fn get(&self, key: &str) -> Result<Option<Value>, HookError>;
+    /// Makes a delivery due now, whatever its status; the delivery as it now is.
+    fn redeliver(&self, key: &str) -> Result<Option<Value>, HookError>;
+}
+
 /// What the admin API needs from outside this crate.
 #[derive(Clone, Default)]
 pub struct AdminHooks {
@@ -156,6 +172,8 @@ pub struct AdminHooks {
     pub log_level: Option<Arc<dyn LogLevel>>,
     /// The ledger, where this process has one (not on an edge of a cluster).
     pub ledger: Option<Arc<dyn LedgerView>>,
+    /// The delivery log, where this process delivers notifications.
+    pub deliveries: Option<Arc<dyn DeliveriesView>>,
 }
 
 impl std::fmt::Debug for AdminHooks {
@@ -164,6 +182,7 @@ impl std::fmt::Debug for AdminHooks {
             .field("stats", &self.stats.is_some())
             .field("log_level", &self.log_level.is_some())
             .field("ledger", &self.ledger.is_some())
+            .field("deliveries", &self.deliveries.is_some())
             .finish()
     }
 }
@@ -255,6 +274,9 @@ async fn api(edge: &Arc<Edge>, hooks: &AdminHooks, req: Request<Incoming>) -> Re
     }
     if matches!(segments.first(), Some(&("payouts" | "balances"))) {
         return crate::payouts::route(edge, hooks, req, &segments).await;
+    }
+    if segments.first() == Some(&"deliveries") {
+        return crate::deliveries::route(hooks, req, &segments).await;
     }
     let managed = matches!(segments.first(), Some(&("affiliates" | "groups" | "coupons" | "links" | "import")));
     if managed {

@@ -21,6 +21,7 @@ mod click;
 pub mod config;
 mod conversion;
 pub mod decisions;
+pub mod deliveries;
 mod fast;
 mod handlers;
 pub mod links;

@@ -782,6 +782,9 @@ fn keep_what_rows_cannot_say(program: &Program, edit: &mut Edit, csv: bool) {
         if csv && a.terms.is_empty() {
             a.terms = old.spec.terms.clone();
         }
+        if csv && a.postback_url.is_empty() {
+            a.postback_url = old.spec.postback_url.clone();
+        }
     }
 }
 
@@ -814,8 +817,8 @@ fn columns(kind: Kind) -> &'static [&'static str] {
     match kind {
         // `offer` with `link` and/or `coupon` gives the affiliate a link and a coupon on the
         // same row: one spreadsheet of ambassadors.
-        Kind::Affiliates => &["id", "name", "group", "active", "offer", "link", "coupon"],
-        Kind::Groups => &["id", "name"],
+        Kind::Affiliates => &["id", "name", "group", "active", "offer", "link", "coupon", "postback_url"],
+        Kind::Groups => &["id", "name", "postback_url"],
         Kind::Coupons | Kind::Links => &["code", "offer", "affiliate", "active"],
     }
 }
@@ -892,6 +895,7 @@ fn parse_csv(kind: Kind, body: &[u8]) -> Parsed {
                         active,
                         terms: vec![],
                         tokens: vec![],
+                        postback_url: get("postback_url"),
                     }),
                 );
                 if !link.is_empty() {
@@ -911,6 +915,7 @@ fn parse_csv(kind: Kind, body: &[u8]) -> Parsed {
                     name: get("name"),
                     terms: vec![],
                     payout_minimum: Default::default(),
+                    postback_url: get("postback_url"),
                 }),
             ),
             Kind::Coupons => out.put(

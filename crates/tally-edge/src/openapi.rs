@@ -366,6 +366,70 @@ pub struct OneStatement {
     pub statement: StatementBody,
 }
 
+/// One outgoing postback or webhook and what became of it.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryRow {
+    /// Also its `Idempotency-Key` (and a webhook's `webhook-id`).
+    pub key: String,
+    /// `commission.created` or `commission.updated`.
+    pub event: String,
+    /// The affiliate (postbacks) or the webhook's ID.
+    pub receiver: String,
+    /// `postback` or `webhook`.
+    pub kind: String,
+    pub url: String,
+    /// `pending`, `delivered` or `failed`.
+    pub status: String,
+    pub attempts: u32,
+    pub created: String,
+    pub next_attempt: Option<String>,
+    pub delivered: Option<String>,
+    pub last_status: Option<u16>,
+    pub last_error: String,
+    pub last_latency_ms: Option<u64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeliveryPage {
+    pub deliveries: Vec<DeliveryRow>,
+    /// The key to pass as `after` for the next page.
+    pub next: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OneDelivery {
+    pub delivery: DeliveryRow,
+}
+
+pub mod deliveries {
+    #[allow(unused_imports)]
+    use super::*;
+
+    /// A page of the delivery log, in outbox order.
+    #[utoipa::path(get, path = "/admin/deliveries", tag = "deliveries", operation_id = "list_deliveries",
+        params(("status" = Option<String>, Query, description = "pending, delivered or failed"),
+               ("receiver" = Option<String>, Query, description = "an affiliate or a webhook ID"),
+               ("after" = Option<String>, Query, description = "the key after which the page starts"),
+               ("limit" = Option<u32>, Query, description = "1-1000, default 100")),
+        responses((status = 200, description = "done", body = DeliveryPage), (status = 400, description = "refused: the reason", body = ErrorBody)))]
+    pub fn list() {}
+
+    /// One delivery.
+    #[utoipa::path(get, path = "/admin/deliveries/{key}", tag = "deliveries", operation_id = "get_delivery",
+        params(("key" = String, Path, description = "the delivery's key (tally-SEQ-N)")),
+        responses((status = 200, description = "done", body = OneDelivery), (status = 400, description = "not a key", body = ErrorBody),
+                  (status = 404, description = "no such delivery", body = ErrorBody)))]
+    pub fn get() {}
+
+    /// Sends a delivery again: due now, whatever its status, with the same idempotency key.
+    #[utoipa::path(post, path = "/admin/deliveries/{key}/redeliver", tag = "deliveries", operation_id = "redeliver",
+        params(("key" = String, Path, description = "the delivery's key (tally-SEQ-N)")),
+        responses((status = 200, description = "due now", body = OneDelivery), (status = 400, description = "not a key", body = ErrorBody),
+                  (status = 404, description = "no such delivery", body = ErrorBody)))]
+    pub fn redeliver() {}
+}
+
 pub mod payouts {
     #[allow(unused_imports)]
     use super::*;
@@ -861,6 +925,7 @@ impl Modify for BearerToken {
         tokens::create_token, tokens::revoke_token,
         ledger::list_commissions, ledger::get_commission, ledger::approve, ledger::reject, ledger::adjust, ledger::bonus,
         payouts::balances, payouts::list, payouts::run, payouts::get, payouts::void, payouts::statement,
+        deliveries::list, deliveries::get, deliveries::redeliver,
     ),
     components(schemas(AffiliateSpec, GroupSpec, CouponSpec, LinkSpec, TermsSpec, PayoutSpec, TierSpec, TokenSpec, Edit)),
     modifiers(&BearerToken),

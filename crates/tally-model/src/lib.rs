@@ -7,6 +7,7 @@
 
 pub mod click_id;
 pub mod decision;
+pub mod delivery;
 pub mod event;
 pub mod managed;
 pub mod money;

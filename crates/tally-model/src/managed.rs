@@ -48,6 +48,11 @@ pub struct AffiliateSpec {
     /// public listener: their hashes, never the tokens.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tokens: Vec<TokenSpec>,
+    /// Where to tell the affiliate about its commissions: a URL template with macros
+    /// (`tally_model::delivery::POSTBACK_MACROS`), fetched with GET on each commission's
+    /// creation and status change; empty: its group's, if any.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub postback_url: String,
 }
 
 /// An affiliate's API token, as the program keeps it: an ID to name it by, a label, and the
@@ -76,6 +81,9 @@ pub struct GroupSpec {
     /// (`{"USD": "50.00"}`), replacing the program's `payout_minimum`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub payout_minimum: BTreeMap<String, String>,
+    /// The postback URL of the group's affiliates that have none of their own.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub postback_url: String,
 }
 
 /// Terms for one offer (and one goal of it, or all its goals): each key given replaces the
@@ -392,6 +400,7 @@ mod tests {
             active: true,
             terms: vec![],
             tokens: vec![],
+            postback_url: String::new(),
         }
     }
 

@@ -13,6 +13,7 @@ use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde::Deserialize;
 use thiserror::Error;
 
+use crate::delivery::PostbackTemplate;
 #[cfg(test)]
 use crate::managed::TokenSpec;
 use crate::managed::{AffiliateSpec, CouponSpec, Edit, GroupSpec, LinkSpec, Managed, PayoutSpec, TermsSpec};
@@ -70,6 +71,31 @@ struct RawProgram {
     /// own minimum replaces it for its affiliates.
     #[serde(default)]
     payout_minimum: BTreeMap<String, String>,
+    /// JSON webhooks to the merchant's (or anyone's) systems.
+    #[serde(default)]
+    webhooks: Vec<RawWebhook>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWebhook {
+    id: String,
+    url: String,
+    /// The name of the signing secret in the secrets store.
+    secret: String,
+    /// Default: every event.
+    #[serde(default)]
+    events: Vec<String>,
+}
+
+/// A JSON webhook: `POST url`, signed in the Standard Webhooks format with the named secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Webhook {
+    pub id: String,
+    pub url: String,
+    /// The name of its signing secret in the secrets store (resolved by the dispatcher).
+    pub secret: String,
+    pub events: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -218,6 +244,8 @@ pub struct Program {
     pub managed: Arc<Managed>,
     /// `payout_minimum`: the smallest balance a payout run pays, minor units by currency.
     pub payout_minimum: BTreeMap<Currency, i64>,
+    /// `[[webhooks]]`, in the file's order.
+    pub webhooks: Vec<Webhook>,
 }
 
 #[derive(Debug, Clone)]
@@ -321,6 +349,8 @@ pub struct Affiliate {
     pub group: Option<String>,
     pub active: bool,
     pub terms: Vec<Terms>,
+    /// Its `postback_url`, parsed.
+    pub postback: Option<Arc<PostbackTemplate>>,
     /// As written (in the file or through the API).
     pub spec: AffiliateSpec,
 }
@@ -333,6 +363,8 @@ pub struct Group {
     pub terms: Vec<Terms>,
     /// The group's `payout_minimum`, replacing the program's for its affiliates.
     pub payout_minimum: BTreeMap<Currency, i64>,
+    /// The group's `postback_url`, for its affiliates that have none of their own.
+    pub postback: Option<Arc<PostbackTemplate>>,
     /// As written (in the file or through the API).
     pub spec: GroupSpec,
 }
@@ -741,11 +773,13 @@ impl Program {
         }
 
         let payout_minimum = payout_minimum(&mut problems, "", &raw.payout_minimum);
+        let webhooks = build_webhooks(&mut problems, raw.webhooks);
         if !problems.is_empty() {
             return Err(ProgramError::Invalid(problems));
         }
         Ok(Program {
             payout_minimum,
+            webhooks,
             digest,
             source_digest: *source_digest.as_bytes(),
             source: source.to_owned(),
@@ -848,6 +882,19 @@ impl Program {
     }
 
     /// The affiliate whose API token has this hash (hex BLAKE3 of the token).
+    /// Where `affiliate`'s postbacks go: its own `postback_url`, else its group's.
+    pub fn postback_for(&self, affiliate: &str) -> Option<&Arc<PostbackTemplate>> {
+        let a = self.affiliates.get(affiliate)?;
+        a.postback.as_ref().or_else(|| a.group.as_deref().and_then(|g| self.groups.get(g)?.postback.as_ref()))
+    }
+
+    /// Whether any commission can be notified: a postback URL or a webhook anywhere.
+    pub fn notifies(&self) -> bool {
+        !self.webhooks.is_empty()
+            || self.groups.values().any(|g| g.postback.is_some())
+            || self.affiliates.values().any(|a| a.postback.is_some())
+    }
+
     /// The smallest balance in `currency` a payout run pays `affiliate`: its group's
     /// `payout_minimum` for the currency, else the program's, else nothing (zero).
     pub fn payout_minimum_for(&self, affiliate: &str, currency: Currency) -> i64 {
@@ -1003,7 +1050,38 @@ fn build_group(problems: &mut Vec<String>, offers: &BTreeMap<String, Arc<Offer>>
     check_id(problems, "groups", &g.id);
     let terms = validate_terms(problems, &at, offers, g.terms.clone());
     let payout_minimum = payout_minimum(problems, &at, &g.payout_minimum);
-    Group { id: g.id.clone(), name: g.name.clone(), terms, payout_minimum, spec: g }
+    let postback = postback_of(problems, &at, &g.postback_url);
+    Group { id: g.id.clone(), name: g.name.clone(), terms, payout_minimum, postback, spec: g }
+}
+
+fn build_webhooks(problems: &mut Vec<String>, raw: Vec<RawWebhook>) -> Vec<Webhook> {
+    let mut out: Vec<Webhook> = Vec::new();
+    for w in raw {
+        let at = format!("webhooks[{}]", w.id);
+        check_id(problems, "webhooks", &w.id);
+        if out.iter().any(|x| x.id == w.id) {
+            problems.push(format!("{at}: duplicate id"));
+        }
+        if let Err(e) = crate::delivery::check_url(&w.url) {
+            problems.push(format!("{at}.url: {e}"));
+        }
+        if !is_credential_name(&w.secret) {
+            problems.push(format!(
+                "{at}.secret: \"{}\" is not a secret name (1-64 of A-Z a-z 0-9 _ . -): name the signing secret in the secrets store",
+                w.secret
+            ));
+        }
+        for e in w.events.iter().filter(|e| !crate::delivery::EVENTS.contains(&e.as_str())) {
+            problems.push(format!("{at}.events: \"{e}\" is not {}", crate::delivery::EVENTS.join(" or ")));
+        }
+        let events = if w.events.is_empty() {
+            crate::delivery::EVENTS.iter().map(|e| (*e).to_owned()).collect()
+        } else {
+            w.events
+        };
+        out.push(Webhook { id: w.id, url: w.url, secret: w.secret, events });
+    }
+    out
 }
 
 /// A `payout_minimum` table (`{ USD = "50.00" }`), checked: known currencies, amounts exact
@@ -1049,7 +1127,16 @@ fn build_affiliate(
             problems.push(format!("{at}.tokens[{}].hash: 64 lower-case hex digits (BLAKE3 of the token)", t.id));
         }
     }
-    Affiliate { id: a.id.clone(), name: a.name.clone(), group, active: a.active, terms, spec: a }
+    let postback = postback_of(problems, &at, &a.postback_url);
+    Affiliate { id: a.id.clone(), name: a.name.clone(), group, active: a.active, terms, postback, spec: a }
+}
+
+/// A `postback_url`, parsed; empty: none.
+fn postback_of(problems: &mut Vec<String>, at: &str, url: &str) -> Option<Arc<PostbackTemplate>> {
+    if url.is_empty() {
+        return None;
+    }
+    PostbackTemplate::parse(url).map(Arc::new).map_err(|e| problems.push(format!("{at}.postback_url: {e}"))).ok()
 }
 
 /// Puts `affiliate`'s token hashes in the index; a hash another affiliate holds is a problem.
@@ -1866,6 +1953,7 @@ affiliate = "ghost"
             active: true,
             terms: vec![],
             tokens: vec![],
+            postback_url: String::new(),
         }
     }
 
@@ -1953,6 +2041,7 @@ affiliate = "ghost"
                     TermsSpec { payout: fixed("1.234"), ..terms("shoes", "") },
                 ],
                 payout_minimum: [("XYZ", "1"), ("USD", "0.001")].map(|(c, a)| (c.into(), a.into())).into(),
+                postback_url: "https://{affiliate}.example/".into(),
             }],
             affiliates: vec![affiliate("bad id", ""), affiliate("a9", "platinum")],
             links: vec![LinkSpec { code: "x".into(), offer: "shoes".into(), affiliate: "ghost".into(), active: true }],
@@ -1970,6 +2059,7 @@ affiliate = "ghost"
             "terms[nope]: sets nothing",
             "groups[g].payout_minimum.XYZ: ",
             "groups[g].payout_minimum.USD: ",
+            "groups[g].postback_url: macros may only appear after the host",
         ] {
             assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
         }
@@ -2313,6 +2403,7 @@ mod incremental {
                 name: String::new(),
                 group: group.into(),
                 active,
+                postback_url: String::new(),
                 tokens: token
                     .map(|t| vec![TokenSpec { id: "t1".into(), name: String::new(), hash: t.repeat(32) }])
                     .unwrap_or_default(),
@@ -2336,6 +2427,7 @@ mod incremental {
                     name: String::new(),
                     terms: vec![],
                     payout_minimum: BTreeMap::new(),
+                    postback_url: String::new(),
                 })
                 .collect()
         });

@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use tally_attribution::{AttributionConfig, AttributionSection};
 use tally_bus::{BusConfig, BusSection};
+use tally_delivery::config::{DeliveriesConfig, DeliveriesSection};
 use tally_edge::config::{AdminSection, PostbackSection, PrivacySection, ProgramSection, Sections, ServerSection};
 use tally_edge::secrets::SecretsSection;
 use tally_log::{LogOptions, LogSection};
@@ -48,6 +49,7 @@ struct RawConfig {
     admin: AdminSection,
     secrets: SecretsSection,
     bus: BusSection,
+    deliveries: DeliveriesSection,
 }
 
 /// The validated deployment config.
@@ -60,6 +62,8 @@ pub struct Config {
     pub logging: LoggingConfig,
     /// The cluster's bus (`[bus]` with `urls`); `None`: a single node.
     pub bus: Option<BusConfig>,
+    /// `[deliveries]`: outgoing postbacks and webhooks.
+    pub deliveries: DeliveriesConfig,
     /// `[bus]` as written, and the config file's directory, for `--bus` to fill in `urls`
     /// after loading.
     bus_section: BusSection,
@@ -167,6 +171,7 @@ impl RawConfig {
         let attribution = self.attribution.validate(problems);
         let logging = self.logging.validate(problems);
         let bus = self.bus.validate(base, problems);
+        let deliveries = self.deliveries.validate(problems);
         let sections = Sections {
             server: &self.server,
             program: &self.program,
@@ -176,7 +181,16 @@ impl RawConfig {
             secrets: &self.secrets,
         };
         let edge = tally_edge::Config::validate(sections, base, data_dir, problems)?;
-        Some(Config { edge, log, attribution, logging, bus, bus_section: self.bus.clone(), base: base.to_owned() })
+        Some(Config {
+            edge,
+            log,
+            attribution,
+            logging,
+            bus,
+            deliveries,
+            bus_section: self.bus.clone(),
+            base: base.to_owned(),
+        })
     }
 }
 

@@ -16,6 +16,7 @@
 //! does both. It owns no storage format and no rule: it wires the libraries together.
 
 pub mod config;
+mod deliveries_view;
 mod ledger_view;
 pub mod notify;
 pub mod process_metrics;
@@ -98,6 +99,9 @@ pub struct App {
     shipper: Option<Shipper>,
     /// In a cluster: the cluster's program, and the programs to adopt from it.
     programs: Option<(ProgramChannel, tokio::sync::mpsc::UnboundedReceiver<String>)>,
+    /// The delivery log and its metrics, where this process delivers the outbox (with its
+    /// worker).
+    deliveries: Option<(Arc<tally_attribution::deliveries::DeliveryStore>, tally_delivery::DeliveryMetrics)>,
 }
 
 impl App {
@@ -186,6 +190,18 @@ impl App {
             // report `tally_attribution_up 0` and raise TallyAttributionDown.
             None
         };
+        // Notifications are delivered where the outbox is written: beside the worker.
+        let deliveries = match (&worker, config.deliveries.enabled) {
+            (Some(_), true) => {
+                let dir = tally_attribution::deliveries_dir(&data_dir);
+                let store = tally_attribution::deliveries::DeliveryStore::open(&dir)
+                    .map_err(|e| AppError::Attribution { dir, source: e })?;
+                let metrics = tally_delivery::DeliveryMetrics::default();
+                metrics.register(&mut registry);
+                Some((Arc::new(store), metrics))
+            }
+            _ => None,
+        };
         let (shipper, programs) = match &bus {
             Some(bus) => {
                 let metrics = BusMetrics::default();
@@ -239,8 +255,13 @@ impl App {
                 stats: Some(Arc::clone(&stats)),
             });
         }
-        let hooks = AdminHooks { stats: Some(stats), log_level: Some(Arc::new(telemetry::RuntimeLevel)), ledger };
-        Ok(App { config, log, edge, hooks, worker, shipper, programs })
+        let hooks = AdminHooks {
+            stats: Some(stats),
+            log_level: Some(Arc::new(telemetry::RuntimeLevel)),
+            ledger,
+            deliveries: deliveries.clone().map(|(s, _)| Arc::new(deliveries_view::Deliveries::new(s)) as _),
+        };
+        Ok(App { config, log, edge, hooks, worker, shipper, programs, deliveries })
     }
 
     pub fn config(&self) -> &Config {
@@ -299,7 +320,7 @@ impl App {
         F: Future<Output = ()>,
     {
         let rt = self.runtime().map_err(|e| AppError::io("cannot start the runtime", e))?;
-        let App { config, log, edge, hooks, worker, shipper, programs } = self;
+        let App { config, log, edge, hooks, worker, shipper, programs, deliveries } = self;
         let (channel, mut adopt) = programs.unzip();
         let served = rt.block_on(async {
             let public = tokio::net::TcpListener::from_std(listeners.public)
@@ -313,6 +334,33 @@ impl App {
                 tracing::info!(%local, data_dir = %config.data_dir().display(), sync = config.log.sync.as_str(), "serving");
             }
             let shutdown = shutdown(Arc::clone(&edge)).map_err(|e| AppError::io("cannot install the shutdown signal", e))?;
+            let (stop_deliveries, mut deliveries_stopped) = tokio::sync::watch::channel(false);
+            if let Some((store, metrics)) = deliveries {
+                let secrets = config.edge.secrets.clone();
+                let lookup: tally_delivery::SecretLookup = Arc::new(move |name: &str| {
+                    // Read at each use, so a rotated signing secret takes effect at once.
+                    tally_edge::secrets::Secrets::load(&secrets).ok()?.get(name)
+                });
+                let dispatcher = tally_delivery::run(
+                    config.data_dir().to_path_buf(),
+                    config.deliveries.delivery.clone(),
+                    lookup,
+                    store,
+                    metrics,
+                    async move {
+                        let _ = deliveries_stopped.wait_for(|stop| *stop).await;
+                    },
+                );
+                tokio::spawn(async move {
+                    if let Err(e) = dispatcher.await {
+                        tracing::error!(error = %e, "deliveries stopped");
+                    }
+                });
+            }
+            let shutdown = async move {
+                shutdown.await;
+                let _ = stop_deliveries.send(true);
+            };
             // The cluster's programs, put in force in the order the bus holds them.
             if let Some(mut programs) = adopt.take() {
                 let edge = Arc::clone(&edge);

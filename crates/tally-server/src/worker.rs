@@ -158,8 +158,12 @@ impl Standalone {
         // The tier's ledger is this process's: its stats are served here, as an edge's
         // admin API serves a single node's.
         let stats = self.merging.as_ref().map(|_| {
-            let hooks =
-                AdminHooks { stats: Some(crate::stats_hook(self.data_dir.clone())), log_level: None, ledger: None };
+            let hooks = AdminHooks {
+                stats: Some(crate::stats_hook(self.data_dir.clone())),
+                log_level: None,
+                ledger: None,
+                deliveries: None,
+            };
             Arc::new((hooks, admin_token))
         });
         let background = std::thread::Builder::new()

@@ -12,6 +12,7 @@ mod cluster;
 mod commands;
 mod common;
 mod crash;
+mod deliveries;
 #[cfg(feature = "parquet")]
 mod export_parquet;
 mod export_scale;

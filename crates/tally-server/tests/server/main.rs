@@ -8,6 +8,7 @@
 mod abuse;
 mod affiliate_api;
 mod decisions;
+mod deliveries;
 mod fast_path;
 mod ingest;
 mod limits;

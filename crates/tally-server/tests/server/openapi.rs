@@ -142,6 +142,9 @@ fn every_operation_the_description_names_answers_as_it_says() {
     // A group for the operations on one group.
     let r = server.admin("POST", "/admin/groups", Some(ADMIN), r#"{"id":"api-group"}"#);
     assert_eq!(r.status, 201, "{}", r.text());
+    // aff2's postbacks go to a closed port: a delivery for the operations on one.
+    let body = r#"{"id":"aff2","postback_url":"http://127.0.0.1:9/pb?cid={click_id}"}"#;
+    assert_eq!(server.admin("PATCH", "/admin/affiliates/aff2", Some(ADMIN), body).status, 200);
     // A pending commission for the operations on one (adjusted, approved, then rejected:
     // the paths come in that order).
     let r =
@@ -149,6 +152,12 @@ fn every_operation_the_description_names_answers_as_it_says() {
     assert_eq!(r.status, 200, "{}", r.text());
     let ledger = ledger_with(&env.data(), "OA1");
     let commission = ledger.iter().find(|e| e["txid"] == "OA1").unwrap()["id"].as_str().unwrap().to_owned();
+    let mut delivery = String::new();
+    crate::common::wait_for("a delivery", || {
+        let page = server.admin("GET", "/admin/deliveries", Some(ADMIN), "").json();
+        delivery = page["deliveries"][0]["key"].as_str().unwrap_or("").to_owned();
+        !delivery.is_empty()
+    });
 
     let mut operations = 0;
     let mut problems = Vec::new();
@@ -164,6 +173,7 @@ fn every_operation_the_description_names_answers_as_it_says() {
                 }
             }
             let (mut target, body, _) = request_for(path, method, &commission);
+            target = target.replace("{key}", &delivery);
             if target.contains("{token_id}") {
                 let r = server.admin("POST", "/admin/affiliates/aff1/tokens", Some(ADMIN), "{}");
                 target = target.replace("{token_id}", r.json()["id"].as_str().unwrap());
