@@ -17,6 +17,11 @@ use crate::AttributionError;
 pub(crate) type FastMap<K, V> = hashbrown::HashMap<K, V>;
 
 /// What attribution remembers about a click.
+///
+/// Stored with postcard (day arenas, sorted runs), so the field order is the format. Fields
+/// added later go last: facts stored before one existed end where it would start, which
+/// postcard reports as the input's end, and [`decode_facts`] then reads them in the older
+/// shape ([`ClickFactsBeforeLink`]) with the new field empty. No store rebuild is needed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClickFacts {
     pub ts_ms: u64,
@@ -27,10 +32,24 @@ pub struct ClickFacts {
     /// Under the first-click rule, the earlier click of this visitor's cookie chain on the
     /// same offer that this click must not displace; `None` when this click is the first.
     pub first: Option<FirstClick>,
+    /// The code of the link clicked, for the link's own postback URL. Empty for clicks
+    /// indexed before links were kept: their commissions notify the affiliate's URL.
+    pub link: String,
+}
+
+/// [`ClickFacts`] as stored before `link` existed.
+#[derive(Debug, Serialize, Deserialize)]
+struct ClickFactsBeforeLink {
+    ts_ms: u64,
+    offer: String,
+    affiliate: String,
+    sub1: String,
+    human: bool,
+    first: Option<FirstClick>,
 }
 
 /// [`ClickFacts`] borrowed from the click being applied, for storing: the same encoding
-/// (postcard writes `&str` as it writes `String`), without copying three strings per click.
+/// (postcard writes `&str` as it writes `String`), without copying four strings per click.
 #[derive(Debug, Serialize)]
 pub(crate) struct ClickFactsRef<'a> {
     pub ts_ms: u64,
@@ -39,6 +58,7 @@ pub(crate) struct ClickFactsRef<'a> {
     pub sub1: &'a str,
     pub human: bool,
     pub first: Option<&'a FirstClick>,
+    pub link: &'a str,
 }
 
 #[cfg(test)]
@@ -51,6 +71,7 @@ impl ClickFacts {
             sub1: &self.sub1,
             human: self.human,
             first: self.first.as_ref(),
+            link: &self.link,
         }
     }
 }
@@ -64,7 +85,24 @@ pub struct FirstClick {
 }
 
 pub(crate) fn decode_facts(bytes: &[u8]) -> Result<ClickFacts, AttributionError> {
-    postcard::from_bytes(bytes).map_err(|e| AttributionError::Corrupt(format!("click: {e}")))
+    let corrupt = |e: postcard::Error| AttributionError::Corrupt(format!("click: {e}"));
+    match postcard::from_bytes(bytes) {
+        Ok(facts) => Ok(facts),
+        // Facts stored before `link` existed stop where it would start.
+        Err(postcard::Error::DeserializeUnexpectedEnd) => {
+            let old: ClickFactsBeforeLink = postcard::from_bytes(bytes).map_err(corrupt)?;
+            Ok(ClickFacts {
+                ts_ms: old.ts_ms,
+                offer: old.offer,
+                affiliate: old.affiliate,
+                sub1: old.sub1,
+                human: old.human,
+                first: old.first,
+                link: String::new(),
+            })
+        }
+        Err(e) => Err(corrupt(e)),
+    }
 }
 
 /// The clicks of one UTC day (by the time in their ID), encoded back to back in one arena.
@@ -232,7 +270,15 @@ mod tests {
     }
 
     fn facts(tag: &str) -> ClickFacts {
-        ClickFacts { ts_ms: 0, offer: "o".into(), affiliate: tag.into(), sub1: String::new(), human: true, first: None }
+        ClickFacts {
+            ts_ms: 0,
+            offer: "o".into(),
+            affiliate: tag.into(),
+            sub1: String::new(),
+            human: true,
+            first: None,
+            link: format!("l-{tag}"),
+        }
     }
 
     fn days(clicks: &[(ClickId, &str)]) -> BTreeMap<u32, DayClicks> {
@@ -274,5 +320,51 @@ mod tests {
             assert_eq!(find(&stored, &id).as_deref(), Some(tag));
         }
         assert_eq!(find(&stored, &ClickId::new(hour + 20, 2, 1)), None);
+    }
+
+    /// Facts stored before `link` existed (bytes of the struct as it was) decode with an
+    /// empty link, in an arena and in a stored run; today's facts never take that path, and
+    /// facts cut short anywhere else are still corrupt.
+    #[test]
+    fn facts_stored_before_the_link_still_decode() {
+        let first = FirstClick { click_id: ClickId::new(5, 1, 1), ts_ms: 5, affiliate: "a0".into(), sub1: "s0".into() };
+        for first in [None, Some(first)] {
+            let old = ClickFactsBeforeLink {
+                ts_ms: 1_234,
+                offer: "o".into(),
+                affiliate: "a".into(),
+                sub1: "s".into(),
+                human: false,
+                first: first.clone(),
+            };
+            let bytes = postcard::to_stdvec(&old).unwrap();
+            // The new shape cannot read them: the trailing link is missing, which is why the
+            // fallback is taken (and taken only then).
+            assert!(matches!(
+                postcard::from_bytes::<ClickFacts>(&bytes),
+                Err(postcard::Error::DeserializeUnexpectedEnd)
+            ));
+            let expected = ClickFacts {
+                ts_ms: 1_234,
+                offer: "o".into(),
+                affiliate: "a".into(),
+                sub1: "s".into(),
+                human: false,
+                first,
+                link: String::new(),
+            };
+            assert_eq!(decode_facts(&bytes).unwrap(), expected);
+            let id = ClickId::new(10, 1, 1);
+            let run = runs::encode(&[(id, bytes.clone())]);
+            assert_eq!(find_in_run(&id, &run, &id).unwrap(), Some(expected.clone()));
+
+            let new = ClickFacts { link: "spring".into(), ..expected };
+            let new_bytes = postcard::to_stdvec(&new.borrowed()).unwrap();
+            assert_eq!(new_bytes, postcard::to_stdvec(&new).unwrap(), "borrowed facts encode as owned ones");
+            assert_eq!(&new_bytes[..bytes.len()], &bytes[..], "the link is appended to the old shape");
+            assert_eq!(decode_facts(&new_bytes).unwrap(), new);
+            assert!(decode_facts(&bytes[..bytes.len() - 1]).is_err(), "cut inside the old fields");
+        }
+        assert!(decode_facts(&[]).is_err());
     }
 }

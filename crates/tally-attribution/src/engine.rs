@@ -172,6 +172,8 @@ pub struct ClickIn<'a> {
     /// The click's visitor key (see [`tally_model::Click::visitor`]): stored by the edge, so
     /// unique clicks never depend on personal fields, which may have been erased.
     pub visitor: u128,
+    /// The link code clicked: its commissions notify the link's own postback URL, if any.
+    pub link: &'a str,
 }
 
 impl<'a> ClickIn<'a> {
@@ -185,6 +187,7 @@ impl<'a> ClickIn<'a> {
             human: c.is_human(),
             prior_click: c.prior_click,
             visitor: u128::from(c.visitor),
+            link: c.link,
         }
     }
 }
@@ -274,7 +277,15 @@ fn click(state: &mut State, c: &ClickIn<'_>) -> Result<(), AttributionError> {
     };
     state.put_click(
         c.click_id,
-        &ClickFactsRef { ts_ms: c.ts_ms, offer: c.offer, affiliate: c.affiliate, sub1, human, first: first.as_ref() },
+        &ClickFactsRef {
+            ts_ms: c.ts_ms,
+            offer: c.offer,
+            affiliate: c.affiliate,
+            sub1,
+            human,
+            first: first.as_ref(),
+            link: c.link,
+        },
     );
     let day = stats_day(state, c.ts_ms);
     // Visitor sets of days before the horizon are deleted (when, depends on commit timing), so
@@ -328,6 +339,7 @@ fn base_entry(seq: u64, c: &Conversion, program: &str) -> Entry {
         source: c.source.into(),
         adjustments: Vec::new(),
         payments: Vec::new(),
+        link: String::new(),
     }
 }
 
@@ -442,8 +454,15 @@ fn rules<'a>(
     Some((offer, goal))
 }
 
-/// Who gets the credit: `(affiliate, click, sub1, coupon)`, or why nobody does.
-type Credit = (String, Option<ClickId>, String, String);
+/// Who gets the credit, and through what: a click (of a link) or a coupon.
+struct Credit {
+    affiliate: String,
+    click_id: Option<ClickId>,
+    sub1: String,
+    coupon: String,
+    /// The credited click's link code; empty without a click.
+    link: String,
+}
 
 fn join(
     state: &State,
@@ -463,10 +482,25 @@ fn join(
                 let first = click.first.as_ref().filter(|_| offer.model == AttributionModel::FirstClick);
                 match first {
                     Some(f) if in_window(f.ts_ms) => {
-                        return Ok(Ok((f.affiliate.clone(), Some(f.click_id), f.sub1.clone(), String::new())));
+                        // The first click's link is not in `FirstClick` (stored facts keep
+                        // their shape); inside the window, its own facts are still indexed.
+                        let link = live_click(state, &f.click_id)?.map(|k| k.link).unwrap_or_default();
+                        return Ok(Ok(Credit {
+                            affiliate: f.affiliate.clone(),
+                            click_id: Some(f.click_id),
+                            sub1: f.sub1.clone(),
+                            coupon: String::new(),
+                            link,
+                        }));
                     }
                     _ if in_window(click.ts_ms) => {
-                        return Ok(Ok((click.affiliate, Some(id), click.sub1, String::new())));
+                        return Ok(Ok(Credit {
+                            affiliate: click.affiliate,
+                            click_id: Some(id),
+                            sub1: click.sub1,
+                            coupon: String::new(),
+                            link: click.link,
+                        }));
                     }
                     _ => failure = Reason::OutsideWindow,
                 }
@@ -475,9 +509,13 @@ fn join(
     }
     if !c.coupon.is_empty() {
         return Ok(match program.any_coupon(&c.coupon) {
-            Some(coupon) if coupon.offer == offer.id && coupon.active => {
-                Ok((coupon.affiliate.clone(), None, String::new(), coupon.code.clone()))
-            }
+            Some(coupon) if coupon.offer == offer.id && coupon.active => Ok(Credit {
+                affiliate: coupon.affiliate.clone(),
+                click_id: None,
+                sub1: String::new(),
+                coupon: coupon.code.clone(),
+                link: String::new(),
+            }),
             Some(coupon) if coupon.offer == offer.id && c.click_id.is_none() => Err(Reason::CouponDisabled),
             Some(_) if c.click_id.is_none() => Err(Reason::CouponOfferMismatch),
             None if c.click_id.is_none() => Err(Reason::UnknownCoupon),
@@ -529,6 +567,7 @@ fn conversion(
                 if let Some(click) = live_click(state, &id)?.filter(|k| k.offer == offer.id) {
                     e.affiliate = click.affiliate;
                     e.sub1 = click.sub1;
+                    e.link = click.link;
                 }
             }
             finish(state, e, out);
@@ -545,6 +584,7 @@ fn conversion(
             if let Some(o) = state.entry(original)? {
                 e.affiliate = o.affiliate.clone();
                 e.click_id = o.click_id;
+                e.link = o.link.clone();
                 // Only the merchant's server confirms: a browser could confirm anything it saw.
                 let awaiting =
                     o.status == Status::Pending && matches!(o.reason, Reason::MerchantPending | Reason::BrowserReview);
@@ -573,11 +613,19 @@ fn conversion(
         None => None,
     };
     let recurring = bound.as_ref().filter(|b| goal.recurring.holds(&program.calendar, b.ts_ms, c.ts_ms));
+    // A recurring sale is credited as the customer's first sale was: its click (and so its
+    // link's postback URL) or its coupon.
     let credit = match recurring {
-        Some(b) => Ok((b.affiliate.clone(), b.click_id, b.sub1.clone(), b.coupon.clone())),
+        Some(b) => Ok(Credit {
+            affiliate: b.affiliate.clone(),
+            click_id: b.click_id,
+            sub1: b.sub1.clone(),
+            coupon: b.coupon.clone(),
+            link: b.link.clone(),
+        }),
         None => join(state, program, offer, c)?,
     };
-    let (affiliate, click_id, sub1, coupon) = match credit {
+    let credit = match credit {
         Ok(credit) => credit,
         Err(reason) => {
             e.reason = match (&bound, reason) {
@@ -597,10 +645,11 @@ fn conversion(
             return Ok(());
         }
     };
-    e.affiliate = affiliate;
-    e.click_id = click_id;
-    e.sub1 = sub1;
-    e.coupon = coupon;
+    e.affiliate = credit.affiliate;
+    e.click_id = credit.click_id;
+    e.sub1 = credit.sub1;
+    e.coupon = credit.coupon;
+    e.link = credit.link;
     if program.affiliates.get(&e.affiliate).is_some_and(|a| !a.active) {
         e.status = Status::Rejected;
         e.reason = Reason::AffiliateDisabled;
@@ -866,6 +915,7 @@ fn reversal(state: &mut State, seq: u64, c: &Conversion, out: &mut Outputs) -> R
     e.click_id = original.click_id;
     e.sub1 = original.sub1.clone();
     e.coupon = original.coupon.clone();
+    e.link = original.link.clone();
     e.currency = original.currency;
     let why = match c.status {
         ConversionStatus::Chargeback => Reason::Chargeback,
@@ -986,6 +1036,7 @@ fn operator_decision(
         coupon: target.coupon.clone(),
         sub1: target.sub1.clone(),
         txid: target.txid.clone(),
+        link: target.link.clone(),
         approved_seq: Some(seq),
         ..decision_entry(seq, ts_ms, &digest, target.currency)
     };
@@ -1290,6 +1341,7 @@ fn decision_entry(seq: u64, ts_ms: u64, program: &str, currency: Currency) -> En
         source: Source::Operator,
         adjustments: Vec::new(),
         payments: Vec::new(),
+        link: String::new(),
     }
 }
 

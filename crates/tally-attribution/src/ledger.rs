@@ -4,8 +4,10 @@
 //! Every conversion event in the log yields exactly one entry keyed by its sequence number, so
 //! re-processing an event overwrites its entry instead of adding a second one; milestone
 //! bonuses hang off the conversion that reached the milestone (`seq.1`, `seq.2`, ...). These
-//! structs are stored with postcard in the attribution state; the ledger digest is computed
-//! over those bytes, so field order matters here too.
+//! structs are stored with postcard in the attribution state, so field order is the stored
+//! format: a field added later goes last and decodes as empty from older entries. The ledger
+//! digest is over the canonical CSV rows (`tally_audit::digest`), not these bytes: a field no
+//! column shows leaves it unchanged.
 
 use std::fmt;
 
@@ -273,6 +275,27 @@ pub struct Entry {
     /// one's payout ID, unless it is a void (an empty ID). Entries stored before this field
     /// existed decode with none ([`crate::store`]).
     pub payments: Vec<Payment>,
+    /// The code of the credited click's link (as `click_id`, kept by the entries that refer
+    /// to it), so each change of the commission notifies the link's own postback URL. Empty
+    /// with no click, and for entries (and clicks) stored before this field existed. Not a
+    /// column of the canonical CSV.
+    #[serde(default, deserialize_with = "trailing_string")]
+    pub link: String,
+}
+
+/// A string that is the last field of a stored struct: empty when the stored bytes end
+/// before it (the struct was stored before the field existed), which also spares
+/// `store::decode_entry` a third zero byte of padding for entries older than `adjustments`.
+/// Only the input's end is taken for that (postcard cannot tell a string cut short from one
+/// missing, as padding could not either); any other failure to read it is still an error.
+fn trailing_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    match String::deserialize(d) {
+        Ok(s) => Ok(s),
+        // The error type is the format's, known here only by its message: postcard's own
+        // message for the end of input, so no other error can match it.
+        Err(e) if e.to_string() == postcard::Error::DeserializeUnexpectedEnd.to_string() => Ok(String::new()),
+        Err(e) => Err(e),
+    }
 }
 
 /// A payout run's mark on an entry it paid, or (`payout` empty) the void of that run.
@@ -326,6 +349,16 @@ impl From<ConversionSource> for Source {
 }
 
 impl Entry {
+    /// Whether this stored entry and `replayed`, the same entry made again by a replay,
+    /// agree. An entry stored before entries kept their click's link has an empty `link`
+    /// that a replay fills in: unknown, not different.
+    pub fn agrees_with(&self, replayed: &Entry) -> bool {
+        if self.link.is_empty() && !replayed.link.is_empty() {
+            return *self == Entry { link: String::new(), ..replayed.clone() };
+        }
+        self == replayed
+    }
+
     /// This entry as it stood once event `seq` had been applied, or `None` if it did not
     /// exist yet. After its creation an entry changes in these ways only, each recording
     /// the event that did it: a hold's (or an operator's early) approval (`approved_seq`), a
@@ -479,22 +512,45 @@ mod tests {
             source: Source::Postback,
             adjustments: Vec::new(),
             payments: Vec::new(),
+            link: String::new(),
         }
     }
 
-    /// Entries stored before `payments` (and before `adjustments`) existed are today's bytes
-    /// without the last one (two) (an empty list is a zero byte); they decode with none.
-    /// Sources keep the conversion's variant numbers.
     #[test]
-    fn entries_stored_before_adjustments_and_payments_still_decode() {
+    fn a_replay_filling_in_a_link_the_stored_entry_lacks_agrees() {
+        let stored = entry();
+        let replayed = Entry { link: "spring".into(), ..entry() };
+        assert!(stored.agrees_with(&replayed));
+        assert!(!replayed.agrees_with(&stored), "a stored link a replay lacks is a difference");
+        assert!(!stored.agrees_with(&Entry { link: "spring".into(), amount: 1, ..entry() }));
+        assert!(!Entry { link: "a".into(), ..entry() }.agrees_with(&replayed));
+    }
+
+    /// Entries stored before `link` (and before `payments`, and before `adjustments`) existed
+    /// are today's bytes without the last one (two, three): postcard writes the fields in
+    /// order, and an empty string or list is one zero byte, so what the older struct wrote
+    /// is exactly that prefix. They decode with an empty link (and no payments or
+    /// adjustments). Sources keep the conversion's variant numbers.
+    #[test]
+    fn entries_stored_before_adjustments_payments_and_link_still_decode() {
         let e = entry();
         let bytes = postcard::to_stdvec(&e).unwrap();
-        assert_eq!(&bytes[bytes.len() - 2..], &[0, 0]);
-        let before_payments = &bytes[..bytes.len() - 1];
-        let before_adjustments = &bytes[..bytes.len() - 2];
+        assert_eq!(&bytes[bytes.len() - 3..], &[0, 0, 0]);
+        let before_link = &bytes[..bytes.len() - 1];
+        let before_payments = &bytes[..bytes.len() - 2];
+        let before_adjustments = &bytes[..bytes.len() - 3];
+        assert_eq!(crate::store::decode_entry(before_link).unwrap(), e);
         assert_eq!(crate::store::decode_entry(before_payments).unwrap(), e);
         assert_eq!(crate::store::decode_entry(before_adjustments).unwrap(), e);
         assert_eq!(crate::store::decode_entry(&bytes).unwrap(), e);
+        let linked = Entry { link: "spring-blog".into(), ..e.clone() };
+        let linked_bytes = postcard::to_stdvec(&linked).unwrap();
+        assert_eq!(&linked_bytes[..before_link.len()], before_link, "the link is appended");
+        assert_eq!(crate::store::decode_entry(&linked_bytes).unwrap(), linked);
+        // Only the input's end reads as no link: a link that is there but is not text is corrupt.
+        let mut bad_utf8 = before_link.to_vec();
+        bad_utf8.extend_from_slice(&[1, 0xff]);
+        assert!(crate::store::decode_entry(&bad_utf8).is_err());
         let cut = &before_adjustments[..before_adjustments.len() - 3];
         assert!(crate::store::decode_entry(cut).is_err(), "a cut entry is still corrupt");
         let mut paid = e.clone();

@@ -1,7 +1,8 @@
 //! The notifications a ledger entry's change makes (`tally_model::delivery`): a commission,
 //! bonus or clawback credited to an affiliate, when it is created and each time its status,
-//! amount or payout changes, makes one notification per receiver (the affiliate's postback
-//! URL, each webhook that takes the event). [`crate::State::put_entry`] puts them in the
+//! amount or payout changes, makes one notification per receiver (one postback URL: the
+//! credited click's link's, else the affiliate's, else its group's; each webhook that takes
+//! the event). [`crate::State::put_entry`] puts them in the
 //! outbox of the same commit as the entry, so a crash can neither lose one nor invent one.
 
 use tally_model::delivery::{webhook_body, CommissionFacts, Notification, Target};
@@ -34,7 +35,7 @@ pub(crate) fn notifications(program: &Program, ts_ms: u64, old: Option<&Entry>, 
             target,
         });
     };
-    if let Some(t) = program.postback_for(&new.affiliate) {
+    if let Some(t) = program.postback_for(&new.link, &new.affiliate) {
         put(&new.affiliate, Target::Postback { url: t.render(|m| facts.macro_value(m, event)) });
     }
     for w in program.webhooks.iter().filter(|w| w.events.iter().any(|e| e == event)) {

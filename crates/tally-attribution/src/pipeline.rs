@@ -53,7 +53,7 @@ impl Batch for Vec<(u64, Event)> {
 /// other events whole.
 #[derive(Debug, Default)]
 pub struct ClickBatch {
-    /// The text of the batch's clicks (offer, affiliate, sub1), end to end.
+    /// The text of the batch's clicks (offer, affiliate, sub1, link), end to end.
     text: String,
     items: Vec<(u64, Item)>,
 }
@@ -76,6 +76,7 @@ struct Slots {
     human: bool,
     prior_click: Option<ClickId>,
     visitor: u128,
+    link: (u32, u32),
 }
 
 /// An event of a [`ClickBatch`].
@@ -107,6 +108,7 @@ impl ClickBatch {
                         human: s.human,
                         prior_click: s.prior_click,
                         visitor: s.visitor,
+                        link: text(s.link)?,
                     }),
                 ))
             }
@@ -137,6 +139,7 @@ impl Batch for ClickBatch {
                 human: c.is_human(),
                 prior_click: c.prior_click,
                 visitor: u128::from(c.visitor),
+                link: self.put(c.link)?,
             }),
             EventView::Owned(e) => Item::Event(Box::new(e)),
         };

@@ -612,6 +612,7 @@ mod tests {
             sub1: String::new(),
             human: true,
             first: None,
+            link: format!("l{tag}"),
         }
     }
 

@@ -229,3 +229,167 @@ fn the_outbox_is_committed_with_the_entries_and_read_back_after_a_key() {
     assert_eq!(rest.len(), 3);
     assert_eq!(rest[0], all[2]);
 }
+
+/// Links with their own postback URL, and one first-click offer.
+fn with_links() -> String {
+    format!(
+        r#"{PROGRAM}
+[[offers]]
+id = "first"
+advertiser = "acme"
+destination = "https://shop.example/?c={{click_id}}"
+currency = "USD"
+model = "first_click"
+
+  [[offers.goals]]
+  id = "sale"
+  payout = {{ kind = "fixed", amount = "5.00" }}
+
+[[links]]
+code = "spring"
+offer = "shop"
+affiliate = "aff1"
+postback_url = "https://spring.example/pb?cid={{click_id}}&payout={{payout}}&s={{status}}&e={{event}}"
+
+[[links]]
+code = "plain"
+offer = "shop"
+affiliate = "aff1"
+
+[[links]]
+code = "intro"
+offer = "first"
+affiliate = "aff2"
+postback_url = "https://intro.example/pb?cid={{click_id}}"
+"#
+    )
+}
+
+/// A click of `link`, after the visitor's `prior` click if any.
+fn click_on(
+    d: &mut Driver,
+    offer: &str,
+    affiliate: &str,
+    link: &str,
+    prior: Option<tally_model::ClickId>,
+) -> tally_model::ClickId {
+    let mut c = d.click_event(offer, affiliate, prior);
+    c.link = link.to_owned();
+    let id = c.click_id;
+    d.apply(Event::Click(c));
+    id
+}
+
+/// The postback URLs of the outbox items after the first `before`, as (receiver, URL).
+fn postbacks(state: &State, before: usize) -> Vec<(String, String)> {
+    outbox(state)[before..]
+        .iter()
+        .filter_map(|(_, n)| match &n.target {
+            Target::Postback { url } => Some((n.receiver.clone(), url.clone())),
+            Target::Webhook { .. } => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_link_with_its_own_postback_url_gets_its_commissions_from_creation_to_clawback() {
+    let mut d = Driver::bare(State::in_memory());
+    d.program(&with_links());
+
+    // A sale through the link with its own URL: that URL, for aff1 (its receiver).
+    let spring = click_on(&mut d, "shop", "aff1", "spring", None);
+    d.apply(ConversionBuilder::new().at(d.now).offer("shop").goal("sale").click(spring).txid("T1").event());
+    let e1 = d.own_entry();
+    assert_eq!(e1.link, "spring");
+    assert_eq!(
+        postbacks(&d.state, 0),
+        [(
+            "aff1".to_owned(),
+            format!("https://spring.example/pb?cid={spring}&payout=3.00&s=pending&e=commission.created")
+        )]
+    );
+
+    // One through a link without a URL: the affiliate's.
+    let before = outbox(&d.state).len();
+    let plain = click_on(&mut d, "shop", "aff1", "plain", None);
+    d.apply(ConversionBuilder::new().at(d.now).offer("shop").goal("sale").click(plain).txid("T2").event());
+    assert_eq!(d.own_entry().link, "plain");
+    let got = postbacks(&d.state, before);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(got[0].1.starts_with(&format!("https://aff1.example/pb?cid={plain}&")), "{got:?}");
+
+    // The hold passes: each approval goes where its creation went.
+    let before = outbox(&d.state).len();
+    d.wait(2 * DAY);
+    d.tick();
+    let got = postbacks(&d.state, before);
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!(got[0].1, format!("https://spring.example/pb?cid={spring}&payout=3.00&s=approved&e=commission.updated"));
+    assert!(got[1].1.starts_with("https://aff1.example/") && got[1].1.contains("status=approved"), "{got:?}");
+
+    // A refund of the approved sale: its clawback names the link too.
+    let before = outbox(&d.state).len();
+    let refund = ConversionBuilder::new().at(d.now).offer("shop").goal("sale").txid("T1");
+    let entries = d.apply(refund.status(ConversionStatus::Refunded).event());
+    assert!(entries.iter().all(|e| e.link == "spring"), "{entries:?}");
+    assert_eq!(
+        postbacks(&d.state, before),
+        [(
+            "aff1".to_owned(),
+            format!("https://spring.example/pb?cid={spring}&payout=-3.00&s=approved&e=commission.created")
+        )]
+    );
+
+    // First click: the credited (earlier) click's link decides, not the last one's.
+    let before = outbox(&d.state).len();
+    let intro = click_on(&mut d, "first", "aff2", "intro", None);
+    d.wait(DAY / 2);
+    let later = click_on(&mut d, "first", "aff1", "spring", Some(intro));
+    d.apply(ConversionBuilder::new().at(d.now).offer("first").goal("sale").click(later).txid("F1").event());
+    let e = d.own_entry();
+    assert_eq!((e.affiliate.as_str(), e.click_id, e.link.as_str()), ("aff2", Some(intro), "intro"));
+    assert_eq!(postbacks(&d.state, before), [("aff2".to_owned(), format!("https://intro.example/pb?cid={intro}"))]);
+
+    // The same log gives the same ledger and outbox.
+    d.assert_replay_matches();
+    let mut again = State::in_memory();
+    for (i, e) in d.events.iter().enumerate() {
+        tally_attribution::apply(&mut again, i as u64 + 1, e).unwrap();
+    }
+    assert_eq!(outbox(&again), outbox(&d.state));
+}
+
+#[test]
+fn a_link_moved_to_another_affiliate_keeps_the_first_ones_commissions_off_its_url() {
+    let mut d = Driver::bare(State::in_memory());
+    d.program(&with_links());
+    let spring = click_on(&mut d, "shop", "aff1", "spring", None);
+    d.apply(ConversionBuilder::new().at(d.now).offer("shop").goal("sale").click(spring).txid("T1").event());
+    // The link now belongs to aff3: aff1's commission, approved later, goes to aff1's URL.
+    let edit = tally_model::Edit {
+        links: vec![tally_model::managed::LinkSpec {
+            code: "spring".into(),
+            offer: "shop".into(),
+            affiliate: "aff3".into(),
+            active: true,
+            postback_url: "https://spring.example/pb?cid={click_id}".into(),
+        }],
+        ..tally_model::Edit::default()
+    };
+    let program = tally_model::Program::compose(&with_links(), std::sync::Arc::new(tally_model::Managed::default()))
+        .unwrap()
+        .with_edit(&edit)
+        .unwrap();
+    d.apply(Event::ProgramEdit(tally_model::event::ProgramEdit {
+        ts_ms: d.now,
+        actor: "ops".into(),
+        edit: edit.to_json(),
+        digest: program.digest.clone(),
+    }));
+    let before = outbox(&d.state).len();
+    d.wait(2 * DAY);
+    d.tick();
+    let got = postbacks(&d.state, before);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(got[0].1.starts_with("https://aff1.example/") && got[0].1.contains("status=approved"), "{got:?}");
+}

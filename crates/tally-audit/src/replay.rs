@@ -279,7 +279,11 @@ pub fn replay(
                 }
             }
         }
-        if live_entry == replayed {
+        let agree = match (&live_entry, &replayed) {
+            (Some(l), Some(r)) => l.agrees_with(r),
+            (l, r) => l == r,
+        };
+        if agree {
             report.matched += 1;
         } else {
             report.differences.push(Difference { id, live: live_entry, replayed });

@@ -169,6 +169,7 @@ fn current(program: &Program, kind: Kind, key: &str) -> Option<Spec> {
                 offer: l.offer.id.clone(),
                 affiliate: l.affiliate.clone(),
                 active: l.active,
+                postback_url: l.postback_url.clone(),
             })
         }),
     }
@@ -772,7 +773,9 @@ async fn import(edge: &Edge, req: Request<Incoming>) -> Response<Body> {
 
 /// An affiliate put again keeps its API tokens unless the new spec names some (tokens are
 /// made and revoked by their own endpoints), and, from a CSV (whose columns cannot say
-/// them), its terms.
+/// them), its terms. From a CSV, an empty `postback_url` cell keeps an affiliate's, group's
+/// or link's URL: an empty cell cannot tell "none" from "as it is", and a sheet of links
+/// (or of affiliates with their links) should not wipe URLs it never listed.
 fn keep_what_rows_cannot_say(program: &Program, edit: &mut Edit, csv: bool) {
     for a in &mut edit.affiliates {
         let Some(old) = program.affiliates.get(&a.id) else { continue };
@@ -784,6 +787,13 @@ fn keep_what_rows_cannot_say(program: &Program, edit: &mut Edit, csv: bool) {
         }
         if csv && a.postback_url.is_empty() {
             a.postback_url = old.spec.postback_url.clone();
+        }
+    }
+    if csv {
+        for l in edit.links.iter_mut().filter(|l| l.postback_url.is_empty()) {
+            if let Some(old) = program.any_link(&l.code) {
+                l.postback_url = old.postback_url.clone();
+            }
         }
     }
 }
@@ -819,7 +829,8 @@ fn columns(kind: Kind) -> &'static [&'static str] {
         // same row: one spreadsheet of ambassadors.
         Kind::Affiliates => &["id", "name", "group", "active", "offer", "link", "coupon", "postback_url"],
         Kind::Groups => &["id", "name", "postback_url"],
-        Kind::Coupons | Kind::Links => &["code", "offer", "affiliate", "active"],
+        Kind::Coupons => &["code", "offer", "affiliate", "active"],
+        Kind::Links => &["code", "offer", "affiliate", "active", "postback_url"],
     }
 }
 
@@ -901,7 +912,13 @@ fn parse_csv(kind: Kind, body: &[u8]) -> Parsed {
                 if !link.is_empty() {
                     out.put(
                         row,
-                        Spec::Link(LinkSpec { code: link, offer: offer.clone(), affiliate: key.clone(), active: true }),
+                        Spec::Link(LinkSpec {
+                            code: link,
+                            offer: offer.clone(),
+                            affiliate: key.clone(),
+                            active: true,
+                            postback_url: String::new(),
+                        }),
                     );
                 }
                 if !coupon.is_empty() {
@@ -922,8 +939,16 @@ fn parse_csv(kind: Kind, body: &[u8]) -> Parsed {
                 row,
                 Spec::Coupon(CouponSpec { code: key, offer: get("offer"), affiliate: get("affiliate"), active }),
             ),
-            Kind::Links => out
-                .put(row, Spec::Link(LinkSpec { code: key, offer: get("offer"), affiliate: get("affiliate"), active })),
+            Kind::Links => out.put(
+                row,
+                Spec::Link(LinkSpec {
+                    code: key,
+                    offer: get("offer"),
+                    affiliate: get("affiliate"),
+                    active,
+                    postback_url: get("postback_url"),
+                }),
+            ),
         }
     }
     out
@@ -1053,5 +1078,36 @@ mod tests {
         let v = p.rows.program_problem("coupons[spring].affiliate: unknown affiliate \"nobody\"".into());
         assert_eq!(v["row"], 2);
         assert_eq!(p.rows.program_problem("time_zone: bad".into())["row"], Value::Null);
+    }
+
+    #[test]
+    fn csv_links_take_a_postback_url_and_an_empty_cell_keeps_the_old_one() {
+        let file = include_str!("../../../tests/fixtures/program-good.toml");
+        let link = |code: &str, url: &str| LinkSpec {
+            code: code.into(),
+            offer: "shoes".into(),
+            affiliate: "aff1".into(),
+            active: true,
+            postback_url: url.into(),
+        };
+        let edit = Edit { links: vec![link("demo", "https://old.example/pb")], ..Edit::default() };
+        let program = Program::from_toml(file).unwrap().with_edit(&edit).unwrap();
+        let body =
+            "code,offer,affiliate,postback_url\ndemo,shoes,aff1,\nnew,shoes,aff1,https://new.example/pb?c={click_id}\n";
+        let mut p = parse_csv(Kind::Links, body.as_bytes());
+        assert!(p.problems.is_empty(), "{:?}", p.problems);
+        keep_what_rows_cannot_say(&program, &mut p.edit, true);
+        let urls: Vec<&str> = p.edit.links.iter().map(|l| l.postback_url.as_str()).collect();
+        assert_eq!(urls, ["https://old.example/pb", "https://new.example/pb?c={click_id}"]);
+        // An affiliate's row naming the link keeps it too.
+        let mut p = parse_csv(Kind::Affiliates, b"id,offer,link\naff1,shoes,demo\n");
+        keep_what_rows_cannot_say(&program, &mut p.edit, true);
+        assert_eq!(p.edit.links[0].postback_url, "https://old.example/pb");
+        // JSON says what it means: a link without the field has none.
+        let mut e = Edit { links: vec![link("demo", "")], ..Edit::default() };
+        keep_what_rows_cannot_say(&program, &mut e, false);
+        assert_eq!(e.links[0].postback_url, "");
+        let current = current(&program, Kind::Links, "demo").unwrap();
+        assert_eq!(current.to_json()["postback_url"], "https://old.example/pb", "PATCH and disable keep it");
     }
 }

@@ -1,4 +1,4 @@
-//! Outgoing notifications of commissions: postback URL templates (per affiliate or group,
+//! Outgoing notifications of commissions: postback URL templates (per link, affiliate or group,
 //! a GET with the networks' macros) and JSON webhooks (per program, signed in the Standard
 //! Webhooks format). Attribution turns a commission's creation and each change of its status
 //! into [`Notification`]s, one per receiver, in the same write as the entry; the dispatcher

@@ -153,6 +153,11 @@ pub struct LinkSpec {
     pub affiliate: String,
     #[serde(default = "yes", skip_serializing_if = "is_true")]
     pub active: bool,
+    /// Where to tell the affiliate about commissions credited through this link's clicks,
+    /// as the affiliate's `postback_url` (same macros); empty: the affiliate's, else its
+    /// group's.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub postback_url: String,
 }
 
 /// What one change puts: entities created or replaced, in the program file's section names.
@@ -449,7 +454,13 @@ mod tests {
                 }],
                 ..affiliate("a", "g")
             }],
-            links: vec![LinkSpec { code: "l".into(), offer: "o".into(), affiliate: "a".into(), active: false }],
+            links: vec![LinkSpec {
+                code: "l".into(),
+                offer: "o".into(),
+                affiliate: "a".into(),
+                active: false,
+                postback_url: "https://net.example/pb?cid={click_id}".into(),
+            }],
             ..Edit::default()
         };
         let json = e.to_json();

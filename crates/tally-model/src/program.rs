@@ -640,6 +640,10 @@ pub struct Link {
     pub active: bool,
     /// It redirects: it and its affiliate are active (worked out once, off the click path).
     pub enabled: bool,
+    /// Its `postback_url` as written; empty: none.
+    pub postback_url: String,
+    /// Its `postback_url`, parsed: before the affiliate's for commissions of its clicks.
+    pub postback: Option<Arc<PostbackTemplate>>,
 }
 
 impl Program {
@@ -881,9 +885,19 @@ impl Program {
         self.coupons.values()
     }
 
-    /// The affiliate whose API token has this hash (hex BLAKE3 of the token).
-    /// Where `affiliate`'s postbacks go: its own `postback_url`, else its group's.
-    pub fn postback_for(&self, affiliate: &str) -> Option<&Arc<PostbackTemplate>> {
+    /// Where the postbacks of `affiliate`'s commission credited through a click of `link`
+    /// (empty: no click) go: the link's own `postback_url`, else the affiliate's, else its
+    /// group's. A link counts only while it still belongs to `affiliate` (disabled or not):
+    /// a link moved to another affiliate must not send it this affiliate's commissions.
+    pub fn postback_for(&self, link: &str, affiliate: &str) -> Option<&Arc<PostbackTemplate>> {
+        let own = (!link.is_empty())
+            .then(|| self.links.get(link))
+            .flatten()
+            .filter(|l| l.affiliate == affiliate)
+            .and_then(|l| l.postback.as_ref());
+        if own.is_some() {
+            return own;
+        }
         let a = self.affiliates.get(affiliate)?;
         a.postback.as_ref().or_else(|| a.group.as_deref().and_then(|g| self.groups.get(g)?.postback.as_ref()))
     }
@@ -893,6 +907,7 @@ impl Program {
         !self.webhooks.is_empty()
             || self.groups.values().any(|g| g.postback.is_some())
             || self.affiliates.values().any(|a| a.postback.is_some())
+            || self.links.values().any(|l| l.postback.is_some())
     }
 
     /// The smallest balance in `currency` a payout run pays `affiliate`: its group's
@@ -906,6 +921,7 @@ impl Program {
             .unwrap_or(0)
     }
 
+    /// The affiliate whose API token has this hash (hex BLAKE3 of the token).
     pub fn affiliate_of_token(&self, hash: &str) -> Option<&Affiliate> {
         self.tokens.get(hash).and_then(|id| self.affiliates.get(id))
     }
@@ -1165,12 +1181,26 @@ fn build_link(
     if affiliate.is_none() {
         problems.push(format!("links[{}].affiliate: unknown affiliate \"{}\"", l.code, l.affiliate));
     }
+    // Most links have no URL of their own: no name to format for them.
+    let postback = if l.postback_url.is_empty() {
+        None
+    } else {
+        postback_of(problems, &format!("links[{}]", l.code), &l.postback_url)
+    };
     let Some(offer) = offers.get(&l.offer) else {
         problems.push(format!("links[{}].offer: unknown offer \"{}\"", l.code, l.offer));
         return None;
     };
     let enabled = l.active && affiliate.is_some_and(|a| a.active);
-    Some(Link { code: l.code, offer: Arc::clone(offer), affiliate: l.affiliate, active: l.active, enabled })
+    Some(Link {
+        code: l.code,
+        offer: Arc::clone(offer),
+        affiliate: l.affiliate,
+        active: l.active,
+        enabled,
+        postback_url: l.postback_url,
+        postback,
+    })
 }
 
 fn build_coupon(
@@ -2044,7 +2074,13 @@ affiliate = "ghost"
                 postback_url: "https://{affiliate}.example/".into(),
             }],
             affiliates: vec![affiliate("bad id", ""), affiliate("a9", "platinum")],
-            links: vec![LinkSpec { code: "x".into(), offer: "shoes".into(), affiliate: "ghost".into(), active: true }],
+            links: vec![LinkSpec {
+                code: "x".into(),
+                offer: "shoes".into(),
+                affiliate: "ghost".into(),
+                active: true,
+                postback_url: "https://net.example/?x={nope}".into(),
+            }],
             ..Edit::default()
         };
         let all = p.with_edit(&edit).unwrap_err().problems().join("\n");
@@ -2056,6 +2092,7 @@ affiliate = "ghost"
             "affiliates[bad id]: ids must be",
             "affiliates[a9].group: unknown group \"platinum\"",
             "links[x].affiliate: unknown affiliate \"ghost\"",
+            "links[x].postback_url: unknown macro {nope}",
             "terms[nope]: sets nothing",
             "groups[g].payout_minimum.XYZ: ",
             "groups[g].payout_minimum.USD: ",
@@ -2063,6 +2100,95 @@ affiliate = "ghost"
         ] {
             assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
         }
+    }
+
+    #[test]
+    fn links_parse_their_postback_url_from_the_file_and_from_edits() {
+        let file = with_rules("").replace(
+            "[[links]]\ncode = \"demo\"",
+            "[[links]]\ncode = \"demo\"\npostback_url = \"https://link.example/pb?cid={click_id}&s={status}\"",
+        );
+        let p = Program::from_toml(&file).unwrap();
+        let demo = p.link("demo").unwrap();
+        assert_eq!(demo.postback_url, "https://link.example/pb?cid={click_id}&s={status}");
+        let rendered = demo.postback.as_ref().unwrap().render(|m| if m == "status" { "approved" } else { "C1" });
+        assert_eq!(rendered, "https://link.example/pb?cid=C1&s=approved");
+        assert!(p.notifies(), "a link's URL is a receiver");
+
+        // The same checks as an affiliate's, named by the link's code, from a file or an edit.
+        let bad = with_rules("").replace(
+            "[[links]]\ncode = \"demo\"",
+            "[[links]]\ncode = \"demo\"\npostback_url = \"https://{affiliate}.example/\"",
+        );
+        let all = Program::from_toml(&bad).unwrap_err().problems().join("\n");
+        assert!(all.contains("links[demo].postback_url: macros may only appear after the host"), "{all}");
+        let link = |url: &str| LinkSpec {
+            code: "l2".into(),
+            offer: "nope".into(),
+            affiliate: "aff1".into(),
+            active: true,
+            postback_url: url.into(),
+        };
+        let all = p.with_edit(&Edit { links: vec![link("ftp://x.example/")], ..Edit::default() }).unwrap_err();
+        let all = all.problems().join("\n");
+        assert!(all.contains("links[l2].postback_url: must be an absolute http(s) URL"), "{all}");
+        assert!(all.contains("links[l2].offer: unknown offer"), "every problem at once: {all}");
+    }
+
+    #[test]
+    fn postbacks_go_to_the_link_then_the_affiliate_then_its_group() {
+        let file =
+            format!("{}\n[[groups]]\nid = \"gold\"\npostback_url = \"https://group.example/pb\"\n", with_rules(""));
+        let p = Program::from_toml(&file).unwrap();
+        let url = |p: &Program, link: &str, affiliate: &str| {
+            p.postback_for(link, affiliate).map(|t| t.render(|_| "")).unwrap_or_default()
+        };
+        let spec = |code: &str, affiliate: &str, url: &str| LinkSpec {
+            code: code.into(),
+            offer: "shoes".into(),
+            affiliate: affiliate.into(),
+            active: true,
+            postback_url: url.into(),
+        };
+        let p = p
+            .with_edit(&Edit {
+                affiliates: vec![
+                    AffiliateSpec { postback_url: "https://aff1.example/pb".into(), ..affiliate("aff1", "gold") },
+                    affiliate("aff2", "gold"),
+                    affiliate("aff3", ""),
+                ],
+                links: vec![
+                    spec("own", "aff1", "https://link.example/pb"),
+                    spec("plain", "aff1", ""),
+                    spec("grouped", "aff2", ""),
+                    spec("lone", "aff3", "https://lone.example/pb"),
+                ],
+                ..Edit::default()
+            })
+            .unwrap();
+        assert_eq!(url(&p, "own", "aff1"), "https://link.example/pb");
+        assert_eq!(url(&p, "plain", "aff1"), "https://aff1.example/pb", "a link without one: the affiliate's");
+        assert_eq!(url(&p, "", "aff1"), "https://aff1.example/pb", "no click: the affiliate's");
+        assert_eq!(url(&p, "unknown", "aff1"), "https://aff1.example/pb", "a link the program lacks");
+        assert_eq!(url(&p, "grouped", "aff2"), "https://group.example/pb", "neither: the group's");
+        assert_eq!(url(&p, "lone", "aff3"), "https://lone.example/pb", "a link's own needs no affiliate's");
+        assert_eq!(url(&p, "", "aff3"), "");
+        assert_eq!(url(&p, "own", "aff2"), "https://group.example/pb", "another affiliate's link does not count");
+
+        // A disabled link still routes its commissions' later changes; a link moved to another
+        // affiliate no longer takes the first one's.
+        let off = p
+            .with_edit(&Edit {
+                links: vec![LinkSpec { active: false, ..spec("own", "aff1", "https://link.example/pb") }],
+                ..Edit::default()
+            })
+            .unwrap();
+        assert_eq!(url(&off, "own", "aff1"), "https://link.example/pb");
+        let moved = p
+            .with_edit(&Edit { links: vec![spec("own", "aff3", "https://link.example/pb")], ..Edit::default() })
+            .unwrap();
+        assert_eq!(url(&moved, "own", "aff1"), "https://aff1.example/pb");
+        assert_eq!(url(&moved, "own", "aff3"), "https://link.example/pb");
     }
 
     #[test]
@@ -2431,10 +2557,17 @@ mod incremental {
                 })
                 .collect()
         });
-        let links =
-            prop::collection::vec((code.clone(), offer.clone(), id.clone(), any::<bool>()), 0..3).prop_map(|v| {
+        let postback = prop::sample::select(vec!["", "https://l.example/pb?c={click_id}", "https://{click_id}.bad/"]);
+        let links = prop::collection::vec((code.clone(), offer.clone(), id.clone(), any::<bool>(), postback), 0..3)
+            .prop_map(|v| {
                 v.into_iter()
-                    .map(|(c, o, a, active)| LinkSpec { code: c.into(), offer: o.into(), affiliate: a.into(), active })
+                    .map(|(c, o, a, active, pb)| LinkSpec {
+                        code: c.into(),
+                        offer: o.into(),
+                        affiliate: a.into(),
+                        active,
+                        postback_url: pb.into(),
+                    })
                     .collect()
             });
         let coupons = prop::collection::vec((code, offer, id, any::<bool>()), 0..3).prop_map(|v| {
@@ -2457,7 +2590,10 @@ mod incremental {
         let groups = p.groups.values().map(|g| format!("{} {:?}", g.id, g.terms)).collect();
         let mut links: Vec<String> = p
             .links()
-            .map(|l| format!("{} {} {} {} {}", l.code, l.offer.id, l.affiliate, l.active, l.enabled))
+            .map(|l| {
+                let pb = (&l.postback_url, l.postback.is_some());
+                format!("{} {} {} {} {} {pb:?}", l.code, l.offer.id, l.affiliate, l.active, l.enabled)
+            })
             .collect();
         links.sort();
         let mut coupons: Vec<String> =

@@ -1,6 +1,7 @@
 //! Outgoing postbacks and webhooks through the running server: an affiliate's postback URL
 //! set through the admin API and a webhook in the program, both fired by a sale, delivered to
-//! a receiver on 127.0.0.1, listed in the delivery log, and sent again on request.
+//! a receiver on 127.0.0.1, listed in the delivery log, and sent again on request; a link's
+//! own postback URL, before its affiliate's.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
@@ -161,4 +162,87 @@ fn a_bad_postback_url_or_webhook_is_refused_naming_the_field() {
     );
     assert_eq!(status, 400, "{v}");
     assert!(v.to_string().contains("unknown macro {nope}"), "{v}");
+}
+
+#[test]
+fn a_link_with_its_own_postback_url_gets_its_sales_and_the_affiliates_other_links_do_not() {
+    let (addr, seen) = receiver();
+    let env = Env::new("");
+    env.append_config(&format!(
+        "[admin]\ntoken = \"{ADMIN}\"\n[deliveries]\nallow_private = true\ntimeout_ms = 2000\n"
+    ));
+    let server = env.serve();
+    let body = format!(r#"{{"id":"aff1","postback_url":"http://{addr}/aff-pb?cid={{click_id}}&status={{status}}"}}"#);
+    let (status, v) = admin(&server, "PATCH", "/admin/affiliates/aff1", &body);
+    assert_eq!(status, 200, "{v}");
+    let url = format!("http://{addr}/link-pb?cid={{click_id}}&payout={{payout}}&status={{status}}&tx={{txid}}");
+    let body = serde_json::json!({ "code": "spring-pb", "offer": "shoes", "affiliate": "aff1", "postback_url": url });
+    let (status, v) = admin(&server, "POST", "/admin/links", &body.to_string());
+    assert_eq!(status, 201, "{v}");
+    assert_eq!(v["link"]["postback_url"].as_str(), Some(url.as_str()), "{v}");
+    // Disabling and enabling it (a change of other fields) keeps the URL.
+    assert_eq!(admin(&server, "POST", "/admin/links/spring-pb/disable", "").0, 200);
+    let (status, v) = admin(&server, "POST", "/admin/links/spring-pb/enable", "");
+    assert_eq!((status, v["link"]["postback_url"].as_str()), (200, Some(url.as_str())), "{v}");
+
+    // A sale through the link: the link's URL, macros filled.
+    let cid = server.get("/c/spring-pb").click_id();
+    let r = server.get(&format!("/postback?offer=shoes&goal=sale&cid={cid}&txid=L1&amount=50.00&token={TOKEN}"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    ledger_with(&env.data(), "L1");
+    // A sale through the affiliate's other link (no URL of its own): the affiliate's.
+    let other = server.get("/c/demo").click_id();
+    let r = server.get(&format!("/postback?offer=shoes&goal=sale&cid={other}&txid=L2&amount=50.00&token={TOKEN}"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    ledger_with(&env.data(), "L2");
+    wait_for("both postbacks", || seen.lock().unwrap().len() >= 2);
+    let heads: Vec<String> = seen.lock().unwrap().iter().map(|(h, _)| h.clone()).collect();
+    assert_eq!(heads.len(), 2, "{heads:?}");
+    let first_line =
+        |prefix: &str| heads.iter().find(|h| h.starts_with(prefix)).map(|h| h.lines().next().unwrap_or(""));
+    assert_eq!(
+        first_line("GET /link-pb"),
+        Some(format!("GET /link-pb?cid={cid}&payout=4.00&status=pending&tx=L1 HTTP/1.1").as_str()),
+        "{heads:?}"
+    );
+    assert_eq!(
+        first_line("GET /aff-pb"),
+        Some(format!("GET /aff-pb?cid={other}&status=pending HTTP/1.1").as_str()),
+        "{heads:?}"
+    );
+}
+
+#[test]
+fn a_link_with_a_bad_postback_url_is_refused_naming_the_field() {
+    let env = Env::new("");
+    env.append_config(&format!("[admin]\ntoken = \"{ADMIN}\"\n"));
+    let server = env.serve();
+    for (method, path, body, needle) in [
+        (
+            "POST",
+            "/admin/links",
+            r#"{"code":"bad-pb","offer":"shoes","affiliate":"aff1","postback_url":"https://{affiliate}.example/"}"#,
+            "links[bad-pb].postback_url: macros may only appear after the host",
+        ),
+        (
+            "PATCH",
+            "/admin/links/demo",
+            r#"{"postback_url":"https://net.example/?x={nope}"}"#,
+            "links[demo].postback_url: unknown macro {nope}",
+        ),
+        (
+            "POST",
+            "/admin/links",
+            r#"{"code":"bad-pb2","offer":"shoes","affiliate":"aff1","postback_url":7}"#,
+            "bad link",
+        ),
+    ] {
+        let (status, v) = admin(&server, method, path, body);
+        assert_eq!(status, 400, "{method} {path}: {v}");
+        assert!(v.to_string().contains(needle), "{method} {path}: {v}");
+    }
+    // Nothing was put.
+    assert_eq!(admin(&server, "GET", "/admin/links/bad-pb", "").0, 404);
+    let (_, v) = admin(&server, "GET", "/admin/links/demo", "");
+    assert!(v["link"].get("postback_url").is_none(), "{v}");
 }
