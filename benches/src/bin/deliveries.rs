@@ -99,7 +99,7 @@ async fn measure(n: u64, hang_every: u64) -> Res<()> {
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let secrets: tally_delivery::SecretLookup = Arc::new(|_: &str| None);
-    let task = tokio::spawn(run(data, config, secrets, Arc::clone(&store), DeliveryMetrics::default(), async {
+    let task = tokio::spawn(run(data, config, secrets, Arc::clone(&store), DeliveryMetrics::default(), None, async {
         let _ = stopped.await;
     }));
     let started = Instant::now();

@@ -62,6 +62,18 @@ pub struct Delivery {
     pub last_latency_ms: Option<u64>,
 }
 
+impl Delivery {
+    /// Its stored form (JSON), also what an attribution tier's delivery feed carries.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        // Serialising strings and integers cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<Delivery, AttributionError> {
+        serde_json::from_slice(bytes).map_err(|e| AttributionError::Corrupt(format!("delivery record: {e}")))
+    }
+}
+
 /// The delivery log.
 pub struct DeliveryStore {
     db: DB,
@@ -119,12 +131,24 @@ impl DeliveryStore {
     }
 
     /// Takes outbox items: each becomes a pending delivery due now, and the floor moves past
-    /// them, in one write.
-    pub fn take(&self, items: &[(Vec<u8>, Notification)], now_ms: u64) -> Result<(), AttributionError> {
+    /// them, in one write. An item already recorded (an attribution tier's standby learns
+    /// deliveries from the active process's feed, sometimes before its own state made them)
+    /// keeps its record. An item whose change is older than `expire_before` (ms; event
+    /// time) is recorded failed, not sent: on a tier, a process catching up a history longer
+    /// than the feed keeps cannot know whether the active one delivered it.
+    pub fn take(
+        &self,
+        items: &[(Vec<u8>, Notification)],
+        now_ms: u64,
+        expire_before: Option<u64>,
+    ) -> Result<(), AttributionError> {
         let Some((last, _)) = items.last() else { return Ok(()) };
         let mut batch = WriteBatch::default();
         for (key, n) in items {
-            let d = Delivery {
+            if self.db.get_pinned(record_key(key)).map_err(db_err)?.is_some() {
+                continue;
+            }
+            let mut d = Delivery {
                 notification: n.clone(),
                 status: DeliveryStatus::Pending,
                 attempts: 0,
@@ -135,11 +159,26 @@ impl DeliveryStore {
                 last_error: String::new(),
                 last_latency_ms: None,
             };
-            batch.put(record_key(key), serde_json::to_vec(&d).unwrap_or_default());
-            batch.put(due_key(now_ms, key), []);
+            if expire_before.is_some_and(|t| n.ts_ms < t) {
+                d.status = DeliveryStatus::Failed;
+                d.next_at_ms = None;
+                d.last_error = "not sent: older than the delivery feed keeps when this process took it \
+                                (redeliver to send it)"
+                    .to_owned();
+            } else {
+                batch.put(due_key(now_ms, key), []);
+            }
+            batch.put(record_key(key), d.to_bytes());
         }
         batch.put(FLOOR, last);
         self.db.write(batch).map_err(db_err)
+    }
+
+    /// Records `d` as the delivery's state, as another process reported it (an attribution
+    /// tier's delivery feed), replacing this log's: the due index follows.
+    pub fn apply(&self, key: &[u8], d: &Delivery) -> Result<(), AttributionError> {
+        let was_due = self.get(key)?.filter(|o| o.status == DeliveryStatus::Pending).and_then(|o| o.next_at_ms);
+        self.put(key, was_due, d)
     }
 
     /// Up to `limit` deliveries due at `now_ms` that `take` (given the outbox key and the
@@ -171,12 +210,7 @@ impl DeliveryStore {
     }
 
     pub fn get(&self, key: &[u8]) -> Result<Option<Delivery>, AttributionError> {
-        match self.db.get(record_key(key)).map_err(db_err)? {
-            Some(v) => serde_json::from_slice(&v)
-                .map(Some)
-                .map_err(|e| AttributionError::Corrupt(format!("delivery record: {e}"))),
-            None => Ok(None),
-        }
+        self.db.get_pinned(record_key(key)).map_err(db_err)?.map(|v| Delivery::from_bytes(&v)).transpose()
     }
 
     /// Records `d`, which was due at `was_due` (if it was), as its new state: the due index
@@ -189,7 +223,7 @@ impl DeliveryStore {
         if let (DeliveryStatus::Pending, Some(at)) = (d.status, d.next_at_ms) {
             batch.put(due_key(at, key), []);
         }
-        batch.put(record_key(key), serde_json::to_vec(d).unwrap_or_default());
+        batch.put(record_key(key), d.to_bytes());
         self.db.write(batch).map_err(db_err)
     }
 
@@ -224,12 +258,72 @@ impl DeliveryStore {
             if out.len() == limit {
                 break;
             }
-            let d: Delivery =
-                serde_json::from_slice(&v).map_err(|e| AttributionError::Corrupt(format!("delivery record: {e}")))?;
+            let d = Delivery::from_bytes(&v)?;
             if keep(&d) {
                 out.push((key.to_vec(), d));
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use tally_model::delivery::Target;
+
+    fn item(seq: u64, ts_ms: u64) -> (Vec<u8>, Notification) {
+        let n = Notification {
+            key: format!("tally-{seq}-0"),
+            event: "commission.created".into(),
+            receiver: "aff1".into(),
+            ts_ms,
+            target: Target::Postback { url: "https://aff1.example/pb".into() },
+        };
+        (crate::keys::outbox(seq, 0), n)
+    }
+
+    #[test]
+    fn a_state_from_the_feed_stands_when_the_outbox_item_arrives_later() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DeliveryStore::open(dir.path()).unwrap();
+        let (key, n) = item(7, 1_000);
+        // The active process delivered it before this standby's worker made it.
+        let delivered = Delivery {
+            notification: n.clone(),
+            status: DeliveryStatus::Delivered,
+            attempts: 1,
+            created_ms: 900,
+            next_at_ms: None,
+            delivered_ms: Some(950),
+            last_status: Some(200),
+            last_error: String::new(),
+            last_latency_ms: Some(3),
+        };
+        store.apply(&key, &delivered).unwrap();
+        store.take(&[(key.clone(), n)], 2_000, None).unwrap();
+        assert_eq!(store.get(&key).unwrap().unwrap(), delivered);
+        assert!(store.due(u64::MAX, 10, 10, |_, _| true).unwrap().is_empty(), "nothing to send");
+        // A pending state moves the due index; a later delivered one empties it again.
+        let pending = Delivery { status: DeliveryStatus::Pending, next_at_ms: Some(5_000), ..delivered.clone() };
+        store.apply(&key, &pending).unwrap();
+        assert_eq!(store.due(5_000, 10, 10, |_, _| true).unwrap().len(), 1);
+        store.apply(&key, &delivered).unwrap();
+        assert!(store.due(u64::MAX, 10, 10, |_, _| true).unwrap().is_empty());
+    }
+
+    #[test]
+    fn items_older_than_the_feed_keeps_are_recorded_failed_not_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DeliveryStore::open(dir.path()).unwrap();
+        let (old, new) = (item(1, 1_000), item(2, 9_000));
+        store.take(&[old.clone(), new.clone()], 10_000, Some(5_000)).unwrap();
+        let d = store.get(&old.0).unwrap().unwrap();
+        assert_eq!(d.status, DeliveryStatus::Failed);
+        assert!(d.last_error.contains("redeliver"), "{}", d.last_error);
+        let due = store.due(10_000, 10, 10, |_, _| true).unwrap();
+        assert_eq!(due.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>(), vec![new.0]);
+        assert_eq!(store.floor().unwrap(), Some(item(2, 0).0));
     }
 }

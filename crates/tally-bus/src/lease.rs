@@ -81,6 +81,12 @@ impl Lease {
         self.held.load(Ordering::Relaxed)
     }
 
+    /// [`Lease::is_held`] for those that cannot hold the lease.
+    pub fn held_fn(&self) -> impl Fn() -> bool + Send + Sync + 'static {
+        let held = Arc::clone(&self.held);
+        move || held.load(Ordering::Relaxed)
+    }
+
     /// Stops competing; a holder gives the lease up, so a standby takes over at once.
     pub fn stop(self) {
         self.task.stop();

@@ -24,6 +24,7 @@
 
 pub mod config;
 mod consumer;
+mod deliveries;
 pub mod envelope;
 mod lease;
 pub mod merger;
@@ -37,6 +38,7 @@ pub mod testing;
 
 pub use config::{Auth, BusConfig, BusSection, Credential, Tls};
 pub use consumer::Consumer;
+pub use deliveries::{Apply, DeliveryFeed};
 pub use lease::Lease;
 pub use metrics::BusMetrics;
 pub use program::{fetch_program, ProgramChannel};

@@ -29,6 +29,12 @@ pub struct BusMetrics {
     /// 1 while this attribution process holds the lease (is the active one).
     pub lease_held: Gauge,
     pub lease_changes: Counter,
+    /// Delivery states this process published to the tier's delivery feed.
+    pub delivery_feed_published: Counter,
+    /// Delivery states taken from the feed into this process's delivery log.
+    pub delivery_feed_applied: Counter,
+    /// Delivery states not published because the feed's queue was full.
+    pub delivery_feed_dropped: Counter,
 }
 
 impl BusMetrics {
@@ -60,6 +66,21 @@ impl BusMetrics {
             "lease_changes",
             "Times this process took or lost the attribution lease",
             self.lease_changes.clone(),
+        );
+        r.register(
+            "delivery_feed_published",
+            "Delivery states published to the attribution tier's delivery feed",
+            self.delivery_feed_published.clone(),
+        );
+        r.register(
+            "delivery_feed_applied",
+            "Delivery states taken from the delivery feed into this process's delivery log",
+            self.delivery_feed_applied.clone(),
+        );
+        r.register(
+            "delivery_feed_dropped",
+            "Delivery states not published because the feed's queue was full",
+            self.delivery_feed_dropped.clone(),
         );
     }
 }

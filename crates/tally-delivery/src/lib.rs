@@ -82,6 +82,60 @@ const MAX_ANSWER: usize = 64 * 1024;
 /// Looks a secret's value up by name (the secrets store).
 pub type SecretLookup = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
 
+/// Publishes a delivery's state: its key and bytes.
+pub type Publish = Arc<dyn Fn(&str, Vec<u8>) + Send + Sync>;
+
+/// The dispatcher's place on a cluster's attribution tier, where every process has the same
+/// outbox and only the active one (the lease holder) sends it. Each process takes the outbox
+/// into its delivery log; the active one also attempts what is due and publishes each
+/// delivery's new state, and the others take those states from the feed ([`apply_from_feed`]),
+/// so the one that takes over sends only what was not finished.
+#[derive(Clone)]
+pub struct Tier {
+    /// True while this process is the active one.
+    pub active: Arc<dyn Fn() -> bool + Send + Sync>,
+    /// Publishes a delivery's new state (its key, as receivers see it, and its JSON).
+    pub publish: Publish,
+    /// How long the feed keeps a state: notifications older than this when taken are
+    /// recorded failed rather than sent, since the feed can no longer say they were sent.
+    pub retention: Duration,
+}
+
+impl std::fmt::Debug for Tier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tier").field("retention", &self.retention).finish_non_exhaustive()
+    }
+}
+
+impl Tier {
+    /// Publishes `d` as the state of its delivery.
+    pub fn publish(&self, d: &Delivery) {
+        (self.publish)(&d.notification.key, d.to_bytes());
+    }
+}
+
+/// Takes a delivery state from the tier's feed into `store`, unless this process is the
+/// active one (whose own states these are, or an earlier holder's it has superseded).
+pub fn apply_from_feed(store: &DeliveryStore, tier_active: bool, name: &str, bytes: &[u8]) {
+    if tier_active {
+        return;
+    }
+    let Some(key) = tally_attribution::deliveries::outbox_key(name) else {
+        tracing::warn!(key = name, "the delivery feed carries a key that is not a delivery's; ignored");
+        return;
+    };
+    match Delivery::from_bytes(bytes) {
+        Ok(d) => {
+            if let Err(e) = store.apply(&key, &d) {
+                tracing::warn!(error = %e, key = name, "cannot record a delivery state from the feed");
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, key = name, "the delivery feed carries a state that does not parse; ignored")
+        }
+    }
+}
+
 type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector<guard::GuardedResolver>>, Full<Bytes>>;
 
 #[derive(Debug, Default)]
@@ -147,6 +201,7 @@ pub async fn run(
     secrets: SecretLookup,
     store: Arc<DeliveryStore>,
     metrics: DeliveryMetrics,
+    tier: Option<Tier>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), String> {
     let client = client(&config)?;
@@ -161,7 +216,8 @@ pub async fn run(
             () = tokio::time::sleep(config.poll) => {}
         }
         let (r, s, dir) = (Arc::clone(&reader), Arc::clone(&store), state_dir.clone());
-        let taken = tokio::task::spawn_blocking(move || take_new(&r, &s, &dir)).await;
+        let expire_before = tier.as_ref().map(|t| now_ms().saturating_sub(t.retention.as_millis() as u64));
+        let taken = tokio::task::spawn_blocking(move || take_new(&r, &s, &dir, expire_before)).await;
         match taken {
             Ok(Ok(n)) => metrics.taken.inc_by(n as u64),
             Ok(Err(e)) => {
@@ -170,6 +226,10 @@ pub async fn run(
             }
             Err(_) => 0,
         };
+        // A standby keeps its delivery log, and sends nothing.
+        if tier.as_ref().is_some_and(|t| !(t.active)()) {
+            continue;
+        }
         let s = Arc::clone(&store);
         let flying = in_flight.lock().map(|f| f.clone()).unwrap_or_default();
         // Each receiver's deliveries already started: a look starts no more than its room.
@@ -212,6 +272,7 @@ pub async fn run(
                 hosts: Arc::clone(&hosts),
                 in_flight: Arc::clone(&in_flight),
                 metrics: metrics.clone(),
+                tier: tier.clone(),
             };
             tokio::spawn(job.run());
         }
@@ -223,6 +284,7 @@ fn take_new(
     reader: &Mutex<Option<LedgerReader>>,
     store: &DeliveryStore,
     dir: &std::path::Path,
+    expire_before: Option<u64>,
 ) -> Result<usize, String> {
     let mut guard = reader.lock().map_err(|_| "reader poisoned".to_owned())?;
     let caught_up = guard.take().and_then(|mut r| r.refresh_ledger().is_ok().then_some(r));
@@ -233,7 +295,7 @@ fn take_new(
     let r = guard.insert(r);
     let floor = store.floor().map_err(|e| e.to_string())?;
     let items = r.outbox_after(floor.as_deref(), TAKE).map_err(|e| e.to_string())?;
-    store.take(&items, now_ms()).map_err(|e| e.to_string())?;
+    store.take(&items, now_ms(), expire_before).map_err(|e| e.to_string())?;
     Ok(items.len())
 }
 
@@ -247,6 +309,7 @@ struct Attempt {
     hosts: Arc<Mutex<HashMap<String, Host>>>,
     in_flight: Arc<Mutex<HashSet<Vec<u8>>>>,
     metrics: DeliveryMetrics,
+    tier: Option<Tier>,
 }
 
 /// What one attempt got.
@@ -401,6 +464,9 @@ impl Attempt {
 
     async fn save(&self, was_due: Option<u64>, d: &Delivery) {
         let (store, key, d) = (Arc::clone(&self.store), self.key.clone(), d.clone());
+        if let Some(tier) = &self.tier {
+            tier.publish(&d);
+        }
         match tokio::task::spawn_blocking(move || store.put(&key, was_due, &d)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "delivery not recorded: it will be attempted again"),

@@ -164,7 +164,7 @@ async fn every_item_is_delivered_at_least_once_signed_and_keyed_while_a_hanging_
     let secrets: tally_delivery::SecretLookup = Arc::new(|n: &str| (n == "crm-key").then(|| SECRET.to_owned()));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let metrics = tally_delivery::DeliveryMetrics::default();
-    let task = tokio::spawn(run(data.clone(), config(true), secrets, Arc::clone(&store), metrics, async {
+    let task = tokio::spawn(run(data.clone(), config(true), secrets, Arc::clone(&store), metrics, None, async {
         let _ = stopped.await;
     }));
 
@@ -235,7 +235,7 @@ async fn receivers_on_private_addresses_are_refused_unless_allowed() {
     let secrets: tally_delivery::SecretLookup = Arc::new(|_: &str| Some(SECRET.to_owned()));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let metrics = tally_delivery::DeliveryMetrics::default();
-    let task = tokio::spawn(run(data.clone(), config(false), secrets, Arc::clone(&store), metrics, async {
+    let task = tokio::spawn(run(data.clone(), config(false), secrets, Arc::clone(&store), metrics, None, async {
         let _ = stopped.await;
     }));
     let deadline = Instant::now() + Duration::from_secs(20);

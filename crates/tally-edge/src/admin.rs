@@ -454,6 +454,17 @@ pub async fn stats_endpoint(token: Option<&str>, hooks: &AdminHooks, req: Reques
     stats(hooks, req.uri().query().unwrap_or("")).await
 }
 
+/// `/admin/deliveries...` on a listener of its own (`tally attribute`'s, where the worker
+/// and the dispatcher run out of the server), behind `token`.
+pub async fn deliveries_endpoint(token: Option<&str>, hooks: &AdminHooks, req: Request<Incoming>) -> Response<Body> {
+    if let Some(r) = refusal_for(token, &req) {
+        return r;
+    }
+    let path = req.uri().path().trim_end_matches('/').to_owned();
+    let segments: Vec<&str> = path.split('/').skip(2).collect();
+    crate::deliveries::route(hooks, req, &segments).await
+}
+
 async fn stats(hooks: &AdminHooks, query: &str) -> Response<Body> {
     let Some(f) = hooks.stats.clone() else {
         return error(404, "stats are not available in this process");

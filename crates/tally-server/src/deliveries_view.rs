@@ -10,11 +10,14 @@ use tally_model::delivery::Target;
 
 pub struct Deliveries {
     store: Arc<DeliveryStore>,
+    /// On a cluster's attribution tier: only the active process redelivers, and tells the
+    /// others.
+    tier: Option<tally_delivery::Tier>,
 }
 
 impl Deliveries {
-    pub fn new(store: Arc<DeliveryStore>) -> Deliveries {
-        Deliveries { store }
+    pub fn new(store: Arc<DeliveryStore>, tier: Option<tally_delivery::Tier>) -> Deliveries {
+        Deliveries { store, tier }
     }
 }
 
@@ -79,6 +82,16 @@ impl DeliveriesView for Deliveries {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
-        Ok(self.store.redeliver(&key_of(key)?, now).map_err(read_error)?.map(|d| row(&d)))
+        if self.tier.as_ref().is_some_and(|t| !(t.active)()) {
+            return Err(HookError::new(
+                409,
+                "this attribution process is a standby: redeliver on the active one (tally_bus_lease_held 1)",
+            ));
+        }
+        let d = self.store.redeliver(&key_of(key)?, now).map_err(read_error)?;
+        if let (Some(tier), Some(d)) = (&self.tier, &d) {
+            tier.publish(d);
+        }
+        Ok(d.map(|d| row(&d)))
     }
 }

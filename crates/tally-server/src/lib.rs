@@ -259,7 +259,7 @@ impl App {
             stats: Some(stats),
             log_level: Some(Arc::new(telemetry::RuntimeLevel)),
             ledger,
-            deliveries: deliveries.clone().map(|(s, _)| Arc::new(deliveries_view::Deliveries::new(s)) as _),
+            deliveries: deliveries.clone().map(|(s, _)| Arc::new(deliveries_view::Deliveries::new(s, None)) as _),
         };
         Ok(App { config, log, edge, hooks, worker, shipper, programs, deliveries })
     }
@@ -336,17 +336,14 @@ impl App {
             let shutdown = shutdown(Arc::clone(&edge)).map_err(|e| AppError::io("cannot install the shutdown signal", e))?;
             let (stop_deliveries, mut deliveries_stopped) = tokio::sync::watch::channel(false);
             if let Some((store, metrics)) = deliveries {
-                let secrets = config.edge.secrets.clone();
-                let lookup: tally_delivery::SecretLookup = Arc::new(move |name: &str| {
-                    // Read at each use, so a rotated signing secret takes effect at once.
-                    tally_edge::secrets::Secrets::load(&secrets).ok()?.get(name)
-                });
+                let lookup = secret_lookup(&config);
                 let dispatcher = tally_delivery::run(
                     config.data_dir().to_path_buf(),
                     config.deliveries.delivery.clone(),
                     lookup,
                     store,
                     metrics,
+                    None,
                     async move {
                         let _ = deliveries_stopped.wait_for(|stop| *stop).await;
                     },
@@ -453,6 +450,13 @@ pub fn unix_signals(edge: Arc<Edge>) -> io::Result<impl Future<Output = ()>> {
             _ = int.recv() => tracing::info!("SIGINT: draining"),
         }
     })
+}
+
+/// The dispatcher's access to the secrets store: read at each use, so a rotated signing
+/// secret takes effect at once.
+pub(crate) fn secret_lookup(config: &Config) -> tally_delivery::SecretLookup {
+    let secrets = config.edge.secrets.clone();
+    Arc::new(move |name: &str| tally_edge::secrets::Secrets::load(&secrets).ok()?.get(name))
 }
 
 /// Whether the secrets store gives the customer key (a cluster's edges must share it).

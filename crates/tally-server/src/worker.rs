@@ -9,8 +9,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use tally_attribution::deliveries::DeliveryStore;
 use tally_attribution::{AttributionConfig, AttributionError, AttributionMetrics, Worker};
-use tally_bus::{BusMetrics, Consumer, Lease};
+use tally_bus::{BusMetrics, Consumer, DeliveryFeed, Lease};
+use tally_delivery::{DeliveryConfig, DeliveryMetrics, SecretLookup, Tier};
 use tally_edge::AdminHooks;
 use tally_log::{Log, LogMetrics, LogReader};
 
@@ -66,6 +68,7 @@ pub struct Standalone {
     metrics: AttributionMetrics,
     data_dir: PathBuf,
     merging: Option<Merging>,
+    deliveries: Option<Dispatch>,
 }
 
 /// The attribution tier's merged log and the consumer that writes it.
@@ -76,6 +79,29 @@ struct Merging {
     bus_metrics: BusMetrics,
     consumer: Option<Consumer>,
     lease: Option<Lease>,
+    feed: Option<DeliveryFeed>,
+}
+
+/// Outgoing postbacks and webhooks, sent where the worker writes the outbox: here, when the
+/// worker runs out of the server. On a cluster's tier, only by the lease holder ([`Tier`]).
+struct Dispatch {
+    store: Arc<DeliveryStore>,
+    config: DeliveryConfig,
+    secrets: SecretLookup,
+    metrics: DeliveryMetrics,
+    tier: Option<Tier>,
+}
+
+impl std::fmt::Debug for Dispatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dispatch").field("tier", &self.tier).finish_non_exhaustive()
+    }
+}
+
+/// How long the tier's delivery feed keeps a delivery's state: well past the retries, so a
+/// standby learns the end of every delivery the active process could still be making.
+fn feed_retention(config: &DeliveryConfig) -> std::time::Duration {
+    (config.retry_for * 2).max(std::time::Duration::from_secs(7 * 24 * 3600))
 }
 
 impl Drop for Merging {
@@ -84,6 +110,9 @@ impl Drop for Merging {
     fn drop(&mut self) {
         if let Some(l) = self.lease.take() {
             l.stop();
+        }
+        if let Some(f) = self.feed.take() {
+            f.stop();
         }
         if let Some(c) = self.consumer.take() {
             c.stop();
@@ -97,9 +126,30 @@ impl Standalone {
         let data_dir = config.data_dir();
         let metrics = AttributionMetrics::default();
         let worker = open_worker(data_dir, &config.attribution, metrics.clone())?;
+        let deliveries = match config.deliveries.enabled {
+            true => {
+                let dir = tally_attribution::deliveries_dir(data_dir);
+                let store = DeliveryStore::open(&dir).map_err(|source| AppError::Attribution { dir, source })?;
+                Some(Dispatch {
+                    store: Arc::new(store),
+                    config: config.deliveries.delivery.clone(),
+                    secrets: crate::secret_lookup(config),
+                    metrics: DeliveryMetrics::default(),
+                    tier: None,
+                })
+            }
+            false => None,
+        };
         let Some(bus) = &config.bus_with_credential()? else {
             let reader = LogReader::open_secondary(data_dir)?;
-            return Ok(Standalone { worker, reader, metrics, data_dir: data_dir.to_owned(), merging: None });
+            return Ok(Standalone {
+                worker,
+                reader,
+                metrics,
+                data_dir: data_dir.to_owned(),
+                merging: None,
+                deliveries,
+            });
         };
         let log_metrics = LogMetrics::default();
         let log = Log::open(data_dir, config.log.clone(), log_metrics.clone())?;
@@ -110,11 +160,31 @@ impl Standalone {
         let consumer =
             Consumer::start(log.clone(), bus.clone(), format!("tally-attribution-{name}"), bus_metrics.clone())
                 .map_err(|e| AppError::io("cannot start the bus consumer", e))?;
-        let lease = Lease::start(bus.clone(), name, bus_metrics.clone())
+        let lease = Lease::start(bus.clone(), name.clone(), bus_metrics.clone())
             .map_err(|e| AppError::io("cannot start competing for the attribution lease", e))?;
-        let merging =
-            Merging { log: log.clone(), log_metrics, bus_metrics, consumer: Some(consumer), lease: Some(lease) };
-        Ok(Standalone { worker, reader: log.reader(), metrics, data_dir: data_dir.to_owned(), merging: Some(merging) })
+        let mut merging =
+            Merging { log: log.clone(), log_metrics, bus_metrics, consumer: Some(consumer), lease: None, feed: None };
+        let mut deliveries = deliveries;
+        if let Some(d) = &mut deliveries {
+            let active: Arc<dyn Fn() -> bool + Send + Sync> = Arc::new(lease.held_fn());
+            let (store, is_active) = (Arc::clone(&d.store), Arc::clone(&active));
+            let retention = feed_retention(&d.config);
+            let apply: tally_bus::Apply =
+                Box::new(move |key, bytes| tally_delivery::apply_from_feed(&store, is_active(), key, bytes));
+            let feed = DeliveryFeed::start(bus.clone(), name, retention, merging.bus_metrics.clone(), apply)
+                .map_err(|e| AppError::io("cannot start the delivery feed", e))?;
+            d.tier = Some(Tier { active, publish: Arc::new(feed.publisher()), retention });
+            merging.feed = Some(feed);
+        }
+        merging.lease = Some(lease);
+        Ok(Standalone {
+            worker,
+            reader: log.reader(),
+            metrics,
+            data_dir: data_dir.to_owned(),
+            merging: Some(merging),
+            deliveries,
+        })
     }
 
     /// The last event attributed and committed.
@@ -153,19 +223,29 @@ impl Standalone {
                 m.log_metrics.register(&mut registry);
                 m.bus_metrics.register(&mut registry);
             }
+            if let Some(d) = &self.deliveries {
+                d.metrics.register(&mut registry);
+            }
             Arc::new(registry)
         };
         // The tier's ledger is this process's: its stats are served here, as an edge's
-        // admin API serves a single node's.
-        let stats = self.merging.as_ref().map(|_| {
+        // admin API serves a single node's; and so is the delivery log, where this process
+        // delivers.
+        let deliveries_view = self.deliveries.as_ref().map(|d| {
+            Arc::new(crate::deliveries_view::Deliveries::new(Arc::clone(&d.store), d.tier.clone()))
+                as Arc<dyn tally_edge::admin::DeliveriesView>
+        });
+        let admin = (self.merging.is_some() || deliveries_view.is_some()).then(|| {
             let hooks = AdminHooks {
-                stats: Some(crate::stats_hook(self.data_dir.clone())),
+                stats: self.merging.as_ref().map(|_| crate::stats_hook(self.data_dir.clone())),
                 log_level: None,
                 ledger: None,
-                deliveries: None,
+                deliveries: deliveries_view,
             };
             Arc::new((hooks, admin_token))
         });
+        let dispatch = self.deliveries.take();
+        let data_dir = self.data_dir.clone();
         let background = std::thread::Builder::new()
             .name("tally-signals".into())
             .spawn(move || {
@@ -177,8 +257,22 @@ impl Standalone {
                         return;
                     };
                     if let Some(l) = metrics.and_then(|l| tokio::net::TcpListener::from_std(l).ok()) {
-                        tokio::spawn(serve_metrics(l, registry, stats));
+                        tokio::spawn(serve_metrics(l, registry, admin));
                     }
+                    let (stop_deliveries, mut deliveries_stopped) = tokio::sync::watch::channel(false);
+                    let dispatcher = dispatch.map(|d| {
+                        tokio::spawn(tally_delivery::run(
+                            data_dir,
+                            d.config,
+                            d.secrets,
+                            d.store,
+                            d.metrics,
+                            d.tier,
+                            async move {
+                                let _ = deliveries_stopped.wait_for(|stop| *stop).await;
+                            },
+                        ))
+                    });
                     // The worker is open and follows the log from here; the metrics listener
                     // is bound and a SIGTERM now stops it cleanly.
                     crate::notify::ready();
@@ -188,6 +282,14 @@ impl Standalone {
                     }
                     crate::notify::stopping();
                     flag.store(true, Ordering::Relaxed);
+                    let _ = stop_deliveries.send(true);
+                    if let Some(d) = dispatcher {
+                        match d.await {
+                            Ok(Err(e)) => tracing::error!(error = %e, "deliveries stopped"),
+                            Err(e) => tracing::error!(error = %e, "deliveries stopped"),
+                            Ok(Ok(())) => {}
+                        }
+                    }
                 })
             })
             .map_err(|e| AppError::io("cannot start the signal thread", e))?;
@@ -200,11 +302,12 @@ impl Standalone {
     }
 }
 
-/// `/metrics` for the separate worker process, and `/admin/stats` when it is given.
+/// `/metrics` for the separate worker process, and `/admin/stats` and `/admin/deliveries`
+/// where it has them, behind the admin token.
 async fn serve_metrics(
     listener: tokio::net::TcpListener,
     registry: Arc<prometheus_client::registry::Registry>,
-    stats: Option<Arc<(AdminHooks, Option<String>)>>,
+    admin: Option<Arc<(AdminHooks, Option<String>)>>,
 ) {
     use http_body_util::Full;
     use hyper::body::Bytes;
@@ -212,14 +315,21 @@ async fn serve_metrics(
     loop {
         let Ok((sock, _)) = listener.accept().await else { continue };
         let registry = Arc::clone(&registry);
-        let stats = stats.clone();
+        let admin = admin.clone();
         let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
             let registry = Arc::clone(&registry);
-            let stats = stats.clone();
+            let admin = admin.clone();
             async move {
-                if let Some(s) = stats.filter(|_| req.uri().path().trim_end_matches('/') == "/admin/stats") {
-                    let (hooks, token) = &*s;
+                let path = req.uri().path().trim_end_matches('/');
+                if let Some(a) = admin.as_ref().filter(|_| path == "/admin/stats") {
+                    let (hooks, token) = &**a;
                     return Ok(tally_edge::admin::stats_endpoint(token.as_deref(), hooks, req).await);
+                }
+                if let Some(a) =
+                    admin.as_ref().filter(|_| path == "/admin/deliveries" || path.starts_with("/admin/deliveries/"))
+                {
+                    let (hooks, token) = &**a;
+                    return Ok(tally_edge::admin::deliveries_endpoint(token.as_deref(), hooks, req).await);
                 }
                 let mut body = String::new();
                 if req.uri().path() == "/metrics"

@@ -355,6 +355,89 @@ fn a_cluster_merges_every_edge_exactly_once_through_faults() {
 
 const ADMIN: &str = "cluster-admin-token-0123456789";
 
+/// The attribution tier sends the outbox from the lease holder only, and the standby that
+/// takes over sends only what was not finished: it learned the rest from the delivery feed.
+/// Without the feed it would send every notification again.
+#[test]
+fn the_tier_delivers_from_the_lease_holder_and_a_takeover_does_not_start_over() {
+    use crate::deliveries::{slow_receiver, with_webhook};
+    let (addr, seen) = slow_receiver();
+    let nats = NatsCluster::start(1);
+    let urls = nats.urls();
+    let edge = Env::new("");
+    edge.append_config(&format!(
+        "\n[bus]\nreplicas = 1\nack_timeout_ms = 1000\nlease_ttl_ms = 2000\n[admin]\ntoken = \"{ADMIN}\"\n\
+         [deliveries]\nallow_private = true\ntimeout_ms = 5000\nper_receiver = 1\n"
+    ));
+    with_webhook(&edge, &addr);
+    let server = edge.spawn_with_env(&[("TALLY_BUS_URLS", urls.as_str()), ("TALLY_SERVER_NODE_ID", "1")]);
+    let tier = tempfile::tempdir().unwrap();
+    let dirs = [tier.path().join("attribution-1"), tier.path().join("attribution-2")];
+    let start = |i: usize| Attribution::start(&edge.config(), &dirs[i], &urls);
+    let mut procs = [Some(start(0)), Some(start(1))];
+    wait_for("one attribution process holds the lease", || procs.iter().flatten().filter(|p| p.active()).count() == 1);
+    let sell = |from: usize, to: usize| {
+        for i in from..to {
+            let r = server
+                .get(&format!("/postback?offer=shoes&goal=sale&coupon=SPRING10&txid=T{i}&amount=10.00&token={TOKEN}"));
+            assert_eq!(r.status, 200, "{}", r.text());
+        }
+    };
+    const SALES: usize = 30;
+    sell(0, SALES);
+    // The active one delivers (one at a time, 100 ms each); the standby sends nothing.
+    wait_for("deliveries begin", || seen.lock().unwrap().len() >= 10);
+    let active = usize::from(!procs[0].as_ref().unwrap().active());
+    let standby = 1 - active;
+    let published = |i: usize| procs[i].as_ref().unwrap().metric("tally_bus_delivery_feed_published_total");
+    assert_eq!(published(standby), Some(0.0), "the standby attempted deliveries");
+    assert!(published(active).is_some_and(|n| n > 0.0), "the active one publishes what it delivers");
+    // A standby refuses to redeliver: only the active one sends.
+    let token = tier.path().join("admin-token");
+    std::fs::write(&token, ADMIN).unwrap();
+    let url_of = |p: &Attribution| format!("http://{}", p.metrics);
+    let (code, _, err) = run_code(&[
+        "deliveries",
+        "redeliver",
+        "tally-1-0",
+        "--admin",
+        &url_of(procs[standby].as_ref().unwrap()),
+        "--token-file",
+        token.to_str().unwrap(),
+    ]);
+    assert!(code != 0 && err.contains("standby"), "{err}");
+
+    procs[active].take().unwrap().kill();
+    let delivered_before = seen.lock().unwrap().len();
+    assert!(delivered_before < SALES, "all were delivered before the takeover: nothing was tested");
+    wait_for("the standby takes the lease", || procs[standby].as_ref().unwrap().active());
+    sell(SALES, 2 * SALES);
+    wait_for("every notification delivered after the takeover", || seen.lock().unwrap().len() == 2 * SALES);
+    let counts = seen.lock().unwrap().clone();
+    let repeats: usize = counts.values().map(|n| n - 1).sum();
+    // At most what was in flight or not yet on the feed when the active one died.
+    assert!(repeats <= 3, "{repeats} repeats after the takeover (it started over?): {counts:?}");
+
+    // The restarted process is the standby now, and its delivery log knows what the active
+    // one delivered.
+    procs[active] = Some(start(active));
+    let restarted = procs[active].as_ref().unwrap();
+    wait_for("the restarted standby's delivery log", || {
+        let (status, body) = restarted.get("/admin/deliveries?status=delivered&limit=1000", Some(ADMIN));
+        status == 200
+            && serde_json::from_str::<serde_json::Value>(&body).unwrap()["deliveries"]
+                .as_array()
+                .is_some_and(|d| d.len() == 2 * SALES)
+    });
+    assert_eq!(restarted.get("/admin/deliveries", None).0, 401);
+    assert_eq!(restarted.get("/admin/deliveries?status=lost", Some(ADMIN)).0, 400);
+    assert_eq!(counts.len(), seen.lock().unwrap().len(), "the restarted standby sent something");
+    for p in procs.into_iter().flatten() {
+        p.stop();
+    }
+    drop(server);
+}
+
 /// The negative control: a shipper that records messages as shipped without publishing every
 /// third one. The harness must see the loss, and the tier must count the gaps it holds back.
 #[test]

@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 
 use crate::common::*;
 
-const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+pub(crate) const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 /// A receiver that takes 100 ms to answer 200, counting requests by idempotency key.
-fn slow_receiver() -> (String, Arc<Mutex<BTreeMap<String, usize>>>) {
+pub(crate) fn slow_receiver() -> (String, Arc<Mutex<BTreeMap<String, usize>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let seen: Arc<Mutex<BTreeMap<String, usize>>> = Arc::default();
@@ -55,11 +55,8 @@ fn slow_receiver() -> (String, Arc<Mutex<BTreeMap<String, usize>>>) {
     (addr, seen)
 }
 
-#[test]
-fn a_sigkill_mid_delivery_loses_no_notification() {
-    let (addr, seen) = slow_receiver();
-    let env = Env::new("");
-    env.append_config("[deliveries]\nallow_private = true\ntimeout_ms = 5000\nper_receiver = 1\n");
+/// A webhook `crm` to the receiver at `addr`, with its signing secret in `env`'s store.
+pub(crate) fn with_webhook(env: &Env, addr: &str) {
     env.append_program(&format!(
         "[[webhooks]]\nid = \"crm\"\nurl = \"http://{addr}/hooks\"\nsecret = \"crm-key\"\nevents = [\"commission.created\"]\n"
     ));
@@ -67,6 +64,14 @@ fn a_sigkill_mid_delivery_loses_no_notification() {
     let mut s = std::fs::read_to_string(&secrets).unwrap();
     s.push_str(&format!("crm-key = \"{SECRET}\"\n"));
     std::fs::write(&secrets, s).unwrap();
+}
+
+#[test]
+fn a_sigkill_mid_delivery_loses_no_notification() {
+    let (addr, seen) = slow_receiver();
+    let env = Env::new("");
+    env.append_config("[deliveries]\nallow_private = true\ntimeout_ms = 5000\nper_receiver = 1\n");
+    with_webhook(&env, &addr);
 
     let mut server = env.spawn();
     const SALES: usize = 40;
@@ -119,4 +124,55 @@ fn a_sigkill_mid_delivery_loses_no_notification() {
     let (code, _, err) = run_code(&["deliveries", "redeliver", "nope", "--token-file", "/dev/null"]);
     assert!(code == 2 && err.contains("not a delivery key"), "{err}");
     assert!(server.stop());
+}
+
+/// With the worker in its own process (`tally attribute`), that process writes the outbox,
+/// so it delivers, and serves the delivery log on its metrics listener; the server has none.
+#[test]
+fn a_separate_worker_process_delivers_and_serves_its_delivery_log() {
+    const ADMIN: &str = "separate-worker-admin-token-0123";
+    let (addr, seen) = slow_receiver();
+    let env = Env::new("");
+    env.append_config(&format!(
+        "[attribution]\nin_process = false\n[deliveries]\nallow_private = true\n[admin]\ntoken = \"{ADMIN}\"\n"
+    ));
+    with_webhook(&env, &addr);
+    let server = env.spawn();
+    for i in 0..3 {
+        let r = server
+            .get(&format!("/postback?offer=shoes&goal=sale&coupon=SPRING10&txid=W{i}&amount=10.00&token={TOKEN}"));
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let (cfg, data) = (env.config(), env.data());
+    let mut worker = std::process::Command::new(BIN)
+        .args(["attribute", "--config", cfg.to_str().unwrap(), "--data-dir", data.to_str().unwrap()])
+        .args(["--metrics-listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let metrics: std::net::SocketAddr = {
+        let mut lines = BufReader::new(worker.stdout.take().unwrap()).lines();
+        loop {
+            let line = lines.next().unwrap().unwrap();
+            if let Some(a) = line.strip_prefix("tally attribute metrics on ") {
+                break a.parse().unwrap();
+            }
+        }
+    };
+    wait_for("the worker process delivers", || seen.lock().unwrap().len() == 3);
+    let get = |path: &str, token: &str| {
+        Conn::open(metrics).send(&format!("GET {path} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {token}\r\n\r\n"))
+    };
+    wait_for("its delivery log", || {
+        let r = get("/admin/deliveries?status=delivered", ADMIN);
+        r.status == 200
+            && serde_json::from_str::<serde_json::Value>(&r.text()).unwrap()["deliveries"].as_array().unwrap().len()
+                == 3
+    });
+    assert_eq!(get("/admin/deliveries", "wrong").status, 401);
+    assert_eq!(get("/admin/deliveries/nope", ADMIN).status, 400);
+    let on_server = server.admin("GET", "/admin/deliveries", Some(ADMIN), "");
+    assert_eq!(on_server.status, 404, "{}", on_server.text());
+    let _ = std::process::Command::new("kill").args(["-TERM", &worker.id().to_string()]).status();
+    assert!(worker.wait().unwrap().success(), "tally attribute did not stop cleanly");
 }
