@@ -166,7 +166,7 @@ impl DeliveryStore {
                                 (redeliver to send it)"
                     .to_owned();
             } else {
-                batch.put(due_key(now_ms, key), []);
+                batch.put(due_key(now_ms, key), n.host());
             }
             batch.put(record_key(key), d.to_bytes());
         }
@@ -182,17 +182,22 @@ impl DeliveryStore {
     }
 
     /// Up to `limit` deliveries due at `now_ms` that `take` (given the outbox key and the
-    /// delivery) accepts, earliest first. At most `scan` due entries are looked at.
+    /// delivery) accepts, earliest first. At most `scan` due entries are looked at. `skip`
+    /// (given the outbox key and the delivery's host, `""` in entries written before the
+    /// due index kept it) passes over an entry without reading its delivery: reading and
+    /// parsing thousands a look, behind one full receiver's backlog, was what held a look
+    /// up.
     pub fn due(
         &self,
         now_ms: u64,
         limit: usize,
         scan: usize,
+        mut skip: impl FnMut(&[u8], &str) -> bool,
         mut take: impl FnMut(&[u8], &Delivery) -> bool,
     ) -> Result<Vec<(Vec<u8>, Delivery)>, AttributionError> {
         let mut out = Vec::new();
         for (looked, item) in self.db.iterator(IteratorMode::From(DUE, Direction::Forward)).enumerate() {
-            let (k, _) = item.map_err(db_err)?;
+            let (k, host) = item.map_err(db_err)?;
             let Some(rest) = k.strip_prefix(DUE) else { break };
             if rest.len() < 8 || out.len() == limit || looked == scan {
                 break;
@@ -202,6 +207,9 @@ impl DeliveryStore {
                 break;
             }
             let key = rest[8..].to_vec();
+            if skip(&key, std::str::from_utf8(&host).unwrap_or_default()) {
+                continue;
+            }
             if let Some(d) = self.get(&key)?.filter(|d| take(&key, d)) {
                 out.push((key, d));
             }
@@ -221,7 +229,7 @@ impl DeliveryStore {
             batch.delete(due_key(at, key));
         }
         if let (DeliveryStatus::Pending, Some(at)) = (d.status, d.next_at_ms) {
-            batch.put(due_key(at, key), []);
+            batch.put(due_key(at, key), d.notification.host());
         }
         batch.put(record_key(key), d.to_bytes());
         self.db.write(batch).map_err(db_err)
@@ -304,13 +312,13 @@ mod tests {
         store.apply(&key, &delivered).unwrap();
         store.take(&[(key.clone(), n)], 2_000, None).unwrap();
         assert_eq!(store.get(&key).unwrap().unwrap(), delivered);
-        assert!(store.due(u64::MAX, 10, 10, |_, _| true).unwrap().is_empty(), "nothing to send");
+        assert!(store.due(u64::MAX, 10, 10, |_, _| false, |_, _| true).unwrap().is_empty(), "nothing to send");
         // A pending state moves the due index; a later delivered one empties it again.
         let pending = Delivery { status: DeliveryStatus::Pending, next_at_ms: Some(5_000), ..delivered.clone() };
         store.apply(&key, &pending).unwrap();
-        assert_eq!(store.due(5_000, 10, 10, |_, _| true).unwrap().len(), 1);
+        assert_eq!(store.due(5_000, 10, 10, |_, _| false, |_, _| true).unwrap().len(), 1);
         store.apply(&key, &delivered).unwrap();
-        assert!(store.due(u64::MAX, 10, 10, |_, _| true).unwrap().is_empty());
+        assert!(store.due(u64::MAX, 10, 10, |_, _| false, |_, _| true).unwrap().is_empty());
     }
 
     #[test]
@@ -322,8 +330,42 @@ mod tests {
         let d = store.get(&old.0).unwrap().unwrap();
         assert_eq!(d.status, DeliveryStatus::Failed);
         assert!(d.last_error.contains("redeliver"), "{}", d.last_error);
-        let due = store.due(10_000, 10, 10, |_, _| true).unwrap();
+        let due = store.due(10_000, 10, 10, |_, _| false, |_, _| true).unwrap();
         assert_eq!(due.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>(), vec![new.0]);
         assert_eq!(store.floor().unwrap(), Some(item(2, 0).0));
+    }
+
+    /// The due index names each delivery's host, so `skip` can pass over a full receiver's
+    /// deliveries without reading them; an entry written before it did names none.
+    #[test]
+    fn the_due_index_names_hosts_for_skipping_unread() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DeliveryStore::open(dir.path()).unwrap();
+        let (a, b) = (item(1, 1_000), item(2, 1_000));
+        store.take(&[a.clone(), b.clone()], 2_000, None).unwrap();
+        // As an older dispatcher wrote it: no host.
+        let (c, n) = item(3, 1_000);
+        store.take(&[(c.clone(), n)], 2_000, None).unwrap();
+        store.db.put(due_key(2_000, &c), []).unwrap();
+        let mut hosts = Vec::new();
+        let mut read = Vec::new();
+        let due = store
+            .due(
+                2_000,
+                10,
+                10,
+                |key, host| {
+                    hosts.push(host.to_owned());
+                    key == a.0.as_slice()
+                },
+                |key, _| {
+                    read.push(key.to_vec());
+                    true
+                },
+            )
+            .unwrap();
+        assert_eq!(hosts, ["aff1.example", "aff1.example", ""]);
+        assert_eq!(read, [b.0.clone(), c.clone()], "a skipped entry is not read");
+        assert_eq!(due.into_iter().map(|(k, _)| k).collect::<Vec<_>>(), [b.0, c]);
     }
 }

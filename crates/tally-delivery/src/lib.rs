@@ -10,6 +10,8 @@
 //! - A receiver (host and port) gets at most `per_host` requests at once; after 5 failures in
 //!   a row its circuit opens for a minute (its deliveries wait, no attempt is spent).
 //! - Every attempt has `timeout` for connecting, sending and the answer's first 64 KiB.
+//! - It looks at the outbox and the due deliveries every `poll`, and again within
+//!   milliseconds while a look finds work, so a prompt receiver is fed as fast as it answers.
 //! - Receivers on private, loopback or link-local addresses are refused ([`guard`]) unless
 //!   `allow_private`.
 //!
@@ -70,14 +72,22 @@ const BREAKER_OPEN: Duration = Duration::from_secs(60);
 /// Outbox items taken per look.
 const TAKE: usize = 1000;
 /// Deliveries started per look at most, and due ones looked at.
-const START: usize = 256;
+const START: usize = 1024;
 const SCAN: usize = 10_000;
 /// Deliveries to one receiver in flight or waiting for a turn at most: past it, the rest stay
 /// in the delivery log (on disk) until there is room, so a slow receiver holds no more memory
 /// than this, and cannot take the turns of others.
-const QUEUE_PER_RECEIVER: usize = 64;
+const QUEUE_PER_RECEIVER: usize = 256;
 /// Most of an answer read.
 const MAX_ANSWER: usize = 64 * 1024;
+/// After a look that started deliveries (or took a full batch of the outbox), the next comes
+/// this soon, not after `poll`: a receiver that answers at once is fed as fast as it answers,
+/// not `QUEUE_PER_RECEIVER` per `poll` (64 per 250 ms, 256 a second, before).
+const SOON: Duration = Duration::from_millis(10);
+/// ... but no sooner than this many times the last look's duration, so a long backlog of due
+/// deliveries (each look goes through up to `SCAN` of them) keeps a look to a quarter of the
+/// dispatcher's time at most.
+const LOOK_SHARE: u32 = 4;
 
 /// Looks a secret's value up by name (the secrets store).
 pub type SecretLookup = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
@@ -148,14 +158,10 @@ struct Host {
 }
 
 /// The receiver (host and port) a notification goes to: what limits and the circuit are per.
+/// The delivery log's due index keeps the same string, so a look passes over a full
+/// receiver's deliveries without reading them.
 fn receiver_of(n: &tally_model::delivery::Notification) -> String {
-    let url = match &n.target {
-        Target::Postback { url } | Target::Webhook { url, .. } => url,
-    };
-    http::Uri::try_from(url.as_str())
-        .ok()
-        .and_then(|u| u.authority().map(|a| a.as_str().to_owned()))
-        .unwrap_or_default()
+    n.host().to_owned()
 }
 
 fn now_ms() -> u64 {
@@ -210,22 +216,33 @@ pub async fn run(
     let in_flight: Arc<Mutex<HashSet<Vec<u8>>>> = Arc::default();
     let hosts: Arc<Mutex<HashMap<String, Host>>> = Arc::default();
     tokio::pin!(shutdown);
+    // The first look at once: what a restart left due goes now, not after a `poll`.
+    let mut wait = Duration::ZERO;
     loop {
         tokio::select! {
             () = &mut shutdown => return Ok(()),
-            () = tokio::time::sleep(config.poll) => {}
+            () = tokio::time::sleep(wait) => {}
         }
+        let look = Instant::now();
+        let soon = |busy: bool| match busy {
+            true => (look.elapsed() * LOOK_SHARE).clamp(SOON.min(config.poll), config.poll),
+            false => config.poll,
+        };
         let (r, s, dir) = (Arc::clone(&reader), Arc::clone(&store), state_dir.clone());
         let expire_before = tier.as_ref().map(|t| now_ms().saturating_sub(t.retention.as_millis() as u64));
         let taken = tokio::task::spawn_blocking(move || take_new(&r, &s, &dir, expire_before)).await;
-        match taken {
-            Ok(Ok(n)) => metrics.taken.inc_by(n as u64),
+        let taken = match taken {
+            Ok(Ok(n)) => {
+                metrics.taken.inc_by(n as u64);
+                n
+            }
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "outbox not read");
                 0
             }
             Err(_) => 0,
         };
+        wait = soon(taken == TAKE);
         // A standby keeps its delivery log, and sends nothing.
         if tier.as_ref().is_some_and(|t| !(t.active)()) {
             continue;
@@ -233,17 +250,28 @@ pub async fn run(
         let s = Arc::clone(&store);
         let flying = in_flight.lock().map(|f| f.clone()).unwrap_or_default();
         // Each receiver's deliveries already started: a look starts no more than its room.
-        let mut queued: HashMap<String, usize> =
+        let queued: HashMap<String, usize> =
             hosts.lock().map(|h| h.iter().map(|(k, h)| (k.clone(), h.queued)).collect()).unwrap_or_default();
         let due = tokio::task::spawn_blocking(move || {
-            s.due(now_ms(), START, SCAN, |key, d| {
-                if flying.contains(key) {
-                    return false;
-                }
-                let n = queued.entry(receiver_of(&d.notification)).or_default();
-                *n += 1;
-                *n <= QUEUE_PER_RECEIVER
-            })
+            // Both closures count by receiver: `skip` passes over the entries of one already
+            // full by the host the due index names (without reading them), `take` counts
+            // what it accepts.
+            let queued = std::cell::RefCell::new(queued);
+            s.due(
+                now_ms(),
+                START,
+                SCAN,
+                |key, host| {
+                    flying.contains(key)
+                        || queued.borrow().get(host).is_some_and(|n| !host.is_empty() && *n >= QUEUE_PER_RECEIVER)
+                },
+                |_, d| {
+                    let mut queued = queued.borrow_mut();
+                    let n = queued.entry(receiver_of(&d.notification)).or_default();
+                    *n += 1;
+                    *n <= QUEUE_PER_RECEIVER
+                },
+            )
         });
         let due = match due.await {
             Ok(Ok(due)) => due,
@@ -253,12 +281,14 @@ pub async fn run(
             }
             Err(_) => continue,
         };
+        let mut started = 0;
         for (key, d) in due {
             let Ok(mut flying) = in_flight.lock() else { continue };
             if !flying.insert(key.clone()) {
                 continue;
             }
             drop(flying);
+            started += 1;
             if let Ok(mut h) = hosts.lock() {
                 h.entry(receiver_of(&d.notification)).or_default().queued += 1;
             }
@@ -276,6 +306,7 @@ pub async fn run(
             };
             tokio::spawn(job.run());
         }
+        wait = soon(taken == TAKE || started > 0);
     }
 }
 

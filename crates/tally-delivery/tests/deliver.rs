@@ -113,10 +113,17 @@ currency = "USD"
   payout = {{ kind = "fixed", amount = "3.00" }}
 "#
     );
+    let state = committed(data, &program, &["aff1", "aff1", "aff2"]);
+    state.outbox_after(None, usize::MAX).unwrap().len()
+}
+
+/// A committed attribution state in `data/attribution`: `program`, then a click and a sale
+/// on offer `shop` for each of `affiliates`.
+fn committed(data: &std::path::Path, program: &str, affiliates: &[&str]) -> State {
     let mut state = State::open(&tally_attribution::state_dir(data), false).unwrap();
     let t0 = tally_testkit::generate::T0;
-    let mut events = vec![tally_testkit::generate::program_event(t0, &program)];
-    for (i, aff) in ["aff1", "aff1", "aff2"].iter().enumerate() {
+    let mut events = vec![tally_testkit::generate::program_event(t0, program)];
+    for (i, aff) in affiliates.iter().enumerate() {
         let click = ClickBuilder::new().at(t0).nonce(i as u64).offer("shop").affiliate(aff).build();
         let id = click.click_id;
         events.push(Event::Click(click));
@@ -127,7 +134,7 @@ currency = "USD"
         tally_attribution::apply(&mut state, i as u64 + 1, e).unwrap();
     }
     state.commit().unwrap();
-    state.outbox_after(None, usize::MAX).unwrap().len()
+    state
 }
 
 /// The Standard Webhooks check: base64 HMAC-SHA256 of `id.timestamp.body` under the secret's
@@ -252,6 +259,81 @@ async fn receivers_on_private_addresses_are_refused_unless_allowed() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(pb_seen.lock().unwrap().is_empty() && wh_seen.lock().unwrap().is_empty(), "a private receiver was reached");
+    let _ = stop.send(());
+    task.await.unwrap().unwrap();
+}
+
+/// A receiver that answers 200 at once, counting requests.
+async fn prompt_receiver() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let count: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
+    let seen = Arc::clone(&count);
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else { return };
+            let seen = Arc::clone(&seen);
+            tokio::spawn(async move {
+                let mut chunk = [0u8; 4096];
+                // Postbacks are GETs without bodies: a read ends at the blank line.
+                while let Ok(n) = s.read(&mut chunk).await {
+                    if n == 0 {
+                        return;
+                    }
+                    seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, count)
+}
+
+/// A backlog larger than a receiver's queue goes out in one go: the dispatcher looks again
+/// as soon as a look started deliveries, not after `poll` (an hour here), and the first look
+/// comes at once. Before, a receiver got 64 deliveries per `poll` at most.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_reaches_a_prompt_receiver_without_waiting_a_poll_per_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_path_buf();
+    let (addr, count) = prompt_receiver().await;
+    let program = format!(
+        "[[advertisers]]\nid = \"acme\"\npostback_tokens = [\"t\"]\n[[affiliates]]\nid = \"aff1\"\npostback_url = \"http://{addr}/pb?cid={{click_id}}\"\n[[offers]]\nid = \"shop\"\nadvertiser = \"acme\"\ndestination = \"https://shop.example/?c={{click_id}}\"\ncurrency = \"USD\"\n  [[offers.goals]]\n  id = \"sale\"\n  payout = {{ kind = \"fixed\", amount = \"3.00\" }}\n"
+    );
+    let n = 300;
+    drop(committed(&data, &program, &vec!["aff1"; n]));
+
+    let store = Arc::new(DeliveryStore::open(&tally_attribution::deliveries_dir(&data)).unwrap());
+    let config = DeliveryConfig { poll: Duration::from_secs(3600), ..config(true) };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(run(
+        data.clone(),
+        config,
+        Arc::new(|_: &str| None),
+        Arc::clone(&store),
+        tally_delivery::DeliveryMetrics::default(),
+        None,
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let delivered = store
+            .list(None, 1_000, |_| true)
+            .unwrap()
+            .iter()
+            .filter(|(_, d)| d.status == DeliveryStatus::Delivered)
+            .count();
+        if delivered == n {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{delivered} of {n} delivered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(count.load(std::sync::atomic::Ordering::Relaxed), n, "each once");
     let _ = stop.send(());
     task.await.unwrap().unwrap();
 }

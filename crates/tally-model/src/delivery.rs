@@ -178,6 +178,16 @@ pub struct Notification {
 }
 
 impl Notification {
+    /// The host (and port) its URL names, as written: what a dispatcher limits and breaks
+    /// circuits per. Best effort on a URL that does not parse (its attempt is refused).
+    pub fn host(&self) -> &str {
+        let url = match &self.target {
+            Target::Postback { url } | Target::Webhook { url, .. } => url.as_str(),
+        };
+        let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+        rest.split(['/', '?', '#']).next().unwrap_or_default()
+    }
+
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).unwrap_or_default()
     }
@@ -223,6 +233,32 @@ pub fn webhook_signature(secret: &str, id: &str, timestamp: u64, body: &str) -> 
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_notification_names_the_host_and_port_of_its_url() {
+        let n = |url: &str| Notification {
+            key: "k".into(),
+            event: "commission.created".into(),
+            receiver: "aff1".into(),
+            ts_ms: 0,
+            target: Target::Postback { url: url.into() },
+        };
+        assert_eq!(n("https://net.example/pb?cid=1").host(), "net.example");
+        assert_eq!(n("http://127.0.0.1:8080?cid=1").host(), "127.0.0.1:8080");
+        assert_eq!(n("http://u:p@net.example#x").host(), "u:p@net.example");
+        assert_eq!(n("http://[::1]:9/p").host(), "[::1]:9");
+        assert_eq!(n("net.example/pb").host(), "net.example", "best effort without a scheme");
+        let hook = Notification {
+            target: Target::Webhook {
+                id: "crm".into(),
+                url: "https://crm.example:8443/hooks".into(),
+                secret: "s".into(),
+                body: "{}".into(),
+            },
+            ..n("")
+        };
+        assert_eq!(hook.host(), "crm.example:8443");
+    }
 
     #[test]
     fn postback_templates_fill_and_encode_their_macros_and_refuse_bad_ones() {
