@@ -15,6 +15,16 @@
 # Knobs (environment):
 #   TALLY_BIN        existing tally binary; if unset/missing, `cargo build --release -p tally-cli`
 #   TALLY_WORKERS    Tally worker threads, passed as TALLY_WORKER_THREADS      (default 1)
+#   REQUESTS         plain: wrk's bare GET (no user agent, one client address); browser:
+#                    4,096 distinct browser-like requests cycled by a wrk Lua script, each
+#                    with a user agent (the signals bench's eight families), Accept-Language,
+#                    client hints and an X-Forwarded-For spread over IPv4 (Tally trusts it
+#                    from 127.0.0.1); nginx gets the same requests          (default plain)
+#   SIGNALS          off: no GeoIP or ASN database; on: GeoLite2-shaped City and ASN
+#                    databases of NETWORKS IPv4 networks (benches/src/bin/signals.rs
+#                    writes them), so each click is located; use with REQUESTS=browser
+#                    (default off)
+#   NETWORKS         networks in each SIGNALS=on database                 (default 1000000)
 #   ATTRIBUTION      off: the ingest path alone (the issue's comparison); in-process: also
 #                    the attribution worker inside `tally serve`, as the default config
 #                    runs it (on 2 CPUs it takes a large share of them)    (default off)
@@ -45,6 +55,9 @@ DURATION="${DURATION:-10s}"
 WARMUP="${WARMUP:-2s}"
 ROUNDS="${ROUNDS:-1}"
 ATTRIBUTION="${ATTRIBUTION:-off}"
+REQUESTS="${REQUESTS:-plain}"
+SIGNALS="${SIGNALS:-off}"
+NETWORKS="${NETWORKS:-1000000}"
 COMMIT_ON_PARK="${COMMIT_ON_PARK:-true}"
 SERVER_CPUS="${SERVER_CPUS:-}"
 WRK_CPUS="${WRK_CPUS:-}"
@@ -62,6 +75,9 @@ die() { printf '[load] error: %s\n' "$*" >&2; exit 1; }
     die "COMMIT_ON_PARK must be true or false (got '$COMMIT_ON_PARK')"
 [[ "$ATTRIBUTION" == off || "$ATTRIBUTION" == in-process ]] ||
     die "ATTRIBUTION must be off or in-process (got '$ATTRIBUTION')"
+[[ "$REQUESTS" == plain || "$REQUESTS" == browser ]] || die "REQUESTS must be plain or browser (got '$REQUESTS')"
+[[ "$SIGNALS" == off || "$SIGNALS" == on ]] || die "SIGNALS must be off or on (got '$SIGNALS')"
+[[ "$NETWORKS" =~ ^[1-9][0-9]*$ ]] || die "NETWORKS must be a positive integer (got '$NETWORKS')"
 [[ "$DURATION" =~ ^[1-9][0-9]*[smh]?$ ]] || die "DURATION must look like 10, 10s, 2m or 1h (got '$DURATION')"
 [[ "$WARMUP" =~ ^[0-9]+[smh]?$ ]] || die "WARMUP must look like 0, 2s or 1m (got '$WARMUP')"
 
@@ -102,6 +118,13 @@ if [[ "$NEED_BUILD" -eq 1 ]]; then
     [[ -x "$TALLY_BIN" ]] || die "build finished but $TALLY_BIN is missing"
 fi
 TALLY_BIN="$(cd "$(dirname "$TALLY_BIN")" && pwd)/$(basename "$TALLY_BIN")"
+SIGNALS_BIN="$(dirname "$TALLY_BIN")/signals"
+if [[ "$SIGNALS" == on && ! -x "$SIGNALS_BIN" ]]; then
+    log "building the signals bench (release) for its databases"
+    ensure_toolchain
+    (cd "$REPO" && cargo build --release -p tally-benches --bin signals)
+    SIGNALS_BIN="${CARGO_TARGET_DIR:-$REPO/target}/release/signals"
+fi
 TALLY_CONFIG="$REPO/config/tally.toml"
 [[ -f "$TALLY_CONFIG" ]] || log "warning: $TALLY_CONFIG does not exist; tally may refuse to start"
 
@@ -152,6 +175,53 @@ grep -q "^in_process = $in_process\$" "$TMP/config/tally.toml" ||
 grep -q "^commit_on_park = $COMMIT_ON_PARK\$" "$TMP/config/tally.toml" ||
     die "could not set [log] commit_on_park in the copy of $TALLY_CONFIG"
 TALLY_CONFIG="$TMP/config/tally.toml"
+if [[ "$REQUESTS" == browser ]]; then
+    # wrk connects from 127.0.0.1: the clicks' addresses come in X-Forwarded-For.
+    sed -i 's/^trusted_proxies = \[\]$/trusted_proxies = ["127.0.0.1"]/' "$TALLY_CONFIG"
+    grep -q '^trusted_proxies = \["127.0.0.1"\]$' "$TALLY_CONFIG" ||
+        die "could not set [privacy] trusted_proxies in the copy of the config"
+fi
+if [[ "$SIGNALS" == on ]]; then
+    log "writing GeoLite2-shaped databases ($NETWORKS networks each)"
+    NETWORKS="$NETWORKS" "$SIGNALS_BIN" fixture "$TMP/config" >&2 || die "could not write the databases"
+    sed -i -e 's/^geoip_database = ""$/geoip_database = "City.mmdb"/' \
+        -e 's/^asn_database = ""$/asn_database = "ASN.mmdb"/' "$TALLY_CONFIG"
+    grep -q '^asn_database = "ASN.mmdb"$' "$TALLY_CONFIG" || die "could not set [signals] in the copy of the config"
+fi
+# The browser-like requests: built once per wrk thread, cycled. Generated text, so nginx and
+# Tally read exactly the same bytes.
+cat >"$TMP/browser.lua" <<'LUA'
+local agents = {
+  "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.4 Mobile/15E148 Safari/604.1",
+  "Mozilla/5.0 (Linux; Android 10; K) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Mobile Safari/537.36",
+  "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36",
+  "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.4 Safari/605.1.15",
+  "Mozilla/5.0 (Linux; Android 13; SM-S908B) AppleWebKit/537.36 (KHTML, like Gecko) SamsungBrowser/24.0 Chrome/117.0.0.0 Mobile Safari/537.36",
+  "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Mobile/21E236 [FBAN/FBIOS;FBAV/460.0.0.38.108;FBBV/590000000;FBDV/iPhone15,2;FBMD/iPhone;FBSN/iOS;FBSV/17.4;FBSS/3;FBCR/;FBID/phone;FBLC/en_US;FBOP/80]",
+  "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:125.0) Gecko/20100101 Firefox/125.0",
+  "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36 Edg/124.0.2478.51",
+}
+local languages = { "en-US,en;q=0.9", "de-DE,de;q=0.9,en;q=0.8", "fr-FR,fr;q=0.9", "es-ES,es;q=0.9", "pt-BR,pt;q=0.9" }
+local requests, n = {}, 0
+init = function(args)
+  math.randomseed(7)
+  for i = 1, 4096 do
+    local ip = string.format("%d.%d.%d.%d", math.random(1, 223), math.random(0, 255), math.random(0, 255), math.random(1, 254))
+    local ua = agents[(i % #agents) + 1]
+    local mobile = ua:find("Mobile") and "?1" or "?0"
+    requests[i] = wrk.format("GET", "/c/demo?sub1=bench", {
+      ["X-Forwarded-For"] = ip, ["User-Agent"] = ua,
+      ["Accept-Language"] = languages[(i % #languages) + 1], ["Sec-CH-UA-Mobile"] = mobile,
+    })
+  end
+end
+request = function()
+  n = n % #requests + 1
+  return requests[n]
+end
+LUA
+WRK_SCRIPT=()
+[[ "$REQUESTS" == browser ]] && WRK_SCRIPT=(-s "$TMP/browser.lua")
 # The example program names its advertisers' credentials and the server resolves them at
 # start; this load never posts back, so any values do.
 export TALLY_SECRET_ACME_TOKEN=bench-acme-token-0123456789 TALLY_SECRET_ACME_HMAC=bench-acme-hmac-0123456789 \
@@ -279,7 +349,7 @@ run_wrk() { # $1 name, $2 port, $3 duration, $4 out file, $5 server pid
     secs="$(dur_secs "$3")" || die "bad duration '$3'"
     [[ -n "$WRK_CPUS" ]] && pin=(taskset -c "$WRK_CPUS")
     if ! timeout --foreground -k 5 $((secs + 30)) "${pin[@]}" \
-        wrk -t "$THREADS" -c "$CONNECTIONS" -d "$3" --latency \
+        wrk -t "$THREADS" -c "$CONNECTIONS" -d "$3" --latency "${WRK_SCRIPT[@]}" \
         "http://127.0.0.1:$2$URL_PATH" >"$4" 2>&1; then
         cat "$4" >&2
         die "wrk against $1 failed"
@@ -372,7 +442,8 @@ median() { tr ' ' '\n' | awk 'NF' | sort -g | awk '{ v[NR] = $1 } END {
 echo
 medians=""; [[ "$ROUNDS" -gt 1 ]] && medians=" (medians)"
 echo "wrk: -t$THREADS -c$CONNECTIONS -d$DURATION, rounds=$ROUNDS$medians," \
-    "nginx workers=$NGINX_WORKERS, tally workers=$TALLY_WORKERS, attribution $ATTRIBUTION, commit_on_park $COMMIT_ON_PARK, $(nproc) CPUs"
+    "nginx workers=$NGINX_WORKERS, tally workers=$TALLY_WORKERS, attribution $ATTRIBUTION, commit_on_park $COMMIT_ON_PARK," \
+    "requests $REQUESTS, signals $SIGNALS$([[ "$SIGNALS" == on ]] && echo " ($NETWORKS networks)"), $(nproc) CPUs"
 if [[ "$ROUNDS" -gt 1 ]]; then
     for t in nginx tally; do echo "$t req/s per round: ${RPS[$t]% }"; done
     echo "tally/nginx per round: ${RATIOS% }"

@@ -244,6 +244,7 @@ mod tests {
             flags,
             prior_click: i.is_multiple_of(2).then(|| ClickId::new(1, 1, 1)),
             visitor: i * 7919,
+            signals: Default::default(),
         }
     }
 

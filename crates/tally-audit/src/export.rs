@@ -89,6 +89,16 @@ pub const COLUMNS: &[&str] = &[
     // personal data like `ip` (empty once erased).
     "customer",
     "customer_id",
+    // A click's signals (record format 6; empty in older clicks): what the edge made of
+    // the request. `asn` is left empty when unknown.
+    "country",
+    "region",
+    "asn",
+    "device",
+    "os",
+    "browser",
+    "language",
+    "route",
 ];
 
 /// One event as `(column, value)` pairs, in [`COLUMNS`] order, for the columns it has.
@@ -160,6 +170,19 @@ pub fn row(seq: u64, event: &Event, personal: Personal) -> Vec<(&'static str, Va
             r.push(("decision", d.decision.as_str().into()));
         }
     }
+    if let Event::Click(c) = event {
+        let g = &c.signals;
+        r.push(("country", g.country.as_str().into()));
+        r.push(("region", g.region.as_str().into()));
+        if g.asn != 0 {
+            r.push(("asn", u64::from(g.asn).into()));
+        }
+        r.push(("device", g.device.as_str().into()));
+        r.push(("os", g.os.as_str().into()));
+        r.push(("browser", g.browser.as_str().into()));
+        r.push(("language", g.language.as_str().into()));
+        r.push(("route", g.route.as_str().into()));
+    }
     r
 }
 
@@ -186,6 +209,14 @@ pub const CLICK_COLUMNS: &[&str] = &[
     "time",
     "visitor",
     "personal",
+    "country",
+    "region",
+    "asn",
+    "device",
+    "os",
+    "browser",
+    "language",
+    "route",
 ];
 
 /// Conversion reports only (refunds and chargebacks included, by `status`).
@@ -442,6 +473,8 @@ mod tests {
             flags: 0,
             prior_click: None,
             visitor: 0,
+            // A known ASN: an unknown one leaves its cell out.
+            signals: tally_model::Signals { asn: 1, ..Default::default() },
         });
         let conversion = Event::Conversion(Conversion {
             ts_ms: 1,

@@ -4,7 +4,7 @@
 
 use http::Response;
 use tally_log::LogError;
-use tally_model::{click_flags, ClickId, ClickView};
+use tally_model::{click_flags, ClickId, ClickView, Signals};
 use tally_protocol::click_query::{bounded, ClickQuery};
 use tally_protocol::headers::{click_cookie, ClickHeaders};
 
@@ -78,8 +78,21 @@ pub(crate) fn prepare(edge: &Edge, code: &str, req: ClickRequest<'_>) -> Prepare
     if headers.prefetch {
         flags |= click_flags::PREFETCH;
     }
-    if tally_protocol::bots::is_unfurler(user_agent) {
+    // Classified from the client's address before the privacy policy truncates it (a /24
+    // finds the wrong country often enough to matter); only what it answered is stored.
+    let classifier = edge.classifier.load();
+    let observed = classifier.observe(&tally_signals::Request {
+        ip: req.client_ip,
+        user_agent,
+        accept_language: headers.accept_language,
+        ch_mobile: headers.ch_mobile,
+        ch_platform: headers.ch_platform,
+    });
+    if observed.bot {
         flags |= click_flags::UNFURLER;
+    }
+    if observed.datacenter {
+        flags |= click_flags::DATACENTER;
     }
     let cid = click_id.encode();
     let cid = std::str::from_utf8(&cid).unwrap_or_default();
@@ -116,6 +129,16 @@ pub(crate) fn prepare(edge: &Edge, code: &str, req: ClickRequest<'_>) -> Prepare
         flags,
         prior_click,
         visitor,
+        signals: Signals {
+            country: observed.country,
+            region: observed.region,
+            asn: observed.asn,
+            device: observed.device,
+            os: observed.os,
+            browser: observed.browser,
+            language: observed.language.as_str(),
+            route: "",
+        },
     };
     let mut record = Vec::with_capacity(RECORD_CAPACITY);
     let submitted = match tally_model::encode_click_into(&click, rand::random(), &mut record) {

@@ -1,5 +1,6 @@
 //! The edge's sections of `tally.toml`: `[server]` (listener and HTTP limits), `[program]`,
-//! `[privacy]`, `[postback]`, `[admin]` and `[secrets]`. The application crate composes them with the
+//! `[privacy]`, `[postback]`, `[admin]` and `[secrets]`, with `tally-signals`' `[signals]` (its
+//! type, validated here because the edge loads it). The application crate composes them with the
 //! other crates' sections and the data directory; this module owns their keys, defaults and
 //! validation. Parse-all-then-fail: [`Config::validate`] reports every bad value at once,
 //! naming each.
@@ -164,6 +165,9 @@ pub struct Config {
     pub admin: AdminConfig,
     /// Where advertisers' credentials are looked up ([`crate::secrets`]).
     pub secrets: SecretsConfig,
+    /// `[signals]` (owned by `tally-signals`): the databases and lists clicks are
+    /// classified by, loaded at start and on every reload.
+    pub signals: tally_signals::SignalsConfig,
 }
 
 /// The edge's sections as parsed, for [`Config::validate`].
@@ -175,6 +179,7 @@ pub struct Sections<'a> {
     pub postback: &'a PostbackSection,
     pub admin: &'a AdminSection,
     pub secrets: &'a SecretsSection,
+    pub signals: &'a tally_signals::SignalsSection,
 }
 
 impl Config {
@@ -251,6 +256,7 @@ impl Config {
                 Err(_) => p.push(format!("privacy.trusted_proxies: \"{cidr}\" is not an IP address or CIDR")),
             }
         }
+        let signals = sections.signals.validate(base, p);
         let ad = sections.admin;
         let admin_listen = if ad.listen.is_empty() {
             None
@@ -312,6 +318,7 @@ impl Config {
             secrets: sections
                 .secrets
                 .validate(base, std::env::var_os(crate::secrets::CREDENTIALS_DIRECTORY).map(PathBuf::from)),
+            signals,
         })
     }
 }
@@ -331,6 +338,7 @@ mod tests {
         postback: PostbackSection,
         admin: AdminSection,
         secrets: SecretsSection,
+        signals: tally_signals::SignalsSection,
     }
 
     fn validate(text: &str, base: &Path) -> Result<Config, Vec<String>> {
@@ -342,6 +350,7 @@ mod tests {
             postback: &d.postback,
             admin: &d.admin,
             secrets: &d.secrets,
+            signals: &d.signals,
         };
         let mut problems = Vec::new();
         Config::validate(sections, base, base.join("data"), &mut problems).ok_or(problems)

@@ -58,6 +58,8 @@ use metrics::{EdgeMetrics, ReloadOutcome};
 pub struct Edge {
     pub config: Config,
     program: ArcSwap<Program>,
+    /// What clicks are classified by ([`tally_signals`]): swapped on reload like the program.
+    classifier: ArcSwap<tally_signals::Classifier>,
     /// Serialises reloads, API edits and adoptions: each logs a program change or edit,
     /// then swaps the program in.
     changes: tokio::sync::Mutex<()>,
@@ -101,6 +103,8 @@ pub enum ReloadError {
     Overlay(#[from] links::OverlayError),
     #[error(transparent)]
     Secrets(#[from] secrets::SecretsError),
+    #[error(transparent)]
+    Signals(#[from] tally_signals::LoadError),
 }
 
 impl ReloadError {
@@ -108,6 +112,7 @@ impl ReloadError {
     pub fn problems(&self) -> Vec<String> {
         match self {
             ReloadError::Program(e) => e.problems(),
+            ReloadError::Signals(e) => e.0.clone(),
             other => vec![other.to_string()],
         }
     }
@@ -128,9 +133,11 @@ impl Edge {
     /// `registry`, which the application fills with the rest of the process's (the log's,
     /// the attribution worker's) and which the admin listener serves on `/metrics`.
     ///
-    /// Fails if the customer key cannot be had (see [`privacy::customer_secret`]).
+    /// Fails if the customer key cannot be had (see [`privacy::customer_secret`]) or the
+    /// `[signals]` files cannot be loaded.
     pub fn new(config: Config, loaded: Loaded, log: Log, mut registry: Registry) -> Result<Arc<Edge>, ReloadError> {
         let Loaded { program, .. } = loaded;
+        let classifier = tally_signals::Classifier::load(&config.signals)?;
         let customer_secret = privacy::customer_secret(&config.secrets, &log)?;
         let metrics = EdgeMetrics::new(&mut registry);
         metrics.program_links.set(program.links().count() as i64);
@@ -140,6 +147,7 @@ impl Edge {
         Ok(Arc::new(Edge {
             config,
             program: ArcSwap::from_pointee(program),
+            classifier: ArcSwap::from_pointee(classifier),
             changes: tokio::sync::Mutex::new(()),
             appender: log.appender(),
             log,
@@ -216,17 +224,38 @@ impl Edge {
         self.program.load_full()
     }
 
+    /// What clicks are classified by now.
+    pub fn classifier(&self) -> Arc<tally_signals::Classifier> {
+        self.classifier.load_full()
+    }
+
     /// Re-reads the program file (and the legacy link overlay), composed with the managed
-    /// entities in force. An invalid file keeps the old program and returns why. A changed program is first committed to the log as a
-    /// `ProgramChange` event, then swapped in, so every event after it in the log was judged
-    /// by the new rules.
+    /// entities in force, and the `[signals]` files. An invalid file keeps the old program
+    /// (or classifier) and returns why. A changed program is first committed to the log as
+    /// a `ProgramChange` event, then swapped in, so every event after it in the log was
+    /// judged by the new rules. Returns whether the program changed.
     pub async fn reload(&self) -> Result<bool, ReloadError> {
         let _serial = self.changes.lock().await;
         let config = self.config.clone();
         let managed = self.program().managed.clone();
-        let result = tokio::task::spawn_blocking(move || load_for(&config, managed))
-            .await
-            .unwrap_or_else(|e| Err(ReloadError::Read { path: String::new(), reason: e.to_string() }));
+        let result = tokio::task::spawn_blocking(move || {
+            // The databases are updated on their own schedule (geoipupdate): a reload picks
+            // them up. They are not part of the program: clicks record what they answered.
+            let classifier = tally_signals::Classifier::load(&config.signals);
+            (load_for(&config, managed), classifier)
+        })
+        .await;
+        // All or nothing: a bad file of either kind keeps both the program and the
+        // classifier in force, so one reload has one answer.
+        let result = match result {
+            Ok((Ok(loaded), Ok(classifier))) => {
+                self.classifier.store(Arc::new(classifier));
+                Ok(loaded)
+            }
+            Ok((Err(e), _)) => Err(e),
+            Ok((Ok(_), Err(e))) => Err(e.into()),
+            Err(e) => Err(ReloadError::Read { path: String::new(), reason: e.to_string() }),
+        };
         let outcome = match result {
             Ok(loaded) if loaded.program.digest == self.program.load().digest => {
                 // The same rules, so nothing to log; but credential values may have been

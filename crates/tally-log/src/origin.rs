@@ -310,6 +310,7 @@ mod tests {
             flags: 0,
             prior_click: None,
             visitor: n,
+            signals: Default::default(),
         };
         tally_model::encode(&tally_model::Event::Click(click)).unwrap()
     }

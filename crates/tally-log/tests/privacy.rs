@@ -37,6 +37,7 @@ fn click(n: u64, ts_ms: u64, ip: &str, user_agent: &str) -> Click {
         flags: 0,
         prior_click: None,
         visitor: n,
+        signals: Default::default(),
     }
 }
 

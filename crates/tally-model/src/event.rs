@@ -26,6 +26,10 @@ pub mod click_flags {
     pub const DEEP_LINK_USED: u16 = 1 << 4;
     /// A sub ID or other free-text field was longer than the stored limit and was truncated.
     pub const TRUNCATED: u16 = 1 << 5;
+    /// The client's address is in a datacenter or hosting network (the edge's datacenter
+    /// list, by range or by ASN). Not [`NON_HUMAN`]: VPNs and corporate proxies live there
+    /// too, so what it means for money is each offer's fraud rule, not the report's.
+    pub const DATACENTER: u16 = 1 << 6;
 
     /// Flags that mean "no person clicked": reports exclude these clicks.
     pub const NON_HUMAN: u16 = HEAD | PREFETCH | UNFURLER;
@@ -66,6 +70,72 @@ pub struct Click {
     /// The edge computes it (see [`visitor_key`]); clicks of formats 1 and 2 get
     /// [`legacy_visitor_key`] when decoded.
     pub visitor: u64,
+    /// What the edge made of the request: country, device, language, network (format 6 on;
+    /// empty in older clicks).
+    pub signals: Signals<String>,
+}
+
+/// What the edge observed of a click's request beyond its fields, when it arrived: where
+/// from, on what, and which route it took. Recorded (chained, not personal: a country or a
+/// browser family names nobody) so that fraud rules and reports judge every click by what
+/// was known then, and a replay next year gives the same answers whatever databases the
+/// edge has by then. Every text is empty when unknown.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Signals<S> {
+    /// ISO 3166-1 alpha-2, upper case (`GB`), from the GeoIP database.
+    pub country: S,
+    /// The first ISO 3166-2 subdivision's code without the country (`ENG`).
+    pub region: S,
+    /// The autonomous system the address belongs to, from the ASN database; 0 unknown.
+    pub asn: u32,
+    /// Device class: `desktop`, `mobile`, `tablet`, `tv`, `console` or `bot`
+    /// (the user-agent rules' names).
+    pub device: S,
+    /// Operating system family (`Android`, `iOS`, `Windows`, …).
+    pub os: S,
+    /// Browser family (`Chrome`, `Safari`, `Firefox`, …).
+    pub browser: S,
+    /// The primary subtag of the first `Accept-Language` entry, lower case (`en`).
+    pub language: S,
+    /// The routing rule that chose the destination; empty when the offer's own did.
+    pub route: S,
+}
+
+impl<S: AsRef<str>> Signals<S> {
+    /// The same signals, borrowed.
+    pub fn as_view(&self) -> Signals<&str> {
+        Signals {
+            country: self.country.as_ref(),
+            region: self.region.as_ref(),
+            asn: self.asn,
+            device: self.device.as_ref(),
+            os: self.os.as_ref(),
+            browser: self.browser.as_ref(),
+            language: self.language.as_ref(),
+            route: self.route.as_ref(),
+        }
+    }
+
+    /// The same signals, owned.
+    pub fn owned(&self) -> Signals<String> {
+        let v = self.as_view();
+        Signals {
+            country: v.country.to_owned(),
+            region: v.region.to_owned(),
+            asn: v.asn,
+            device: v.device.to_owned(),
+            os: v.os.to_owned(),
+            browser: v.browser.to_owned(),
+            language: v.language.to_owned(),
+            route: v.route.to_owned(),
+        }
+    }
+
+    /// The texts in their stored order (the ASN is between region and device).
+    pub fn texts(&self) -> [&str; 7] {
+        let v = self.as_view();
+        [v.country, v.region, v.device, v.os, v.browser, v.language, v.route]
+    }
 }
 
 impl Click {
@@ -100,6 +170,7 @@ pub struct ClickView<'a> {
     pub flags: u16,
     pub prior_click: Option<ClickId>,
     pub visitor: u64,
+    pub signals: Signals<&'a str>,
 }
 
 impl ClickView<'_> {
@@ -126,6 +197,7 @@ impl<'a> From<&'a Click> for ClickView<'a> {
             flags: c.flags,
             prior_click: c.prior_click,
             visitor: c.visitor,
+            signals: c.signals.as_view(),
         }
     }
 }

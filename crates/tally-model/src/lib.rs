@@ -20,7 +20,7 @@ pub use click_id::{ClickId, ClickIdError};
 pub use decision::Decision;
 pub use event::{
     click_flags, legacy_visitor_key, visitor_key, Click, ClickView, Conversion, ConversionSource, ConversionStatus,
-    Customer, CustomerKey, Event, EventKind, ProgramChange,
+    Customer, CustomerKey, Event, EventKind, ProgramChange, Signals,
 };
 pub use managed::{Edit, Managed};
 pub use money::{format_minor, parse_minor, parse_reported_minor, Currency, MoneyError};

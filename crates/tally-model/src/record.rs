@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! offset  size  field
-//! 0       1     format version (currently 5; versions 1 to 4 still decode, see below)
+//! 0       1     format version (currently 6; versions 1 to 5 still decode, see below)
 //! 1       1     event kind (1 click, 2 conversion, 3 program change, 4 program edit,
 //!               5 operator decision; see EventKind)
 //! 2       4     payload length n, u32 big-endian
@@ -31,7 +31,10 @@
 //!
 //! Versions:
 //!
-//! - **5** (written by this build): `Conversion` gained `customer`: the customer's key
+//! - **6** (written by this build): `Click` gained `signals` (country, region, ASN,
+//!   device, OS, browser, language, route), chained between `visitor` and the seal.
+//!   Conversions, program changes, edits and decisions are laid out as in version 5.
+//! - **5**: `Conversion` gained `customer`: the customer's key
 //!   (`Option<[u8; 16]>`) chained before the seal, the merchant's customer ID in the
 //!   trailer. Clicks, program changes, edits and decisions are laid out as in version 4.
 //! - **4**: `Conversion` gained `advertiser` (the advertiser whose
@@ -44,7 +47,7 @@
 //! - **2**: `Click` gained `prior_click`. Personal fields inside the payload, chained.
 //! - **1**: the first format: a click payload has no `prior_click` (it decodes as `None`).
 //!
-//! Decoding an older record and encoding the event again gives a version-5 record, not the
+//! Decoding an older record and encoding the event again gives a version-6 record, not the
 //! original bytes; stored records are never rewritten (only trailers are ever cut), so the
 //! log keeps every version it was written in. Personal fields of version 1 and 2 records are
 //! chained and cannot be erased without breaking `verify`.
@@ -56,12 +59,14 @@ use xxhash_rust::xxh3::xxh3_64;
 use crate::click_id::ClickId;
 use crate::event::{
     legacy_visitor_key, Click, ClickView, Conversion, ConversionSource, ConversionStatus, Customer, CustomerKey, Event,
-    EventKind,
+    EventKind, Signals,
 };
 use crate::money::Currency;
 
 /// The version byte written by this build.
-pub const FORMAT_VERSION: u8 = 5;
+pub const FORMAT_VERSION: u8 = 6;
+/// Before `Click::signals`; still decoded, never written.
+const VERSION_5: u8 = 5;
 /// Before `Conversion::customer`; still decoded, never written.
 const VERSION_4: u8 = 4;
 /// Before `Conversion::advertiser`; still decoded, never written.
@@ -173,11 +178,13 @@ pub fn encode_click_into(click: &ClickView<'_>, salt: [u8; SALT_LEN], buf: &mut 
     let [s1, s2, s3, s4, s5] = click.subs;
     let strs = [click.link, click.offer, click.affiliate, s1, s2, s3, s4, s5, click.source, click.deep_link];
     let personal = [click.ip, click.user_agent, click.referrer];
+    let signals = &click.signals;
+    let signal_texts = signals.texts();
     // Every string's bytes plus a varint of its length (at most 10 bytes), the IDs, the
     // integers, the option tag, visitor, seal and salt: reserved once, so no push below
     // reallocates.
-    let text: usize = strs.iter().chain(personal.iter()).map(|s| s.len() + 10).sum();
-    buf.reserve(HEADER_LEN + text + 2 * 17 + 10 + 3 + 1 + 8 + SEAL_LEN + CHECKSUM_LEN + SALT_LEN);
+    let text: usize = strs.iter().chain(personal.iter()).chain(signal_texts.iter()).map(|s| s.len() + 10).sum();
+    buf.reserve(HEADER_LEN + text + 2 * 17 + 10 + 3 + 5 + 1 + 8 + SEAL_LEN + CHECKSUM_LEN + SALT_LEN);
     buf.extend_from_slice(&[FORMAT_VERSION, EventKind::Click as u8, 0, 0, 0, 0]);
     let payload_start = buf.len();
     put_bytes(buf, click.click_id.as_bytes());
@@ -194,6 +201,13 @@ pub fn encode_click_into(click: &ClickView<'_>, salt: [u8; SALT_LEN], buf: &mut 
         }
     }
     buf.extend_from_slice(&click.visitor.to_le_bytes());
+    // `Signals`' serde order: country, region, asn, then the other texts.
+    put_bytes(buf, signals.country.as_bytes());
+    put_bytes(buf, signals.region.as_bytes());
+    put_varint(buf, u64::from(signals.asn));
+    for s in [signals.device, signals.os, signals.browser, signals.language, signals.route] {
+        put_bytes(buf, s.as_bytes());
+    }
     finish_personal(buf, start, payload_start, personal, salt)
 }
 
@@ -324,8 +338,14 @@ pub fn decode_personal(bytes: &[u8]) -> Result<(Event, Personal), RecordError> {
         (VERSION_2, EventKind::Click) => {
             Ok((Event::Click(Click::from(&ClickView::from(canonical_by_size::<ClickV2>(payload)?))), Personal::Chained))
         }
-        (_, EventKind::Click) => {
+        (VERSION_3 | VERSION_4 | VERSION_5, EventKind::Click) => {
             let chained: ClickV3 = canonical_by_size(payload)?;
+            let (trailer, personal) = open_trailer(parts.trailer, &chained.seal)?;
+            let [ip, user_agent, referrer] = trailer.map(|t| [t.ip, t.user_agent, t.referrer]).unwrap_or_default();
+            Ok((Event::Click(Click::from(&chained.view(ip, user_agent, referrer))), personal))
+        }
+        (_, EventKind::Click) => {
+            let chained: ClickV6 = canonical_by_size(payload)?;
             let (trailer, personal) = open_trailer(parts.trailer, &chained.seal)?;
             let [ip, user_agent, referrer] = trailer.map(|t| [t.ip, t.user_agent, t.referrer]).unwrap_or_default();
             Ok((Event::Click(Click::from(&chained.view(ip, user_agent, referrer))), personal))
@@ -353,10 +373,10 @@ pub fn decode_personal(bytes: &[u8]) -> Result<(Event, Personal), RecordError> {
         }
         (_, EventKind::ProgramChange) => Ok((Event::ProgramChange(canonical(payload)?), Personal::Chained)),
         // Program edits exist from format 4 on: an older version byte is not their encoding.
-        (VERSION_4 | FORMAT_VERSION, EventKind::ProgramEdit) => {
+        (VERSION_4 | VERSION_5 | FORMAT_VERSION, EventKind::ProgramEdit) => {
             Ok((Event::ProgramEdit(canonical(payload)?), Personal::Chained))
         }
-        (VERSION_4 | FORMAT_VERSION, EventKind::Decision) => {
+        (VERSION_4 | VERSION_5 | FORMAT_VERSION, EventKind::Decision) => {
             Ok((Event::Decision(canonical(payload)?), Personal::Chained))
         }
         (_, EventKind::ProgramEdit | EventKind::Decision) => Err(RecordError::UnknownVersion(parts.version)),
@@ -411,7 +431,10 @@ pub enum EventView<'a> {
 pub fn decode_view(bytes: &[u8]) -> Result<EventView<'_>, RecordError> {
     let parts = check(bytes)?;
     match (parts.version, parts.kind) {
-        (VERSION_3 | VERSION_4 | FORMAT_VERSION, EventKind::Click) => {
+        (FORMAT_VERSION, EventKind::Click) => {
+            canonical_by_size::<ClickV6>(parts.payload).map(|c| EventView::Click(c.view("", "", "")))
+        }
+        (VERSION_3 | VERSION_4 | VERSION_5, EventKind::Click) => {
             canonical_by_size::<ClickV3>(parts.payload).map(|c| EventView::Click(c.view("", "", "")))
         }
         (VERSION_2, EventKind::Click) => {
@@ -421,7 +444,49 @@ pub fn decode_view(bytes: &[u8]) -> Result<EventView<'_>, RecordError> {
     }
 }
 
-/// A version-3 (and 4) click's chained payload, borrowed. The on-disk format: never change it.
+/// A version-6 click's chained payload, borrowed. The on-disk format: never change it.
+#[derive(Serialize, Deserialize)]
+struct ClickV6<'a> {
+    click_id: ClickId,
+    ts_ms: u64,
+    link: &'a str,
+    offer: &'a str,
+    affiliate: &'a str,
+    #[serde(borrow)]
+    subs: [&'a str; 5],
+    source: &'a str,
+    deep_link: &'a str,
+    flags: u16,
+    prior_click: Option<ClickId>,
+    visitor: [u8; 8],
+    #[serde(borrow)]
+    signals: Signals<&'a str>,
+    seal: [u8; SEAL_LEN],
+}
+
+impl<'a> ClickV6<'a> {
+    fn view(&self, ip: &'a str, user_agent: &'a str, referrer: &'a str) -> ClickView<'a> {
+        ClickView {
+            click_id: self.click_id,
+            ts_ms: self.ts_ms,
+            link: self.link,
+            offer: self.offer,
+            affiliate: self.affiliate,
+            subs: self.subs,
+            source: self.source,
+            deep_link: self.deep_link,
+            user_agent,
+            referrer,
+            ip,
+            flags: self.flags,
+            prior_click: self.prior_click,
+            visitor: u64::from_le_bytes(self.visitor),
+            signals: self.signals,
+        }
+    }
+}
+
+/// A version-3 (to 5) click's chained payload, borrowed. The on-disk format: never change it.
 #[derive(Serialize, Deserialize)]
 struct ClickV3<'a> {
     click_id: ClickId,
@@ -456,6 +521,7 @@ impl<'a> ClickV3<'a> {
             flags: self.flags,
             prior_click: self.prior_click,
             visitor: u64::from_le_bytes(self.visitor),
+            signals: Signals::default(),
         }
     }
 }
@@ -685,6 +751,7 @@ impl<'a> From<ClickV2<'a>> for ClickView<'a> {
             flags: c.flags,
             prior_click: c.prior_click,
             visitor: legacy_visitor_key(c.offer, c.affiliate, c.ip, c.user_agent),
+            signals: Signals::default(),
         }
     }
 }
@@ -706,6 +773,7 @@ impl From<&ClickView<'_>> for Click {
             flags: c.flags,
             prior_click: c.prior_click,
             visitor: c.visitor,
+            signals: c.signals.owned(),
         }
     }
 }
@@ -779,7 +847,7 @@ fn check(bytes: &[u8]) -> Result<Parts<'_>, RecordError> {
         return Err(RecordError::Truncated(bytes.len()));
     }
     let version = bytes[0];
-    if !matches!(version, VERSION_1 | VERSION_2 | VERSION_3 | VERSION_4 | FORMAT_VERSION) {
+    if !matches!(version, VERSION_1 | VERSION_2 | VERSION_3 | VERSION_4 | VERSION_5 | FORMAT_VERSION) {
         return Err(RecordError::UnknownVersion(version));
     }
     let kind = EventKind::from_byte(bytes[1]).ok_or(RecordError::UnknownKind(bytes[1]))?;
@@ -831,7 +899,24 @@ mod tests {
             prior_click,
             // What older versions decode to; a version-3 click stores the edge's key.
             visitor: legacy_visitor_key("shoes", "aff1", "203.0.113.0", "UA"),
+            signals: Signals::default(),
         })
+    }
+
+    /// A version-6 click: the golden click with every signal set.
+    fn golden_click_v6() -> Event {
+        let Event::Click(mut c) = golden_click(Some(golden_prior_click())) else { unreachable!() };
+        c.signals = Signals {
+            country: "GB".into(),
+            region: "ENG".into(),
+            asn: 64_500,
+            device: "mobile".into(),
+            os: "iOS".into(),
+            browser: "Safari".into(),
+            language: "en".into(),
+            route: "uk-mobile".into(),
+        };
+        Event::Click(c)
     }
 
     fn golden_prior_click() -> ClickId {
@@ -887,14 +972,21 @@ mod tests {
         buf
     }
 
-    // These bytes ARE the on-disk format (version 5, salt 0x5a…). If this test fails, you
+    // These bytes ARE the on-disk format (version 6, salt 0x5a…). If this test fails, you
     // changed the format: restore it, or bump FORMAT_VERSION, keep decoders for versions 1 to
-    // 5, and keep these strings as decode-only tests like the older ones below.
-    const GOLDEN_CLICK: &str = "05010000005910018bcfe5680000070123456789abcdef80d095ffbc310464656d6f0573686f657304616666310161000000016502666200010110018bcfd625c00003fedcba9876543210634b53f9fac5bcf037fb0feb3195c2fd09794d4037131c305a5a5a5a5a5a5a5a0b3230332e302e3131332e3002554100";
-    const GOLDEN_CONVERSION: &str = "050200000059a0dd9bffbc31010110018bcfe5680000070000000000000001000573686f65730473616c6503542d3101f2c001035553440100000000000461636d650163a1e7b64899af16d370c3dc44f1e7faccab65a7f7b85a635bdd16fee959bcab5a5a5a5a5a5a5a5a0c3139382e35312e3130302e3007637573742d343200";
-    const GOLDEN_PROGRAM: &str = "050300000006050261620178b3101140";
-    const GOLDEN_PROGRAM_EDIT: &str = "05040000000b06036f7073026364027b7d2da2096a";
-    const GOLDEN_DECISION: &str = "05050000000807036f7073027b7ddc8a6b5c";
+    // 6, and keep these strings as decode-only tests like the older ones below.
+    const GOLDEN_CLICK: &str = "06010000008210018bcfe5680000070123456789abcdef80d095ffbc310464656d6f0573686f657304616666310161000000016502666200010110018bcfd625c00003fedcba9876543210634b53f9fac5bcf002474203454e47f4f703066d6f62696c6503694f530653616661726902656e09756b2d6d6f62696c6537fb0feb3195c2fd09794d40964547a55a5a5a5a5a5a5a5a0b3230332e302e3131332e3002554100";
+    const GOLDEN_CONVERSION: &str = "060200000059a0dd9bffbc31010110018bcfe5680000070000000000000001000573686f65730473616c6503542d3101f2c001035553440100000000000461636d650163a1e7b64899af16d370c3dc44f1e7faccab65a7f7b85a635bdd16fef232e0465a5a5a5a5a5a5a5a0c3139382e35312e3130302e3007637573742d343200";
+    const GOLDEN_PROGRAM: &str = "060300000006050261620178a3ca2f34";
+    const GOLDEN_PROGRAM_EDIT: &str = "06040000000b06036f7073026364027b7dabcd4da8";
+    const GOLDEN_DECISION: &str = "06050000000807036f7073027b7dd6b35a46";
+
+    // Version 5: clicks without signals. Decode-only.
+    const GOLDEN_CLICK_V5: &str = "05010000005910018bcfe5680000070123456789abcdef80d095ffbc310464656d6f0573686f657304616666310161000000016502666200010110018bcfd625c00003fedcba9876543210634b53f9fac5bcf037fb0feb3195c2fd09794d4037131c305a5a5a5a5a5a5a5a0b3230332e302e3131332e3002554100";
+    const GOLDEN_CONVERSION_V5: &str = "050200000059a0dd9bffbc31010110018bcfe5680000070000000000000001000573686f65730473616c6503542d3101f2c001035553440100000000000461636d650163a1e7b64899af16d370c3dc44f1e7faccab65a7f7b85a635bdd16fee959bcab5a5a5a5a5a5a5a5a0c3139382e35312e3130302e3007637573742d343200";
+    const GOLDEN_PROGRAM_V5: &str = "050300000006050261620178b3101140";
+    const GOLDEN_PROGRAM_EDIT_V5: &str = "05040000000b06036f7073026364027b7d2da2096a";
+    const GOLDEN_DECISION_V5: &str = "05050000000807036f7073027b7ddc8a6b5c";
 
     // Version 4: conversions without a customer. Decode-only.
     const GOLDEN_CLICK_V4: &str = "04010000005910018bcfe5680000070123456789abcdef80d095ffbc310464656d6f0573686f657304616666310161000000016502666200010110018bcfd625c00003fedcba9876543210634b53f9fac5bcf037fb0feb3195c2fd09794d40fe9a09ab5a5a5a5a5a5a5a5a0b3230332e302e3131332e3002554100";
@@ -921,7 +1013,7 @@ mod tests {
     #[test]
     fn golden_bytes_are_frozen() {
         for (event, golden) in [
-            (golden_click(Some(golden_prior_click())), GOLDEN_CLICK),
+            (golden_click_v6(), GOLDEN_CLICK),
             (golden_conversion_v5(), GOLDEN_CONVERSION),
             (golden_program(), GOLDEN_PROGRAM),
             (golden_program_edit(), GOLDEN_PROGRAM_EDIT),
@@ -936,6 +1028,11 @@ mod tests {
     #[test]
     fn older_golden_bytes_still_decode() {
         for (golden, event, personal) in [
+            (GOLDEN_CLICK_V5, golden_click(Some(golden_prior_click())), Personal::Present),
+            (GOLDEN_CONVERSION_V5, golden_conversion_v5(), Personal::Present),
+            (GOLDEN_PROGRAM_V5, golden_program(), Personal::Chained),
+            (GOLDEN_PROGRAM_EDIT_V5, golden_program_edit(), Personal::Chained),
+            (GOLDEN_DECISION_V5, golden_decision(), Personal::Chained),
             (GOLDEN_CLICK_V4, golden_click(Some(golden_prior_click())), Personal::Present),
             (GOLDEN_CONVERSION_V4, golden_conversion_of("acme"), Personal::Present),
             (GOLDEN_PROGRAM_V4, golden_program(), Personal::Chained),
@@ -964,7 +1061,7 @@ mod tests {
                 assert_eq!(self::personal(cut).unwrap(), Personal::Erased);
                 assert!(decode(cut).is_ok());
             }
-            // Re-encoded, an old record is a version-5 record of the same event.
+            // Re-encoded, an old record is a version-6 record of the same event.
             let again = salted(&event);
             assert_eq!(again[0], FORMAT_VERSION);
             assert_eq!(decode(&again).unwrap(), event);
@@ -975,7 +1072,9 @@ mod tests {
     /// the record still decodes, with its personal fields gone and everything else intact.
     #[test]
     fn erasing_cuts_the_trailer_and_keeps_the_chained_bytes() {
-        for event in [golden_click(Some(golden_prior_click())), golden_conversion(), golden_conversion_v5()] {
+        for event in
+            [golden_click_v6(), golden_click(Some(golden_prior_click())), golden_conversion(), golden_conversion_v5()]
+        {
             let full = salted(&event);
             assert_eq!(self::personal(&full).unwrap(), Personal::Present);
             let cut = without_personal(&full).unwrap();
@@ -1239,7 +1338,7 @@ mod tests {
         (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
     }
 
-    /// The version-3 record of `c` built through serde, the reference for the hand-written
+    /// The version-6 record of `c` built through serde, the reference for the hand-written
     /// encoder.
     fn serde_click(c: &Click, salt: [u8; SALT_LEN]) -> Vec<u8> {
         let mut trailer = Vec::new();
@@ -1247,7 +1346,7 @@ mod tests {
             let t = Trailer { salt, ip: &c.ip, user_agent: &c.user_agent, referrer: &c.referrer };
             trailer = postcard::to_stdvec(&t).unwrap();
         }
-        let chained = ClickV3 {
+        let chained = ClickV6 {
             click_id: c.click_id,
             ts_ms: c.ts_ms,
             link: &c.link,
@@ -1259,6 +1358,7 @@ mod tests {
             flags: c.flags,
             prior_click: c.prior_click,
             visitor: c.visitor.to_le_bytes(),
+            signals: c.signals.as_view(),
             seal: if trailer.is_empty() { [0; SEAL_LEN] } else { seal_of(&trailer) },
         };
         let mut v = envelope(FORMAT_VERSION, EventKind::Click, &postcard::to_stdvec(&chained).unwrap());
@@ -1308,6 +1408,7 @@ mod tests {
             any::<u16>(),
             proptest::option::of(any_click_id()),
             any::<u64>(),
+            (proptest::array::uniform7(prop_oneof![Just(String::new()), ".{0,12}"]), any::<u32>()),
         )
             .prop_map(
                 |(
@@ -1319,6 +1420,7 @@ mod tests {
                     flags,
                     prior_click,
                     visitor,
+                    ([country, region, device, os, browser, language, route], asn),
                 )| {
                     Event::Click(Click {
                         click_id,
@@ -1335,6 +1437,7 @@ mod tests {
                         flags,
                         prior_click,
                         visitor,
+                        signals: Signals { country, region, asn, device, os, browser, language, route },
                     })
                 },
             )
@@ -1460,6 +1563,8 @@ mod tests {
         fn older_clicks_decode_with_the_legacy_visitor_key(event in any_click()) {
             let Event::Click(mut click) = event else { unreachable!() };
             click.visitor = legacy_visitor_key(&click.offer, &click.affiliate, &click.ip, &click.user_agent);
+            // Older formats had no signals.
+            click.signals = Signals::default();
             let v2 = v2_click(&click);
             prop_assert_eq!(decode(&v2).unwrap(), Event::Click(click.clone()));
             prop_assert_eq!(decode_view(&v2).unwrap(), EventView::Click(ClickView::from(&click)));

@@ -20,19 +20,30 @@ pub struct ClickHeaders<'a> {
     pub cookie_click_id: Option<&'a str>,
     /// A `Purpose`/`Sec-Purpose` prefetch header was present.
     pub prefetch: bool,
+    pub accept_language: &'a str,
+    /// `Sec-CH-UA-Mobile` (`?1` on a phone), as sent.
+    pub ch_mobile: &'a str,
+    /// `Sec-CH-UA-Platform` (`"Android"`), as sent.
+    pub ch_platform: &'a str,
 }
 
 impl<'a> ClickHeaders<'a> {
     /// Scans `(name, value)` pairs, names in any case: hyper's header map, or the fast path's
     /// parser output.
     pub fn scan(headers: impl Iterator<Item = (&'a str, &'a [u8])>) -> ClickHeaders<'a> {
-        let (mut ua, mut referrer) = (None, None);
+        let (mut ua, mut referrer, mut language, mut mobile, mut platform) = (None, None, None, None, None);
         let mut h = ClickHeaders::default();
         for (name, value) in headers {
             if name.eq_ignore_ascii_case("user-agent") {
                 ua.get_or_insert_with(|| header_str(value).unwrap_or(""));
             } else if name.eq_ignore_ascii_case("referer") {
                 referrer.get_or_insert_with(|| header_str(value).unwrap_or(""));
+            } else if name.eq_ignore_ascii_case("accept-language") {
+                language.get_or_insert_with(|| header_str(value).unwrap_or(""));
+            } else if name.eq_ignore_ascii_case("sec-ch-ua-mobile") {
+                mobile.get_or_insert_with(|| header_str(value).unwrap_or(""));
+            } else if name.eq_ignore_ascii_case("sec-ch-ua-platform") {
+                platform.get_or_insert_with(|| header_str(value).unwrap_or(""));
             } else if name.eq_ignore_ascii_case("cookie") {
                 if h.cookie_click_id.is_none() {
                     h.cookie_click_id = header_str(value).and_then(cookie_value);
@@ -43,6 +54,9 @@ impl<'a> ClickHeaders<'a> {
         }
         h.user_agent = ua.unwrap_or("");
         h.referrer = referrer.unwrap_or("");
+        h.accept_language = language.unwrap_or("");
+        h.ch_mobile = mobile.unwrap_or("");
+        h.ch_platform = platform.unwrap_or("");
         h
     }
 
@@ -145,10 +159,16 @@ mod tests {
             ("cookie", with_cid.as_bytes()),
             ("cookie", b"tally_cid=later"),
             ("referer", b"https://later.example/"),
+            ("Accept-Language", b"en-GB,en;q=0.8"),
+            ("accept-language", b"de"),
+            ("Sec-CH-UA-Mobile", b"?1"),
+            ("sec-ch-ua-platform", b"\"Android\""),
+            ("sec-ch-ua-platform", b"\"Windows\""),
         ]);
         let s = ClickHeaders::of_map(&h);
         assert_eq!(s.user_agent, "first");
         assert_eq!(s.referrer, "https://r.example/");
+        assert_eq!((s.accept_language, s.ch_mobile, s.ch_platform), ("en-GB,en;q=0.8", "?1", "\"Android\""));
         assert_eq!(s.cookie_click_id, Some(CID));
         assert_eq!(cookie_click_id(&h), Some(CID));
         assert!(!s.prefetch);
@@ -157,6 +177,7 @@ mod tests {
         let s = ClickHeaders::of_map(&h);
         assert!(s.prefetch);
         assert_eq!((s.user_agent, s.referrer, s.cookie_click_id), ("", "", None));
+        assert_eq!((s.accept_language, s.ch_mobile, s.ch_platform), ("", "", ""));
     }
 
     /// A first value that is not text reads as empty, as `to_str` on a lookup gave; it does

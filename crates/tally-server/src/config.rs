@@ -3,6 +3,7 @@
 //! | section | owner | validated into |
 //! |---|---|---|
 //! | `[server]`, `[program]`, `[privacy]`, `[postback]`, `[admin]`, `[secrets]` | `tally-edge` | [`tally_edge::Config`] |
+//! | `[signals]` | `tally-signals` | [`tally_signals::SignalsConfig`], in [`tally_edge::Config`] |
 //! | `[log]` | `tally-log` | the data directory and [`LogOptions`] |
 //! | `[attribution]` | `tally-attribution` | [`AttributionConfig`] |
 //! | `[bus]` | `tally-bus` | [`BusConfig`] (a cluster; off without `urls`) |
@@ -25,6 +26,7 @@ use tally_delivery::config::{DeliveriesConfig, DeliveriesSection};
 use tally_edge::config::{AdminSection, PostbackSection, PrivacySection, ProgramSection, Sections, ServerSection};
 use tally_edge::secrets::SecretsSection;
 use tally_log::{LogOptions, LogSection};
+use tally_signals::SignalsSection;
 
 use crate::telemetry::{LoggingConfig, LoggingSection};
 
@@ -50,6 +52,7 @@ struct RawConfig {
     secrets: SecretsSection,
     bus: BusSection,
     deliveries: DeliveriesSection,
+    signals: SignalsSection,
 }
 
 /// The validated deployment config.
@@ -179,6 +182,7 @@ impl RawConfig {
             postback: &self.postback,
             admin: &self.admin,
             secrets: &self.secrets,
+            signals: &self.signals,
         };
         let edge = tally_edge::Config::validate(sections, base, data_dir, problems)?;
         Some(Config {

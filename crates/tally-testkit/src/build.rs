@@ -39,6 +39,7 @@ impl ClickBuilder {
                 flags: 0,
                 prior_click: None,
                 visitor: 0,
+                signals: Default::default(),
             },
             id: None,
             nonce: 0,

@@ -463,6 +463,7 @@ impl<S: RngCore> Generator<S> {
             flags,
             prior_click: prior,
             visitor: 0,
+            signals: Default::default(),
         };
         // The key older formats decode to, so figures match logs written before format 3.
         click.visitor = tally_model::legacy_visitor_key(&click.offer, &click.affiliate, &click.ip, &click.user_agent);

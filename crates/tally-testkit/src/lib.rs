@@ -15,6 +15,8 @@
 //!   worker and replay tests and the attribution benchmark all use it.
 //! - [`Rng`]: the one seeded RNG (`StdRng` under a few draws), for tests that need chance.
 //! - [`ClickBuilder`], [`ConversionBuilder`]: events for tests that build them by hand.
+//! - [`mmdb`]: a MaxMind DB writer and the GeoLite2-shaped databases built with it (tiny
+//!   City and ASN fixtures with known answers, a City-sized one for the click-path benchmark).
 //! - [`nats::NatsCluster`]: a NATS JetStream cluster (Debian's `nats-server`) on
 //!   127.0.0.1, nodes to kill, stop and restart, for the cluster tests.
 //! - [`wait_for`]: polling with a deadline, for effects that are asynchronous by design
@@ -26,6 +28,7 @@ pub mod fixtures;
 pub mod generate;
 mod http;
 pub mod merchant;
+pub mod mmdb;
 pub mod nats;
 mod rng;
 mod server;

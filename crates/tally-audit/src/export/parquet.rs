@@ -38,7 +38,8 @@ pub fn int_column(what: What, name: &str) -> Option<Required> {
         "seq" | "ts_ms" => Some(Required::Yes),
         // Every click has flags; in the events export, other types leave it empty.
         "flags" if what == What::Clicks => Some(Required::Yes),
-        "flags" | "approve_at_ms" | "approved_seq" | "reversed_by" => Some(Required::No),
+        // `asn` is left out of a row when unknown (0).
+        "flags" | "approve_at_ms" | "approved_seq" | "reversed_by" | "asn" => Some(Required::No),
         _ => None,
     }
 }

@@ -126,7 +126,7 @@ fn typed_exports_have_their_own_columns_and_honour_ranges() {
     let clicks = lines_of(&["export", "clicks", "--data-dir", d, "--format", "csv"]);
     assert_eq!(
         clicks[0],
-        "seq,ts_ms,click_id,link,offer,affiliate,sub1,sub2,sub3,sub4,sub5,source,deep_link,user_agent,referrer,ip,flags,prior_click,time,visitor,personal"
+        "seq,ts_ms,click_id,link,offer,affiliate,sub1,sub2,sub3,sub4,sub5,source,deep_link,user_agent,referrer,ip,flags,prior_click,time,visitor,personal,country,region,asn,device,os,browser,language,route"
     );
     assert_eq!(clicks.len(), 1 + 20);
     let convs = lines_of(&["export", "conversions", "--data-dir", d]);

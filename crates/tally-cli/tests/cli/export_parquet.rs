@@ -63,7 +63,7 @@ fn parquet_of(path: &Path) -> (Schema, Vec<Vec<String>>) {
     (schema, rows)
 }
 
-const INTS: &[&str] = &["seq", "ts_ms", "flags", "approve_at_ms", "approved_seq", "reversed_by"];
+const INTS: &[&str] = &["seq", "ts_ms", "flags", "approve_at_ms", "approved_seq", "reversed_by", "asn"];
 
 #[test]
 fn parquet_exports_equal_the_csv_exports_row_for_row() {

@@ -61,6 +61,17 @@ fn event(i: u64) -> Event {
         flags: (i % 3) as u16,
         prior_click: (i.is_multiple_of(7)).then(|| ClickId::new(ts_ms - 5000, 1, i)),
         visitor: i % 97,
+        // Every third click from an unknown network (its ASN cell left empty).
+        signals: tally_model::Signals {
+            country: if i.is_multiple_of(2) { "GB".into() } else { String::new() },
+            region: if i.is_multiple_of(2) { "ENG".into() } else { String::new() },
+            asn: (i % 3) as u32 * 16509,
+            device: "desktop".into(),
+            os: "Linux".into(),
+            browser: String::new(),
+            language: "en".into(),
+            route: String::new(),
+        },
     })
 }
 
@@ -76,6 +87,9 @@ fn expected_row(i: u64) -> Vec<String> {
             r.push(tally_model::time::format_ts(c.ts_ms));
             r.push(format!("{:016x}", c.visitor));
             r.push("present".into());
+            let g = c.signals;
+            let asn = if g.asn == 0 { String::new() } else { g.asn.to_string() };
+            r.extend([g.country, g.region, asn, g.device, g.os, g.browser, g.language, g.route]);
             r
         }
         Event::Conversion(c) => {

@@ -19,6 +19,7 @@ mod program_api;
 mod recurring;
 mod referral;
 mod security;
+mod signals;
 mod tag;
 
 mod common {
