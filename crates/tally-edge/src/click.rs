@@ -4,8 +4,9 @@
 
 use http::Response;
 use tally_log::LogError;
+use tally_model::program::Redirect;
 use tally_model::{click_flags, ClickId, ClickView, Signals};
-use tally_protocol::click_query::{bounded, ClickQuery};
+use tally_protocol::click_query::{bounded, ClickMacros, ClickQuery};
 use tally_protocol::headers::{click_cookie, ClickHeaders};
 
 use crate::metrics::UnrecordedCause;
@@ -48,9 +49,15 @@ pub(crate) struct ClickRequest<'a> {
 
 /// What [`prepare`] leaves for the wait on the log.
 pub(crate) enum Prepared {
-    /// The redirect's `Location` and cookie, the record handed to the log, and whether the
-    /// click looks human.
-    Click { location: String, cookie: Option<String>, submitted: Result<tally_log::Pending, LogError>, human: bool },
+    /// The redirect's status, `Location` and cookie, the record handed to the log, and
+    /// whether the click looks human.
+    Click {
+        status: Redirect,
+        location: String,
+        cookie: Option<String>,
+        submitted: Result<tally_log::Pending, LogError>,
+        human: bool,
+    },
     /// Nothing to record (an unknown link): the answer as it is.
     Answer(Response<Body>),
 }
@@ -61,7 +68,7 @@ pub(crate) fn prepare(edge: &Edge, code: &str, req: ClickRequest<'_>) -> Prepare
     let program = edge.program.load();
     let Some(link) = program.link(code) else {
         return Prepared::Answer(match &edge.config.fallback_url {
-            Some(url) => redirect(url.clone(), None),
+            Some(url) => redirect(Redirect::Found, url.clone(), None),
             None => respond_error(EdgeError::NotFound("unknown link"), false),
         });
     };
@@ -96,7 +103,19 @@ pub(crate) fn prepare(edge: &Edge, code: &str, req: ClickRequest<'_>) -> Prepare
     }
     let cid = click_id.encode();
     let cid = std::str::from_utf8(&cid).unwrap_or_default();
-    let destination = query.destination(offer, &link.affiliate, cid);
+    let signals = Signals {
+        country: observed.country,
+        region: observed.region,
+        asn: observed.asn,
+        device: observed.device,
+        os: observed.os,
+        browser: observed.browser,
+        language: observed.language.as_str(),
+        route: "",
+    };
+    let mut seconds = itoa::Buffer::new();
+    let macros = ClickMacros { click_id: cid, signals, timestamp: seconds.format(now / 1000), query: req.query };
+    let destination = query.destination(offer, &link.affiliate, &macros);
     flags |= destination.flags;
     if destination.flags & click_flags::DEEP_LINK_REJECTED != 0 {
         edge.metrics.deep_link_rejected();
@@ -129,16 +148,7 @@ pub(crate) fn prepare(edge: &Edge, code: &str, req: ClickRequest<'_>) -> Prepare
         flags,
         prior_click,
         visitor,
-        signals: Signals {
-            country: observed.country,
-            region: observed.region,
-            asn: observed.asn,
-            device: observed.device,
-            os: observed.os,
-            browser: observed.browser,
-            language: observed.language.as_str(),
-            route: "",
-        },
+        signals,
     };
     let mut record = Vec::with_capacity(RECORD_CAPACITY);
     let submitted = match tally_model::encode_click_into(&click, rand::random(), &mut record) {
@@ -152,5 +162,5 @@ pub(crate) fn prepare(edge: &Edge, code: &str, req: ClickRequest<'_>) -> Prepare
     });
     // The program snapshot is released when this returns, before the wait on the log: a
     // reload must not wait for us.
-    Prepared::Click { location, cookie, submitted, human }
+    Prepared::Click { status: offer.redirect, location, cookie, submitted, human }
 }

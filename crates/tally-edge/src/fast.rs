@@ -39,6 +39,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
+use tally_model::program::Redirect;
 use tally_protocol::headers::{is_header_value, ClickHeaders};
 
 use crate::click::{self, ClickRequest, Prepared};
@@ -111,11 +112,11 @@ pub(crate) async fn serve<F, Fut>(
         let close = wants_close || stopping(&stop);
         out.clear();
         let status = match prepared {
-            Prepared::Click { location, cookie, submitted, human } => {
+            Prepared::Click { status, location, cookie, submitted, human } => {
                 click::await_commit(&edge, submitted, human).await;
                 if is_header_value(location.as_bytes()) {
-                    write_redirect(&mut out, &location, cookie.as_deref(), close);
-                    302
+                    write_redirect(&mut out, status, &location, cookie.as_deref(), close);
+                    status.code()
                 } else {
                     // Unreachable for validated templates and deep links, as in `redirect`.
                     let answer =
@@ -216,9 +217,11 @@ fn is_target_byte(b: u8) -> bool {
 
 const REFERRER_POLICY: &str = "no-referrer-when-downgrade";
 
-/// A click's 302, byte for byte what hyper sent for [`respond::redirect`]'s response.
-fn write_redirect(out: &mut Vec<u8>, location: &str, cookie: Option<&str>, close: bool) {
-    out.extend_from_slice(b"HTTP/1.1 302 Found\r\nlocation: ");
+/// A click's redirect, byte for byte what hyper sent for [`respond::redirect`]'s response.
+fn write_redirect(out: &mut Vec<u8>, status: Redirect, location: &str, cookie: Option<&str>, close: bool) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.status_text().as_bytes());
+    out.extend_from_slice(b"\r\nlocation: ");
     out.extend_from_slice(location.as_bytes());
     out.extend_from_slice(b"\r\ncache-control: no-store\r\nreferrer-policy: ");
     out.extend_from_slice(REFERRER_POLICY.as_bytes());
@@ -350,7 +353,7 @@ mod tests {
     #[test]
     fn the_redirect_head_is_hypers() {
         let mut out = Vec::new();
-        write_redirect(&mut out, "https://m.example/?cid=1", Some("tally_cid=1; Path=/"), false);
+        write_redirect(&mut out, Redirect::Found, "https://m.example/?cid=1", Some("tally_cid=1; Path=/"), false);
         let text = String::from_utf8(out).unwrap();
         let (head, date) = text.split_once("date: ").unwrap();
         assert_eq!(
@@ -361,7 +364,7 @@ mod tests {
         assert!(date.ends_with(" GMT\r\n\r\n") && date.len() == 29 + 4, "{date:?}");
 
         let mut out = Vec::new();
-        write_redirect(&mut out, "https://m.example/", None, true);
+        write_redirect(&mut out, Redirect::Found, "https://m.example/", None, true);
         let text = String::from_utf8(out).unwrap();
         assert!(text.contains("no-referrer-when-downgrade\r\nconnection: close\r\ncontent-length: 0\r\n"), "{text}");
         assert!(!text.contains("set-cookie"));

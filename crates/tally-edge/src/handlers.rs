@@ -56,9 +56,9 @@ async fn click(edge: &Edge, req: &Request<Incoming>, peer: SocketAddr, code: &st
         client_ip: edge.config.ip.client_ip(peer.ip(), req.headers()),
     };
     match click::prepare(edge, code, request) {
-        Prepared::Click { location, cookie, submitted, human } => {
+        Prepared::Click { status, location, cookie, submitted, human } => {
             click::await_commit(edge, submitted, human).await;
-            redirect(location, cookie)
+            redirect(status, location, cookie)
         }
         Prepared::Answer(answer) => answer,
     }

@@ -7,6 +7,7 @@ use http::header::{CACHE_CONTROL, CONTENT_TYPE, LOCATION, RETRY_AFTER, SET_COOKI
 use http::{HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 use tally_log::LogError;
+use tally_model::program::Redirect;
 use tally_protocol::params::FieldError;
 
 use crate::Edge;
@@ -72,13 +73,13 @@ pub(crate) fn method_not_allowed(allow: &'static str, json: bool) -> Response<Bo
     r
 }
 
-/// A `302` to `location`. The header values take the strings' buffers (validated as
-/// `from_str` does, without its copy).
-pub(crate) fn redirect(location: String, cookie: Option<String>) -> Response<Body> {
+/// A redirect (`302` unless the offer says otherwise) to `location`. The header values take
+/// the strings' buffers (validated as `from_str` does, without its copy).
+pub(crate) fn redirect(status: Redirect, location: String, cookie: Option<String>) -> Response<Body> {
     let mut r = Response::new(Full::new(Bytes::new()));
     match HeaderValue::from_maybe_shared(Bytes::from(location)) {
         Ok(v) => {
-            *r.status_mut() = StatusCode::FOUND;
+            *r.status_mut() = StatusCode::from_u16(status.code()).unwrap_or(StatusCode::FOUND);
             r.headers_mut().insert(LOCATION, v);
         }
         // Unreachable for validated templates and deep links; refuse rather than redirect

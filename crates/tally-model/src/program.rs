@@ -157,6 +157,20 @@ struct RawOffer {
     model: Option<String>,
     #[serde(default)]
     goals: Vec<RawGoal>,
+    /// The click's redirect status: 302 (default), 307, 301 or 308.
+    #[serde(default)]
+    redirect: Option<u16>,
+    /// Incoming query parameters passed on to the destination: `"all"`, or names, a
+    /// trailing `*` for a prefix (`["utm_*", "gclid"]`).
+    #[serde(default)]
+    pass_query: Option<RawPassQuery>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawPassQuery {
+    All(String),
+    Names(Vec<String>),
 }
 
 #[derive(Debug, Deserialize)]
@@ -436,6 +450,114 @@ pub struct Offer {
     pub goals: Vec<Goal>,
     /// The advertiser's cookie policy, copied here so a click needs no advertiser lookup.
     pub cookie: CookiePolicy,
+    /// The status of a click's redirect (`redirect`).
+    pub redirect: Redirect,
+    /// Which of a click's query parameters go on to the destination (`pass_query`).
+    pub pass_query: PassQuery,
+}
+
+/// Which of a click's own query parameters the redirect passes on (`pass_query`): ad
+/// platforms' click IDs (`gclid`, `fbclid`) and campaign tags (`utm_*`) the merchant's
+/// analytics read. Tally's own parameters (sub IDs, `src`, `url`) are never passed, nor a
+/// parameter the destination already has.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum PassQuery {
+    #[default]
+    None,
+    All,
+    /// Exact names, and prefixes (`utm_` from `utm_*`).
+    Names {
+        exact: Vec<String>,
+        prefixes: Vec<String>,
+    },
+}
+
+impl PassQuery {
+    /// Whether a parameter of this name is passed on.
+    pub fn passes(&self, name: &str) -> bool {
+        match self {
+            PassQuery::None => false,
+            PassQuery::All => true,
+            PassQuery::Names { exact, prefixes } => {
+                exact.iter().any(|n| n == name) || prefixes.iter().any(|p| name.starts_with(p.as_str()))
+            }
+        }
+    }
+
+    fn parse(raw: RawPassQuery, at: &str, problems: &mut Vec<String>) -> PassQuery {
+        match raw {
+            RawPassQuery::All(s) if s == "all" => PassQuery::All,
+            RawPassQuery::All(s) => {
+                problems.push(format!("{at}.pass_query: \"{s}\" is not \"all\" or a list of names"));
+                PassQuery::None
+            }
+            RawPassQuery::Names(names) => {
+                let (mut exact, mut prefixes) = (Vec::new(), Vec::new());
+                for n in names {
+                    let (name, prefix) = n.strip_suffix('*').map_or((n.as_str(), false), |p| (p, true));
+                    let ok = !name.is_empty()
+                        && name.len() <= 64
+                        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+                    if !ok {
+                        problems.push(format!(
+                            "{at}.pass_query: \"{n}\" is not a parameter name (letters, digits, _ - . and an optional trailing *)"
+                        ));
+                    } else if prefix {
+                        prefixes.push(name.to_owned());
+                    } else {
+                        exact.push(name.to_owned());
+                    }
+                }
+                PassQuery::Names { exact, prefixes }
+            }
+        }
+    }
+}
+
+/// The status a click's redirect answers with. 302 by default: every click comes back to
+/// the tracker. 301 and 308 say the link moved for good, which browsers and proxies may
+/// remember (Tally sends `Cache-Control: no-store`, but not every cache honours it on a
+/// permanent redirect), so a repeat click can skip Tally and go uncounted: only where the
+/// user asks for it (search engines pass link equity through them). 307 is 302 that keeps
+/// the method, for links that are posted to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Redirect {
+    #[default]
+    Found,
+    TemporaryRedirect,
+    MovedPermanently,
+    PermanentRedirect,
+}
+
+impl Redirect {
+    pub fn from_code(code: u16) -> Option<Redirect> {
+        Some(match code {
+            302 => Redirect::Found,
+            307 => Redirect::TemporaryRedirect,
+            301 => Redirect::MovedPermanently,
+            308 => Redirect::PermanentRedirect,
+            _ => return None,
+        })
+    }
+
+    pub fn code(self) -> u16 {
+        match self {
+            Redirect::Found => 302,
+            Redirect::TemporaryRedirect => 307,
+            Redirect::MovedPermanently => 301,
+            Redirect::PermanentRedirect => 308,
+        }
+    }
+
+    /// The status line's code and reason, as HTTP/1.1 writes them (`302 Found`).
+    pub fn status_text(self) -> &'static str {
+        match self {
+            Redirect::Found => "302 Found",
+            Redirect::TemporaryRedirect => "307 Temporary Redirect",
+            Redirect::MovedPermanently => "301 Moved Permanently",
+            Redirect::PermanentRedirect => "308 Permanent Redirect",
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -1323,6 +1445,17 @@ fn validate_offer(
         }
     }
     let currency = Currency::from_code(&o.currency).map_err(|e| problems.push(format!("{at}.currency: {e}"))).ok();
+    let redirect = match o.redirect.map(|c| (c, Redirect::from_code(c))) {
+        None => Redirect::Found,
+        Some((_, Some(r))) => r,
+        Some((c, None)) => {
+            problems.push(format!(
+                "{at}.redirect: {c} is not a redirect status a click may answer with (302, 307, 301 or 308)"
+            ));
+            Redirect::Found
+        }
+    };
+    let pass_query = o.pass_query.map(|q| PassQuery::parse(q, &at, problems)).unwrap_or_default();
     let window_days = o.window_days.unwrap_or(DEFAULT_WINDOW_DAYS);
     if window_days == 0 || window_days > 3650 {
         problems.push(format!("{at}.window_days: must be 1-3650, got {window_days}"));
@@ -1429,6 +1562,8 @@ fn validate_offer(
         window_days,
         model,
         goals,
+        redirect,
+        pass_query,
     })
 }
 
@@ -1633,6 +1768,16 @@ pub enum Macro {
     OfferId,
     Sub(u8),
     Source,
+    /// The click's signals ([`crate::Signals`]): `{country}`, `{region}`, `{device}`,
+    /// `{os}`, `{browser}`, `{language}`; empty when unknown.
+    Country,
+    Region,
+    Device,
+    Os,
+    Browser,
+    Language,
+    /// The click's time, whole seconds since the Unix epoch.
+    Timestamp,
 }
 
 impl Macro {
@@ -1647,6 +1792,13 @@ impl Macro {
             "sub3" => Macro::Sub(3),
             "sub4" => Macro::Sub(4),
             "sub5" => Macro::Sub(5),
+            "country" => Macro::Country,
+            "region" => Macro::Region,
+            "device" => Macro::Device,
+            "os" => Macro::Os,
+            "browser" => Macro::Browser,
+            "language" => Macro::Language,
+            "timestamp" => Macro::Timestamp,
             _ => return None,
         })
     }

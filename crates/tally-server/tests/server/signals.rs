@@ -113,3 +113,61 @@ fn a_configured_file_that_is_missing_or_bad_stops_the_start_naming_it() {
     let e = tally_server::App::open(config).err().map(|e| e.to_string()).unwrap_or_default();
     assert!(e.contains("signals.user_agents_file") && e.contains("line 1"), "{e}");
 }
+
+/// An offer whose destination carries the signal and time macros, answering 308.
+const MACRO_OFFER: &str = r#"
+[[offers]]
+id = "geo"
+advertiser = "acme"
+destination = "https://shop.example/geo?c={country}&r={region}&d={device}&b={browser}&l={language}&t={timestamp}"
+allowed_hosts = ["shop.example"]
+currency = "USD"
+redirect = 308
+
+  [[offers.goals]]
+  id = "sale"
+  payout = { kind = "fixed", amount = "1.00" }
+
+[[links]]
+code = "geo"
+offer = "geo"
+affiliate = "aff1"
+"#;
+
+#[test]
+fn the_destination_gets_the_clicks_signals_and_the_offers_redirect_status() {
+    let env = env_with_signals();
+    env.append_program(MACRO_OFFER);
+    let server = env.serve();
+    let before = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let ask = |http: &str| {
+        server.send(&format!(
+            "GET /c/geo HTTP/{http}\r\nHost: t\r\nX-Forwarded-For: 81.2.69.1\r\nUser-Agent: {IPHONE}\r\nAccept-Language: fr-CH\r\n\r\n"
+        ))
+    };
+    // HTTP/1.1 takes the fast path, HTTP/1.0 hyper's: both answer the offer's status.
+    for http in ["1.1", "1.0"] {
+        let r = ask(http);
+        assert_eq!(r.status, 308, "HTTP/{http}");
+        let location = r.header("location").unwrap();
+        let (head, t) = location.rsplit_once("&t=").unwrap();
+        assert_eq!(head, "https://shop.example/geo?c=GB&r=ENG&d=mobile&b=Safari&l=fr", "HTTP/{http}");
+        let t: u64 = t.parse().unwrap();
+        assert!((before..=before + 60).contains(&t), "{t} is not now ({before})");
+    }
+    // Links of other offers keep 302.
+    assert_eq!(click(&server, "81.2.69.1", IPHONE, "").status, 302);
+}
+
+#[test]
+fn a_redirect_status_a_click_may_not_answer_with_is_refused_naming_the_offer() {
+    let env = Env::new("");
+    env.append_program(&MACRO_OFFER.replace("redirect = 308", "redirect = 303"));
+    let e = tally_edge::load_for(&tally_server::Config::load(&env.config()).unwrap().edge, Default::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("offers[geo].redirect: 303 is not a redirect status a click may answer with (302, 307, 301 or 308)"),
+        "{e}"
+    );
+}
