@@ -141,6 +141,7 @@ impl Edge {
         let customer_secret = privacy::customer_secret(&config.secrets, &log)?;
         let metrics = EdgeMetrics::new(&mut registry);
         metrics.program_links.set(program.links().count() as i64);
+        metrics.signals(&classifier);
         // Before the first click: the day keys around now (blocking, as opening the log is).
         let day_keys = privacy::DayKeys::new();
         day_keys.prepare(&log, &program, now_ms());
@@ -249,6 +250,7 @@ impl Edge {
         // classifier in force, so one reload has one answer.
         let result = match result {
             Ok((Ok(loaded), Ok(classifier))) => {
+                self.metrics.signals(&classifier);
                 self.classifier.store(Arc::new(classifier));
                 Ok(loaded)
             }

@@ -90,6 +90,18 @@ struct CauseLabel {
 
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
 #[allow(non_camel_case_types)]
+enum Database {
+    geoip,
+    asn,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DatabaseLabel {
+    database: Database,
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
 pub enum ClickKind {
     human,
     non_human,
@@ -160,9 +172,18 @@ pub struct EdgeMetrics {
     pub connections_open: Gauge,
     pub connections_total: Counter,
     pub program_links: Gauge,
+    /// The build time of the GeoIP and ASN databases in force (0: none).
+    databases_built: [Gauge; 2],
 }
 
 impl EdgeMetrics {
+    /// Records which databases a classifier put in force has.
+    pub fn signals(&self, classifier: &tally_signals::Classifier) {
+        let (geo, asn) = classifier.databases_built();
+        self.databases_built[0].set(geo.map_or(0, |t| i64::try_from(t).unwrap_or(i64::MAX)));
+        self.databases_built[1].set(asn.map_or(0, |t| i64::try_from(t).unwrap_or(i64::MAX)));
+    }
+
     pub fn new(registry: &mut Registry) -> EdgeMetrics {
         let r = registry.sub_registry_with_prefix("tally");
 
@@ -208,6 +229,13 @@ impl EdgeMetrics {
         r.register("http_connections", "HTTP connections accepted", connections_total.clone());
         let program_links = Gauge::default();
         r.register("program_links", "Links in the loaded program", program_links.clone());
+        let databases_built = Family::<DatabaseLabel, Gauge>::default();
+        r.register_with_unit(
+            "signals_database_built_timestamp",
+            "When the GeoIP and ASN databases in force were built (their metadata); 0 when none is configured",
+            Unit::Seconds,
+            databases_built.clone(),
+        );
 
         let mut req_handles = Vec::new();
         for route in ROUTES {
@@ -237,6 +265,8 @@ impl EdgeMetrics {
             connections_open,
             connections_total,
             program_links,
+            databases_built: [Database::geoip, Database::asn]
+                .map(|database| databases_built.get_or_create(&DatabaseLabel { database }).clone()),
         }
     }
 

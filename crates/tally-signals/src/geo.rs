@@ -132,6 +132,11 @@ impl GeoDb {
         Ok(GeoDb { reader, v4, places })
     }
 
+    /// When the database was built (Unix seconds).
+    pub fn built(&self) -> u64 {
+        self.reader.metadata().build_epoch
+    }
+
     /// Country and region of `ip`; empty when the database does not know it.
     pub fn locate(&self, ip: IpAddr) -> (&str, &str) {
         match ip {
@@ -264,6 +269,11 @@ impl AsnDb {
         }
         let v4 = V4Table::build(&reader, asn_of).map_err(|e| format!("{}: {e}", path.display()))?;
         Ok(AsnDb { reader, v4 })
+    }
+
+    /// When the database was built (Unix seconds).
+    pub fn built(&self) -> u64 {
+        self.reader.metadata().build_epoch
     }
 
     /// The autonomous system of `ip`; 0 when the database does not know it.

@@ -182,6 +182,12 @@ impl Classifier {
         found
     }
 
+    /// When the GeoIP and ASN databases were built (`build_epoch` of their metadata, Unix
+    /// seconds), for the ones loaded: a stale one means its updates stopped.
+    pub fn databases_built(&self) -> (Option<u64>, Option<u64>) {
+        (self.geo.as_ref().map(geo::GeoDb::built), self.asn.as_ref().map(geo::AsnDb::built))
+    }
+
     /// Whether a GeoIP database is loaded.
     pub fn has_geo(&self) -> bool {
         self.geo.is_some()

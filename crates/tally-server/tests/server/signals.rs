@@ -70,6 +70,11 @@ fn each_click_records_where_from_on_what_and_from_which_network() {
     // Bots are not people in the metrics either.
     let metrics = server.metrics();
     assert!(metrics.contains("tally_clicks_recorded_total{kind=\"non_human\"} 2"), "{metrics}");
+    // The databases' build times, for the staleness alert (the test kit writes 1700000000).
+    for db in ["geoip", "asn"] {
+        let series = format!("tally_signals_database_built_timestamp_seconds{{database=\"{db}\"}} 1700000000");
+        assert!(metrics.contains(&series), "{series} in {metrics}");
+    }
     // Replay reproduces the ledger from clicks that carry signals.
     assert_replay_matches(&env.data());
 }
