@@ -25,6 +25,10 @@
 #                    writes them), so each click is located; use with REQUESTS=browser
 #                    (default off)
 #   NETWORKS         networks in each SIGNALS=on database                 (default 1000000)
+#   ROUTES           off: the link's offer has no routing rules; on: five (country,
+#                    device, OS with hours, a weighted A/B split, weekend desktops) before
+#                    its destination. Either way browser requests click the link `bench`
+#                    of an offer added for the run                          (default off)
 #   ATTRIBUTION      off: the ingest path alone (the issue's comparison); in-process: also
 #                    the attribution worker inside `tally serve`, as the default config
 #                    runs it (on 2 CPUs it takes a large share of them)    (default off)
@@ -58,6 +62,7 @@ ATTRIBUTION="${ATTRIBUTION:-off}"
 REQUESTS="${REQUESTS:-plain}"
 SIGNALS="${SIGNALS:-off}"
 NETWORKS="${NETWORKS:-1000000}"
+ROUTES="${ROUTES:-off}"
 COMMIT_ON_PARK="${COMMIT_ON_PARK:-true}"
 SERVER_CPUS="${SERVER_CPUS:-}"
 WRK_CPUS="${WRK_CPUS:-}"
@@ -78,6 +83,8 @@ die() { printf '[load] error: %s\n' "$*" >&2; exit 1; }
 [[ "$REQUESTS" == plain || "$REQUESTS" == browser ]] || die "REQUESTS must be plain or browser (got '$REQUESTS')"
 [[ "$SIGNALS" == off || "$SIGNALS" == on ]] || die "SIGNALS must be off or on (got '$SIGNALS')"
 [[ "$NETWORKS" =~ ^[1-9][0-9]*$ ]] || die "NETWORKS must be a positive integer (got '$NETWORKS')"
+[[ "$ROUTES" == off || "$ROUTES" == on ]] || die "ROUTES must be off or on (got '$ROUTES')"
+[[ "$ROUTES" == off || "$REQUESTS" == browser ]] || die "ROUTES=on needs REQUESTS=browser"
 [[ "$DURATION" =~ ^[1-9][0-9]*[smh]?$ ]] || die "DURATION must look like 10, 10s, 2m or 1h (got '$DURATION')"
 [[ "$WARMUP" =~ ^[0-9]+[smh]?$ ]] || die "WARMUP must look like 0, 2s or 1m (got '$WARMUP')"
 
@@ -176,6 +183,44 @@ grep -q "^commit_on_park = $COMMIT_ON_PARK\$" "$TMP/config/tally.toml" ||
     die "could not set [log] commit_on_park in the copy of $TALLY_CONFIG"
 TALLY_CONFIG="$TMP/config/tally.toml"
 if [[ "$REQUESTS" == browser ]]; then
+    # The offer `bench` (the example's destination), with the routing rules of ROUTES=on,
+    # appended last so `[[offers.routes]]` attach to it.
+    URL_PATH='/c/bench?sub1=bench'
+    {
+        printf '\n[[offers]]\nid = "bench"\nadvertiser = "acme"\n'
+        printf 'destination = "https://shop.example/landing?cid={click_id}&aff={aff_id}&s1={sub1}"\n'
+        printf 'allowed_hosts = ["shop.example"]\ncurrency = "USD"\n'
+        printf '  [[offers.goals]]\n  id = "sale"\n  payout = { kind = "fixed", amount = "1.00" }\n'
+        if [[ "$ROUTES" == on ]]; then
+            cat <<'ROUTES'
+  [[offers.routes]]
+  name = "uk-mobile"
+  country = ["GB", "IE"]
+  device = ["mobile", "tablet"]
+  destination = "https://uk.shop.example/m?cid={click_id}&aff={aff_id}"
+  [[offers.routes]]
+  name = "dach"
+  country = ["DE", "AT", "CH"]
+  language = ["de"]
+  destination = "https://de.shop.example/?cid={click_id}&aff={aff_id}"
+  [[offers.routes]]
+  name = "ios-night"
+  os = ["iOS"]
+  hours = "22-6"
+  destination = "https://shop.example/night?cid={click_id}&aff={aff_id}"
+  [[offers.routes]]
+  name = "android-ab"
+  os = ["Android"]
+  destinations = [{ name = "a", url = "https://shop.example/a?cid={click_id}", weight = 50 }, { name = "b", url = "https://shop.example/b?cid={click_id}", weight = 50 }]
+  [[offers.routes]]
+  name = "desktop-weekend"
+  device = ["desktop"]
+  days = ["sat", "sun"]
+  destination = "https://shop.example/weekend?cid={click_id}&aff={aff_id}"
+ROUTES
+        fi
+        printf '\n[[links]]\ncode = "bench"\noffer = "bench"\naffiliate = "aff1"\n'
+    } >>"$TMP/config/program.toml"
     # wrk connects from 127.0.0.1: the clicks' addresses come in X-Forwarded-For.
     sed -i 's/^trusted_proxies = \[\]$/trusted_proxies = ["127.0.0.1"]/' "$TALLY_CONFIG"
     grep -q '^trusted_proxies = \["127.0.0.1"\]$' "$TALLY_CONFIG" ||
@@ -209,7 +254,7 @@ init = function(args)
     local ip = string.format("%d.%d.%d.%d", math.random(1, 223), math.random(0, 255), math.random(0, 255), math.random(1, 254))
     local ua = agents[(i % #agents) + 1]
     local mobile = ua:find("Mobile") and "?1" or "?0"
-    requests[i] = wrk.format("GET", "/c/demo?sub1=bench", {
+    requests[i] = wrk.format("GET", "URL_PATH", {
       ["X-Forwarded-For"] = ip, ["User-Agent"] = ua,
       ["Accept-Language"] = languages[(i % #languages) + 1], ["Sec-CH-UA-Mobile"] = mobile,
     })
@@ -220,6 +265,7 @@ request = function()
   return requests[n]
 end
 LUA
+sed -i "s|URL_PATH|$URL_PATH|" "$TMP/browser.lua"
 WRK_SCRIPT=()
 [[ "$REQUESTS" == browser ]] && WRK_SCRIPT=(-s "$TMP/browser.lua")
 # The example program names its advertisers' credentials and the server resolves them at
@@ -443,7 +489,7 @@ echo
 medians=""; [[ "$ROUNDS" -gt 1 ]] && medians=" (medians)"
 echo "wrk: -t$THREADS -c$CONNECTIONS -d$DURATION, rounds=$ROUNDS$medians," \
     "nginx workers=$NGINX_WORKERS, tally workers=$TALLY_WORKERS, attribution $ATTRIBUTION, commit_on_park $COMMIT_ON_PARK," \
-    "requests $REQUESTS, signals $SIGNALS$([[ "$SIGNALS" == on ]] && echo " ($NETWORKS networks)"), $(nproc) CPUs"
+    "requests $REQUESTS, signals $SIGNALS$([[ "$SIGNALS" == on ]] && echo " ($NETWORKS networks)"), routes $ROUTES, $(nproc) CPUs"
 if [[ "$ROUNDS" -gt 1 ]]; then
     for t in nginx tally; do echo "$t req/s per round: ${RPS[$t]% }"; done
     echo "tally/nginx per round: ${RATIOS% }"

@@ -28,7 +28,7 @@ fuzz_target!(|data: &[u8]| {
 
     let offer = all_macros_offer();
     let macros = tally_protocol::click_query::ClickMacros { click_id: CID, ..Default::default() };
-    let d = q.destination(offer, "aff1", &macros);
+    let d = q.destination(offer, "aff1", &macros, None);
     let loc = &d.location;
     assert!(!loc.bytes().any(|b| b.is_ascii_control() || b == b' ' || b == b'\\'), "{query:?} led to {loc:?}");
     assert!(http::HeaderValue::from_str(loc).is_ok(), "{query:?} led to a bad header {loc:?}");

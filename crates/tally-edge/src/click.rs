@@ -5,6 +5,7 @@
 use http::Response;
 use tally_log::LogError;
 use tally_model::program::Redirect;
+use tally_model::routing::Facts;
 use tally_model::{click_flags, ClickId, ClickView, Signals};
 use tally_protocol::click_query::{bounded, ClickMacros, ClickQuery};
 use tally_protocol::headers::{click_cookie, ClickHeaders};
@@ -103,7 +104,7 @@ pub(crate) fn prepare(edge: &Edge, code: &str, req: ClickRequest<'_>) -> Prepare
     }
     let cid = click_id.encode();
     let cid = std::str::from_utf8(&cid).unwrap_or_default();
-    let signals = Signals {
+    let mut signals = Signals {
         country: observed.country,
         region: observed.region,
         asn: observed.asn,
@@ -115,7 +116,19 @@ pub(crate) fn prepare(edge: &Edge, code: &str, req: ClickRequest<'_>) -> Prepare
     };
     let mut seconds = itoa::Buffer::new();
     let macros = ClickMacros { click_id: cid, signals, timestamp: seconds.format(now / 1000), query: req.query };
-    let destination = query.destination(offer, &link.affiliate, &macros);
+    // The offer's routing rules, first that holds; the weighted pick is the click ID's
+    // random bits, so it follows from the click.
+    let routed = if offer.routes.is_empty() {
+        None
+    } else {
+        let (hour, weekday) = if offer.routes_use_time { program.calendar.hour_and_weekday(now) } else { (0, 0) };
+        tally_model::routing::choose(&offer.routes, &Facts { signals, hour, weekday }, click_id.random())
+    };
+    let destination = query.destination(offer, &link.affiliate, &macros, routed.map(|r| &r.template));
+    if destination.flags & click_flags::DEEP_LINK_USED == 0 {
+        // A followed deep link is the affiliate's choice, not the rule's: no route then.
+        signals.route = routed.map_or("", |r| &r.label);
+    }
     flags |= destination.flags;
     if destination.flags & click_flags::DEEP_LINK_REJECTED != 0 {
         edge.metrics.deep_link_rejected();

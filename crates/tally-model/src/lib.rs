@@ -13,6 +13,7 @@ pub mod managed;
 pub mod money;
 pub mod program;
 pub mod record;
+pub mod routing;
 pub mod shards;
 pub mod time;
 

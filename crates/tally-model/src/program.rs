@@ -164,6 +164,9 @@ struct RawOffer {
     /// trailing `*` for a prefix (`["utm_*", "gclid"]`).
     #[serde(default)]
     pass_query: Option<RawPassQuery>,
+    /// Routing rules, tried in order ([`crate::routing`]).
+    #[serde(default)]
+    routes: Vec<crate::routing::RawRoute>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -454,6 +457,11 @@ pub struct Offer {
     pub redirect: Redirect,
     /// Which of a click's query parameters go on to the destination (`pass_query`).
     pub pass_query: PassQuery,
+    /// Routing rules (`[[offers.routes]]`): the first that holds chooses the destination;
+    /// none holding, `destination` does.
+    pub routes: Vec<crate::routing::Route>,
+    /// Whether a rule depends on the click's local time (worked out once, off the click path).
+    pub routes_use_time: bool,
 }
 
 /// Which of a click's own query parameters the redirect passes on (`pass_query`): ad
@@ -1456,6 +1464,8 @@ fn validate_offer(
         }
     };
     let pass_query = o.pass_query.map(|q| PassQuery::parse(q, &at, problems)).unwrap_or_default();
+    let routes = crate::routing::validate(o.routes, &at, problems);
+    let routes_use_time = routes.iter().any(|r| r.when.uses_time());
     let window_days = o.window_days.unwrap_or(DEFAULT_WINDOW_DAYS);
     if window_days == 0 || window_days > 3650 {
         problems.push(format!("{at}.window_days: must be 1-3650, got {window_days}"));
@@ -1564,6 +1574,8 @@ fn validate_offer(
         goals,
         redirect,
         pass_query,
+        routes,
+        routes_use_time,
     })
 }
 

@@ -42,6 +42,22 @@ impl Calendar {
         }
     }
 
+    /// The local hour (0-23) and weekday (0 Monday .. 6 Sunday) at `ts_ms`.
+    pub fn hour_and_weekday(&self, ts_ms: u64) -> (u8, u8) {
+        let local = match self {
+            Calendar::Utc => i64::try_from(ts_ms).unwrap_or(i64::MAX),
+            Calendar::Zone(tz) => {
+                let ms = i64::try_from(ts_ms).unwrap_or(i64::MAX);
+                let offset = jiff::Timestamp::from_millisecond(ms).map_or(0, |t| tz.to_offset(t).seconds());
+                ms.saturating_add(i64::from(offset) * 1000)
+            }
+        };
+        let day = local.div_euclid(DAY_MS as i64);
+        let hour = local.rem_euclid(DAY_MS as i64) / 3_600_000;
+        // 1970-01-01 was a Thursday (3, counting from Monday).
+        ((hour as u8), ((day + 3).rem_euclid(7)) as u8)
+    }
+
     /// The IANA name, `UTC` for the default.
     pub fn name(&self) -> &str {
         match self {
@@ -167,6 +183,16 @@ fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn local_hour_and_weekday_follow_the_zone() {
+        assert_eq!(Calendar::Utc.hour_and_weekday(0), (0, 3), "1970-01-01 was a Thursday");
+        // 2026-12-07 (a Monday) 23:30 UTC is Tuesday 00:30 in Berlin, Monday 18:30 in New York.
+        let t = 1_796_686_200_000;
+        assert_eq!(Calendar::Utc.hour_and_weekday(t), (23, 0));
+        assert_eq!(Calendar::named("Europe/Berlin").unwrap().hour_and_weekday(t), (0, 1));
+        assert_eq!(Calendar::named("America/New_York").unwrap().hour_and_weekday(t), (18, 0));
+    }
 
     #[test]
     fn adding_months_keeps_the_day_or_takes_the_months_last() {

@@ -1,7 +1,7 @@
 //! A click's query string (sub IDs, source, deep link) and the redirect it leads to.
 
 use tally_model::click_flags;
-use tally_model::program::{Macro, Offer, PassQuery};
+use tally_model::program::{Macro, Offer, PassQuery, Template};
 
 /// Longest `src=` value kept; longer ones are truncated and the click flagged.
 pub const MAX_SOURCE: usize = 128;
@@ -56,15 +56,30 @@ impl ClickQuery {
     ///
     /// Then the offer's `pass_query` parameters of the click's query (`click.query`) are
     /// appended, re-encoded, except Tally's own and those the location already has.
-    pub fn destination(&self, offer: &Offer, affiliate: &str, click: &ClickMacros<'_>) -> Destination {
-        let mut d = self.destination_before_passing(offer, affiliate, click);
+    ///
+    /// `routed` is the template a routing rule chose, used in place of the offer's
+    /// destination (a followed deep link still wins: the affiliate chose the page).
+    pub fn destination(
+        &self,
+        offer: &Offer,
+        affiliate: &str,
+        click: &ClickMacros<'_>,
+        routed: Option<&Template>,
+    ) -> Destination {
+        let mut d = self.destination_before_passing(offer, affiliate, click, routed);
         if offer.pass_query != PassQuery::None {
             pass_on(&mut d.location, click.query, &offer.pass_query);
         }
         d
     }
 
-    fn destination_before_passing(&self, offer: &Offer, affiliate: &str, click: &ClickMacros<'_>) -> Destination {
+    fn destination_before_passing(
+        &self,
+        offer: &Offer,
+        affiliate: &str,
+        click: &ClickMacros<'_>,
+        routed: Option<&Template>,
+    ) -> Destination {
         let value = |m| match m {
             Macro::ClickId => click.click_id,
             Macro::AffId => affiliate,
@@ -86,7 +101,7 @@ impl ClickQuery {
                 flags: click_flags::DEEP_LINK_USED,
             },
             other => {
-                let location = offer.destination.render(value);
+                let location = routed.unwrap_or(&offer.destination).render(value);
                 let flags = if other.is_some() { click_flags::DEEP_LINK_REJECTED } else { 0 };
                 Destination { location, followed: String::new(), flags }
             }
@@ -210,15 +225,19 @@ deep_link_params = { geo = "{country}-{device}" }"#,
             ..Default::default()
         };
         let macros = ClickMacros { click_id: "01ABC", signals, timestamp: "1700000000", query: "" };
-        let d = ClickQuery::parse("").destination(&offer, "aff1", &macros);
+        let d = ClickQuery::parse("").destination(&offer, "aff1", &macros, None);
         assert_eq!(
             d.location,
             "https://shop.example/l?c=GB&r=ENG&d=mobile&os=iOS&b=Samsung%20Internet&l=en&t=1700000000"
         );
-        let d =
-            ClickQuery::parse("").destination(&offer, "aff1", &ClickMacros { click_id: "01ABC", ..Default::default() });
+        let d = ClickQuery::parse("").destination(
+            &offer,
+            "aff1",
+            &ClickMacros { click_id: "01ABC", ..Default::default() },
+            None,
+        );
         assert_eq!(d.location, "https://shop.example/l?c=&r=&d=&os=&b=&l=&t=");
-        let d = ClickQuery::parse("url=https://shop.example/p/1").destination(&offer, "aff1", &macros);
+        let d = ClickQuery::parse("url=https://shop.example/p/1").destination(&offer, "aff1", &macros, None);
         assert_eq!(d.location, "https://shop.example/p/1?geo=GB-mobile");
     }
 
@@ -251,7 +270,7 @@ currency = "USD"
 
     fn passed(offer: &Offer, query: &str) -> String {
         let macros = ClickMacros { click_id: "01ABC", query, ..Default::default() };
-        ClickQuery::parse(query).destination(offer, "aff1", &macros).location
+        ClickQuery::parse(query).destination(offer, "aff1", &macros, None).location
     }
 
     /// Campaign tags and ad click IDs reach the merchant's page; Tally's own parameters and

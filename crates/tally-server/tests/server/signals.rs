@@ -176,3 +176,72 @@ fn a_redirect_status_a_click_may_not_answer_with_is_refused_naming_the_offer() {
         "{e}"
     );
 }
+
+/// An offer routing by country, device and an A/B split, and its link.
+const ROUTED_OFFER: &str = r#"
+[[offers]]
+id = "routed"
+advertiser = "acme"
+destination = "https://shop.example/default?cid={click_id}"
+allowed_hosts = ["shop.example"]
+currency = "USD"
+
+  [[offers.routes]]
+  name = "uk-mobile"
+  country = ["GB"]
+  device = ["mobile", "tablet"]
+  destination = "https://uk.shop.example/m?cid={click_id}"
+
+  [[offers.routes]]
+  name = "de"
+  country = ["DE"]
+  destination = "https://de.shop.example/?cid={click_id}"
+
+  [[offers.routes]]
+  name = "desktop-test"
+  device = ["desktop"]
+  destinations = [{ name = "a", url = "https://shop.example/a?cid={click_id}", weight = 1 }, { name = "b", url = "https://shop.example/b?cid={click_id}", weight = 1 }]
+
+  [[offers.goals]]
+  id = "sale"
+  payout = { kind = "fixed", amount = "1.00" }
+
+[[links]]
+code = "routed"
+offer = "routed"
+affiliate = "aff1"
+"#;
+
+#[test]
+fn routing_rules_choose_the_destination_and_the_click_records_which() {
+    let env = env_with_signals();
+    env.append_program(ROUTED_OFFER);
+    let server = env.serve();
+    let chrome = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36";
+    let go = |ip: &str, ua: &str, query: &str| {
+        let r = server.send(&format!(
+            "GET /c/routed{query} HTTP/1.1\r\nHost: t\r\nX-Forwarded-For: {ip}\r\nUser-Agent: {ua}\r\n\r\n"
+        ));
+        assert_eq!(r.status, 302);
+        let location = r.header("location").unwrap().to_owned();
+        location.split_once("?cid=").map_or(location.clone(), |(l, _)| l.to_owned())
+    };
+    assert_eq!(go("81.2.69.1", IPHONE, ""), "https://uk.shop.example/m");
+    assert_eq!(go("2001:db8:1::9", IPHONE, ""), "https://de.shop.example/");
+    assert_eq!(go("175.16.199.10", IPHONE, ""), "https://shop.example/default", "no rule holds");
+    // The A/B split: both variants show up over 40 desktop clicks (each 1 in 2^40 to miss).
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..40 {
+        seen.insert(go("192.0.2.1", chrome, ""));
+    }
+    assert_eq!(seen.into_iter().collect::<Vec<_>>(), ["https://shop.example/a", "https://shop.example/b"]);
+    // A followed deep link is the affiliate's choice: no route.
+    assert_eq!(go("81.2.69.1", IPHONE, "?url=https%3A%2F%2Fshop.example%2Fsale"), "https://shop.example/sale");
+
+    let events = events(&env.data());
+    let routes: Vec<&str> = of_type(&events, "click").iter().map(|c| c["route"].as_str().unwrap()).collect();
+    assert_eq!(routes[..3], ["uk-mobile", "de", ""]);
+    assert!(routes[3..43].iter().all(|r| *r == "desktop-test/a" || *r == "desktop-test/b"), "{routes:?}");
+    assert_eq!(routes[43], "");
+    assert_replay_matches(&env.data());
+}
