@@ -173,10 +173,16 @@ fn asn_of(found: &LookupResult<'_, Vec<u8>>) -> u32 {
 /// there on. A lookup reads one bucket bound, then searches a few dozen bytes: two or
 /// three cache lines, where a tree walk takes one per level.
 struct V4Table {
-    /// `buckets[b]..buckets[b + 1]` are the /16 `b`'s entries in `lows` and `values`.
+    /// `buckets[b]..buckets[b + 1]` are the /16 `b`'s entries.
     buckets: Vec<u32>,
-    lows: Vec<u16>,
-    values: Vec<u32>,
+    /// A change's low 16 bits beside its answer: the search and the answer share cache lines.
+    entries: Vec<Entry>,
+}
+
+#[derive(Clone, Copy)]
+struct Entry {
+    low: u16,
+    value: u32,
 }
 
 impl V4Table {
@@ -228,35 +234,32 @@ impl V4Table {
                 _ => merged.push((at, v)),
             }
         }
-        let mut t = V4Table { buckets: Vec::with_capacity(65_537), lows: Vec::new(), values: Vec::new() };
+        let mut t = V4Table { buckets: Vec::with_capacity(65_537), entries: Vec::with_capacity(merged.len() + 65_536) };
         let (mut i, mut current) = (0usize, 0u32);
         for bucket in 0..=u32::from(u16::MAX) {
-            t.buckets.push(t.lows.len() as u32);
+            t.buckets.push(t.entries.len() as u32);
             let base = bucket << 16;
             while i < merged.len() && merged[i].0 <= base {
                 current = merged[i].1;
                 i += 1;
             }
-            t.lows.push(0);
-            t.values.push(current);
+            t.entries.push(Entry { low: 0, value: current });
             while i < merged.len() && merged[i].0 >> 16 == bucket {
                 current = merged[i].1;
-                t.lows.push(merged[i].0 as u16);
-                t.values.push(current);
+                t.entries.push(Entry { low: merged[i].0 as u16, value: current });
                 i += 1;
             }
         }
-        t.buckets.push(t.lows.len() as u32);
+        t.buckets.push(t.entries.len() as u32);
         Ok(t)
     }
 
     fn get(&self, ip: u32) -> u32 {
         let b = (ip >> 16) as usize;
-        let (from, to) = (self.buckets[b] as usize, self.buckets[b + 1] as usize);
-        let lows = &self.lows[from..to];
-        // lows[0] is 0, so at least one entry is at or below any address.
-        let at = lows.partition_point(|&l| l <= ip as u16);
-        self.values[from + at.saturating_sub(1)]
+        let entries = &self.entries[self.buckets[b] as usize..self.buckets[b + 1] as usize];
+        // entries[0].low is 0, so at least one entry is at or below any address.
+        let at = entries.partition_point(|e| e.low <= ip as u16);
+        entries.get(at.saturating_sub(1)).map_or(0, |e| e.value)
     }
 }
 
